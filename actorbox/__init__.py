@@ -1,0 +1,47 @@
+"""actorbox: run plugin classes as actors, each in its own sandboxed process."""
+
+from ._context import get_actor as get_actor
+from ._errors import ActorboxError as ActorboxError
+from ._errors import ActorDiedError as ActorDiedError
+from ._errors import ActorNotFoundError as ActorNotFoundError
+from ._errors import ActorStartError as ActorStartError
+from ._errors import ActorStoppedError as ActorStoppedError
+from ._errors import CallCancelledError as CallCancelledError
+from ._errors import CallError as CallError
+from ._errors import CallRefusedError as CallRefusedError
+from ._errors import MethodNotFoundError as MethodNotFoundError
+from ._errors import NameTakenError as NameTakenError
+from ._errors import PrivateMethodError as PrivateMethodError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteError as RemoteError
+from ._errors import SerializationError as SerializationError
+from ._future import Future as Future
+from ._handle import ActorHandle as ActorHandle
+from ._options import ActorOptions as ActorOptions
+from ._options import actor as actor
+from ._runtime import ActorInfo as ActorInfo
+from ._runtime import Runtime as Runtime
+
+__all__ = [
+    "ActorDiedError",
+    "ActorHandle",
+    "ActorInfo",
+    "ActorNotFoundError",
+    "ActorOptions",
+    "ActorStartError",
+    "ActorStoppedError",
+    "ActorboxError",
+    "CallCancelledError",
+    "CallError",
+    "CallRefusedError",
+    "Future",
+    "MethodNotFoundError",
+    "NameTakenError",
+    "PrivateMethodError",
+    "ProtocolError",
+    "RemoteError",
+    "Runtime",
+    "SerializationError",
+    "actor",
+    "get_actor",
+]

@@ -1,0 +1,101 @@
+"""The caller side of calls, shared by the host and actor processes.
+
+A Caller numbers its calls, keeps their Futures until the reply arrives, and
+turns replies into values or exceptions. The host's caller hands calls to the
+scheduler directly; an actor's caller writes them to its socket.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+from typing import Any
+
+from scheduler import envelope as env
+
+from . import _errors
+from ._codec import Codec
+from ._future import Future, _Raise, error_for
+
+# The call this code is running on behalf of (its id as known to the scheduler),
+# so nested calls carry their parent and re-entrant chains can be admitted.
+current_call: contextvars.ContextVar[int | None] = contextvars.ContextVar("actorbox_current_call", default=None)
+
+
+class Caller:
+    codec: Codec
+
+    def __init__(self) -> None:
+        self._local_ids = itertools.count(1)
+        self.pending: dict[int, Future[Any]] = {}
+
+    # -- to implement ------------------------------------------------------------
+
+    def _send_call(self, call: env.Call) -> None:
+        raise NotImplementedError
+
+    def _send_cancel(self, local_id: int) -> None:
+        raise NotImplementedError
+
+    def on_loop_thread(self) -> bool:
+        raise NotImplementedError
+
+    def get_actor(self, name: str) -> Any:
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------
+
+    def submit(self, actor_id: int, label: str, method: str, payload: bytes) -> Future[Any]:
+        lid = next(self._local_ids)
+        fut: Future[Any] = Future(self, lid, label, method)
+        self.pending[lid] = fut
+        self._send_call(env.Call(lid, actor_id, method, payload, current_call.get()))
+        return fut
+
+    def cancel(self, fut: Future[Any]) -> None:
+        if self.pending.pop(fut.call_id, None) is not None:
+            self._send_cancel(fut.call_id)
+            fut._resolve(env.Reply(fut.call_id, env.Status.CANCELLED))
+
+    def on_reply(self, reply: env.Reply) -> None:
+        fut = self.pending.pop(reply.call_id, None)
+        if fut is not None:
+            fut._resolve(reply)
+        else:
+            for fd in reply.fds:
+                _close(fd)
+
+    def fail_all(self, reply_for: Any) -> None:
+        """Resolve every pending Future with ``reply_for(local_id)`` (the connection is gone)."""
+        pending, self.pending = self.pending, {}
+        for lid, fut in pending.items():
+            fut._resolve(reply_for(lid))
+
+    def outcome(self, fut: Future[Any], reply: env.Reply) -> Any:
+        status = reply.status
+        if status == env.Status.OK:
+            try:
+                return self.codec.loads(reply.payload, reply.trusted) if reply.payload else None
+            except _errors.SerializationError as exc:
+                return _Raise(exc)
+        if status == env.Status.ERROR:
+            try:
+                exc = self.codec.loads(reply.payload, reply.trusted)
+            except _errors.SerializationError as err:
+                exc = err
+            if not isinstance(exc, BaseException):
+                exc = _errors.ProtocolError(f"{fut.actor}.{fut.method}() replied with an error that is not an exception",
+                                            actor=fut.actor)
+            if isinstance(exc, _errors.RemoteError):
+                exc.actor, exc.method = fut.actor, fut.method  # type: ignore[attr-defined]
+            return _Raise(exc)
+        return _Raise(error_for(status.name, reply.detail, fut.actor, fut.method, fut.call_id))
+
+
+def _close(fd: int) -> None:
+    import os
+
+    try:
+        os.close(fd)
+    except OSError:
+        pass

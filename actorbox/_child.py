@@ -1,0 +1,302 @@
+"""The actor-process entry point: ``python -m actorbox._child FD``.
+
+The process talks to the host over the inherited Unix socket FD only. It waits
+for INIT (its class and constructor arguments, sent by the host and therefore
+trusted), constructs the instance in a worker thread and then serves calls: sync
+methods on worker threads (each reply is written straight from the worker, so a
+sync call costs one thread hand-off), async methods as tasks on the loop, which
+stays free for cancellations, nested calls and their replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import faulthandler
+import os
+import pickle
+import socket
+import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+import structlog
+
+from scheduler import Connection, ConnectionClosed
+from scheduler import envelope as env
+
+from ._caller import Caller, current_call
+from ._codec import Codec
+from ._context import process_caller
+from ._dispatch import resolve_method
+from ._errors import ActorboxError, ActorNotFoundError
+from ._handle import ActorHandle
+
+
+_Job = tuple[env.Call, Any, bool]  # (call, bound method, is_async)
+
+
+class _SyncCall:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
+class ActorProcess(Caller):
+    """The state of one actor process: its instance, its calls in and out."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.conn = Connection(sock, self._on_frame)
+        self.codec = Codec(allow_pickle=False, handle_type=ActorHandle,
+                           make_handle=lambda aid, name, label: ActorHandle(self, aid, name, label))
+        self.names: dict[str, int] = {}
+        self.labels: dict[int, str] = {}
+        self.label = "actor"
+        self.instance: Any = None
+        self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
+        self.executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix="actorbox-call")
+        self.stopped = asyncio.Event()
+        # Local admission (the scheduler delivers calls ahead, see scheduler._router).
+        # Invariant: active == calls admitted and not finished; waiting is FIFO.
+        self.lock = threading.Lock()
+        self.max_concurrency = 1
+        self.active = 0
+        self.waiting: deque[_Job] = deque()
+
+    # -- Caller ------------------------------------------------------------------
+
+    def _send(self, msg: env.Message, fds: tuple[int, ...] = ()) -> None:
+        try:
+            self.conn.send(env.encode(msg), fds)
+        except ConnectionClosed:
+            pass  # the host is gone; the reader sees EOF and we exit
+
+    def _send_call(self, call: env.Call) -> None:
+        self._send(call)
+
+    def _send_cancel(self, local_id: int) -> None:
+        self._send(env.Cancel(local_id))
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.loop_thread
+
+    def get_actor(self, name: str) -> ActorHandle:
+        aid = self.names.get(name)
+        if aid is None:
+            known = ", ".join(sorted(self.names)) or "none"
+            raise ActorNotFoundError(
+                f"no actor named {name!r} is registered with the host (registered: {known}); "
+                f"register it before starting actors that use it: rt.register({name!r}, obj) or "
+                f"rt.start(Cls, name={name!r})", name=name)
+        return ActorHandle(self, aid, name, name)
+
+    async def stop_actor(self, actor_id: int) -> None:
+        raise ActorboxError("only the host can stop actors; return a value and let the host call handle.stop()")
+
+    # -- incoming frames -----------------------------------------------------------
+
+    def _on_frame(self, body: bytes, fds: list[int]) -> None:
+        msg = env.decode(body, fds)
+        t = type(msg)
+        if t is env.Call:
+            self._start_call(msg)  # type: ignore[arg-type]
+        elif t is env.Reply:
+            self.on_reply(msg)  # type: ignore[arg-type]
+        elif t is env.Cancel:
+            self._cancel(msg.call_id)  # type: ignore[union-attr]
+        elif t is env.Names:
+            self.names = msg.names  # type: ignore[union-attr]
+        elif t is env.Init:
+            self._init(msg)  # type: ignore[arg-type]
+        elif t is env.Stop:
+            self.stopped.set()
+
+    def _init(self, init: env.Init) -> None:
+        self.names = init.names
+        paths, pickled = msgpack.unpackb(init.payload)
+        for p in reversed(paths):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        ctx = contextvars.copy_context()
+        self.executor.submit(ctx.run, self._construct, init, pickled)
+
+    def _construct(self, init: env.Init, pickled: bytes) -> None:
+        try:
+            # INIT only ever arrives from the host over our own socket: trusted.
+            spec = pickle.loads(pickled)
+            self.label = spec["label"]
+            self.max_concurrency = spec["max_concurrency"]
+            _configure_logging(self, spec["label"])
+            self.instance = spec["cls"](*spec["args"], **spec["kwargs"])
+        except BaseException as exc:
+            self._send(env.Ready(os.getpid(), self._encode_exc(exc)))
+            return
+        self._send(env.Ready(os.getpid()))
+
+    def _encode_exc(self, exc: BaseException) -> bytes:
+        try:
+            return self.codec.dumps(exc)
+        except Exception:
+            return self.codec.dumps(RuntimeError(f"{type(exc).__qualname__}: {exc}"))
+
+    def _start_call(self, call: env.Call) -> None:
+        """A call arrived (loop thread): run it now or queue it behind max_concurrency."""
+        try:
+            if self.instance is None:
+                raise ActorboxError(f"{self.label} is not constructed yet")
+            func, is_async = resolve_method(self.instance, call.method, self.label, call.call_id)
+        except ActorboxError as exc:
+            self._send(env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc)))
+            return
+        job = (call, func, is_async)
+        with self.lock:
+            if call.reentrant or self.active < self.max_concurrency:
+                self.active += 1
+            else:
+                self.waiting.append(job)
+                return
+        self._launch(job)
+
+    def _launch(self, job: _Job) -> None:
+        """Start an admitted call (loop thread)."""
+        call, func, is_async = job
+        ctx = contextvars.copy_context()
+        ctx.run(current_call.set, call.call_id)
+        if is_async:
+            self.running[call.call_id] = self.loop.create_task(self._run_async(call, func), context=ctx)
+        else:
+            token = self.running[call.call_id] = _SyncCall()
+            self.executor.submit(ctx.run, self._sync_worker, call, func, token)
+
+    def _next(self) -> _Job | None:
+        """A call finished: the next queued call to run in its slot, if any."""
+        with self.lock:
+            if self.waiting and self.active <= self.max_concurrency:
+                return self.waiting.popleft()
+            self.active -= 1
+            return None
+
+    def _sync_worker(self, call: env.Call, func: Any, token: _SyncCall) -> None:
+        # Runs calls back to back in this worker thread while the queue holds sync
+        # calls: no hand-off to the loop between them.
+        while True:
+            self._run_sync(call, func, token)
+            job = self._next()
+            if job is None:
+                return
+            call, func, is_async = job
+            if is_async:
+                self.loop.call_soon_threadsafe(self._launch, job)
+                return
+            current_call.set(call.call_id)
+            token = self.running[call.call_id] = _SyncCall()
+
+    def _run_sync(self, call: env.Call, func: Any, token: _SyncCall) -> None:
+        try:
+            args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+            result = func(*args, **kwargs)
+            reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+        except BaseException as exc:
+            reply = env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc))
+        self.running.pop(call.call_id, None)
+        if token.cancelled:
+            reply = env.Reply(call.call_id, env.Status.CANCELLED)  # result discarded
+        self._send(reply)
+
+    async def _run_async(self, call: env.Call, func: Any) -> None:
+        try:
+            args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+            result = await func(*args, **kwargs)
+            reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+        except asyncio.CancelledError:
+            reply = env.Reply(call.call_id, env.Status.CANCELLED)
+        except BaseException as exc:
+            reply = env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc))
+        finally:
+            self.running.pop(call.call_id, None)
+        self._send(reply)
+        job = self._next()
+        if job is not None:
+            self._launch(job)
+
+    def _cancel(self, call_id: int) -> None:
+        with self.lock:
+            for queued in self.waiting:
+                if queued[0].call_id == call_id:
+                    self.waiting.remove(queued)
+                    self._send(env.Reply(call_id, env.Status.CANCELLED))
+                    return
+        job = self.running.get(call_id)
+        if isinstance(job, asyncio.Task):
+            job.cancel()
+        elif job is not None:
+            job.cancelled = True
+
+    async def serve(self) -> None:
+        reader = asyncio.ensure_future(self.conn.run())
+        stop = asyncio.ensure_future(self.stopped.wait())
+        await asyncio.wait([reader, stop], return_when=asyncio.FIRST_COMPLETED)
+        for job in list(self.running.values()):
+            if isinstance(job, asyncio.Task):
+                job.cancel()
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            print(f"actorbox: connection to the host failed: {reader.exception()!r}", file=sys.stderr)
+
+
+def _plain(v: Any) -> Any:
+    if v is None or type(v) in (bool, int, float, str):
+        return v
+    return repr(v)
+
+
+def _configure_logging(proc: ActorProcess, label: str) -> None:
+    """Route this process's structlog events to the host (we own this process's config)."""
+
+    def add_call(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        cid = current_call.get()
+        if cid is not None:
+            event_dict.setdefault("call_id", cid)
+        return event_dict
+
+    def forward(_: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        event = str(event_dict.pop("event", ""))
+        level = str(event_dict.pop("level", method))
+        fields = {str(k): _plain(v) for k, v in event_dict.items()}
+        proc._send(env.Log(level, event, fields))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, add_call, forward],
+        cache_logger_on_first_use=False,
+    )
+
+
+async def _main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    proc = ActorProcess(sock)
+    process_caller.set(proc)
+    await proc.serve()
+
+
+def main() -> None:
+    faulthandler.enable()
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        print("usage: python -m actorbox._child FD  (started by actorbox.Runtime, not by hand)", file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(_main(int(sys.argv[1])))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Worker threads may still be inside user code; don't wait for them.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Payload encoding: msgpack plus a small allow-list of extension types.
+
+Trust model: anything an actor produced is decoded with ``trusted=False``, which
+only ever builds builtin values, exceptions of allow-listed types, actor handles
+and types the application registered. Host-produced payloads may also carry
+values pickled by the host (``trusted=True``); only actor processes decode those,
+and only when the scheduler marked the envelope as coming from the host.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from . import _errors
+from ._errors import SerializationError
+
+EXT_TUPLE = 1
+EXT_SET = 2
+EXT_FROZENSET = 3
+EXT_COMPLEX = 4
+EXT_BIGINT = 5
+EXT_EXCEPTION = 6
+EXT_HANDLE = 7
+EXT_PICKLE = 9
+
+_SAFE_BUILTIN_EXCEPTIONS = {
+    name: obj
+    for name, obj in vars(builtins).items()
+    if isinstance(obj, type) and issubclass(obj, Exception)
+}
+_ACTORBOX_ERRORS = {
+    name: obj
+    for name, obj in vars(_errors).items()
+    if isinstance(obj, type) and issubclass(obj, _errors.ActorboxError)
+}
+_MAX_TRACEBACK = 64 * 1024
+
+
+class Codec:
+    """Encodes and decodes call payloads for one process.
+
+    ``allow_pickle``: this process is the host and may pickle what msgpack cannot
+    carry (host -> actor only). ``make_handle(actor_id, name, label)`` builds an
+    ActorHandle bound to this process's caller.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_pickle: bool,
+        handle_type: type,
+        make_handle: Callable[[int, str | None, str], Any],
+    ) -> None:
+        self.allow_pickle = allow_pickle
+        self._handle_type = handle_type
+        self._make_handle = make_handle
+        self._ext_trusted = self._ext_hook(True)
+        self._ext_untrusted = self._ext_hook(False)
+
+    # -- encoding ----------------------------------------------------------------
+
+    def _default(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is tuple:
+            return msgpack.ExtType(EXT_TUPLE, self.dumps(list(obj)))
+        if t is set:
+            return msgpack.ExtType(EXT_SET, self.dumps(list(obj)))
+        if t is frozenset:
+            return msgpack.ExtType(EXT_FROZENSET, self.dumps(list(obj)))
+        if t is complex:
+            return msgpack.ExtType(EXT_COMPLEX, self.dumps([obj.real, obj.imag]))
+        if t is int:  # only reached for ints msgpack cannot hold (beyond 64 bits)
+            return msgpack.ExtType(EXT_BIGINT, str(obj).encode())
+        if isinstance(obj, self._handle_type):
+            return msgpack.ExtType(EXT_HANDLE, self.dumps([obj.actor_id, obj.name, obj.label]))
+        if isinstance(obj, BaseException):
+            return msgpack.ExtType(EXT_EXCEPTION, self._encode_exception(obj))
+        if self.allow_pickle:
+            import cloudpickle
+
+            return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(obj))
+        # Plain subclasses of builtin containers travel as their base type.
+        for base in (dict, list, tuple, str, bytes, int, float):
+            if isinstance(obj, base):
+                return base(obj)
+        raise SerializationError(
+            f"cannot send a {t.__module__}.{t.__qualname__} from an actor: only builtin values, "
+            "tensors, exceptions and actor handles cross the boundary; convert it to one of those "
+            "(for example a dict)"
+        )
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot encode value: {exc}") from exc
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        if not args and not kwargs:
+            return b""
+        return self.dumps([list(args), kwargs])
+
+    def _encode_exception(self, exc: BaseException) -> bytes:
+        t = type(exc)
+        tb = "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK:]
+        prior = getattr(exc, "remote_traceback", None)
+        if prior:
+            tb = prior + "\nThe above remote exception was re-raised here:\n" + tb
+        context: dict[str, Any] = {}
+        if isinstance(exc, _errors.ActorboxError):
+            context = {k: v for k, v in exc.context().items() if _is_plain(v)}
+            args: list[Any] = [exc.message]
+        else:
+            args = [a if _is_plain(a) else repr(a) for a in exc.args]
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<unprintable {t.__qualname__}>"
+        return self.dumps([t.__module__, t.__qualname__, args, message, tb, context])
+
+    # -- decoding ----------------------------------------------------------------
+
+    def _ext_hook(self, trusted: bool) -> Callable[[int, bytes], Any]:
+        def hook(code: int, data: bytes) -> Any:
+            if code == EXT_TUPLE:
+                return tuple(self.loads(data, trusted))
+            if code == EXT_SET:
+                return set(self.loads(data, trusted))
+            if code == EXT_FROZENSET:
+                return frozenset(self.loads(data, trusted))
+            if code == EXT_COMPLEX:
+                re, im = self.loads(data, trusted)
+                return complex(float(re), float(im))
+            if code == EXT_BIGINT:
+                if len(data) > 4300:
+                    raise SerializationError("integer too large")
+                return int(data.decode("ascii"))
+            if code == EXT_HANDLE:
+                actor_id, name, label = self.loads(data, trusted)
+                if type(actor_id) is not int or not _opt_str(name) or type(label) is not str:
+                    raise SerializationError("malformed actor handle")
+                return self._make_handle(actor_id, name, label)
+            if code == EXT_EXCEPTION:
+                return self._decode_exception(data, trusted)
+            if code == EXT_PICKLE and trusted:
+                import pickle
+
+                return pickle.loads(data)  # trusted: produced by the host, never by an actor
+            raise SerializationError(f"refused extension type {code} in a payload from an actor")
+
+        return hook
+
+    def loads(self, data: bytes, trusted: bool) -> Any:
+        try:
+            return msgpack.unpackb(
+                data,
+                ext_hook=self._ext_trusted if trusted else self._ext_untrusted,
+                raw=False,
+                strict_map_key=False,
+                use_list=True,
+            )
+        except SerializationError:
+            raise
+        except Exception as exc:  # any decoder failure is the sender's fault
+            raise SerializationError(f"undecodable payload: {type(exc).__name__}: {exc}") from None
+
+    def decode_call(self, data: bytes, trusted: bool) -> tuple[list[Any], dict[str, Any]]:
+        if not data:
+            return [], {}
+        obj = self.loads(data, trusted)
+        if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not list or type(obj[1]) is not dict:
+            raise SerializationError("call payload is not [args, kwargs]")
+        if not all(type(k) is str for k in obj[1]):
+            raise SerializationError("keyword argument names must be strings")
+        return obj[0], obj[1]
+
+    def _decode_exception(self, data: bytes, trusted: bool) -> BaseException:
+        fields = self.loads(data, trusted)
+        if type(fields) is not list or len(fields) != 6:
+            raise SerializationError("malformed exception")
+        module, qualname, args, message, tb, context = fields
+        if not (type(module) is str and type(qualname) is str and type(args) is list
+                and type(message) is str and type(tb) is str and type(context) is dict):
+            raise SerializationError("malformed exception")
+        exc = rebuild_exception(module, qualname, args, message, context)
+        exc.remote_traceback = tb  # type: ignore[attr-defined]
+        if tb:
+            exc.add_note("Remote traceback:\n" + tb.rstrip())
+        return exc
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _is_plain(v: Any) -> bool:
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        return True
+    if type(v) in (list, tuple):
+        return all(_is_plain(x) for x in v)
+    if type(v) is dict:
+        return all(type(k) is str and _is_plain(x) for k, x in v.items())
+    return False
+
+
+def rebuild_exception(module: str, qualname: str, args: list[Any], message: str,
+                      context: dict[str, Any]) -> BaseException:
+    """Rebuild a remote exception as its own type where that is safe, else RemoteError.
+
+    Safe means: a builtin ``Exception`` subclass, an actorbox error, or an
+    ``Exception`` subclass whose module the receiver has *already* imported --
+    nothing is imported and no ``__init__`` of a non-builtin class runs on the
+    strength of what a peer sent.
+    """
+    if module == "builtins":
+        cls = _SAFE_BUILTIN_EXCEPTIONS.get(qualname)
+        if cls is not None:
+            try:
+                return cls(*args)
+            except Exception:
+                pass
+    elif module == "actorbox._errors":
+        ab = _ACTORBOX_ERRORS.get(qualname)
+        if ab is not None:
+            fields = set(ab.fields)
+            ctx = {k: v for k, v in context.items() if k in fields}
+            try:
+                return ab(message if not args else str(args[0]), **ctx)
+            except Exception:
+                pass
+    else:
+        cls2 = _lookup_imported(module, qualname)
+        if cls2 is not None:
+            try:
+                exc = cls2.__new__(cls2)
+                exc.args = tuple(args)
+                str(exc)  # a type whose __str__ needs __init__'s attributes can't be rebuilt this way
+                return exc
+            except Exception:
+                pass
+    return _errors.RemoteError(message, type_name=f"{module}.{qualname}" if module != "builtins" else qualname)
+
+
+def _lookup_imported(module: str, qualname: str) -> type[Exception] | None:
+    mod = sys.modules.get(module)
+    if mod is None or "<" in qualname:
+        return None
+    obj: Any = mod
+    for part in qualname.split("."):
+        # vars(), not getattr(): no module __getattr__ hook (lazy import) may run.
+        try:
+            obj = vars(obj).get(part)
+        except TypeError:
+            return None
+        if obj is None:
+            return None
+    if isinstance(obj, type) and issubclass(obj, Exception):
+        return obj
+    return None

@@ -1,0 +1,28 @@
+"""Where code finds the caller of its own process (host Runtime or actor process)."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ActorboxError
+
+if TYPE_CHECKING:
+    from ._handle import ActorHandle
+
+# Set by Runtime.__aenter__ in the host and by the actor-process entry point.
+process_caller: contextvars.ContextVar[Any] = contextvars.ContextVar("actorbox_process_caller", default=None)
+
+
+def get_actor(name: str) -> ActorHandle:
+    """Return a handle to the named actor (host-resident or not), routed through the host.
+
+    Works in the host inside ``async with Runtime()`` and in any actor's code.
+    """
+    caller = process_caller.get()
+    if caller is None:
+        raise ActorboxError(
+            f"get_actor({name!r}) needs a running actorbox Runtime: call it inside 'async with "
+            "actorbox.Runtime() as rt:' or from an actor's code"
+        )
+    return caller.get_actor(name)  # type: ignore[no-any-return]

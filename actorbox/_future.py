@@ -1,0 +1,141 @@
+"""``Future``: the awaitable result of one actor call.
+
+A Future is resolved by its process's caller when the reply envelope arrives;
+the payload is decoded lazily, by whoever first asks for the result, so a result
+nobody reads is never decoded. Cancelling the task that awaits a Future cancels
+the remote call.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from . import _errors
+from ._errors import ActorboxError
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from scheduler.envelope import Reply
+
+    from ._caller import Caller
+
+T = TypeVar("T")
+
+_PENDING = object()
+
+
+class Future(Generic[T]):
+    """The result of ``handle.method(...)``: ``await`` it (or, in an actor's worker
+    thread, call ``result()``)."""
+
+    __slots__ = ("_caller", "call_id", "actor", "method", "_reply", "_value", "_event", "_tevent", "__weakref__")
+
+    def __init__(self, caller: Caller, call_id: int, actor: str, method: str) -> None:
+        self._caller = caller
+        self.call_id = call_id
+        self.actor = actor
+        self.method = method
+        self._reply: Reply | None = None
+        self._value: Any = _PENDING
+        self._event: anyio.Event | None = None
+        self._tevent: threading.Event | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self._reply is not None else "pending"
+        return f"<actorbox.Future {self.actor}.{self.method}() call={self.call_id} {state}>"
+
+    def done(self) -> bool:
+        return self._reply is not None
+
+    def _resolve(self, reply: Reply) -> None:
+        """Called once, on the event loop thread of this process."""
+        if self._reply is not None:
+            return
+        self._reply = reply
+        if self._event is not None:
+            self._event.set()
+        tev = self._tevent
+        if tev is not None:
+            tev.set()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> T:
+        if self._reply is None:
+            if self._event is None:
+                self._event = anyio.Event()
+            try:
+                await self._event.wait()
+            except BaseException:
+                if self._reply is None:
+                    self._caller.cancel(self)
+                raise
+        return self._outcome()
+
+    def result(self, timeout: float | None = None) -> T:
+        """Block until the call finishes (for sync methods running in an actor's worker thread)."""
+        if self._reply is None:
+            if self._caller.on_loop_thread():
+                raise RuntimeError(
+                    "Future.result() would block the event loop; use 'await future' in async code"
+                )
+            ev = self._tevent = threading.Event()
+            if self._reply is None and not ev.wait(timeout):
+                raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")
+        return self._outcome()
+
+    def cancel(self) -> bool:
+        """Ask for the remote call to be cancelled; False when it already finished."""
+        if self._reply is not None:
+            return False
+        self._caller.cancel(self)
+        return True
+
+    def _outcome(self) -> T:
+        if self._value is _PENDING:
+            self._value = self._caller.outcome(self, self._reply)  # type: ignore[arg-type]
+        v = self._value
+        if isinstance(v, _Raise):
+            raise v.exc
+        return v  # type: ignore[no-any-return]
+
+
+class _Raise:
+    """An outcome that is an exception (kept apart from a returned exception object)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def error_for(status_name: str, detail: dict[str, Any] | None, actor: str, method: str,
+              call_id: int) -> ActorboxError:
+    """Build the error for a call that failed without an exception from the callee."""
+    d = detail or {}
+
+    def s(key: str) -> Any:
+        v = d.get(key)
+        return v if v is None or type(v) in (int, str) else str(v)
+
+    if status_name == "DIED":
+        return _errors.ActorDiedError(
+            s("message") or "", actor=actor, method=method, call_id=call_id, pid=s("pid"),
+            exit_code=s("exit_code"), signal=s("signal"), stderr=s("stderr"))
+    if status_name == "STOPPED":
+        return _errors.ActorStoppedError(s("message") or "", actor=actor, method=method, call_id=call_id)
+    if status_name == "NO_ACTOR":
+        return _errors.ActorNotFoundError(
+            f"no actor with id {d.get('actor_id')} for {method}(); it was never started here or has been removed",
+            name=None)
+    if status_name == "CANCELLED":
+        return _errors.CallCancelledError(
+            f"call {actor}.{method}() [call {call_id}] was cancelled", actor=actor, method=method, call_id=call_id)
+    return _errors.CallRefusedError(
+        f"call {actor}.{method}() was refused: {s('message') or status_name.lower()}",
+        actor=actor, method=method, call_id=call_id)

@@ -1,0 +1,70 @@
+"""``ActorHandle``: a reference to an actor through which its methods are called."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import PrivateMethodError
+
+if TYPE_CHECKING:
+    from ._caller import Caller
+    from ._future import Future
+
+
+class ActorHandle:
+    """Call an actor's public methods: ``await handle.method(*args, **kwargs)``.
+
+    Every call goes through the host's scheduler. Handles can be passed as call
+    arguments and arrive as working handles in the receiving process.
+    """
+
+    __slots__ = ("actor_id", "name", "label", "_caller")
+
+    def __init__(self, caller: Caller, actor_id: int, name: str | None, label: str) -> None:
+        self._caller = caller
+        self.actor_id = actor_id
+        self.name = name
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"<ActorHandle {self.label} id={self.actor_id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other.actor_id == self.actor_id
+
+    def __hash__(self) -> int:
+        return hash(("ActorHandle", self.actor_id))
+
+    def __getattr__(self, method: str) -> _Method:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _Method(self, method)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Call ``method`` by name (for methods whose names the handle itself uses, like ``stop``)."""
+        if method.startswith("_"):
+            raise PrivateMethodError(
+                f"{method!r} is private: only public methods of an actor can be called",
+                actor=self.label, method=method, call_id=None)
+        c = self._caller
+        return c.submit(self.actor_id, self.label, method, c.codec.encode_call(args, kwargs))
+
+    async def stop(self) -> None:
+        """Stop the actor (idempotent): graceful first, killed after the grace period."""
+        await self._caller.stop_actor(self.actor_id)  # type: ignore[attr-defined]
+
+
+class _Method:
+    __slots__ = ("_handle", "_name")
+
+    def __init__(self, handle: ActorHandle, name: str) -> None:
+        self._handle = handle
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        h = self._handle
+        c = h._caller
+        return c.submit(h.actor_id, h.label, self._name, c.codec.encode_call(args, kwargs))
+
+    def __repr__(self) -> str:
+        return f"<actor method {self._handle.label}.{self._name}>"

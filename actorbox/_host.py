@@ -1,0 +1,137 @@
+"""The host's endpoint: it originates calls and serves host-resident named actors.
+
+Host-resident actors are ordinary objects registered under a name. Calls to
+them arrive through the scheduler like any other call, so concurrency limits,
+re-entrancy and tracing apply; async methods run as tasks on the host's loop,
+sync methods on the Runtime's own worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+
+from scheduler import Endpoint, Scheduler
+from scheduler import envelope as env
+
+from ._caller import Caller, current_call
+from ._dispatch import resolve_method
+from ._errors import ActorboxError
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+
+@dataclass(slots=True)
+class Resident:
+    name: str
+    obj: Any
+
+
+class HostEndpoint(Endpoint, Caller):
+    label = "host"
+    trusted = True
+
+    def __init__(self, rt: Runtime, scheduler: Scheduler, tg: anyio.abc.TaskGroup) -> None:
+        Endpoint.__init__(self)
+        Caller.__init__(self)
+        self.rt = rt
+        self.codec = rt.codec
+        self.scheduler = scheduler
+        self.tg = tg
+        self.residents: dict[int, Resident] = {}
+        self.scopes: dict[int, anyio.CancelScope] = {}
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="actorbox-host")
+        self.token = anyio.lowlevel.current_token()
+        self.loop_thread = threading.get_ident()
+
+    # -- Caller --------------------------------------------------------------------
+
+    def _send_call(self, call: env.Call) -> None:
+        self.scheduler.submit(self, call)
+
+    def _send_cancel(self, local_id: int) -> None:
+        self.scheduler.cancel(self, local_id)
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.loop_thread
+
+    def get_actor(self, name: str) -> Any:
+        return self.rt.get_actor(name)
+
+    async def stop_actor(self, actor_id: int) -> None:
+        await self.rt._stop_actor(actor_id)
+
+    # -- Endpoint ------------------------------------------------------------------
+
+    def deliver_reply(self, reply: env.Reply) -> None:
+        self.on_reply(reply)
+
+    def deliver_call(self, call: env.Call) -> None:
+        self.tg.start_soon(self._serve, call)
+
+    def deliver_cancel(self, call_id: int) -> None:
+        scope = self.scopes.get(call_id)
+        if scope is not None:
+            scope.cancel()
+
+    async def _serve(self, call: env.Call) -> None:
+        res = self.residents.get(call.target)
+        reply: env.Reply
+        with anyio.CancelScope() as scope:
+            self.scopes[call.call_id] = scope
+            current_call.set(call.call_id)
+            try:
+                if res is None:
+                    raise ActorboxError(f"host-resident actor {call.target} is gone")
+                func, is_async = resolve_method(res.obj, call.method, res.name, call.call_id)
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+                if is_async:
+                    result = await func(*args, **kwargs)
+                else:
+                    result = await self._in_thread(func, args, kwargs)
+                reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise
+                reply = env.Reply(call.call_id, env.Status.CANCELLED)
+            except Exception as exc:
+                reply = env.Reply(call.call_id, env.Status.ERROR, self.codec.dumps(exc))
+            finally:
+                self.scopes.pop(call.call_id, None)
+        self.scheduler.reply(self, reply)
+
+    async def _in_thread(self, func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        done = anyio.Event()
+        box: list[tuple[bool, Any]] = []
+        token = self.token
+        import contextvars
+
+        ctx = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                box.append((True, ctx.run(func, *args, **kwargs)))
+            except BaseException as exc:
+                box.append((False, exc))
+            try:
+                anyio.from_thread.run_sync(done.set, token=token)
+            except RuntimeError:
+                pass  # the Runtime's loop is gone; nobody waits for this result
+
+        self.executor.submit(work)
+        await done.wait()
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,72 @@
+"""The ``@actor`` decorator and its validated, frozen options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+T = TypeVar("T", bound=type)
+
+_SANDBOX_MODES = (None, "required", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class ActorOptions:
+    """Options of an actor class, checked once when the class is decorated."""
+
+    name: str | None = None
+    dependencies: tuple[str, ...] = ()
+    sandbox: str | None = None  # None: the Runtime's default
+    max_concurrency: int = 1
+    max_restarts: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError(f"actor name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.dependencies, str) or not all(isinstance(d, str) for d in self.dependencies):
+            raise TypeError("dependencies must be a sequence of requirement strings, e.g. ('numpy<2',)")
+        object.__setattr__(self, "dependencies", tuple(self.dependencies))
+        if self.sandbox not in _SANDBOX_MODES:
+            raise ValueError(f"sandbox must be 'required', 'disabled' or None, got {self.sandbox!r}")
+        if type(self.max_concurrency) is not int or self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
+        if type(self.max_restarts) is not int or self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+
+
+OPTIONS_ATTR = "__actorbox_options__"
+
+
+@overload
+def actor(cls: T, /) -> T: ...
+@overload
+def actor(
+    *,
+    name: str | None = None,
+    dependencies: tuple[str, ...] | list[str] = (),
+    sandbox: str | None = None,
+    max_concurrency: int = 1,
+    max_restarts: int = 0,
+) -> Any: ...
+def actor(cls: Any = None, /, **options: Any) -> Any:
+    """Mark a class as an actor class: ``@actor`` or ``@actor(max_concurrency=4, ...)``.
+
+    The class is returned unchanged apart from its options, so it stays usable
+    (and testable) as a plain class; ``Runtime.start`` runs it as an actor.
+    """
+    opts = ActorOptions(**options)
+
+    def wrap(c: T) -> T:
+        if not isinstance(c, type):
+            raise TypeError(f"@actor decorates classes, not {type(c).__name__}")
+        setattr(c, OPTIONS_ATTR, opts)
+        return c
+
+    if cls is None:
+        return wrap
+    return wrap(cls)
+
+
+def options_of(cls: type) -> ActorOptions:
+    opts = cls.__dict__.get(OPTIONS_ATTR)
+    return opts if isinstance(opts, ActorOptions) else ActorOptions()

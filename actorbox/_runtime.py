@@ -1,0 +1,237 @@
+"""``Runtime``: owns the scheduler, the actors' processes and the host endpoint."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import cloudpickle
+import structlog
+
+from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
+
+from ._codec import Codec
+from ._context import process_caller
+from ._errors import ActorboxError, ActorNotFoundError, NameTakenError
+from ._handle import ActorHandle
+from ._host import HostEndpoint, Resident
+from ._options import ActorOptions, options_of
+from ._supervisor import ActorSupervisor, init_payload
+
+log = structlog.get_logger("actorbox")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ActorInfo:
+    """A snapshot of one actor (``Runtime.actors()``)."""
+
+    actor_id: int
+    name: str | None
+    label: str
+    cls: str
+    pid: int | None  # None for host-resident actors
+    state: str  # starting | alive | restarting | dead | stopped | resident
+    restarts: int
+    max_concurrency: int
+    queued: int
+    running: int
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Runtime:
+    """Runs actors: ``async with actorbox.Runtime() as rt: h = await rt.start(Cls)``.
+
+    ``grace_period``: seconds a stopping actor gets before it is killed.
+    ``log_calls``: emit ``call.*`` trace events (default: ``ACTORBOX_LOG_CALLS=1``).
+    ``max_frame_size``: the largest frame accepted from an actor, in bytes.
+    """
+
+    def __init__(self, *, grace_period: float = 5.0, log_calls: bool | None = None,
+                 max_frame_size: int = DEFAULT_MAX_FRAME) -> None:
+        self.grace_period = grace_period
+        self.max_frame_size = max_frame_size
+        self.debug_rpc = _env_flag("ACTORBOX_DEBUG_RPC")
+        self.scheduler = Scheduler(log_calls=_env_flag("ACTORBOX_LOG_CALLS") if log_calls is None else log_calls)
+        self.codec = Codec(allow_pickle=True, handle_type=ActorHandle, make_handle=self._make_handle)
+        self.closing = False
+        self._supervisors: dict[int, ActorSupervisor] = {}
+        self._host: HostEndpoint | None = None
+        self._tg: anyio.abc.TaskGroup = None  # type: ignore[assignment]
+        self._tg_cm: Any = None
+        self._ctx_token: Any = None
+
+    # -- lifetime ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        if self._tg_cm is not None:
+            raise ActorboxError("this Runtime is already running; create a new Runtime() for each 'async with'")
+        self._tg_cm = anyio.create_task_group()
+        self._tg = await self._tg_cm.__aenter__()
+        self._host = HostEndpoint(self, self.scheduler, self._tg)
+        self._ctx_token = process_caller.set(self._host)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        self.closing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as tg:
+                    for sup in list(self._supervisors.values()):
+                        tg.start_soon(sup.stop, self.grace_period)
+                self._tg.cancel_scope.cancel()
+        finally:
+            try:
+                if e is not None and not isinstance(e, anyio.get_cancelled_exc_class()):
+                    # The body's own exception propagates as itself, not in an ExceptionGroup.
+                    await self._tg_cm.__aexit__(None, None, None)
+                    return None
+                return await self._tg_cm.__aexit__(et, e, tb)  # type: ignore[no-any-return]
+            finally:
+                if self._host is not None:
+                    self._host.close()
+                try:
+                    process_caller.reset(self._ctx_token)
+                except ValueError:
+                    process_caller.set(None)  # exited from another context
+
+    # -- actors ----------------------------------------------------------------------
+
+    def _make_handle(self, actor_id: int, name: str | None, label: str) -> ActorHandle:
+        assert self._host is not None
+        return ActorHandle(self._host, actor_id, name, label)
+
+    def _require_running(self) -> HostEndpoint:
+        if self._host is None or self.closing:
+            raise ActorboxError("the Runtime is not running; use it inside 'async with actorbox.Runtime() as rt:'")
+        return self._host
+
+    async def start(self, cls: type[Any], /, *args: Any, name: str | None = None, **kwargs: Any) -> ActorHandle:
+        """Start ``cls(*args, **kwargs)`` as an actor in its own process; returns its handle.
+
+        Raises ActorStartError when the process cannot start or the constructor raises.
+        """
+        self._require_running()
+        if not isinstance(cls, type):
+            raise TypeError(f"rt.start() takes a class, got {type(cls).__name__}")
+        opts: ActorOptions = options_of(cls)
+        name = name if name is not None else opts.name
+        try:
+            entry = self.scheduler.add_actor(name, name or f"{cls.__qualname__}#?", opts.max_concurrency)
+        except KeyError:
+            raise NameTakenError(
+                f"an actor named {name!r} already exists; stop it first (await rt.get_actor({name!r}).stop()) "
+                "or choose another name", name=name) from None
+        label = name or f"{cls.__name__}#{entry.actor_id}"
+        entry.label = label
+        paths = _import_paths(cls)
+        spec = cloudpickle.dumps({"cls": cls, "args": args, "kwargs": kwargs, "label": label,
+                                 "max_concurrency": opts.max_concurrency})
+        sup = ActorSupervisor(self, entry.actor_id, label, name, cls, init_payload(paths, spec),
+                              tuple(paths), opts)
+        self._supervisors[entry.actor_id] = sup
+        try:
+            await sup.spawn()
+        except BaseException:
+            del self._supervisors[entry.actor_id]
+            self.scheduler.remove_actor(entry.actor_id)
+            raise
+        if name is not None:
+            self._broadcast_names()
+        return ActorHandle(self._host, entry.actor_id, name, label)  # type: ignore[arg-type]
+
+    def register(self, name: str, obj: Any, *, max_concurrency: int = 1) -> ActorHandle:
+        """Register ``obj`` as a host-resident named actor (a singleton actors reach by name)."""
+        host = self._require_running()
+        try:
+            entry = self.scheduler.add_actor(name, name, max_concurrency)
+        except KeyError:
+            raise NameTakenError(f"an actor named {name!r} already exists; choose another name",
+                                 name=name) from None
+        host.residents[entry.actor_id] = Resident(name, obj)
+        self.scheduler.attach(entry.actor_id, host)
+        self._broadcast_names()
+        return ActorHandle(host, entry.actor_id, name, name)
+
+    def unregister(self, name: str) -> None:
+        """Remove a host-resident named actor; pending calls to it fail."""
+        from scheduler import envelope as env
+
+        host = self._require_running()
+        aid = self.scheduler.names.get(name)
+        if aid is None or aid not in host.residents:
+            raise ActorNotFoundError(f"no host-resident actor named {name!r}", name=name)
+        self.scheduler.detach(aid, env.Status.STOPPED, {"message": f"{name!r} was unregistered"}, keep_queue=False)
+        self.scheduler.remove_actor(aid)
+        del host.residents[aid]
+        self._broadcast_names()
+
+    def _broadcast_names(self) -> None:
+        for sup in self._supervisors.values():
+            sup.encode_names()
+
+    def get_actor(self, name: str) -> ActorHandle:
+        """The handle of the actor (or host-resident object) registered under ``name``."""
+        host = self._require_running()
+        aid = self.scheduler.names.get(name)
+        if aid is None:
+            known = ", ".join(sorted(self.scheduler.names)) or "none"
+            raise ActorNotFoundError(
+                f"no actor named {name!r} (named actors: {known}); start it with "
+                f"rt.start(Cls, name={name!r}) or register one with rt.register({name!r}, obj) first",
+                name=name)
+        return ActorHandle(host, aid, name, self.scheduler.actors[aid].label)
+
+    async def _stop_actor(self, actor_id: int) -> None:
+        sup = self._supervisors.get(actor_id)
+        if sup is None:
+            return
+        await sup.stop(self.grace_period)
+        if sup.name is not None and self.scheduler.names.get(sup.name) == actor_id:
+            del self.scheduler.names[sup.name]
+            self._broadcast_names()
+
+    # -- inspection ------------------------------------------------------------------
+
+    def actors(self) -> list[ActorInfo]:
+        """Every actor this Runtime knows: processes and host-resident objects."""
+        out = []
+        host = self._host
+        for aid, a in self.scheduler.actors.items():
+            sup = self._supervisors.get(aid)
+            if sup is not None:
+                out.append(ActorInfo(aid, sup.name, sup.label, sup.cls.__qualname__, sup.pid, sup.state,
+                                     sup.restarts, a.max_concurrency, len(a.queue), len(a.running)))
+            elif host is not None and aid in host.residents:
+                obj = host.residents[aid].obj
+                out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
+                                     a.max_concurrency, len(a.queue), len(a.running)))
+        return out
+
+    def pending_calls(self) -> list[CallInfo]:
+        """Calls in flight: id, actor, method, caller, parent call, state and age."""
+        return self.scheduler.pending_calls()
+
+
+def _import_paths(cls: type) -> list[str]:
+    """Where ``cls``'s module must be importable from in the actor (by-reference pickling)."""
+    module = sys.modules.get(cls.__module__)
+    f = getattr(module, "__file__", None)
+    if module is None or not f or cls.__module__ == "__main__":
+        return []
+    path = os.path.abspath(f)
+    depth = cls.__module__.count(".") + (1 if os.path.basename(path) == "__init__.py" else 0)
+    root = os.path.dirname(path)
+    for _ in range(depth):
+        root = os.path.dirname(root)
+    return [root]

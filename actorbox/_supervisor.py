@@ -1,0 +1,269 @@
+"""One actor's process lifecycle in the host: spawn, construct, serve, die, restart, stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import msgpack
+import structlog
+
+import sandbox
+from scheduler import Connection, ConnectionClosed, ConnectionEndpoint
+from scheduler import envelope as env
+
+from ._errors import ActorStartError, ProtocolError, describe_exit
+
+if TYPE_CHECKING:
+    from ._options import ActorOptions
+    from ._runtime import Runtime
+
+log = structlog.get_logger("actorbox")
+actor_log = structlog.get_logger("actorbox.actor")
+
+_LEVELS = {"debug", "info", "warning", "error", "critical"}
+_RESERVED = {"event", "actor", "pid", "level"}
+_ACTORBOX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(slots=True)
+class _Start:
+    """What a spawn attempt learned before the actor was ready."""
+
+    error: BaseException | None = None
+    done: anyio.Event | None = None
+
+
+class ActorSupervisor:
+    """Owns one actor: its current process, endpoint, restarts and state."""
+
+    def __init__(self, rt: Runtime, actor_id: int, label: str, name: str | None, cls: type,
+                 init_payload: bytes, import_paths: tuple[str, ...], options: ActorOptions) -> None:
+        self.rt = rt
+        self.actor_id = actor_id
+        self.label = label
+        self.name = name
+        self.cls = cls
+        self.init_payload = init_payload
+        self.import_paths = import_paths
+        self.options = options
+        self.state = "starting"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.started_at = time.monotonic()
+        self.endpoint: ConnectionEndpoint | None = None
+        self.proc: anyio.abc.Process | None = None
+        self.stopping = False
+        self.finished = anyio.Event()  # set when the actor is stopped or dead for good
+        self._exited: anyio.Event | None = None  # set when the current process is gone
+        self._start: _Start | None = None
+
+    # -- spawning ------------------------------------------------------------------
+
+    async def spawn(self) -> None:
+        """Start a process and construct the instance; raises ActorStartError."""
+        t0 = time.monotonic()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            spec = sandbox.LaunchSpec(
+                python=sys.executable, module="actorbox._child", args=(str(child.fileno()),),
+                env=os.environ, pass_fds=(child.fileno(),), import_paths=(_ACTORBOX_ROOT,),
+                label=self.label)
+            try:
+                proc = await sandbox.launch(spec)
+            except OSError as exc:
+                parent.close()
+                raise ActorStartError(
+                    f"could not launch the process for actor {self.label!r}: {exc}; check that "
+                    f"{sys.executable} runs", actor=self.label, cls=self.cls.__qualname__) from exc
+        finally:
+            child.close()
+        self.proc = proc
+        self.pid = proc.pid
+        start = self._start = _Start(done=anyio.Event())
+        endpoint = ConnectionEndpoint(
+            self.rt.scheduler,
+            lambda on_frame: Connection(parent, on_frame, max_frame=self.rt.max_frame_size),
+            self._on_control, self.label, debug_rpc=self.rt.debug_rpc)
+        endpoint.actor_id = self.actor_id
+        self.endpoint = endpoint
+        self._exited = anyio.Event()
+        self.rt._tg.start_soon(self._supervise, proc, endpoint)
+        endpoint.send(env.Init(self.actor_id, self.name, self.init_payload, dict(self.rt.scheduler.names)))
+        assert start.done is not None
+        try:
+            await start.done.wait()
+        except BaseException:
+            # Cancelled while constructing: this process will never serve.
+            sandbox.kill_group(proc.pid)
+            raise
+        self._start = None
+        if start.error is not None:
+            sandbox.kill_group(proc.pid)
+            raise start.error
+        self.state = "alive"
+        self.rt.scheduler.attach(self.actor_id, endpoint)
+        log.info("actor.started", actor=self.label, cls=self.cls.__qualname__, pid=proc.pid,
+                 restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
+
+    def _on_control(self, msg: env.Message) -> None:
+        t = type(msg)
+        if t is env.Log:
+            self._forward_log(msg)  # type: ignore[arg-type]
+        elif t is env.Ready and self._start is not None and self._start.done is not None:
+            st = self._start
+            if msg.error is not None:  # type: ignore[union-attr]
+                try:
+                    cause = self.rt.codec.loads(msg.error, False)  # type: ignore[union-attr]
+                except Exception as exc:
+                    cause = exc
+                if not isinstance(cause, BaseException):
+                    cause = ProtocolError("constructor error was not an exception", actor=self.label)
+                err = ActorStartError(
+                    f"constructor of actor {self.label!r} ({self.cls.__qualname__}) raised "
+                    f"{type(cause).__name__}: {cause}; the actor was not started",
+                    actor=self.label, cls=self.cls.__qualname__, pid=self.pid)
+                err.__cause__ = cause
+                st.error = err
+            st.done.set()
+        else:
+            raise ProtocolError(f"actor {self.label!r} sent an unexpected {t.__name__} message",
+                                actor=self.label)
+
+    def _forward_log(self, msg: env.Log) -> None:
+        level = msg.level if msg.level in _LEVELS else "info"
+        fields = {(f"actor_{k}" if k in _RESERVED else k): v for k, v in msg.fields.items()}
+        getattr(actor_log, level)(msg.event, actor=self.label, pid=self.pid, **fields)
+
+    # -- supervision -----------------------------------------------------------------
+
+    async def _supervise(self, proc: anyio.abc.Process, endpoint: ConnectionEndpoint) -> None:
+        out = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stdout)
+        err = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stderr)
+        reason: BaseException | None = None
+        async with anyio.create_task_group() as pumps:
+            pumps.start_soon(out.pump, proc.stdout)
+            pumps.start_soon(err.pump, proc.stderr)
+            async with anyio.create_task_group() as watch:
+
+                async def conn() -> None:
+                    nonlocal reason
+                    try:
+                        await endpoint.conn.run()
+                    except Exception as exc:  # a bad frame: this actor is done
+                        reason = exc
+                    watch.cancel_scope.cancel()
+
+                async def exit_() -> None:
+                    await proc.wait()
+                    watch.cancel_scope.cancel()
+
+                watch.start_soon(conn)
+                watch.start_soon(exit_)
+            with anyio.CancelScope(shield=True):
+                endpoint.conn.close()
+                if proc.returncode is None and reason is None and not self.stopping:
+                    # EOF but still running: give it a moment to finish dying.
+                    with anyio.move_on_after(0.3):
+                        await proc.wait()
+                sandbox.kill_group(proc.pid)  # also sweeps any grandchildren
+                await proc.wait()
+                with anyio.move_on_after(0.3):
+                    await err.closed.wait()
+                    await out.closed.wait()
+                pumps.cancel_scope.cancel()
+        assert self._exited is not None
+        self._exited.set()
+        await self._after_exit(proc, endpoint, err, reason)
+
+    async def _after_exit(self, proc: anyio.abc.Process, endpoint: ConnectionEndpoint,
+                          err: sandbox.OutputTail, reason: BaseException | None) -> None:
+        rc = proc.returncode
+        exit_code, sig = (None, -rc) if rc is not None and rc < 0 else (rc, None)
+        if reason is not None and sig == 9:
+            sig = None  # we killed it for its protocol error; say that instead
+        message = f"actorbox disconnected it: {reason}" if reason is not None else ""
+        detail: dict[str, Any] = {"pid": proc.pid, "exit_code": exit_code, "signal": sig,
+                                  "stderr": err.text(), "message": message}
+        sched = self.rt.scheduler
+        if self._start is not None and self._start.done is not None:
+            self._start.error = ActorStartError(
+                f"actor {self.label!r} ({self.cls.__qualname__}) died while starting: "
+                f"{describe_exit(exit_code, sig)}" + (f"; {message}" if message else ""),
+                actor=self.label, cls=self.cls.__qualname__, pid=proc.pid, stderr=err.text())
+            self._start.done.set()
+            return
+        if self.stopping:
+            self.state = "stopped"
+            sched.detach(self.actor_id, env.Status.STOPPED,
+                         {"message": f"actor {self.label!r} was stopped before this call finished"},
+                         keep_queue=False)
+            self.finished.set()
+            return
+        restart = self.restarts < self.options.max_restarts and not self.rt.closing
+        sched.detach(self.actor_id, env.Status.DIED, detail, keep_queue=restart)
+        self.state = "restarting" if restart else "dead"
+        log.warning("actor.died", actor=self.label, pid=proc.pid, exit_code=exit_code, signal=sig,
+                    reason=message or describe_exit(exit_code, sig), will_restart=restart)
+        if not restart:
+            self.finished.set()
+            return
+        self.restarts += 1
+        try:
+            await self.spawn()
+        except Exception as exc:
+            self.state = "dead"
+            sched.detach(self.actor_id, env.Status.DIED,
+                         {**detail, "message": f"restart {self.restarts} failed: {exc}"}, keep_queue=False)
+            log.error("actor.restart_failed", actor=self.label, error=str(exc))
+            self.finished.set()
+            return
+        log.info("actor.restarted", actor=self.label, pid=self.pid, restarts=self.restarts)
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def stop(self, grace: float) -> None:
+        """Graceful stop, then kill after ``grace`` seconds (idempotent)."""
+        if self.finished.is_set():
+            return
+        if self.stopping:
+            await self.finished.wait()
+            return
+        self.stopping = True
+        with anyio.CancelScope(shield=True):
+            if self.state in ("dead", "restarting") or self.endpoint is None:
+                if self.state != "dead":
+                    # a restart in progress; wait for its process to settle
+                    pass
+            if self.endpoint is not None and self._exited is not None and not self._exited.is_set():
+                try:
+                    self.endpoint.send(env.Stop())
+                except ConnectionClosed:
+                    pass
+                with anyio.move_on_after(grace):
+                    await self._exited.wait()
+                if not self._exited.is_set() and self.pid is not None:
+                    sandbox.kill_group(self.pid)
+                await self.finished.wait()
+            else:
+                self.state = "stopped"
+                self.rt.scheduler.detach(self.actor_id, env.Status.STOPPED,
+                                         {"message": f"actor {self.label!r} was stopped"}, keep_queue=False)
+                self.finished.set()
+
+    def encode_names(self) -> None:
+        if self.endpoint is not None and self.state == "alive":
+            try:
+                self.endpoint.send(env.Names(dict(self.rt.scheduler.names)))
+            except ConnectionClosed:
+                pass
+
+
+def init_payload(import_paths: list[str], pickled_spec: bytes) -> bytes:
+    return msgpack.packb([import_paths, pickled_spec], use_bin_type=True)

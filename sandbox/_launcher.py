@@ -1,0 +1,136 @@
+"""Starting and supervising an actor process.
+
+``LaunchSpec`` says what to run; ``build_command`` turns it into an argv (pure,
+so it can be printed and unit-tested); ``launch`` starts it in a new session so
+the whole process group can be killed, with stdout/stderr captured by
+``OutputTail``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import anyio
+import anyio.abc
+
+# Environment variables an actor process inherits from the host; everything
+# else is dropped so host secrets never reach plugin code.
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "HOME", "TMPDIR",
+                 "ACTORBOX_DEBUG_RPC", "ACTORBOX_ENABLE_CUDA_IPC", "CUDA_VISIBLE_DEVICES",
+                 "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """What an actor process runs: ``python -m module *args`` with the given environment."""
+
+    python: str
+    module: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    pass_fds: tuple[int, ...] = ()
+    import_paths: tuple[str, ...] = ()  # prepended to PYTHONPATH (read-only inputs)
+    cwd: str | None = None
+    label: str = "actor"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def child_environment(spec: LaunchSpec) -> dict[str, str]:
+    """The environment of the actor process: an allow-list of the host's plus ours."""
+    env = {k: v for k, v in spec.env.items() if k in ENV_ALLOWLIST}
+    env.update({
+        "ACTORBOX_CHILD": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        # On few cores, spinning OpenMP threads in one actor starve the others.
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+    })
+    if spec.import_paths:
+        env["PYTHONPATH"] = os.pathsep.join(spec.import_paths)
+    env.update(spec.extra_env)
+    return env
+
+
+def build_command(spec: LaunchSpec) -> list[str]:
+    """The argv that starts the actor process (no sandbox yet: a plain subprocess)."""
+    return [spec.python, "-m", spec.module, *spec.args]
+
+
+class OutputTail:
+    """Keeps the last lines a process wrote and echoes each with a prefix."""
+
+    def __init__(self, prefix: str, echo: TextIO | None, maxlen: int = 40) -> None:
+        self.prefix = prefix
+        self.echo = echo
+        self.lines: deque[str] = deque(maxlen=maxlen)
+        self.closed = anyio.Event()
+
+    async def pump(self, stream: anyio.abc.ByteReceiveStream | None) -> None:
+        if stream is None:
+            self.closed.set()
+            return
+        buf = b""
+        try:
+            async for chunk in stream:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    self._line(raw)
+                if len(buf) > 65536:
+                    self._line(buf)
+                    buf = b""
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            pass
+        finally:
+            if buf:
+                self._line(buf)
+            self.closed.set()
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        self.lines.append(text)
+        if self.echo is not None:
+            try:
+                print(f"{self.prefix} {text}", file=self.echo, flush=True)
+            except (ValueError, OSError):
+                pass
+
+    def text(self, n: int = 20) -> str:
+        return "\n".join(list(self.lines)[-n:])
+
+
+async def launch(spec: LaunchSpec) -> anyio.abc.Process:
+    """Start the actor process in its own session (so its group can be killed)."""
+    return await anyio.open_process(
+        build_command(spec),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_environment(spec),
+        pass_fds=spec.pass_fds,
+        cwd=spec.cwd,
+        start_new_session=True,
+    )
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the actor's whole process group (it leads its own session)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def default_echo() -> TextIO:
+    return sys.stderr

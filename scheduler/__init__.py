@@ -1,0 +1,30 @@
+"""The central router of actorbox: framing, envelopes, endpoints and the call table.
+
+This package knows nothing about payloads, actors' classes or sandboxes.
+"""
+
+from . import _envelope as envelope
+from ._connection import Connection as Connection
+from ._connection import ConnectionClosed as ConnectionClosed
+from ._endpoint import ConnectionEndpoint as ConnectionEndpoint
+from ._endpoint import Endpoint as Endpoint
+from ._framing import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
+from ._framing import FrameDecoder as FrameDecoder
+from ._framing import FrameError as FrameError
+from ._router import ActorEntry as ActorEntry
+from ._router import CallInfo as CallInfo
+from ._router import Scheduler as Scheduler
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "ActorEntry",
+    "CallInfo",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionEndpoint",
+    "Endpoint",
+    "FrameDecoder",
+    "FrameError",
+    "Scheduler",
+    "envelope",
+]

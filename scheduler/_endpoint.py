@@ -1,0 +1,138 @@
+"""Endpoints: the places calls are delivered to and replies come back to.
+
+The host is one endpoint (it originates calls and serves host-resident named
+actors); every actor process is another, reached through a Connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from . import _envelope as env
+from ._connection import Connection, ConnectionClosed
+
+if TYPE_CHECKING:
+    from ._router import Scheduler
+
+log = structlog.get_logger("actorbox.rpc")
+
+
+class Endpoint:
+    """Something the scheduler delivers calls, replies and cancellations to.
+
+    ``trusted`` is true only for the host: payloads produced by a trusted endpoint
+    may carry host-encoded (pickled) values; everything else is decoded with the
+    safe decoder. The flag travels with each delivered envelope.
+    """
+
+    label: str = "?"
+    trusted: bool = False
+    # True when the endpoint keeps its own FIFO and enforces max_concurrency itself,
+    # so the scheduler may deliver calls ahead of time (pipelining).
+    queues_calls: bool = False
+
+    def __init__(self) -> None:
+        # local call id (as the endpoint numbered it) -> global call id
+        self.outgoing: dict[int, int] = {}
+        self.alive = True
+
+    def deliver_call(self, call: env.Call) -> None:
+        raise NotImplementedError
+
+    def deliver_reply(self, reply: env.Reply) -> None:
+        raise NotImplementedError
+
+    def deliver_cancel(self, call_id: int) -> None:
+        raise NotImplementedError
+
+
+def _close_fds(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class ConnectionEndpoint(Endpoint):
+    """An actor process, reached through its socket.
+
+    Frames that arrive are decoded here and routed by the connection they came
+    in on: CALL/REPLY/CANCEL to the scheduler, everything else to ``on_control``.
+    A malformed frame raises out of the reader, which ends the connection.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        conn_factory: Callable[[Callable[[bytes, list[int]], None]], Connection],
+        on_control: Callable[[env.Message], None],
+        label: str,
+        *,
+        debug_rpc: bool = False,
+    ) -> None:
+        super().__init__()
+        self.queues_calls = True
+        self.scheduler = scheduler
+        self.label = label
+        self.actor_id: int | None = None
+        self.on_control = on_control
+        self.debug_rpc = debug_rpc
+        self.conn = conn_factory(self._on_frame)
+
+    def _on_frame(self, body: bytes, fds: list[int]) -> None:
+        try:
+            msg = env.decode(body, fds)
+        except env.EnvelopeError:
+            _close_fds(tuple(fds))
+            raise
+        if self.debug_rpc:
+            _log_frame("in", self.label, msg, len(body))
+        t = type(msg)
+        if t is env.Reply:
+            self.scheduler.reply(self, msg)  # type: ignore[arg-type]
+        elif t is env.Call:
+            self.scheduler.submit(self, msg)  # type: ignore[arg-type]
+        elif t is env.Cancel:
+            self.scheduler.cancel(self, msg.call_id)  # type: ignore[union-attr]
+        else:
+            self.on_control(msg)
+
+    def send(self, msg: env.Message, fds: tuple[int, ...] = ()) -> None:
+        body = env.encode(msg)
+        if self.debug_rpc:
+            _log_frame("out", self.label, msg, len(body))
+        self.conn.send(body, fds)
+
+    def _send_quietly(self, msg: env.Message, fds: tuple[int, ...] = ()) -> None:
+        try:
+            self.send(msg, fds)
+        except ConnectionClosed:
+            pass  # the death handler fails whatever was in flight
+        finally:
+            _close_fds(fds)
+
+    def deliver_call(self, call: env.Call) -> None:
+        self._send_quietly(call, call.fds)
+
+    def deliver_reply(self, reply: env.Reply) -> None:
+        self._send_quietly(reply, reply.fds)
+
+    def deliver_cancel(self, call_id: int) -> None:
+        self._send_quietly(env.Cancel(call_id))
+
+
+def _log_frame(direction: str, peer: str, msg: env.Message, size: int) -> None:
+    fields: dict[str, object] = {"direction": direction, "peer": peer, "kind": type(msg).__name__.lower(), "bytes": size}
+    for attr in ("call_id", "target", "method", "status", "parent_call_id"):
+        v = getattr(msg, attr, None)
+        if v is not None:
+            fields[attr] = int(v) if attr == "status" else v
+    fds = getattr(msg, "fds", ())
+    if fds:
+        fields["fds"] = len(fds)
+    log.debug("rpc.frame", **fields)

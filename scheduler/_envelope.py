@@ -1,0 +1,214 @@
+"""Wire messages between the host and an actor process.
+
+Every message is a frozen, slotted dataclass; on the wire it is a msgpack array
+whose first element is the message kind. Payloads are opaque ``bytes`` to this
+layer: the scheduler routes envelopes and never decodes what they carry.
+msgpack is used because its decoder only ever builds plain data (no code runs,
+nothing is imported), which is what the trust model requires of anything an
+actor sends.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+
+class Kind(enum.IntEnum):
+    CALL = 1
+    REPLY = 2
+    CANCEL = 3
+    LOG = 4
+    INIT = 5
+    READY = 6
+    STOP = 7
+    NAMES = 8
+
+
+class Status(enum.IntEnum):
+    """Outcome of a call, as carried by a Reply."""
+
+    OK = 0
+    ERROR = 1  # payload is an encoded exception raised by the callee
+    DIED = 2  # the callee's process died; detail describes how
+    CANCELLED = 3  # the call was cancelled before it produced a result
+    STOPPED = 4  # the callee was stopped (or never running) when the call was due
+    NO_ACTOR = 5  # the target actor id is unknown
+    REFUSED = 6  # the scheduler refused the call (limits); detail says why
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Invoke ``method`` on actor ``target``; ``call_id`` is local to the sender's connection."""
+
+    call_id: int
+    target: int
+    method: str
+    payload: bytes
+    parent_call_id: int | None = None
+    trusted: bool = False  # set by the scheduler only: payload was produced by the host
+    # Set by the scheduler only: the call's chain is already running on the target,
+    # so the target must run it now even past its max_concurrency (re-entrancy).
+    reentrant: bool = False
+    fds: tuple[int, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    call_id: int
+    status: Status
+    payload: bytes = b""
+    detail: dict[str, Any] | None = None
+    trusted: bool = False  # set by the scheduler only
+    fds: tuple[int, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    call_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A structured log event from an actor process (forwarded to the host's logger)."""
+
+    level: str
+    event: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    """Host -> actor: who you are and what to construct (payload is host-encoded, trusted)."""
+
+    actor_id: int
+    name: str | None
+    payload: bytes
+    names: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Actor -> host: construction finished; ``error`` holds an encoded exception on failure."""
+
+    pid: int
+    error: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Host -> actor: finish up and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Host -> actor: the current named-actor registry (name -> actor id)."""
+
+    names: dict[str, int]
+
+
+Message = Call | Reply | Cancel | Log | Init | Ready | Stop | Names
+
+
+class EnvelopeError(ValueError):
+    """Bytes that do not form a valid envelope."""
+
+
+def encode(msg: Message) -> bytes:
+    """Serialize an envelope (without its fds, which travel beside the frame)."""
+    t = type(msg)
+    if t is Call:
+        c: Call = msg  # type: ignore[assignment]
+        fields: list[Any] = [Kind.CALL, c.call_id, c.target, c.method, c.payload, c.parent_call_id, c.trusted,
+                             c.reentrant, len(c.fds)]
+    elif t is Reply:
+        r: Reply = msg  # type: ignore[assignment]
+        fields = [Kind.REPLY, r.call_id, int(r.status), r.payload, r.detail, r.trusted, len(r.fds)]
+    elif t is Cancel:
+        fields = [Kind.CANCEL, msg.call_id]  # type: ignore[union-attr]
+    elif t is Log:
+        lg: Log = msg  # type: ignore[assignment]
+        fields = [Kind.LOG, lg.level, lg.event, lg.fields]
+    elif t is Init:
+        i: Init = msg  # type: ignore[assignment]
+        fields = [Kind.INIT, i.actor_id, i.name, i.payload, i.names]
+    elif t is Ready:
+        rd: Ready = msg  # type: ignore[assignment]
+        fields = [Kind.READY, rd.pid, rd.error]
+    elif t is Stop:
+        fields = [Kind.STOP]
+    elif t is Names:
+        fields = [Kind.NAMES, msg.names]  # type: ignore[union-attr]
+    else:  # pragma: no cover - programming error
+        raise TypeError(f"not an envelope: {msg!r}")
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise EnvelopeError(what)
+
+
+def _opt_int(v: Any) -> bool:
+    return v is None or (type(v) is int)
+
+
+def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
+    """Parse an envelope; raises EnvelopeError on anything malformed.
+
+    Validation is strict on types so that code further on can trust field types
+    without re-checking (an actor controls every byte of what it sends).
+    """
+    try:
+        obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise EnvelopeError(f"undecodable envelope: {type(exc).__name__}: {exc}") from None
+    _check(type(obj) is list and len(obj) >= 1 and type(obj[0]) is int, "envelope is not a [kind, ...] array")
+    kind = obj[0]
+    n = len(obj)
+    try:
+        if kind == Kind.CALL:
+            _check(n == 9, "CALL has 9 fields")
+            _, cid, target, method, payload, parent, trusted, reentrant, nfds = obj
+            _check(type(cid) is int and type(target) is int and type(method) is str, "CALL field types")
+            _check(type(payload) is bytes and _opt_int(parent) and type(trusted) is bool, "CALL field types")
+            _check(type(reentrant) is bool, "CALL field types")
+            _check(nfds == len(fds), "CALL fd count mismatch")
+            return Call(cid, target, method, payload, parent, trusted, reentrant, tuple(fds))
+        if kind == Kind.REPLY:
+            _check(n == 7, "REPLY has 7 fields")
+            _, cid, status, payload, detail, trusted, nfds = obj
+            _check(type(cid) is int and type(payload) is bytes and type(trusted) is bool, "REPLY field types")
+            _check(detail is None or type(detail) is dict, "REPLY detail must be a map")
+            _check(nfds == len(fds), "REPLY fd count mismatch")
+            return Reply(cid, Status(status), payload, detail, trusted, tuple(fds))
+        _check(not fds, "only CALL and REPLY carry file descriptors")
+        if kind == Kind.CANCEL:
+            _check(n == 2 and type(obj[1]) is int, "CANCEL field types")
+            return Cancel(obj[1])
+        if kind == Kind.LOG:
+            _check(n == 4 and type(obj[1]) is str and type(obj[2]) is str and type(obj[3]) is dict, "LOG field types")
+            return Log(obj[1], obj[2], obj[3])
+        if kind == Kind.INIT:
+            _check(n == 5 and type(obj[1]) is int and _opt_str(obj[2]) and type(obj[3]) is bytes, "INIT field types")
+            _check(type(obj[4]) is dict, "INIT names must be a map")
+            return Init(obj[1], obj[2], obj[3], obj[4])
+        if kind == Kind.READY:
+            _check(n == 3 and type(obj[1]) is int and (obj[2] is None or type(obj[2]) is bytes), "READY field types")
+            return Ready(obj[1], obj[2])
+        if kind == Kind.STOP:
+            _check(n == 1, "STOP has no fields")
+            return Stop()
+        if kind == Kind.NAMES:
+            _check(n == 2 and type(obj[1]) is dict, "NAMES field types")
+            return Names(obj[1])
+    except ValueError as exc:  # includes EnvelopeError and a bad Status value
+        raise EnvelopeError(str(exc)) from None
+    raise EnvelopeError(f"unknown envelope kind {kind}")
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or type(v) is str

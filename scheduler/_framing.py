@@ -1,0 +1,79 @@
+"""Length-prefixed frames with attached file descriptors.
+
+A frame on the wire is an 8-byte header -- body length (u32, little endian) and
+the number of file descriptors that travel with it (u32) -- followed by the body.
+The descriptors ride as SCM_RIGHTS ancillary data on the ``sendmsg`` that carries
+the frame's first byte, so by the time a frame's body is complete its descriptors
+have always arrived (the kernel delivers ancillary data with the first byte of the
+segment it was sent with, and we never split a header across two sends' fds).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+
+HEADER = struct.Struct("<II")
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_FDS_PER_FRAME = 64
+
+
+class FrameError(Exception):
+    """The peer broke the framing rules; the connection cannot continue."""
+
+
+def encode_header(body_len: int, nfds: int) -> bytes:
+    return HEADER.pack(body_len, nfds)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes and descriptors, get whole frames back.
+
+    Invariant: ``self._fds`` holds descriptors received but not yet claimed by a
+    complete frame; they are owned by the decoder and closed by ``close()``.
+    """
+
+    __slots__ = ("_buf", "_fds", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._fds: deque[int] = deque()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> list[tuple[bytes, list[int]]]:
+        """Add received bytes and fds; return the frames now complete, in order."""
+        if fds:
+            self._fds.extend(fds)
+        buf = self._buf
+        buf += data
+        frames: list[tuple[bytes, list[int]]] = []
+        pos = 0
+        n = len(buf)
+        hsize = HEADER.size
+        while n - pos >= hsize:
+            body_len, nfds = HEADER.unpack_from(buf, pos)
+            if body_len > self.max_frame:
+                raise FrameError(
+                    f"frame of {body_len} bytes exceeds the limit of {self.max_frame} bytes"
+                )
+            if nfds > MAX_FDS_PER_FRAME:
+                raise FrameError(f"frame claims {nfds} file descriptors (limit {MAX_FDS_PER_FRAME})")
+            end = pos + hsize + body_len
+            if end > n:
+                break
+            if nfds > len(self._fds):
+                raise FrameError(f"frame claims {nfds} file descriptors but {len(self._fds)} arrived")
+            frame_fds = [self._fds.popleft() for _ in range(nfds)]
+            frames.append((bytes(buf[pos + hsize : end]), frame_fds))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+    def close(self) -> None:
+        while self._fds:
+            try:
+                os.close(self._fds.popleft())
+            except OSError:
+                pass

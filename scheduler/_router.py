@@ -1,0 +1,305 @@
+"""The central router: call table, per-actor FIFO queues, concurrency, re-entrancy.
+
+Every call -- host->actor, actor->host-resident actor, actor->actor -- passes
+through ``Scheduler.submit`` and every result through ``Scheduler.reply``. The
+scheduler attributes each message to the endpoint it arrived on (never to what
+the message claims), keeps one table of calls in flight, and fails calls with a
+status (never an exception object: payloads and errors are the upper layer's)
+when their actor dies or stops.
+
+Pipelining: an actor is sent up to ``max_concurrency + prefetch`` calls; the
+actor runs them in order, ``max_concurrency`` at a time, so a stream of calls to a
+busy actor does not pay a host round trip between each.
+
+Re-entrancy: each call belongs to a *chain*, the id of the root call that led to
+it. A call is admitted to an actor past its ``max_concurrency`` when the same
+chain is already running there: that actor is waiting, directly or indirectly,
+on this very call, so queueing it would deadlock (host -> A -> M -> A).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from . import _envelope as env
+from ._endpoint import Endpoint
+
+log = structlog.get_logger("actorbox")
+
+QUEUED = "queued"  # waiting in the scheduler for a free slot
+RUNNING = "running"  # delivered to the actor (it may still be in the actor's own FIFO)
+CANCELLING = "cancelling"
+
+
+@dataclass(slots=True, eq=False)
+class CallEntry:
+    call_id: int
+    actor_id: int
+    method: str
+    caller: Endpoint
+    caller_local_id: int
+    parent_call_id: int | None
+    chain: int
+    call: env.Call | None  # the envelope to deliver; dropped once dispatched
+    submitted_at: float
+    state: str = QUEUED
+    started_at: float | None = None
+    callee: Endpoint | None = None
+
+
+@dataclass(slots=True, eq=False)
+class ActorEntry:
+    actor_id: int
+    name: str | None
+    label: str
+    max_concurrency: int
+    endpoint: Endpoint | None = None
+    window: int = 1  # calls delivered at once: max_concurrency, plus prefetch if the endpoint queues
+    queue: deque[CallEntry] = field(default_factory=deque)
+    running: dict[int, CallEntry] = field(default_factory=dict)
+    chains: dict[int, int] = field(default_factory=dict)  # chain id -> running calls of it here
+    # Why calls to this actor cannot be served right now (None while serving or starting).
+    closed: tuple[env.Status, dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """A snapshot of one call in flight (``Runtime.pending_calls()``)."""
+
+    call_id: int
+    actor: str
+    method: str
+    caller: str
+    parent_call_id: int | None
+    state: str
+    age_s: float
+
+
+class Scheduler:
+    """Routes envelopes between endpoints; never decodes payloads."""
+
+    def __init__(self, *, log_calls: bool = False, prefetch: int = 64) -> None:
+        self.prefetch = prefetch
+        self._ids = itertools.count(1)
+        self._actor_ids = itertools.count(1)
+        self.calls: dict[int, CallEntry] = {}
+        self.actors: dict[int, ActorEntry] = {}
+        self.names: dict[str, int] = {}
+        self.log_calls = log_calls
+
+    # -- actors ------------------------------------------------------------------
+
+    def add_actor(self, name: str | None, label: str, max_concurrency: int) -> ActorEntry:
+        if name is not None and name in self.names:
+            raise KeyError(name)
+        entry = ActorEntry(next(self._actor_ids), name, label, max_concurrency)
+        self.actors[entry.actor_id] = entry
+        if name is not None:
+            self.names[name] = entry.actor_id
+        return entry
+
+    def attach(self, actor_id: int, endpoint: Endpoint) -> None:
+        """The actor is ready to serve through ``endpoint``; queued calls start."""
+        a = self.actors[actor_id]
+        a.endpoint = endpoint
+        a.window = a.max_concurrency + (self.prefetch if endpoint.queues_calls else 0)
+        a.closed = None
+        self._pump(a)
+
+    def detach(self, actor_id: int, status: env.Status, detail: dict[str, Any], *, keep_queue: bool) -> None:
+        """The actor's endpoint is gone: fail its running calls with ``status``.
+
+        Queued calls wait for a restart when ``keep_queue``, else fail too, and
+        so does every later call until ``attach``. Calls the dead endpoint had
+        made to others are cancelled there and their replies dropped.
+        """
+        a = self.actors.get(actor_id)
+        if a is None:
+            return
+        old = a.endpoint
+        a.endpoint = None
+        if not keep_queue:
+            a.closed = (status, detail)
+        for entry in list(a.running.values()):
+            self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+        if not keep_queue:
+            while a.queue:
+                entry = a.queue.popleft()
+                self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+        if old is not None:
+            self.forget_caller(old)
+
+    def forget_caller(self, endpoint: Endpoint) -> None:
+        """An endpoint went away: cancel the calls it was waiting on."""
+        endpoint.alive = False
+        for gid in list(endpoint.outgoing.values()):
+            self._cancel_entry(gid, notify_caller=False)
+        endpoint.outgoing.clear()
+
+    def remove_actor(self, actor_id: int) -> None:
+        a = self.actors.pop(actor_id, None)
+        if a is not None and a.name is not None and self.names.get(a.name) == actor_id:
+            del self.names[a.name]
+
+    # -- calls -------------------------------------------------------------------
+
+    def submit(self, caller: Endpoint, call: env.Call) -> int:
+        """Accept a call from ``caller``; returns its global call id."""
+        gid = next(self._ids)
+        now = time.monotonic()
+        parent = call.parent_call_id
+        chain = gid
+        if parent is not None:
+            p = self.calls.get(parent)
+            # A caller may only name as parent a call it is itself serving.
+            if p is not None and p.callee is caller and p.state != QUEUED:
+                chain = p.chain
+            else:
+                parent = None
+        a = self.actors.get(call.target)
+        entry = CallEntry(gid, call.target, call.method, caller, call.call_id, parent, chain,
+                          None, now)
+        caller.outgoing[call.call_id] = gid
+        if a is None or a.closed is not None:
+            status, detail = (env.Status.NO_ACTOR, {"actor_id": call.target}) if a is None else a.closed  # type: ignore[misc]
+            self.calls[gid] = entry
+            self._finish(entry, env.Reply(gid, status, b"", detail))
+            return gid
+        entry.call = env.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted, fds=call.fds)
+        self.calls[gid] = entry
+        if self.log_calls:
+            log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
+                      parent_call_id=parent, caller=caller.label)
+        if a.endpoint is not None and (len(a.running) < a.window or chain in a.chains):
+            self._start(a, entry)
+        else:
+            a.queue.append(entry)
+        return gid
+
+    def _start(self, a: ActorEntry, entry: CallEntry) -> None:
+        assert a.endpoint is not None and entry.call is not None
+        entry.state = RUNNING
+        entry.started_at = time.monotonic()
+        entry.callee = a.endpoint
+        a.running[entry.call_id] = entry
+        call, entry.call = entry.call, None
+        if entry.chain in a.chains:
+            call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
+                            trusted=call.trusted, reentrant=True, fds=call.fds)
+        a.chains[entry.chain] = a.chains.get(entry.chain, 0) + 1
+        if self.log_calls:
+            log.debug("call.started", actor=a.label, method=entry.method, call_id=entry.call_id,
+                      parent_call_id=entry.parent_call_id)
+        a.endpoint.deliver_call(call)
+
+    def _pump(self, a: ActorEntry) -> None:
+        while a.queue and a.endpoint is not None:
+            head = a.queue[0]
+            if len(a.running) < a.window or head.chain in a.chains:
+                a.queue.popleft()
+                self._start(a, head)
+            else:
+                # FIFO: a later re-entrant call may still jump the queue.
+                for entry in a.queue:
+                    if entry.chain in a.chains:
+                        a.queue.remove(entry)
+                        self._start(a, entry)
+                        break
+                else:
+                    return
+
+    def reply(self, callee: Endpoint, reply: env.Reply) -> None:
+        """A result from ``callee``; ignored unless it answers a call delivered to it."""
+        entry = self.calls.get(reply.call_id)
+        if entry is None or entry.callee is not callee:
+            for fd in reply.fds:
+                _close(fd)
+            return
+        self._finish(entry, reply)
+
+    def _finish(self, entry: CallEntry, reply: env.Reply) -> None:
+        del self.calls[entry.call_id]
+        a = self.actors.get(entry.actor_id)
+        if a is not None and entry.state != QUEUED:
+            a.running.pop(entry.call_id, None)
+            n = a.chains.get(entry.chain, 0) - 1
+            if n > 0:
+                a.chains[entry.chain] = n
+            else:
+                a.chains.pop(entry.chain, None)
+        caller = entry.caller
+        waiting = caller.outgoing.pop(entry.caller_local_id, None) == entry.call_id
+        if self.log_calls:
+            self._log_finish(entry, a, reply)
+        if waiting and caller.alive:
+            trusted = entry.callee.trusted if entry.callee is not None else True
+            caller.deliver_reply(env.Reply(entry.caller_local_id, reply.status, reply.payload, reply.detail,
+                                           trusted=trusted, fds=reply.fds))
+        else:
+            for fd in reply.fds:
+                _close(fd)
+        if a is not None and a.queue:
+            self._pump(a)
+
+    def _log_finish(self, entry: CallEntry, a: ActorEntry | None, reply: env.Reply) -> None:
+        started = entry.started_at or entry.submitted_at
+        fields = dict(actor=a.label if a else entry.actor_id, method=entry.method, call_id=entry.call_id,
+                      parent_call_id=entry.parent_call_id,
+                      duration_ms=round((time.monotonic() - started) * 1000, 3))
+        if reply.status == env.Status.OK:
+            log.debug("call.finished", **fields)
+        elif reply.status == env.Status.CANCELLED or entry.state == CANCELLING:
+            log.debug("call.cancelled", **fields)
+        else:
+            log.debug("call.failed", status=reply.status.name.lower(), **fields)
+
+    def cancel(self, caller: Endpoint, local_call_id: int) -> None:
+        """The caller no longer wants the result of its call ``local_call_id``."""
+        gid = caller.outgoing.pop(local_call_id, None)
+        if gid is not None:
+            self._cancel_entry(gid, notify_caller=False)
+
+    def _cancel_entry(self, gid: int, *, notify_caller: bool) -> None:
+        entry = self.calls.get(gid)
+        if entry is None:
+            return
+        if entry.state == QUEUED:
+            a = self.actors.get(entry.actor_id)
+            if a is not None:
+                try:
+                    a.queue.remove(entry)
+                except ValueError:
+                    pass
+            self._finish(entry, env.Reply(gid, env.Status.CANCELLED))
+        elif entry.state == RUNNING:
+            # The entry stays until the callee acknowledges, so its concurrency
+            # slot is not reused while the method may still be running.
+            entry.state = CANCELLING
+            assert entry.callee is not None
+            entry.callee.deliver_cancel(gid)
+
+    # -- inspection --------------------------------------------------------------
+
+    def pending_calls(self) -> list[CallInfo]:
+        now = time.monotonic()
+        out = []
+        for e in self.calls.values():
+            a = self.actors.get(e.actor_id)
+            out.append(CallInfo(e.call_id, a.label if a else str(e.actor_id), e.method, e.caller.label,
+                                e.parent_call_id, e.state, round(now - e.submitted_at, 6)))
+        return out
+
+
+def _close(fd: int) -> None:
+    import os
+
+    try:
+        os.close(fd)
+    except OSError:
+        pass
