@@ -202,7 +202,8 @@ class ActorSupervisor:
         if self.stopping:
             self.state = "stopped"
             sched.detach(self.actor_id, env.Status.STOPPED,
-                         {"message": f"actor {self.label!r} was stopped before this call finished"},
+                         {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
+                                     "start a new one with rt.start() to call it again"},
                          keep_queue=False)
             self.finished.set()
             return
@@ -254,7 +255,8 @@ class ActorSupervisor:
             else:
                 self.state = "stopped"
                 self.rt.scheduler.detach(self.actor_id, env.Status.STOPPED,
-                                         {"message": f"actor {self.label!r} was stopped"}, keep_queue=False)
+                                         {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
+                                                     "start a new one with rt.start() to call it again"}, keep_queue=False)
                 self.finished.set()
 
     def encode_names(self) -> None:

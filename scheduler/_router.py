@@ -199,20 +199,11 @@ class Scheduler:
         a.endpoint.deliver_call(call)
 
     def _pump(self, a: ActorEntry) -> None:
-        while a.queue and a.endpoint is not None:
-            head = a.queue[0]
-            if len(a.running) < a.window or head.chain in a.chains:
-                a.queue.popleft()
-                self._start(a, head)
-            else:
-                # FIFO: a later re-entrant call may still jump the queue.
-                for entry in a.queue:
-                    if entry.chain in a.chains:
-                        a.queue.remove(entry)
-                        self._start(a, entry)
-                        break
-                else:
-                    return
+        # Strict FIFO. Re-entrant calls never wait here: submit() admits them at
+        # once, since their chain is already running on the actor.
+        queue = a.queue
+        while queue and a.endpoint is not None and len(a.running) < a.window:
+            self._start(a, queue.popleft())
 
     def reply(self, callee: Endpoint, reply: env.Reply) -> None:
         """A result from ``callee``; ignored unless it answers a call delivered to it."""
