@@ -14,6 +14,7 @@ from ._errors import NameTakenError as NameTakenError
 from ._errors import PrivateMethodError as PrivateMethodError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
+from ._errors import SandboxUnavailableError as SandboxUnavailableError
 from ._errors import SerializationError as SerializationError
 from ._future import Future as Future
 from ._handle import ActorHandle as ActorHandle
@@ -21,6 +22,7 @@ from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
 from ._runtime import ActorInfo as ActorInfo
 from ._runtime import Runtime as Runtime
+from sandbox import SandboxPolicy as SandboxPolicy
 
 __all__ = [
     "ActorDiedError",
@@ -41,6 +43,8 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "Runtime",
+    "SandboxPolicy",
+    "SandboxUnavailableError",
     "SerializationError",
     "actor",
     "get_actor",

@@ -148,3 +148,7 @@ class CallRefusedError(CallError):
 
 class CallCancelledError(CallError):
     """The call was cancelled (by another awaiter of the same Future, or by ``Future.cancel()``)."""
+
+
+class SandboxUnavailableError(ActorStartError):
+    """The sandbox is required but this machine cannot provide it; the message carries the remedy."""

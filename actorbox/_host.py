@@ -133,5 +133,8 @@ class HostEndpoint(Endpoint, Caller):
             return value
         raise value
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout: float) -> None:
+        """Stop the worker threads; a host-resident method stuck in one is waited for at most ``timeout`` s."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for t in list(getattr(self.executor, "_threads", ())):
+            t.join(timeout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from sandbox import SandboxPolicy
+
 T = TypeVar("T", bound=type)
 
 _SANDBOX_MODES = (None, "required", "disabled")
@@ -16,7 +18,7 @@ class ActorOptions:
 
     name: str | None = None
     dependencies: tuple[str, ...] = ()
-    sandbox: str | None = None  # None: the Runtime's default
+    sandbox: str | SandboxPolicy | None = None  # None: the Runtime's default; a policy implies required
     max_concurrency: int = 1
     max_restarts: int = 0
 
@@ -26,8 +28,9 @@ class ActorOptions:
         if isinstance(self.dependencies, str) or not all(isinstance(d, str) for d in self.dependencies):
             raise TypeError("dependencies must be a sequence of requirement strings, e.g. ('numpy<2',)")
         object.__setattr__(self, "dependencies", tuple(self.dependencies))
-        if self.sandbox not in _SANDBOX_MODES:
-            raise ValueError(f"sandbox must be 'required', 'disabled' or None, got {self.sandbox!r}")
+        if not isinstance(self.sandbox, SandboxPolicy) and self.sandbox not in _SANDBOX_MODES:
+            raise ValueError(
+                f"sandbox must be 'required', 'disabled', a SandboxPolicy or None, got {self.sandbox!r}")
         if type(self.max_concurrency) is not int or self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
         if type(self.max_restarts) is not int or self.max_restarts < 0:
@@ -44,7 +47,7 @@ def actor(
     *,
     name: str | None = None,
     dependencies: tuple[str, ...] | list[str] = (),
-    sandbox: str | None = None,
+    sandbox: str | SandboxPolicy | None = None,
     max_concurrency: int = 1,
     max_restarts: int = 0,
 ) -> Any: ...

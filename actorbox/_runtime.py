@@ -13,6 +13,7 @@ import anyio.abc
 import cloudpickle
 import structlog
 
+from sandbox import SandboxPolicy
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
 
 from ._codec import Codec
@@ -51,13 +52,22 @@ def _env_flag(name: str) -> bool:
 class Runtime:
     """Runs actors: ``async with actorbox.Runtime() as rt: h = await rt.start(Cls)``.
 
+    ``sandbox``: ``"required"`` (default: every actor runs in bubblewrap, and a machine
+    that can't sandbox is an error carrying the remedy) or ``"disabled"`` (explicitly
+    unsandboxed, warned about on every actor start); an actor's own ``sandbox=`` option
+    wins. ``sandbox_policy``: the default SandboxPolicy (network, paths, limits).
     ``grace_period``: seconds a stopping actor gets before it is killed.
     ``log_calls``: emit ``call.*`` trace events (default: ``ACTORBOX_LOG_CALLS=1``).
     ``max_frame_size``: the largest frame accepted from an actor, in bytes.
     """
 
-    def __init__(self, *, grace_period: float = 5.0, log_calls: bool | None = None,
+    def __init__(self, *, sandbox: str = "required", sandbox_policy: SandboxPolicy | None = None,
+                 grace_period: float = 5.0, log_calls: bool | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME) -> None:
+        if sandbox not in ("required", "disabled"):
+            raise ValueError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
+        self.sandbox = sandbox
+        self.sandbox_policy = sandbox_policy or SandboxPolicy()
         self.grace_period = grace_period
         self.max_frame_size = max_frame_size
         self.debug_rpc = _env_flag("ACTORBOX_DEBUG_RPC")
@@ -99,13 +109,18 @@ class Runtime:
                 return await self._tg_cm.__aexit__(et, e, tb)  # type: ignore[no-any-return]
             finally:
                 if self._host is not None:
-                    self._host.close()
+                    self._host.close(self.grace_period)
                 try:
                     process_caller.reset(self._ctx_token)
                 except ValueError:
                     process_caller.set(None)  # exited from another context
 
     # -- actors ----------------------------------------------------------------------
+
+    def _sandbox_for(self, opts: ActorOptions) -> tuple[str, SandboxPolicy]:
+        if isinstance(opts.sandbox, SandboxPolicy):
+            return "required", opts.sandbox
+        return opts.sandbox or self.sandbox, self.sandbox_policy
 
     def _make_handle(self, actor_id: int, name: str | None, label: str) -> ActorHandle:
         assert self._host is not None
@@ -134,11 +149,11 @@ class Runtime:
                 "or choose another name", name=name) from None
         label = name or f"{cls.__name__}#{entry.actor_id}"
         entry.label = label
-        paths = _import_paths(cls)
+        paths, module_paths = _import_paths(cls)
         spec = cloudpickle.dumps({"cls": cls, "args": args, "kwargs": kwargs, "label": label,
                                  "max_concurrency": opts.max_concurrency})
         sup = ActorSupervisor(self, entry.actor_id, label, name, cls, init_payload(paths, spec),
-                              tuple(paths), opts)
+                              tuple(module_paths), opts)
         self._supervisors[entry.actor_id] = sup
         try:
             await sup.spawn()
@@ -223,15 +238,31 @@ class Runtime:
         return self.scheduler.pending_calls()
 
 
-def _import_paths(cls: type) -> list[str]:
-    """Where ``cls``'s module must be importable from in the actor (by-reference pickling)."""
+def _import_paths(cls: type) -> tuple[list[str], list[str]]:
+    """Where ``cls``'s module is imported from in the actor, and the files to expose for it.
+
+    Returns (sys.path roots, paths to bind read-only): the module's own package
+    directory (or the module file itself when it is top-level) plus the
+    ``__init__.py`` of each enclosing package, and nothing else of the project.
+    """
     module = sys.modules.get(cls.__module__)
     f = getattr(module, "__file__", None)
     if module is None or not f or cls.__module__ == "__main__":
-        return []
+        return [], []
     path = os.path.abspath(f)
-    depth = cls.__module__.count(".") + (1 if os.path.basename(path) == "__init__.py" else 0)
+    is_pkg = os.path.basename(path) == "__init__.py"
+    depth = cls.__module__.count(".") + (1 if is_pkg else 0)
     root = os.path.dirname(path)
     for _ in range(depth):
         root = os.path.dirname(root)
-    return [root]
+    if depth == 0:
+        return [root], [path]
+    own = os.path.dirname(path)
+    binds = [own]
+    d = os.path.dirname(own)
+    while len(d) > len(root):
+        init = os.path.join(d, "__init__.py")
+        if os.path.exists(init):
+            binds.append(init)
+        d = os.path.dirname(d)
+    return [root], binds

@@ -18,7 +18,7 @@ import sandbox
 from scheduler import Connection, ConnectionClosed, ConnectionEndpoint
 from scheduler import envelope as env
 
-from ._errors import ActorStartError, ProtocolError, describe_exit
+from ._errors import ActorStartError, ProtocolError, SandboxUnavailableError, describe_exit
 
 if TYPE_CHECKING:
     from ._options import ActorOptions
@@ -30,6 +30,11 @@ actor_log = structlog.get_logger("actorbox.actor")
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 _RESERVED = {"event", "actor", "pid", "level"}
 _ACTORBOX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# actorbox's own packages, bound read-only into every sandbox (wherever they are installed).
+_CODE_PATHS = tuple(os.path.join(_ACTORBOX_ROOT, p) for p in ("actorbox", "scheduler", "sandbox"))
+# Sandboxed actors of a root host each run as their own uid, so per-uid limits
+# (processes) are per actor and actors cannot signal or ptrace each other.
+_UID_BASE = 200_000
 
 
 @dataclass(slots=True)
@@ -44,14 +49,14 @@ class ActorSupervisor:
     """Owns one actor: its current process, endpoint, restarts and state."""
 
     def __init__(self, rt: Runtime, actor_id: int, label: str, name: str | None, cls: type,
-                 init_payload: bytes, import_paths: tuple[str, ...], options: ActorOptions) -> None:
+                 init_payload: bytes, module_paths: tuple[str, ...], options: ActorOptions) -> None:
         self.rt = rt
         self.actor_id = actor_id
         self.label = label
         self.name = name
         self.cls = cls
         self.init_payload = init_payload
-        self.import_paths = import_paths
+        self.module_paths = module_paths
         self.options = options
         self.state = "starting"
         self.pid: int | None = None
@@ -71,12 +76,26 @@ class ActorSupervisor:
         t0 = time.monotonic()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            mode, policy = self.rt._sandbox_for(self.options)
             spec = sandbox.LaunchSpec(
                 python=sys.executable, module="actorbox._child", args=(str(child.fileno()),),
                 env=os.environ, pass_fds=(child.fileno(),), import_paths=(_ACTORBOX_ROOT,),
-                label=self.label)
+                code_paths=_CODE_PATHS, module_paths=self.module_paths,
+                venv_path=sys.prefix if sys.prefix != sys.base_prefix else None,
+                label=self.label, sandboxed=mode == "required", policy=policy,
+                uid=_UID_BASE + self.actor_id)
+            if mode == "disabled":
+                log.warning("actor.unsandboxed", actor=self.label,
+                            reason="sandbox='disabled' was chosen explicitly: this actor runs with the host's "
+                                   "privileges and can read and change everything the host can")
             try:
                 proc = await sandbox.launch(spec)
+            except sandbox.SandboxUnavailable as exc:
+                parent.close()
+                raise SandboxUnavailableError(
+                    f"cannot start actor {self.label!r} in a sandbox: {exc}\nTo run it without isolation "
+                    "(trusted code only), pass sandbox='disabled' to @actor or to Runtime().",
+                    actor=self.label, cls=self.cls.__qualname__) from None
             except OSError as exc:
                 parent.close()
                 raise ActorStartError(
@@ -238,26 +257,28 @@ class ActorSupervisor:
             return
         self.stopping = True
         with anyio.CancelScope(shield=True):
-            if self.state in ("dead", "restarting") or self.endpoint is None:
-                if self.state != "dead":
-                    # a restart in progress; wait for its process to settle
-                    pass
-            if self.endpoint is not None and self._exited is not None and not self._exited.is_set():
+            exited = self._exited
+            if self.endpoint is not None and exited is not None and not exited.is_set():
                 try:
                     self.endpoint.send(env.Stop())
                 except ConnectionClosed:
                     pass
                 with anyio.move_on_after(grace):
-                    await self._exited.wait()
-                if not self._exited.is_set() and self.pid is not None:
+                    await exited.wait()
+                if not exited.is_set() and self.pid is not None:
+                    log.warning("actor.killed", actor=self.label, pid=self.pid,
+                                reason=f"did not stop within the grace period of {grace} s")
                     sandbox.kill_group(self.pid)
                 await self.finished.wait()
             else:
+                # No live process (dead, or between restarts): close it for good.
                 self.state = "stopped"
-                self.rt.scheduler.detach(self.actor_id, env.Status.STOPPED,
-                                         {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
-                                                     "start a new one with rt.start() to call it again"}, keep_queue=False)
+                self.rt.scheduler.detach(
+                    self.actor_id, env.Status.STOPPED,
+                    {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
+                                "start a new one with rt.start() to call it again"}, keep_queue=False)
                 self.finished.set()
+        log.info("actor.stopped", actor=self.label, pid=self.pid)
 
     def encode_names(self) -> None:
         if self.endpoint is not None and self.state == "alive":

@@ -1,22 +1,39 @@
-"""Where and how an actor process runs: launch specs, commands, supervision.
+"""Where and how an actor process runs: restriction-model detection, bubblewrap
+command building, sandbox policy, process launching and supervision.
 
 This package knows nothing about actorbox's API or the scheduler.
 """
 
+from ._bwrap import build_bwrap_command as build_bwrap_command
+from ._detect import Restriction as Restriction
+from ._detect import RestrictionModel as RestrictionModel
+from ._detect import detect_restriction_model as detect_restriction_model
 from ._launcher import ENV_ALLOWLIST as ENV_ALLOWLIST
 from ._launcher import LaunchSpec as LaunchSpec
 from ._launcher import OutputTail as OutputTail
+from ._launcher import SandboxUnavailable as SandboxUnavailable
 from ._launcher import build_command as build_command
 from ._launcher import child_environment as child_environment
 from ._launcher import kill_group as kill_group
 from ._launcher import launch as launch
+from ._policy import PolicyError as PolicyError
+from ._policy import SandboxPolicy as SandboxPolicy
+from ._policy import validate_path as validate_path
 
 __all__ = [
     "ENV_ALLOWLIST",
     "LaunchSpec",
     "OutputTail",
+    "PolicyError",
+    "Restriction",
+    "RestrictionModel",
+    "SandboxPolicy",
+    "SandboxUnavailable",
+    "build_bwrap_command",
     "build_command",
     "child_environment",
+    "detect_restriction_model",
     "kill_group",
     "launch",
+    "validate_path",
 ]

@@ -8,6 +8,7 @@ the whole process group can be killed, with stdout/stderr captured by
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -19,6 +20,11 @@ from typing import TextIO
 
 import anyio
 import anyio.abc
+import psutil
+
+from ._bwrap import build_bwrap_command
+from ._detect import RestrictionModel, detect_restriction_model
+from ._policy import SandboxPolicy
 
 # Environment variables an actor process inherits from the host; everything
 # else is dropped so host secrets never reach plugin code.
@@ -27,24 +33,40 @@ ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "HOME", "TM
                  "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+class SandboxUnavailable(RuntimeError):
+    """The sandbox was required but this machine cannot provide it; ``model`` says why."""
+
+    def __init__(self, model: RestrictionModel) -> None:
+        super().__init__(model.explain())
+        self.model = model
+
+
 @dataclass(frozen=True, slots=True)
 class LaunchSpec:
-    """What an actor process runs: ``python -m module *args`` with the given environment."""
+    """What an actor process runs: ``python -m module *args``, sandboxed unless ``sandboxed`` is False."""
 
     python: str
     module: str
     args: tuple[str, ...]
     env: Mapping[str, str]
     pass_fds: tuple[int, ...] = ()
-    import_paths: tuple[str, ...] = ()  # prepended to PYTHONPATH (read-only inputs)
+    import_paths: tuple[str, ...] = ()  # PYTHONPATH entries
+    code_paths: tuple[str, ...] = ()  # actorbox's own code, bound read-only
+    module_paths: tuple[str, ...] = ()  # the actor's module, bound read-only
+    venv_path: str | None = None
     cwd: str | None = None
     label: str = "actor"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    sandboxed: bool = True
+    policy: SandboxPolicy = field(default_factory=SandboxPolicy)
+    uid: int = 65534  # the actor's uid when the host runs as root
 
 
 def child_environment(spec: LaunchSpec) -> dict[str, str]:
     """The environment of the actor process: an allow-list of the host's plus ours."""
     env = {k: v for k, v in spec.env.items() if k in ENV_ALLOWLIST}
+    if spec.sandboxed:
+        env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/usr/local/bin:/usr/bin:/bin"})
     env.update({
         "ACTORBOX_CHILD": "1",
         "PYTHONUNBUFFERED": "1",
@@ -59,9 +81,33 @@ def child_environment(spec: LaunchSpec) -> dict[str, str]:
     return env
 
 
-def build_command(spec: LaunchSpec) -> list[str]:
-    """The argv that starts the actor process (no sandbox yet: a plain subprocess)."""
-    return [spec.python, "-m", spec.module, *spec.args]
+def build_command(spec: LaunchSpec, model: RestrictionModel | None = None) -> list[str]:
+    """The argv that starts the actor process; raises SandboxUnavailable when it can't be sandboxed."""
+    argv = ["-m", spec.module, *spec.args]
+    if not spec.sandboxed:
+        return [spec.python, *argv]
+    model = model or detect_restriction_model()
+    if not model.available:
+        raise SandboxUnavailable(model)
+    nproc = None if model.privileged else spec.policy.max_processes + _own_process_count()
+    gpus = tuple(sorted(glob.glob("/dev/nvidia[0-9]*"))) if spec.policy.allow_gpu else ()
+    return build_bwrap_command(
+        spec.python, spec.module_paths, spec.venv_path, spec.pass_fds[0] if spec.pass_fds else None,
+        spec.policy.allow_gpu, model, spec.policy, argv=argv, readonly_paths=spec.code_paths,
+        env=child_environment(spec), uid=spec.uid, nproc_limit=nproc, gpu_devices=gpus)
+
+
+def _own_process_count() -> int:
+    """Processes and threads of this uid: RLIMIT_NPROC counts them all in user-namespace mode."""
+    uid = os.getuid()
+    n = 0
+    for p in psutil.process_iter(["uids", "num_threads"]):
+        try:
+            if p.info["uids"] and p.info["uids"].real == uid:
+                n += p.info["num_threads"] or 1
+        except (psutil.Error, TypeError):
+            pass
+    return n
 
 
 class OutputTail:
@@ -109,12 +155,13 @@ class OutputTail:
 
 async def launch(spec: LaunchSpec) -> anyio.abc.Process:
     """Start the actor process in its own session (so its group can be killed)."""
+    cmd = build_command(spec)
     return await anyio.open_process(
-        build_command(spec),
+        cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=child_environment(spec),
+        env=child_environment(spec) if not spec.sandboxed else {"PATH": "/usr/local/bin:/usr/bin:/bin"},
         pass_fds=spec.pass_fds,
         cwd=spec.cwd,
         start_new_session=True,

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("actorbox.rpc")
 
+# Only the scheduler reports deaths, stops and refusals; an actor can only succeed,
+# fail or acknowledge a cancellation.
+_ACTOR_STATUSES = frozenset({env.Status.OK, env.Status.ERROR, env.Status.CANCELLED})
+
 
 class Endpoint:
     """Something the scheduler delivers calls, replies and cancellations to.
@@ -94,6 +98,9 @@ class ConnectionEndpoint(Endpoint):
             _log_frame("in", self.label, msg, len(body))
         t = type(msg)
         if t is env.Reply:
+            if msg.status not in _ACTOR_STATUSES or msg.detail is not None:  # type: ignore[union-attr]
+                _close_fds(msg.fds)  # type: ignore[union-attr]
+                raise env.EnvelopeError(f"an actor may not reply with status {msg.status.name}")  # type: ignore[union-attr]
             self.scheduler.reply(self, msg)  # type: ignore[arg-type]
         elif t is env.Call:
             self.scheduler.submit(self, msg)  # type: ignore[arg-type]

@@ -1,0 +1,214 @@
+"""Tests for scheduler/_envelope.py: wire messages, their encoding and the strict decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler import envelope as env
+from tests import strategies as s
+
+MESSAGE_TYPES = typing.get_args(env.Message)
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_str_map(v: Any) -> bool:
+    return type(v) is dict and all(type(k) is str for k in v)
+
+
+def _is_name_map(v: Any) -> bool:
+    return _is_str_map(v) and all(type(x) is int for x in v.values())
+
+
+def assert_valid(msg: Any, fds: tuple[int, ...]) -> None:
+    """``msg`` is a message whose fields all have their declared types."""
+    t = type(msg)
+    assert t in MESSAGE_TYPES, t
+    if t is env.Call:
+        assert _is_int(msg.call_id) and _is_int(msg.target) and type(msg.method) is str
+        assert type(msg.payload) is bytes and (msg.parent_call_id is None or _is_int(msg.parent_call_id))
+        assert type(msg.trusted) is bool and type(msg.reentrant) is bool
+        assert msg.fds == fds
+    elif t is env.Reply:
+        assert _is_int(msg.call_id) and type(msg.status) is env.Status and type(msg.payload) is bytes
+        assert msg.detail is None or _is_str_map(msg.detail), msg.detail
+        assert type(msg.trusted) is bool and msg.fds == fds
+    elif t is env.Cancel:
+        assert _is_int(msg.call_id)
+    elif t is env.Log:
+        assert type(msg.level) is str and type(msg.event) is str and _is_str_map(msg.fields), msg
+    elif t is env.Init:
+        assert _is_int(msg.actor_id) and (msg.name is None or type(msg.name) is str)
+        assert type(msg.payload) is bytes and _is_name_map(msg.names), msg
+    elif t is env.Ready:
+        assert _is_int(msg.pid) and (msg.error is None or type(msg.error) is bytes)
+    elif t is env.Names:
+        assert _is_name_map(msg.names), msg
+    if t not in (env.Call, env.Reply):
+        assert not fds
+
+
+def decode_or_refuse(body: bytes, fds: tuple[int, ...] = ()) -> None:
+    """decode() either returns a valid message or raises EnvelopeError (anything else fails the test)."""
+    try:
+        msg = env.decode(body, fds)
+    except env.EnvelopeError:
+        return
+    assert_valid(msg, fds)
+
+
+# -- the message types -----------------------------------------------------------------
+
+
+def test_strategies_cover_every_message_type() -> None:
+    """tests/strategies.py has a strategy for every member of env.Message."""
+    assert set(s.MESSAGES) == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+def test_messages_are_frozen_slotted_dataclasses(cls: type) -> None:
+    """Every wire message is a frozen dataclass with __slots__ (STYLE rule 9)."""
+    assert dataclasses.is_dataclass(cls)
+    assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert "__slots__" in cls.__dict__
+
+
+def test_messages_cannot_be_mutated() -> None:
+    """Assigning to a field of a message raises FrozenInstanceError."""
+    call = env.Call(1, 2, "m", b"")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        call.method = "other"  # type: ignore[misc]
+
+
+# -- round trip ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_round_trip(cls: type, data: st.DataObject) -> None:
+    """decode(encode(m), m.fds) == m for every message type, fds included."""
+    msg = data.draw(s.MESSAGES[cls])
+    fds = getattr(msg, "fds", ())
+    out = env.decode(env.encode(msg), fds)
+    assert type(out) is cls
+    assert out == msg
+    assert getattr(out, "fds", ()) == fds
+    if cls is env.Reply:
+        assert type(out.status) is env.Status
+
+
+def test_encoding_omits_fd_numbers() -> None:
+    """Only the fd count goes into the body: the same call with other fd numbers encodes identically."""
+    a = env.Call(1, 2, "m", b"p", fds=(3, 4))
+    b = env.Call(1, 2, "m", b"p", fds=(70, 80))
+    assert env.encode(a) == env.encode(b)
+
+
+# -- strictness ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "fds"),
+    [
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, False, False, 1], (), id="call-claims-missing-fd"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, False, False, 0], (5,), id="call-unclaimed-fd"),
+        pytest.param([env.Kind.CALL, 1, 2, b"m", b"", None, False, False, 0], (), id="call-method-bytes"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", "payload", None, False, False, 0], (), id="call-payload-str"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", 1.5, False, False, 0], (), id="call-parent-float"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, 1, False, 0], (), id="call-trusted-int"),
+        pytest.param([env.Kind.CALL, True, 2, "m", b"", None, False, False, 0], (), id="call-id-bool"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, False, False], (), id="call-short"),
+        pytest.param([env.Kind.REPLY, 1, 99, b"", None, False, 0], (), id="reply-bad-status"),
+        pytest.param([env.Kind.REPLY, 1, "OK", b"", None, False, 0], (), id="reply-status-str"),
+        pytest.param([env.Kind.REPLY, 1, 0, b"", [1], False, 0], (), id="reply-detail-list"),
+        pytest.param([env.Kind.CANCEL, 1], (3,), id="cancel-with-fd"),
+        pytest.param([env.Kind.CANCEL, "1"], (), id="cancel-id-str"),
+        pytest.param([env.Kind.LOG, "info", "e", []], (), id="log-fields-list"),
+        pytest.param([env.Kind.INIT, 1, 5, b"", {}], (), id="init-name-int"),
+        pytest.param([env.Kind.READY, 1, "err"], (), id="ready-error-str"),
+        pytest.param([env.Kind.STOP, 1], (), id="stop-extra"),
+        pytest.param([env.Kind.NAMES, []], (), id="names-list"),
+        pytest.param([0], (), id="kind-0"),
+        pytest.param([99], (), id="kind-99"),
+        pytest.param([True], (), id="kind-bool"),
+        pytest.param(["call"], (), id="kind-str"),
+        pytest.param([], (), id="empty"),
+        pytest.param({"kind": 1}, (), id="map"),
+        pytest.param(7, (), id="int"),
+    ],
+)
+def test_malformed_envelopes_are_refused(fields: Any, fds: tuple[int, ...]) -> None:
+    """Wrong arity, wrong field types, unknown kinds and fd mismatches raise EnvelopeError."""
+    with pytest.raises(env.EnvelopeError):
+        env.decode(msgpack.packb(fields, use_bin_type=True), fds)
+
+
+@pytest.mark.parametrize("body", [b"", b"\xc1", b"\x92\x01", b"\x93\x03\x01\x02\x00extra"], ids=repr)
+def test_undecodable_bytes_are_refused(body: bytes) -> None:
+    """Empty, invalid, truncated or trailing-garbage msgpack raises EnvelopeError."""
+    with pytest.raises(env.EnvelopeError):
+        env.decode(body)
+
+
+def test_envelope_error_is_a_value_error() -> None:
+    """EnvelopeError subclasses ValueError, so callers catching ValueError also catch it."""
+    assert issubclass(env.EnvelopeError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param([env.Kind.LOG, "info", "event", {1: "x"}], id="log-fields-int-key"),
+        pytest.param([env.Kind.REPLY, 1, 0, b"", {b"k": 1}, False, 0], id="reply-detail-bytes-key"),
+        pytest.param([env.Kind.NAMES, {"a": "not-an-id"}], id="names-value-str"),
+        pytest.param([env.Kind.INIT, 1, None, b"", {"a": [1]}], id="init-names-value-list"),
+    ],
+)
+def test_map_fields_are_type_checked(fields: list[Any]) -> None:
+    """Map fields are checked like the rest: non-str keys (and non-int actor ids in name maps) are refused."""
+    with pytest.raises(env.EnvelopeError):
+        env.decode(msgpack.packb(fields, use_bin_type=True))
+
+
+# -- fuzzing ---------------------------------------------------------------------------
+
+
+@given(body=st.binary(max_size=256), fds=s.fd_tuples)
+def test_fuzz_random_bytes(body: bytes, fds: tuple[int, ...]) -> None:
+    """Random bytes either decode to a well-typed message or raise EnvelopeError."""
+    decode_or_refuse(body, fds)
+
+
+@given(body=s.mutated_envelopes(), fds=s.fd_tuples)
+def test_fuzz_mutated_envelopes(body: bytes, fds: tuple[int, ...]) -> None:
+    """Valid envelopes with a field replaced or bytes damaged decode to a well-typed message or raise EnvelopeError."""
+    decode_or_refuse(body, fds)
+
+
+@given(fields=st.lists(s.any_values, max_size=10), kind=st.sampled_from(env.Kind), fds=s.fd_tuples)
+def test_fuzz_arrays_of_any_kind(fields: list[Any], kind: env.Kind, fds: tuple[int, ...]) -> None:
+    """A [kind, arbitrary fields...] array decodes to a well-typed message or raises EnvelopeError."""
+    decode_or_refuse(msgpack.packb([int(kind), *fields], use_bin_type=True), fds)
+
+
+def test_deeply_nested_input_is_refused_not_crashed() -> None:
+    """A payload nesting arrays 100,000 deep raises EnvelopeError (no RecursionError, no hang)."""
+    body = b"\x91" * 100_000 + b"\xc0"
+    with pytest.raises(env.EnvelopeError):
+        env.decode(body)
+
+
+def test_huge_declared_length_is_refused_quickly() -> None:
+    """A bin32 header declaring 4 GiB on a short body raises EnvelopeError without allocating it."""
+    body = b"\x93\x06\x01\xc6\xff\xff\xff\xff" + b"x" * 8
+    with pytest.raises(env.EnvelopeError):
+        env.decode(body)

@@ -1,0 +1,172 @@
+"""Shared hypothesis strategies: wire envelopes and codec payload values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from hypothesis import strategies as st
+
+from scheduler import envelope as env
+
+# -- plain msgpack data --------------------------------------------------------------
+
+# msgpack integers span int64 and uint64.
+msgpack_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+small_ints = st.integers(min_value=-(2**31), max_value=2**31)
+
+_plain_leaves = (
+    st.none()
+    | st.booleans()
+    | msgpack_ints
+    | st.floats(allow_nan=False)  # NaN != NaN would make equality checks meaningless
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+
+# Values that survive a plain msgpack round trip unchanged (lists, str-keyed maps).
+plain_values: st.SearchStrategy[Any] = st.recursive(
+    _plain_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+str_maps = st.dictionaries(st.text(max_size=10), plain_values, max_size=4)
+
+# Any msgpack data, including maps keyed by something other than str (a peer may send those).
+_any_keys = st.none() | st.booleans() | msgpack_ints | st.floats(allow_nan=False) | st.text(max_size=5) | st.binary(
+    max_size=5)
+any_values: st.SearchStrategy[Any] = st.recursive(
+    _plain_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_any_keys, children, max_size=4),
+    max_leaves=12,
+)
+
+# -- envelopes -------------------------------------------------------------------------
+
+fd_tuples = st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=4).map(tuple)
+
+calls = st.builds(
+    env.Call,
+    call_id=msgpack_ints,
+    target=msgpack_ints,
+    method=st.text(max_size=30),
+    payload=st.binary(max_size=64),
+    parent_call_id=st.none() | msgpack_ints,
+    trusted=st.booleans(),
+    reentrant=st.booleans(),
+    fds=fd_tuples,
+)
+replies = st.builds(
+    env.Reply,
+    call_id=msgpack_ints,
+    status=st.sampled_from(env.Status),
+    payload=st.binary(max_size=64),
+    detail=st.none() | str_maps,
+    trusted=st.booleans(),
+    fds=fd_tuples,
+)
+cancels = st.builds(env.Cancel, call_id=msgpack_ints)
+logs = st.builds(env.Log, level=st.text(max_size=10), event=st.text(max_size=30), fields=str_maps)
+name_maps = st.dictionaries(st.text(max_size=10), msgpack_ints, max_size=4)
+inits = st.builds(
+    env.Init,
+    actor_id=msgpack_ints,
+    name=st.none() | st.text(max_size=10),
+    payload=st.binary(max_size=64),
+    names=name_maps,
+)
+readies = st.builds(env.Ready, pid=msgpack_ints, error=st.none() | st.binary(max_size=64))
+stops = st.just(env.Stop())
+names_msgs = st.builds(env.Names, names=name_maps)
+
+# One strategy per message type; tests check that this covers every type in env.Message.
+MESSAGES: dict[type, st.SearchStrategy[Any]] = {
+    env.Call: calls,
+    env.Reply: replies,
+    env.Cancel: cancels,
+    env.Log: logs,
+    env.Init: inits,
+    env.Ready: readies,
+    env.Stop: stops,
+    env.Names: names_msgs,
+}
+messages: st.SearchStrategy[Any] = st.one_of(*MESSAGES.values())
+
+
+@st.composite
+def mutated_envelopes(draw: st.DrawFn) -> bytes:
+    """A valid envelope with one field replaced by arbitrary data, or its bytes damaged."""
+    msg = draw(messages)
+    body = env.encode(msg)
+    how = draw(st.sampled_from(["field", "map-entry", "append", "drop", "truncate", "flip", "splice"]))
+    if how in ("field", "map-entry", "append", "drop"):
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        maps = [f for f in fields if type(f) is dict]
+        if how == "map-entry" and maps:
+            draw(st.sampled_from(maps))[draw(_any_keys)] = draw(any_values)
+        elif how in ("field", "map-entry"):
+            # Keep the kind most of the time so the per-kind validation is what gets exercised.
+            for i in draw(st.sets(st.integers(0, len(fields) - 1), min_size=1, max_size=2)):
+                fields[i] = draw(any_values)
+        elif how == "append":
+            fields.append(draw(any_values))
+        else:
+            del fields[draw(st.integers(0, len(fields) - 1))]
+        return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+    if how == "truncate":
+        return body[: draw(st.integers(0, max(len(body) - 1, 0)))]
+    if how == "flip":
+        data = bytearray(body)
+        for _ in range(draw(st.integers(1, 4))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+    at = draw(st.integers(0, len(body)))
+    return body[:at] + draw(st.binary(min_size=1, max_size=16)) + body[at:]
+
+
+# -- codec payload values --------------------------------------------------------------
+
+_hashable_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()  # unbounded: big ints travel as an extension type
+    | st.floats(allow_nan=False)
+    | st.complex_numbers(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+hashable_values: st.SearchStrategy[Any] = st.recursive(
+    _hashable_leaves,
+    lambda children: st.lists(children, max_size=3).map(tuple) | st.frozensets(children, max_size=3),
+    max_leaves=8,
+)
+codec_values: st.SearchStrategy[Any] = st.recursive(
+    _hashable_leaves,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=4).map(tuple)
+        | st.dictionaries(hashable_values, children, max_size=4)
+        | st.sets(hashable_values, max_size=4)
+        | st.frozensets(hashable_values, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal *and* of the same types all the way down (1 == 1.0 == True is not enough)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (set, frozenset)):
+        if a != b:
+            return False
+        by_value = {y: y for y in b}
+        return all(same(x, by_value[x]) for x in a)
+    if isinstance(a, dict):
+        if a.keys() != b.keys():
+            return False
+        keys_b = {k: k for k in b}
+        return all(same(k, keys_b[k]) and same(v, b[k]) for k, v in a.items())
+    return a == b  # type: ignore[no-any-return]
