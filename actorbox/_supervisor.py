@@ -59,7 +59,8 @@ class ActorSupervisor:
         self.module_paths = module_paths
         self.options = options
         self.state = "starting"
-        self.pid: int | None = None
+        self.pid: int | None = None  # host pid of the actor's Python process
+        self.sandboxed = True
         self.restarts = 0
         self.started_at = time.monotonic()
         self.endpoint: ConnectionEndpoint | None = None
@@ -84,6 +85,7 @@ class ActorSupervisor:
                 venv_path=sys.prefix if sys.prefix != sys.base_prefix else None,
                 label=self.label, sandboxed=mode == "required", policy=policy,
                 uid=_UID_BASE + self.actor_id)
+            self.sandboxed = mode == "required"
             if mode == "disabled":
                 log.warning("actor.unsandboxed", actor=self.label,
                             reason="sandbox='disabled' was chosen explicitly: this actor runs with the host's "
@@ -127,8 +129,11 @@ class ActorSupervisor:
             sandbox.kill_group(proc.pid)
             raise start.error
         self.state = "alive"
+        if self.sandboxed:
+            # The launcher (prlimit -> bwrap) is what we started; report the Python inside.
+            self.pid = sandbox.find_actor_pid(proc.pid) or proc.pid
         self.rt.scheduler.attach(self.actor_id, endpoint)
-        log.info("actor.started", actor=self.label, cls=self.cls.__qualname__, pid=proc.pid,
+        log.info("actor.started", actor=self.label, cls=self.cls.__qualname__, pid=self.pid,
                  restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
 
     def _on_control(self, msg: env.Message) -> None:
@@ -203,19 +208,18 @@ class ActorSupervisor:
 
     async def _after_exit(self, proc: anyio.abc.Process, endpoint: ConnectionEndpoint,
                           err: sandbox.OutputTail, reason: BaseException | None) -> None:
-        rc = proc.returncode
-        exit_code, sig = (None, -rc) if rc is not None and rc < 0 else (rc, None)
+        exit_code, sig = sandbox.decode_exit(proc.returncode, self.sandboxed)
         if reason is not None and sig == 9:
             sig = None  # we killed it for its protocol error; say that instead
         message = f"actorbox disconnected it: {reason}" if reason is not None else ""
-        detail: dict[str, Any] = {"pid": proc.pid, "exit_code": exit_code, "signal": sig,
+        detail: dict[str, Any] = {"pid": self.pid, "exit_code": exit_code, "signal": sig,
                                   "stderr": err.text(), "message": message}
         sched = self.rt.scheduler
         if self._start is not None and self._start.done is not None:
             self._start.error = ActorStartError(
                 f"actor {self.label!r} ({self.cls.__qualname__}) died while starting: "
                 f"{describe_exit(exit_code, sig)}" + (f"; {message}" if message else ""),
-                actor=self.label, cls=self.cls.__qualname__, pid=proc.pid, stderr=err.text())
+                actor=self.label, cls=self.cls.__qualname__, pid=self.pid, stderr=err.text())
             self._start.done.set()
             return
         if self.stopping:
@@ -229,7 +233,7 @@ class ActorSupervisor:
         restart = self.restarts < self.options.max_restarts and not self.rt.closing
         sched.detach(self.actor_id, env.Status.DIED, detail, keep_queue=restart)
         self.state = "restarting" if restart else "dead"
-        log.warning("actor.died", actor=self.label, pid=proc.pid, exit_code=exit_code, signal=sig,
+        log.warning("actor.died", actor=self.label, pid=self.pid, exit_code=exit_code, signal=sig,
                     reason=message or describe_exit(exit_code, sig), will_restart=restart)
         if not restart:
             self.finished.set()
@@ -265,10 +269,10 @@ class ActorSupervisor:
                     pass
                 with anyio.move_on_after(grace):
                     await exited.wait()
-                if not exited.is_set() and self.pid is not None:
+                if not exited.is_set() and self.proc is not None:
                     log.warning("actor.killed", actor=self.label, pid=self.pid,
                                 reason=f"did not stop within the grace period of {grace} s")
-                    sandbox.kill_group(self.pid)
+                    sandbox.kill_group(self.proc.pid)
                 await self.finished.wait()
             else:
                 # No live process (dead, or between restarts): close it for good.

@@ -1,6 +1,6 @@
 """RPC benchmark: actorbox call latency and throughput next to a raw Unix-socket floor.
 
-Run: ``python benchmarks/rpc.py [--n 5000] [--backend asyncio|trio] [--check]``
+Run: ``python benchmarks/rpc.py [--n 5000] [--backend asyncio|trio] [--sandbox required|disabled] [--check]``
 
 In one run it measures
 
@@ -193,8 +193,8 @@ async def _pipelined(h: actorbox.ActorHandle, repeats: int) -> list[float]:
     return rates
 
 
-async def measure_actorbox(n: int, warmup: int, repeats: int) -> ActorboxResult:
-    async with actorbox.Runtime() as rt:
+async def measure_actorbox(n: int, warmup: int, repeats: int, sandbox: str) -> ActorboxResult:
+    async with actorbox.Runtime(sandbox=sandbox) as rt:
         h = await rt.start(Echo)
         sync = await _sequential(h.ping, n, warmup)
         async_ = await _sequential(h.aping, n, warmup)
@@ -234,7 +234,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print(line(r))
 
 
-def report(floors: Floors, res: ActorboxResult, backend: str, n: int) -> bool:
+def report(floors: Floors, res: ActorboxResult, backend: str, sandbox: str, n: int) -> bool:
     basis = floors.basis_us
     ok = True
     rows: list[tuple[str, ...]] = []
@@ -258,7 +258,7 @@ def report(floors: Floors, res: ActorboxResult, backend: str, n: int) -> bool:
               f"{min(res.rates):,.0f}", f"{max(res.rates):,.0f}",
               f"{_verdict(good)} (median >= {TARGET_CALLS_PER_S:,})")]
 
-    print(f"actorbox RPC benchmark: host backend {backend}, Python {platform.python_version()}, "
+    print(f"actorbox RPC benchmark: host backend {backend}, sandbox {sandbox}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, {n} timed round trips per latency row")
     print()
     _table(("measurement", "p50 µs", "p99 µs", "p50/floor", "target"), rows)
@@ -276,6 +276,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="pipelined rounds of 1,000 calls (default 5)")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio",
                    help="the host's event loop for the actorbox rows (the floor is always asyncio)")
+    p.add_argument("--sandbox", choices=("required", "disabled"), default="required",
+                   help="run the actor in bubblewrap (default) or explicitly unsandboxed")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     # Internal: run as the floor's echo process.
     p.add_argument("--echo-fd", type=int, help=argparse.SUPPRESS)
@@ -292,10 +294,10 @@ def main() -> int:
     # This machine's latencies drift by tens of µs between runs, so the floor is
     # measured on both sides of the actorbox rows.
     before = measure_floor("asyncio", args.n, args.warmup)
-    res = anyio.run(measure_actorbox, args.n, args.warmup, args.repeats, backend=args.backend)
+    res = anyio.run(measure_actorbox, args.n, args.warmup, args.repeats, args.sandbox, backend=args.backend)
     after = measure_floor("asyncio", args.n, args.warmup)
     blocking = measure_floor("blocking", args.n, args.warmup)
-    ok = report(Floors(before, after, blocking), res, args.backend, args.n)
+    ok = report(Floors(before, after, blocking), res, args.backend, args.sandbox, args.n)
     return 0 if ok or not args.check else 1
 
 

@@ -51,7 +51,7 @@ class Resizer:
         return round(width * self.scale), round(height * self.scale)
 
     def where(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "ACTORBOX_CHILD": os.environ.get("ACTORBOX_CHILD")}
+        return {"pid": os.getpid(), "uid": os.getuid(), "ACTORBOX_CHILD": os.environ.get("ACTORBOX_CHILD")}
 
 
 @actorbox.actor(name="classifier")
@@ -63,8 +63,7 @@ class Classifier:
         spec = await models.get(model)
         labels = spec["labels"]
         label = labels[-1] if any(w in text for w in ("good", "great", "love")) else labels[0]  # state of the art
-        return {"label": label, "model": f"{spec['name']} v{spec['version']}", "model_pid": spec["pid"],
-                "actor_pid": os.getpid()}
+        return {"label": label, "model": f"{spec['name']} v{spec['version']}", "registry_pid": spec["pid"]}
 
     def crash_with_private_error(self) -> None:
         class TokenizerExploded(Exception):  # a type the host cannot (and must not) rebuild
@@ -83,8 +82,10 @@ async def main() -> int:
         assert rt.get_actor("classifier") == classifier
 
         where = await resizer.where()
-        print(f"host pid {os.getpid()}; Resizer runs in pid {where['pid']} "
-              f"(ACTORBOX_CHILD={where['ACTORBOX_CHILD']})")
+        pids = {info.label: info.pid for info in rt.actors()}
+        print(f"host: pid {os.getpid()}, uid {os.getuid()}")
+        print(f"Resizer: pid {pids[resizer.label]} seen from the host; inside its sandbox pid {where['pid']}, "
+              f"uid {where['uid']}, ACTORBOX_CHILD={where['ACTORBOX_CHILD']}")
         print(f"resize(640, 480) -> {await resizer.resize(640, 480)}")
 
         # Many calls in flight at once; each handle.method() returns an awaitable Future.
@@ -92,7 +93,7 @@ async def main() -> int:
         for text, fut in zip(("great stuff", "awful", "love it"), futures, strict=True):
             r = await fut
             print(f"classify({text!r}) -> {r['label']} by {r['model']} "
-                  f"(actor pid {r['actor_pid']}, registry in pid {r['model_pid']})")
+                  f"(the registry answered from pid {r['registry_pid']})")
 
         # Errors come back typed, with the remote traceback attached.
         try:

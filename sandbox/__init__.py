@@ -14,6 +14,8 @@ from ._launcher import OutputTail as OutputTail
 from ._launcher import SandboxUnavailable as SandboxUnavailable
 from ._launcher import build_command as build_command
 from ._launcher import child_environment as child_environment
+from ._launcher import decode_exit as decode_exit
+from ._launcher import find_actor_pid as find_actor_pid
 from ._launcher import kill_group as kill_group
 from ._launcher import launch as launch
 from ._policy import PolicyError as PolicyError
@@ -32,7 +34,9 @@ __all__ = [
     "build_bwrap_command",
     "build_command",
     "child_environment",
+    "decode_exit",
     "detect_restriction_model",
+    "find_actor_pid",
     "kill_group",
     "launch",
     "validate_path",

@@ -150,7 +150,12 @@ class OutputTail:
                 pass
 
     def text(self, n: int = 20) -> str:
-        return "\n".join(list(self.lines)[-n:])
+        """The last ``n`` lines; from a fatal-error report on, when there is one (its head matters most)."""
+        lines = list(self.lines)
+        for i, line in enumerate(lines):
+            if line.startswith("Fatal Python error"):
+                return "\n".join(lines[i : i + n])
+        return "\n".join(lines[-n:])
 
 
 async def launch(spec: LaunchSpec) -> anyio.abc.Process:
@@ -181,3 +186,30 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
 
 def default_echo() -> TextIO:
     return sys.stderr
+
+
+def find_actor_pid(launcher_pid: int, marker: str = "actorbox._child") -> int | None:
+    """The host pid of the Python process inside the sandbox (bwrap forks it below ``launcher_pid``)."""
+    try:
+        parent = psutil.Process(launcher_pid)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return None
+    for p in procs:
+        try:
+            if marker in " ".join(p.cmdline()) and "bwrap" not in p.name():
+                return p.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def decode_exit(returncode: int | None, sandboxed: bool) -> tuple[int | None, int | None]:
+    """(exit code, signal) of an actor process; bwrap reports a child killed by signal N as 128+N."""
+    if returncode is None:
+        return None, None
+    if returncode < 0:
+        return None, -returncode
+    if sandboxed and 128 < returncode <= 128 + 64:
+        return None, returncode - 128
+    return returncode, None

@@ -84,8 +84,11 @@ class CallInfo:
 class Scheduler:
     """Routes envelopes between endpoints; never decodes payloads."""
 
-    def __init__(self, *, log_calls: bool = False, prefetch: int = 64) -> None:
+    def __init__(self, *, log_calls: bool = False, prefetch: int = 64, max_outgoing: int = 10_000) -> None:
         self.prefetch = prefetch
+        # Calls one untrusted endpoint may have in flight at once: an actor cannot
+        # grow the host's call table without bound.
+        self.max_outgoing = max_outgoing
         self._ids = itertools.count(1)
         self._actor_ids = itertools.count(1)
         self.calls: dict[int, CallEntry] = {}
@@ -165,11 +168,22 @@ class Scheduler:
         a = self.actors.get(call.target)
         entry = CallEntry(gid, call.target, call.method, caller, call.call_id, parent, chain,
                           None, now)
+        if call.call_id in caller.outgoing or (not caller.trusted and len(caller.outgoing) >= self.max_outgoing):
+            # Over the in-flight limit, or reusing a live call id (which would orphan
+            # the earlier call): refuse this call alone; it never enters the table.
+            for fd in call.fds:
+                _close(fd)
+            caller.deliver_reply(env.Reply(call.call_id, env.Status.REFUSED, b"", {
+                "message": f"{caller.label} has {len(caller.outgoing)} calls in flight (limit "
+                           f"{self.max_outgoing}) or reused a call id; await earlier calls first"}, trusted=True))
+            return gid
         caller.outgoing[call.call_id] = gid
         if a is None or a.closed is not None:
             status, detail = (env.Status.NO_ACTOR, {"actor_id": call.target}) if a is None else a.closed  # type: ignore[misc]
             self.calls[gid] = entry
             self._finish(entry, env.Reply(gid, status, b"", detail))
+            for fd in call.fds:
+                _close(fd)
             return gid
         entry.call = env.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted, fds=call.fds)
         self.calls[gid] = entry

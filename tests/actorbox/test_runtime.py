@@ -15,6 +15,7 @@ import textwrap
 import time
 
 import anyio
+import psutil
 import pytest
 
 import actorbox
@@ -46,6 +47,9 @@ class Counter:
 
     def pid(self):
         return os.getpid()
+
+    def identity(self):
+        return [os.getpid(), psutil.Process().create_time()]
 
     def child_flag(self):
         return os.environ.get("ACTORBOX_CHILD")
@@ -158,6 +162,23 @@ class Slow:
 
     def pid(self):
         return os.getpid()
+
+    def identity(self):
+        return [os.getpid(), psutil.Process().create_time()]
+
+
+def _is_same_process(host_pid, identity):
+    """Whether ``host_pid`` (as the host sees it) is the process that reported ``identity``.
+
+    The actor may run in its own pid namespace (the sandbox), where os.getpid()
+    differs from the host's pid: compare the innermost pid the kernel lists for
+    ``host_pid`` and the process start time instead.
+    """
+    inner_pid, created = identity
+    with open(f"/proc/{host_pid}/status") as f:
+        nspids = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    return int(nspids[0]) == host_pid and int(nspids[-1]) == inner_pid and \
+        psutil.Process(host_pid).create_time() == created
 
 
 # -- starting actors ---------------------------------------------------------------
@@ -406,7 +427,7 @@ async def test_max_concurrency_three_lets_three_calls_overlap(method):
 
 
 async def test_actors_lists_processes_and_residents():
-    """rt.actors() reports name, class, the actor's real pid and state for process and host-resident actors."""
+    """rt.actors() reports name, class, the actor process's host pid and state for process and resident actors."""
     async with actorbox.Runtime() as rt:
         c = await rt.start(Counter, name="counter")
         anon = await rt.start(Slow)
@@ -415,11 +436,11 @@ async def test_actors_lists_processes_and_residents():
         assert set(infos) == {"counter", anon.label, "models"}
         ci = infos["counter"]
         assert (ci.name, ci.cls, ci.state) == ("counter", "Counter", "alive")
-        assert ci.pid == await c.pid()
+        assert _is_same_process(ci.pid, await c.identity())
         ai = infos[anon.label]
         assert (ai.name, ai.cls, ai.state) == (None, "Slow", "alive")
-        assert ai.pid == await anon.pid()
-        assert ai.pid != ci.pid
+        assert _is_same_process(ai.pid, await anon.identity())
+        assert not _is_same_process(ai.pid, await c.identity())
         mi = infos["models"]
         assert (mi.name, mi.cls, mi.pid, mi.state) == ("models", "Models", None, "resident")
         await anon.stop()

@@ -1,0 +1,307 @@
+"""Tests for scheduler/_connection.py: framed, fd-passing connections over a real socketpair."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from scheduler._connection import Connection, ConnectionClosed
+from scheduler._framing import FrameError, encode_header
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 10
+
+
+class Inbox:
+    """Collects (body, fds) frames and lets a test wait for a number of them."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[bytes, list[int]]] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, body: bytes, fds: list[int]) -> None:
+        self.frames.append((body, fds))
+        self._changed.set()
+
+    async def wait_for(self, n: int) -> list[tuple[bytes, list[int]]]:
+        with anyio.fail_after(TIMEOUT):
+            while len(self.frames) < n:
+                await self._changed.wait()
+                self._changed = anyio.Event()
+        return self.frames
+
+    def close_fds(self) -> None:
+        for _, fds in self.frames:
+            for fd in fds:
+                os.close(fd)
+
+
+@asynccontextmanager
+async def connected(**kwargs: Any) -> AsyncIterator[tuple[Connection, Inbox, Connection, Inbox]]:
+    """Two running Connections over a socketpair; both are closed (and their run() awaited) on exit."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a_in, b_in = Inbox(), Inbox()
+    a = Connection(a_sock, a_in, **kwargs)
+    b = Connection(b_sock, b_in, **kwargs)
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.run)
+                tg.start_soon(b.run)
+                await anyio.sleep(0)
+                try:
+                    yield a, a_in, b, b_in
+                finally:
+                    a.close()
+                    b.close()
+    finally:
+        a_in.close_fds()
+        b_in.close_fds()
+
+
+async def test_frames_both_ways() -> None:
+    """Frames sent on either end arrive whole and in order at the other end."""
+    async with connected() as (a, a_in, b, b_in):
+        for i in range(20):
+            a.send(b"a->b %d" % i)
+            b.send(b"b->a %d" % i)
+        assert [body for body, _ in await b_in.wait_for(20)] == [b"a->b %d" % i for i in range(20)]
+        assert [body for body, _ in await a_in.wait_for(20)] == [b"b->a %d" % i for i in range(20)]
+        assert all(fds == [] for _, fds in a_in.frames + b_in.frames)
+
+
+async def test_empty_frame() -> None:
+    """A frame with an empty body is delivered as b''."""
+    async with connected() as (a, _, b, b_in):
+        a.send(b"")
+        a.send(b"after")
+        assert await b_in.wait_for(2) == [(b"", []), (b"after", [])]
+
+
+async def test_fd_passing() -> None:
+    """A pipe's read end sent with a frame arrives as a new fd that reads what is written to the pipe."""
+    r, w = os.pipe()
+    try:
+        async with connected() as (a, _, b, b_in):
+            a.send(b"here is a pipe", (r,))
+            [(body, fds)] = await b_in.wait_for(1)
+            assert body == b"here is a pipe"
+            assert len(fds) == 1
+            os.close(r)  # the sender keeps ownership of its copy; the receiver's stays valid
+            r = -1
+            os.write(w, b"through the pipe")
+            assert os.read(fds[0], 100) == b"through the pipe"
+            assert not os.get_inheritable(fds[0])  # received with MSG_CMSG_CLOEXEC
+    finally:
+        os.close(w)
+        if r >= 0:
+            os.close(r)
+
+
+async def test_fds_stay_with_their_frames() -> None:
+    """fds sent with several frames in both directions are attached to the right frames."""
+    pipes = [os.pipe() for _ in range(3)]
+    try:
+        async with connected() as (a, a_in, b, b_in):
+            a.send(b"two", (pipes[0][0], pipes[1][0]))
+            a.send(b"none")
+            a.send(b"one", (pipes[2][0],))
+            b.send(b"back", (pipes[1][0],))
+            got = await b_in.wait_for(3)
+            assert [(body, len(fds)) for body, fds in got] == [(b"two", 2), (b"none", 0), (b"one", 1)]
+            [(body, back_fds)] = await a_in.wait_for(1)
+            assert body == b"back" and len(back_fds) == 1
+            for i, w in ((0, pipes[0][1]), (1, pipes[1][1]), (2, pipes[2][1])):
+                os.write(w, b"pipe%d" % i)
+            assert os.read(got[0][1][0], 10) == b"pipe0"
+            assert os.read(got[0][1][1], 10) == b"pipe1"
+            assert os.read(got[2][1][0], 10) == b"pipe2"
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+async def test_large_frame_is_buffered_through_the_writer() -> None:
+    """An 8 MiB frame (far beyond the socket buffer) arrives intact, followed by later frames in order."""
+    big = os.urandom(1024) * (8 * 1024)
+    async with connected() as (a, a_in, b, b_in):
+        a.send(big)
+        a.send(b"after")
+        b.send(big[::-1])
+        got = await b_in.wait_for(2)
+        assert len(got[0][0]) == len(big) and got[0][0] == big
+        assert got[1] == (b"after", [])
+        [(back, _)] = await a_in.wait_for(1)
+        assert back == big[::-1]
+        assert a.bytes_out >= len(big) and b.bytes_in >= len(big)
+
+
+async def test_large_frame_with_fd() -> None:
+    """The fd of a frame too large for one write still arrives with that frame."""
+    r, w = os.pipe()
+    try:
+        async with connected() as (a, _, b, b_in):
+            a.send(b"y" * (4 * 1024 * 1024), (r,))
+            a.send(b"next")
+            got = await b_in.wait_for(2)
+            assert len(got[0][0]) == 4 * 1024 * 1024 and len(got[0][1]) == 1
+            assert got[1] == (b"next", [])
+            os.write(w, b"ok")
+            assert os.read(got[0][1][0], 2) == b"ok"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+async def test_send_before_run_is_flushed() -> None:
+    """A large frame queued before run() starts is written once run() is serving."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b_in = Inbox()
+    a = Connection(a_sock, lambda body, fds: None)
+    b = Connection(b_sock, b_in)
+    big = b"q" * (2 * 1024 * 1024)
+    a.send(big)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.run)
+            tg.start_soon(a.run)
+            assert await b_in.wait_for(1) == [(big, [])]
+            a.close()
+            b.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_send_from_worker_thread() -> None:
+    """On asyncio, send() from another thread (an actor's worker) delivers even a frame that must be buffered."""
+    big = b"t" * (3 * 1024 * 1024)
+    async with connected() as (a, _, b, b_in):
+        await anyio.to_thread.run_sync(a.send, big)
+        await anyio.to_thread.run_sync(a.send, b"small")
+        assert await b_in.wait_for(2) == [(big, []), (b"small", [])]
+
+
+async def test_eof_ends_run() -> None:
+    """When the peer closes its socket, run() returns normally."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    inbox = Inbox()
+    conn = Connection(a_sock, inbox)
+    b_sock.sendall(encode_header(4, 0) + b"last")
+    b_sock.close()
+    try:
+        with anyio.fail_after(TIMEOUT):
+            await conn.run()
+        assert inbox.frames == [(b"last", [])]
+    finally:
+        conn.close()
+
+
+async def test_close_ends_run() -> None:
+    """close() on a running connection makes its run() return, and later sends raise ConnectionClosed."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(a_sock, lambda body, fds: None)
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.run)
+                await anyio.sleep(0.01)
+                conn.close()
+        assert conn.closed
+        with pytest.raises(ConnectionClosed):
+            conn.send(b"too late")
+        conn.close()  # idempotent
+    finally:
+        b_sock.close()
+
+
+async def test_send_to_vanished_peer_raises_connection_closed() -> None:
+    """Sending after the peer's socket is gone raises ConnectionClosed, not a raw OSError."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(a_sock, lambda body, fds: None)
+    b_sock.close()
+    try:
+        with pytest.raises(ConnectionClosed):
+            conn.send(b"anyone there?")
+    finally:
+        conn.close()
+
+
+async def _run_expecting(conn: Connection, exc_type: type[BaseException]) -> BaseException:
+    with anyio.fail_after(TIMEOUT):
+        with pytest.raises(exc_type) as info:
+            await conn.run()
+    return info.value
+
+
+async def test_oversize_frame_makes_run_raise_frame_error() -> None:
+    """A frame over max_frame makes run() raise FrameError (not wrapped in an ExceptionGroup)."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(b_sock, lambda body, fds: None, max_frame=1024)
+    a_sock.sendall(encode_header(1025, 0) + b"x" * 1025)
+    try:
+        err = await _run_expecting(conn, FrameError)
+        assert "exceeds the limit" in str(err)
+    finally:
+        conn.close()
+        a_sock.close()
+
+
+async def test_frame_at_limit_is_accepted() -> None:
+    """A frame of exactly max_frame bytes is delivered."""
+    async with connected(max_frame=1024) as (a, _, b, b_in):
+        a.send(b"m" * 1024)
+        assert await b_in.wait_for(1) == [(b"m" * 1024, [])]
+
+
+async def test_handler_exception_ends_run() -> None:
+    """An exception raised by on_frame ends run() with that exception."""
+
+    class Refused(Exception):
+        pass
+
+    def on_frame(body: bytes, fds: list[int]) -> None:
+        raise Refused(body)
+
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(b_sock, on_frame)
+    a_sock.sendall(encode_header(3, 0) + b"bad")
+    try:
+        err = await _run_expecting(conn, Refused)
+        assert err.args == (b"bad",)
+    finally:
+        conn.close()
+        a_sock.close()
+
+
+async def test_close_releases_fds_of_partial_frame() -> None:
+    """fds that arrived with a frame whose body never completed are closed by close()."""
+    r, w = os.pipe()
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    inbox = Inbox()
+    conn = Connection(b_sock, inbox)
+    try:
+        socket.send_fds(a_sock, [encode_header(100, 1) + b"partial"], [r])
+        os.close(r)  # from now on the only read end is the one travelling to conn
+        r = -1
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.run)
+                while conn.bytes_in == 0:
+                    await anyio.sleep(0.005)
+                os.write(w, b"x")  # the received read end is open, held by the decoder
+                conn.close()
+        assert inbox.frames == []
+        with pytest.raises(BrokenPipeError):  # no read end left anywhere
+            os.write(w, b"x")
+    finally:
+        a_sock.close()
+        os.close(w)
+        if r >= 0:
+            os.close(r)
