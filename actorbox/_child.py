@@ -73,6 +73,8 @@ class ActorProcess(Caller):
     # -- Caller ------------------------------------------------------------------
 
     def _send(self, msg: env.Message, fds: tuple[int, ...] = ()) -> None:
+        if self.stopped.is_set() and type(msg) is env.Reply:
+            return  # stopping: the host fails these calls as stopped, not cancelled
         try:
             self.conn.send(env.encode(msg), fds)
         except ConnectionClosed:

@@ -140,7 +140,7 @@ class Codec:
                 re, im = self.loads(data, trusted)
                 return complex(float(re), float(im))
             if code == EXT_BIGINT:
-                if len(data) > 4300:
+                if len(data) > 4301:  # 4300 digits (CPython's str-to-int limit) and a sign
                     raise SerializationError("integer too large")
                 return int(data.decode("ascii"))
             if code == EXT_HANDLE:

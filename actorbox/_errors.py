@@ -29,7 +29,7 @@ class ActorboxError(Exception):
         return {name: getattr(self, name, None) for name in self.fields}
 
     def __str__(self) -> str:
-        return self.message
+        return str(self.message)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.message, self.context()))
@@ -51,14 +51,15 @@ class ActorDiedError(CallError):
     fields = CallError.fields + ("pid", "exit_code", "signal", "stderr")
 
     def __str__(self) -> str:
-        how = describe_exit(self.exit_code, self.signal)  # type: ignore[attr-defined]
+        ec, sig = self.exit_code, self.signal  # type: ignore[attr-defined]
+        how = describe_exit(ec if type(ec) is int else None, sig if type(sig) is int else None)
         parts = [f"actor {self.actor!r} (pid {self.pid}) died: {how}"]  # type: ignore[attr-defined]
         if self.method:  # type: ignore[attr-defined]
             parts[0] += f", failing call {self.method}() [call {self.call_id}]"  # type: ignore[attr-defined]
         if self.message:
-            parts.append(self.message)
+            parts.append(str(self.message))
         if self.stderr:  # type: ignore[attr-defined]
-            parts.append("last lines of its stderr:\n  " + "\n  ".join(self.stderr.splitlines()))  # type: ignore[attr-defined]
+            parts.append("last lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines()))  # type: ignore[attr-defined]
         else:
             parts.append("it wrote nothing to stderr; set ACTORBOX_DEBUG_RPC=1 to trace its last frames")
         return "\n".join(parts)
@@ -93,9 +94,9 @@ class ActorStartError(ActorboxError):
     fields = ("actor", "cls", "pid", "stderr")
 
     def __str__(self) -> str:
-        s = self.message
+        s = str(self.message)
         if self.stderr:  # type: ignore[attr-defined]
-            s += "\nlast lines of its stderr:\n  " + "\n  ".join(self.stderr.splitlines())  # type: ignore[attr-defined]
+            s += "\nlast lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines())  # type: ignore[attr-defined]
         return s
 
 

@@ -61,6 +61,7 @@ class ActorSupervisor:
         self.state = "starting"
         self.pid: int | None = None  # host pid of the actor's Python process
         self.sandboxed = True
+        self.policy = sandbox.SandboxPolicy()
         self.restarts = 0
         self.started_at = time.monotonic()
         self.endpoint: ConnectionEndpoint | None = None
@@ -86,6 +87,7 @@ class ActorSupervisor:
                 label=self.label, sandboxed=mode == "required", policy=policy,
                 uid=_UID_BASE + self.actor_id)
             self.sandboxed = mode == "required"
+            self.policy = policy
             if mode == "disabled":
                 log.warning("actor.unsandboxed", actor=self.label,
                             reason="sandbox='disabled' was chosen explicitly: this actor runs with the host's "
@@ -202,6 +204,8 @@ class ActorSupervisor:
                     await err.closed.wait()
                     await out.closed.wait()
                 pumps.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await proc.aclose()  # closes the stdout/stderr pipes (trio keeps them open otherwise)
         assert self._exited is not None
         self._exited.set()
         await self._after_exit(proc, endpoint, err, reason)
@@ -212,6 +216,10 @@ class ActorSupervisor:
         if reason is not None and sig == 9:
             sig = None  # we killed it for its protocol error; say that instead
         message = f"actorbox disconnected it: {reason}" if reason is not None else ""
+        if self.sandboxed and reason is None and (sig is not None or exit_code not in (0, None)):
+            # A limit hit shows up as a signal or an abort: name the limits in force.
+            message = (f"it ran in the sandbox with limits of {self.policy.describe_limits()}; "
+                       "exceeding one kills or fails the actor (raise it with SandboxPolicy)")
         detail: dict[str, Any] = {"pid": self.pid, "exit_code": exit_code, "signal": sig,
                                   "stderr": err.text(), "message": message}
         sched = self.rt.scheduler

@@ -216,6 +216,7 @@ class Connection:
         self._writable = anyio.Event()
         if self._pending:
             self._writable.set()
+        failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._writer_task)
             try:
@@ -223,11 +224,15 @@ class Connection:
                     await anyio.wait_readable(self.sock)
                     if not self._read_available():
                         break
-            except (anyio.ClosedResourceError, OSError):
+            except (anyio.ClosedResourceError, OSError) as exc:
                 if not self._closed:
-                    raise
+                    failure = exc
+            except Exception as exc:  # raised below, outside the task group, as itself
+                failure = exc
             finally:
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _writer_task(self) -> None:
         while True:

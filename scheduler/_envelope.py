@@ -182,7 +182,7 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
             _check(n == 7, "REPLY has 7 fields")
             _, cid, status, payload, detail, trusted, nfds = obj
             _check(type(cid) is int and type(payload) is bytes and type(trusted) is bool, "REPLY field types")
-            _check(detail is None or type(detail) is dict, "REPLY detail must be a map")
+            _check(detail is None or _str_keys(detail), "REPLY detail must be a map with string keys")
             _check(nfds == len(fds), "REPLY fd count mismatch")
             return Reply(cid, Status(status), payload, detail, trusted, tuple(fds))
         _check(not fds, "only CALL and REPLY carry file descriptors")
@@ -190,11 +190,11 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
             _check(n == 2 and type(obj[1]) is int, "CANCEL field types")
             return Cancel(obj[1])
         if kind == Kind.LOG:
-            _check(n == 4 and type(obj[1]) is str and type(obj[2]) is str and type(obj[3]) is dict, "LOG field types")
+            _check(n == 4 and type(obj[1]) is str and type(obj[2]) is str and _str_keys(obj[3]), "LOG field types")
             return Log(obj[1], obj[2], obj[3])
         if kind == Kind.INIT:
             _check(n == 5 and type(obj[1]) is int and _opt_str(obj[2]) and type(obj[3]) is bytes, "INIT field types")
-            _check(type(obj[4]) is dict, "INIT names must be a map")
+            _check(_names(obj[4]), "INIT names must map names to actor ids")
             return Init(obj[1], obj[2], obj[3], obj[4])
         if kind == Kind.READY:
             _check(n == 3 and type(obj[1]) is int and (obj[2] is None or type(obj[2]) is bytes), "READY field types")
@@ -203,11 +203,19 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
             _check(n == 1, "STOP has no fields")
             return Stop()
         if kind == Kind.NAMES:
-            _check(n == 2 and type(obj[1]) is dict, "NAMES field types")
+            _check(n == 2 and _names(obj[1]), "NAMES must map names to actor ids")
             return Names(obj[1])
-    except ValueError as exc:  # includes EnvelopeError and a bad Status value
+    except (ValueError, TypeError) as exc:  # EnvelopeError, a bad Status value, unhashable keys
         raise EnvelopeError(str(exc)) from None
     raise EnvelopeError(f"unknown envelope kind {kind}")
+
+
+def _str_keys(v: Any) -> bool:
+    return type(v) is dict and all(type(k) is str for k in v)
+
+
+def _names(v: Any) -> bool:
+    return _str_keys(v) and all(type(x) is int for x in v.values())
 
 
 def _opt_str(v: Any) -> bool:
