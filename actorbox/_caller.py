@@ -46,10 +46,13 @@ class Caller:
     # -- shared ------------------------------------------------------------------
 
     def submit(self, actor_id: int, label: str, method: str, payload: bytes) -> Future[Any]:
+        return self._submit(actor_id, label, method, payload, current_call.get())
+
+    def _submit(self, actor_id: int, label: str, method: str, payload: bytes, parent: int | None) -> Future[Any]:
         lid = next(self._local_ids)
         fut: Future[Any] = Future(self, lid, label, method)
         self.pending[lid] = fut
-        self._send_call(env.Call(lid, actor_id, method, payload, current_call.get()))
+        self._send_call(env.Call(lid, actor_id, method, payload, parent))
         return fut
 
     def cancel(self, fut: Future[Any]) -> None:

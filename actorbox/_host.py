@@ -53,6 +53,20 @@ class HostEndpoint(Endpoint, Caller):
         self.loop_thread = threading.get_ident()
 
     # -- Caller --------------------------------------------------------------------
+    # The scheduler and the pending table belong to the loop thread: a sync
+    # host-resident method calling out from a worker thread is marshalled there.
+
+    def submit(self, actor_id: int, label: str, method: str, payload: bytes) -> Any:
+        parent = current_call.get()
+        if self.on_loop_thread():
+            return self._submit(actor_id, label, method, payload, parent)
+        return anyio.from_thread.run_sync(self._submit, actor_id, label, method, payload, parent, token=self.token)
+
+    def cancel(self, fut: Any) -> None:
+        if self.on_loop_thread():
+            Caller.cancel(self, fut)
+        else:
+            anyio.from_thread.run_sync(Caller.cancel, self, fut, token=self.token)
 
     def _send_call(self, call: env.Call) -> None:
         self.scheduler.submit(self, call)

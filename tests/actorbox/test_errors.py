@@ -159,13 +159,21 @@ async def test_unknown_method_raises_method_not_found_listing_public_methods():
 
 @pytest.mark.parametrize("method", ["_secret", "__init__", "__class__", "__reduce__"])
 async def test_private_and_dunder_methods_are_refused_through_handle(method):
-    """handle.call() of a _private or __dunder__ name raises PrivateMethodError; attribute access is refused too."""
+    """handle.call() of a _private or __dunder__ name raises PrivateMethodError; the actor keeps serving."""
     async with actorbox.Runtime() as rt:
         f = await rt.start(Faulty)
-        with pytest.raises(actorbox.PrivateMethodError):
+        with pytest.raises(actorbox.PrivateMethodError) as ei:
             await f.call(method)
+        assert method in str(ei.value)
+        assert await f.ok() == "ok"
+
+
+async def test_private_attribute_of_handle_is_not_a_remote_method():
+    """handle._name is an AttributeError, not a remote call to the actor's private method."""
+    async with actorbox.Runtime() as rt:
+        f = await rt.start(Faulty)
         with pytest.raises(AttributeError):
-            getattr(f, method)()
+            f._secret  # noqa: B018
         assert await f.ok() == "ok"
 
 
