@@ -55,17 +55,21 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 fi
 pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 
-# -- bubblewrap (the actor sandbox) -------------------------------------------------
+# -- the actor sandbox: bubblewrap, and util-linux's setpriv/prlimit ----------------
 
-if ! command -v bwrap >/dev/null 2>&1; then
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+# Always there on Debian/Ubuntu, but minimal images may lack them.
+{ command -v setpriv && command -v prlimit; } >/dev/null 2>&1 || missing+=(util-linux)
+if [[ ${#missing[@]} -gt 0 ]]; then
     if is_root && command -v apt-get >/dev/null 2>&1; then
-        say "installing bubblewrap (apt-get install bubblewrap)"
-        apt_install bubblewrap || die "could not install bubblewrap (apt output above)"
+        say "installing ${missing[*]} for the actor sandbox (apt-get install ${missing[*]})"
+        apt_install "${missing[@]}" || die "could not install ${missing[*]} (apt output above)"
     elif command -v apt-get >/dev/null 2>&1; then
-        say "bubblewrap (bwrap) is missing; actors will need it for the sandbox. Install it with:"
-        say "    sudo apt-get update && sudo apt-get install -y bubblewrap"
+        say "${missing[*]} missing: actors run sandboxed with bubblewrap and fail to start without it. Install with:"
+        say "    sudo apt-get update && sudo apt-get install -y ${missing[*]}"
     else
-        say "bubblewrap (bwrap) is missing; install it with your package manager (package 'bubblewrap')"
+        say "${missing[*]} missing: install it with your package manager; actors run sandboxed with bubblewrap"
     fi
 fi
 
@@ -103,10 +107,12 @@ fi
 stamp=$VENV/.actorbox-setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 installed() {
-    "$VPY" - <<'PY' >/dev/null 2>&1
-import importlib.util, sys
+    # -P: don't let the checkout itself (the current directory) satisfy the check.
+    "$VPY" -P - <<'PY' >/dev/null 2>&1
+import importlib.metadata, importlib.util, sys
 mods = ("actorbox", "scheduler", "sandbox", "torch", "pytest", "trio", "hypothesis", "numpy")
-sys.exit(0 if all(importlib.util.find_spec(m) for m in mods) else 1)
+ok = all(importlib.util.find_spec(m) for m in mods)
+sys.exit(0 if ok and importlib.metadata.version("torch").split("+")[0] == "2.13.0" else 1)
 PY
 }
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && installed; then
