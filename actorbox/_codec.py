@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,9 @@ _ACTORBOX_ERRORS = {
     if isinstance(obj, type) and issubclass(obj, _errors.ActorboxError)
 }
 _MAX_TRACEBACK = 64 * 1024
+# Extension values nest by re-entering the msgpack decoder, which keeps tens of KB
+# of C stack per level: a few hundred levels crash the process. Refuse deeper.
+MAX_EXT_DEPTH = 32
 
 
 class Codec:
@@ -58,6 +62,7 @@ class Codec:
         make_handle: Callable[[int, str | None, str], Any],
     ) -> None:
         self.allow_pickle = allow_pickle
+        self._depth = threading.local()  # extension nesting of the decode running on this thread
         self._handle_type = handle_type
         self._make_handle = make_handle
         self._ext_trusted = self._ext_hook(True)
@@ -91,7 +96,7 @@ class Codec:
                 return base(obj)
         raise SerializationError(
             f"cannot send a {t.__module__}.{t.__qualname__} from an actor: only builtin values, "
-            "tensors, exceptions and actor handles cross the boundary; convert it to one of those "
+            "exceptions and actor handles cross the boundary; convert it to one of those "
             "(for example a dict)"
         )
 
@@ -159,6 +164,11 @@ class Codec:
         return hook
 
     def loads(self, data: bytes, trusted: bool) -> Any:
+        depth = getattr(self._depth, "n", 0)
+        if depth >= MAX_EXT_DEPTH:
+            raise SerializationError(
+                f"payload nests tuples/sets/exceptions deeper than {MAX_EXT_DEPTH} levels; flatten it")
+        self._depth.n = depth + 1
         try:
             return msgpack.unpackb(
                 data,
@@ -171,6 +181,8 @@ class Codec:
             raise
         except Exception as exc:  # any decoder failure is the sender's fault
             raise SerializationError(f"undecodable payload: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._depth.n = depth
 
     def decode_call(self, data: bytes, trusted: bool) -> tuple[list[Any], dict[str, Any]]:
         if not data:

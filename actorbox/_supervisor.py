@@ -82,7 +82,7 @@ class ActorSupervisor:
             spec = sandbox.LaunchSpec(
                 python=sys.executable, module="actorbox._child", args=(str(child.fileno()),),
                 env=os.environ, pass_fds=(child.fileno(),), import_paths=(_ACTORBOX_ROOT,),
-                code_paths=_CODE_PATHS, module_paths=self.module_paths,
+                code_paths=(*_CODE_PATHS, sys.base_prefix), module_paths=self.module_paths,
                 venv_path=sys.prefix if sys.prefix != sys.base_prefix else None,
                 label=self.label, sandboxed=mode == "required", policy=policy,
                 uid=_UID_BASE + self.actor_id)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from ._detect import RestrictionModel
-from ._policy import SandboxPolicy
+from ._policy import SandboxPolicy, validate_path
 
 # Files of /etc that Python and common libraries read; the rest of /etc stays out.
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group",
@@ -64,6 +64,8 @@ def build_bwrap_command(
     rm = restriction_model
     if not rm.available or rm.bwrap is None:
         raise ValueError(f"cannot build a sandbox command: {rm.explain()}")
+    if rm.privileged and rm.setpriv is None:
+        raise ValueError("cannot build a sandbox command as root without setpriv (util-linux) to drop privileges")
     cmd: list[str] = ["prlimit", f"--nofile={policy.max_open_files}:{policy.max_open_files}"]
     nproc = nproc_limit if nproc_limit is not None else policy.max_processes
     cmd.append(f"--nproc={nproc}:{nproc}")
@@ -84,11 +86,17 @@ def build_bwrap_command(
             cmd += ["--symlink", os.readlink(p), p]
         elif os.path.isdir(p):
             cmd += ["--ro-bind", p, p]
+    cmd += ["--perms", "0755", "--dir", "/etc"]
     for name in _ETC_FILES:
         cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     if policy.network:
         cmd += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    # Private, world-writable (sticky) scratch space, sized so filling it can't
+    # get around the memory limit (tmpfs pages are not the actor's data memory).
+    scratch = str(policy.tmpfs_size)
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", scratch, "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", scratch, "--tmpfs", "/dev/shm"]
 
     # The interpreter, the environment, actorbox's code and the actor's module, read-only.
     ro: list[str] = []
@@ -102,7 +110,8 @@ def build_bwrap_command(
     ro += list(policy.readable_paths)
     rw = list(policy.writable_paths)
     if isinstance(uds_address, str):
-        rw.append(os.path.dirname(uds_address))
+        # Only a socket's own directory may be shared, and never a system or broad path.
+        rw.append(validate_path(os.path.dirname(uds_address) or ".", "socket directory"))
     ro = list(dict.fromkeys(p for p in ro if p))
     # Directories bwrap creates to hold the binds must be listable by the actor's
     # uid (the import system lists sys.path entries); they show only what is bound.

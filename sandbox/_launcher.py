@@ -83,7 +83,8 @@ def child_environment(spec: LaunchSpec) -> dict[str, str]:
 
 def build_command(spec: LaunchSpec, model: RestrictionModel | None = None) -> list[str]:
     """The argv that starts the actor process; raises SandboxUnavailable when it can't be sandboxed."""
-    argv = ["-m", spec.module, *spec.args]
+    # -P: never put the working directory on sys.path (it is the host's, unsandboxed).
+    argv = ["-P", "-m", spec.module, *spec.args]
     if not spec.sandboxed:
         return [spec.python, *argv]
     model = model or detect_restriction_model()

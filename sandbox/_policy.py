@@ -33,6 +33,9 @@ class SandboxPolicy:
     memory_limit: int | None = None
     max_processes: int = 512
     max_open_files: int = 4096
+    # Bytes each of the private /tmp and /dev/shm may hold (RAM-backed); by default
+    # the memory limit, so filling them can't get around it, else 1 GiB.
+    tmpfs_size: int | None = None
 
     def __post_init__(self) -> None:
         for attr in ("writable_paths", "readable_paths"):
@@ -42,6 +45,10 @@ class SandboxPolicy:
             object.__setattr__(self, attr, tuple(validate_path(p, attr) for p in paths))
         if self.memory_limit is not None and (type(self.memory_limit) is not int or self.memory_limit < 64 << 20):
             raise PolicyError(f"memory_limit must be an int of at least 64 MiB (bytes), got {self.memory_limit!r}")
+        if self.tmpfs_size is None:
+            object.__setattr__(self, "tmpfs_size", self.memory_limit or 1 << 30)
+        if type(self.tmpfs_size) is not int or self.tmpfs_size < 1 << 20:
+            raise PolicyError(f"tmpfs_size must be an int of at least 1 MiB (bytes), got {self.tmpfs_size!r}")
         for attr in ("max_processes", "max_open_files"):
             v = getattr(self, attr)
             if type(v) is not int or v < 16:

@@ -79,7 +79,7 @@ async def test_frames_both_ways() -> None:
 
 async def test_empty_frame() -> None:
     """A frame with an empty body is delivered as b''."""
-    async with connected() as (a, _, b, b_in):
+    async with connected() as (a, _, _b, b_in):
         a.send(b"")
         a.send(b"after")
         assert await b_in.wait_for(2) == [(b"", []), (b"after", [])]
@@ -89,7 +89,7 @@ async def test_fd_passing() -> None:
     """A pipe's read end sent with a frame arrives as a new fd that reads what is written to the pipe."""
     r, w = os.pipe()
     try:
-        async with connected() as (a, _, b, b_in):
+        async with connected() as (a, _, _b, b_in):
             a.send(b"here is a pipe", (r,))
             [(body, fds)] = await b_in.wait_for(1)
             assert body == b"here is a pipe"
@@ -148,7 +148,7 @@ async def test_large_frame_with_fd() -> None:
     """The fd of a frame too large for one write still arrives with that frame."""
     r, w = os.pipe()
     try:
-        async with connected() as (a, _, b, b_in):
+        async with connected() as (a, _, _b, b_in):
             a.send(b"y" * (4 * 1024 * 1024), (r,))
             a.send(b"next")
             got = await b_in.wait_for(2)
@@ -182,7 +182,7 @@ async def test_send_before_run_is_flushed() -> None:
 async def test_send_from_worker_thread() -> None:
     """On asyncio, send() from another thread (an actor's worker) delivers even a frame that must be buffered."""
     big = b"t" * (3 * 1024 * 1024)
-    async with connected() as (a, _, b, b_in):
+    async with connected() as (a, _, _b, b_in):
         await anyio.to_thread.run_sync(a.send, big)
         await anyio.to_thread.run_sync(a.send, b"small")
         assert await b_in.wait_for(2) == [(big, []), (b"small", [])]
@@ -255,7 +255,7 @@ async def test_oversize_frame_makes_run_raise_frame_error() -> None:
 
 async def test_frame_at_limit_is_accepted() -> None:
     """A frame of exactly max_frame bytes is delivered."""
-    async with connected(max_frame=1024) as (a, _, b, b_in):
+    async with connected(max_frame=1024) as (a, _, _b, b_in):
         a.send(b"m" * 1024)
         assert await b_in.wait_for(1) == [(b"m" * 1024, [])]
 
