@@ -60,6 +60,8 @@ class ActorProcess(Caller):
         self.labels: dict[int, str] = {}
         self.label = "actor"
         self.instance: Any = None
+        # Resolved (bound method, is_async) by name; only successful lookups are kept.
+        self.methods: dict[str, tuple[Any, bool]] = {}
         self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
         self.executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix="actorbox-call")
         self.stopped = asyncio.Event()
@@ -153,11 +155,14 @@ class ActorProcess(Caller):
         try:
             if self.instance is None:
                 raise ActorboxError(f"{self.label} is not constructed yet")
-            func, is_async = resolve_method(self.instance, call.method, self.label, call.call_id)
+            resolved = self.methods.get(call.method)
+            if resolved is None:
+                resolved = resolve_method(self.instance, call.method, self.label, call.call_id)
+                self.methods[call.method] = resolved
         except ActorboxError as exc:
             self._send(env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc)))
             return
-        job = (call, func, is_async)
+        job = (call, resolved[0], resolved[1])
         with self.lock:
             if call.reentrant or self.active < self.max_concurrency:
                 self.active += 1

@@ -8,10 +8,12 @@ the remote call.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import sniffio
 
 from . import _errors
 from ._errors import ActorboxError
@@ -68,7 +70,7 @@ class Future(Generic[T]):
     async def _wait(self) -> T:
         if self._reply is None:
             if self._event is None:
-                self._event = anyio.Event()
+                self._event = _new_event()
             try:
                 await self._event.wait()
             except BaseException:
@@ -103,6 +105,17 @@ class Future(Generic[T]):
         if isinstance(v, _Raise):
             raise v.exc
         return v  # type: ignore[no-any-return]
+
+
+def _new_event() -> Any:
+    """An event for the running loop: asyncio's own where possible (the call hot path), else anyio's."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.Event()
+    if sniffio.current_async_library() == "asyncio":
+        return asyncio.Event()
+    return anyio.Event()
 
 
 class _Raise:

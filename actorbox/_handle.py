@@ -18,10 +18,11 @@ class ActorHandle:
     arguments and arrive as working handles in the receiving process.
     """
 
-    __slots__ = ("actor_id", "name", "label", "_caller")
+    __slots__ = ("actor_id", "name", "label", "_caller", "_methods")
 
     def __init__(self, caller: Caller, actor_id: int, name: str | None, label: str) -> None:
         self._caller = caller
+        self._methods: dict[str, _Method] = {}
         self.actor_id = actor_id
         self.name = name
         self.label = label
@@ -38,7 +39,10 @@ class ActorHandle:
     def __getattr__(self, method: str) -> _Method:
         if method.startswith("_"):
             raise AttributeError(method)
-        return _Method(self, method)
+        m = self._methods.get(method)
+        if m is None:
+            m = self._methods[method] = _Method(self, method)
+        return m
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Call ``method`` by name (for methods whose names the handle itself uses, like ``stop``)."""

@@ -35,11 +35,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-# Run as a script, this directory comes first on sys.path, and its sandbox.py
-# (benchmarks/sandbox.py) would shadow the ``sandbox`` package actorbox imports.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import anyio
 import anyio.to_thread
 import structlog

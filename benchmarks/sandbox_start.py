@@ -25,11 +25,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-# Run as a script, this file's directory comes first on sys.path and this file
-# ("sandbox.py") would shadow the ``sandbox`` package that actorbox imports.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import anyio
 import structlog
 
