@@ -1,5 +1,7 @@
 """actorbox: run plugin classes as actors, each in its own sandboxed process."""
 
+from sandbox import SandboxPolicy as SandboxPolicy
+
 from ._context import get_actor as get_actor
 from ._errors import ActorboxError as ActorboxError
 from ._errors import ActorDiedError as ActorDiedError
@@ -22,7 +24,6 @@ from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
 from ._runtime import ActorInfo as ActorInfo
 from ._runtime import Runtime as Runtime
-from sandbox import SandboxPolicy as SandboxPolicy
 
 __all__ = [
     "ActorDiedError",

@@ -82,16 +82,17 @@ class Caller:
             except _errors.SerializationError as exc:
                 return _Raise(exc)
         if status == env.Status.ERROR:
+            error: object
             try:
-                exc = self.codec.loads(reply.payload, reply.trusted)
+                error = self.codec.loads(reply.payload, reply.trusted)
             except _errors.SerializationError as err:
-                exc = err
-            if not isinstance(exc, BaseException):
-                exc = _errors.ProtocolError(f"{fut.actor}.{fut.method}() replied with an error that is not an exception",
-                                            actor=fut.actor)
-            if isinstance(exc, _errors.RemoteError):
-                exc.actor, exc.method = fut.actor, fut.method  # type: ignore[attr-defined]
-            return _Raise(exc)
+                error = err
+            if not isinstance(error, BaseException):
+                error = _errors.ProtocolError(
+                    f"{fut.actor}.{fut.method}() replied with an error that is not an exception", actor=fut.actor)
+            if isinstance(error, _errors.RemoteError):
+                error.actor, error.method = fut.actor, fut.method  # type: ignore[attr-defined]
+            return _Raise(error)
         return _Raise(error_for(status.name, reply.detail, fut.actor, fut.method, fut.call_id))
 
 

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgpack
 import structlog
@@ -35,6 +35,8 @@ from ._dispatch import resolve_method
 from ._errors import ActorboxError, ActorNotFoundError
 from ._handle import ActorHandle
 
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, WrappedLogger
 
 _Job = tuple[env.Call, Any, bool]  # (call, bound method, is_async)
 
@@ -266,13 +268,13 @@ def _plain(v: Any) -> Any:
 def _configure_logging(proc: ActorProcess, label: str) -> None:
     """Route this process's structlog events to the host (we own this process's config)."""
 
-    def add_call(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def add_call(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         cid = current_call.get()
         if cid is not None:
             event_dict.setdefault("call_id", cid)
         return event_dict
 
-    def forward(_: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    def forward(_: WrappedLogger, method: str, event_dict: EventDict) -> NoReturn:
         event = str(event_dict.pop("event", ""))
         level = str(event_dict.pop("level", method))
         fields = {str(k): _plain(v) for k, v in event_dict.items()}

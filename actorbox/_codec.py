@@ -14,12 +14,15 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from . import _errors
 from ._errors import SerializationError
+
+if TYPE_CHECKING:
+    from ._handle import ActorHandle
 
 EXT_TUPLE = 1
 EXT_SET = 2
@@ -58,7 +61,7 @@ class Codec:
         self,
         *,
         allow_pickle: bool,
-        handle_type: type,
+        handle_type: type[ActorHandle],
         make_handle: Callable[[int, str | None, str], Any],
     ) -> None:
         self.allow_pickle = allow_pickle
@@ -91,6 +94,7 @@ class Codec:
 
             return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(obj))
         # Plain subclasses of builtin containers travel as their base type.
+        base: type[Any]
         for base in (dict, list, tuple, str, bytes, int, float):
             if isinstance(obj, base):
                 return base(obj)

@@ -42,13 +42,13 @@ def _rebuild(cls: type[ActorboxError], message: str, context: dict[str, Any]) ->
 class CallError(ActorboxError):
     """A call could not be completed; ``actor``, ``method`` and ``call_id`` say which."""
 
-    fields = ("actor", "method", "call_id")
+    fields: ClassVar[tuple[str, ...]] = ("actor", "method", "call_id")
 
 
 class ActorDiedError(CallError):
     """The actor's process died while the call was pending (or before it started)."""
 
-    fields = CallError.fields + ("pid", "exit_code", "signal", "stderr")
+    fields = (*CallError.fields, "pid", "exit_code", "signal", "stderr")
 
     def __str__(self) -> str:
         ec, sig = self.exit_code, self.signal  # type: ignore[attr-defined]
@@ -71,7 +71,8 @@ def describe_exit(exit_code: int | None, sig: int | None) -> str:
             name = _signal.Signals(sig).name
         except ValueError:
             name = f"signal {sig}"
-        hint = {"SIGSEGV": " (segmentation fault in native code)", "SIGKILL": " (killed: out of memory, a limit, or kill -9)",
+        hint = {"SIGSEGV": " (segmentation fault in native code)",
+                "SIGKILL": " (killed: out of memory, a limit, or kill -9)",
                 "SIGABRT": " (aborted)"}.get(name, "")
         return f"killed by {name}{hint}"
     if exit_code is not None:

@@ -21,7 +21,7 @@ from ._errors import ActorboxError
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from scheduler.envelope import Reply
+    from scheduler._envelope import Reply
 
     from ._caller import Caller
 
@@ -34,7 +34,7 @@ class Future(Generic[T]):
     """The result of ``handle.method(...)``: ``await`` it (or, in an actor's worker
     thread, call ``result()``)."""
 
-    __slots__ = ("_caller", "call_id", "actor", "method", "_reply", "_value", "_event", "_tevent", "__weakref__")
+    __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "actor", "call_id", "method")
 
     def __init__(self, caller: Caller, call_id: int, actor: str, method: str) -> None:
         self._caller = caller

@@ -18,7 +18,7 @@ class ActorHandle:
     arguments and arrive as working handles in the receiving process.
     """
 
-    __slots__ = ("actor_id", "name", "label", "_caller", "_methods")
+    __slots__ = ("_caller", "_methods", "actor_id", "label", "name")
 
     def __init__(self, caller: Caller, actor_id: int, name: str | None, label: str) -> None:
         self._caller = caller

@@ -95,25 +95,29 @@ class Runtime:
                         tb: TracebackType | None) -> bool | None:
         self.closing = True
         try:
-            with anyio.CancelScope(shield=True):
-                async with anyio.create_task_group() as tg:
-                    for sup in list(self._supervisors.values()):
-                        tg.start_soon(sup.stop, self.grace_period)
-                self._tg.cancel_scope.cancel()
-        finally:
+            suppress: bool | None = None
             try:
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as tg:
+                        for sup in list(self._supervisors.values()):
+                            tg.start_soon(sup.stop, self.grace_period)
+                    self._tg.cancel_scope.cancel()
+            finally:
+                # The task group is exited even if stopping the actors failed; that failure
+                # then propagates (no return in this finally, so it is never swallowed).
                 if e is not None and not isinstance(e, anyio.get_cancelled_exc_class()):
                     # The body's own exception propagates as itself, not in an ExceptionGroup.
                     await self._tg_cm.__aexit__(None, None, None)
-                    return None
-                return await self._tg_cm.__aexit__(et, e, tb)  # type: ignore[no-any-return]
-            finally:
-                if self._host is not None:
-                    self._host.close(self.grace_period)
-                try:
-                    process_caller.reset(self._ctx_token)
-                except ValueError:
-                    process_caller.set(None)  # exited from another context
+                else:
+                    suppress = await self._tg_cm.__aexit__(et, e, tb)
+            return suppress
+        finally:
+            if self._host is not None:
+                self._host.close(self.grace_period)
+            try:
+                process_caller.reset(self._ctx_token)
+            except ValueError:
+                process_caller.set(None)  # exited from another context
 
     # -- actors ----------------------------------------------------------------------
 

@@ -142,8 +142,7 @@ class ActorSupervisor:
         t = type(msg)
         if t is env.Log:
             self._forward_log(msg)  # type: ignore[arg-type]
-        elif t is env.Ready and self._start is not None and self._start.done is not None:
-            st = self._start
+        elif t is env.Ready and (st := self._start) is not None and st.done is not None:
             if msg.error is not None:  # type: ignore[union-attr]
                 try:
                     cause = self.rt.codec.loads(msg.error, False)  # type: ignore[union-attr]

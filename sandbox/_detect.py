@@ -138,7 +138,8 @@ def detect_restriction_model() -> RestrictionModel:
 
 def _explain_failure(privileged: bool) -> Restriction:
     if not privileged:
-        if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0" or _read("/proc/sys/user/max_user_namespaces") == "0":
+        if (_read("/proc/sys/kernel/unprivileged_userns_clone") == "0"
+                or _read("/proc/sys/user/max_user_namespaces") == "0"):
             return Restriction.USERNS_DISABLED
         if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
             return Restriction.APPARMOR

@@ -134,7 +134,8 @@ class ConnectionEndpoint(Endpoint):
 
 
 def _log_frame(direction: str, peer: str, msg: env.Message, size: int) -> None:
-    fields: dict[str, object] = {"direction": direction, "peer": peer, "kind": type(msg).__name__.lower(), "bytes": size}
+    fields: dict[str, object] = {"direction": direction, "peer": peer, "kind": type(msg).__name__.lower(),
+                                 "bytes": size}
     for attr in ("call_id", "target", "method", "status", "parent_call_id"):
         v = getattr(msg, attr, None)
         if v is not None:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import PolicyError
-
-from sandbox import Restriction, RestrictionModel, SandboxPolicy, build_bwrap_command
+from sandbox import PolicyError, Restriction, RestrictionModel, SandboxPolicy, build_bwrap_command
 
 BWRAP = "/usr/bin/bwrap"
 SETPRIV = "/usr/bin/setpriv"
