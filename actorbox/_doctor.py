@@ -88,12 +88,7 @@ class DoctorProbe:
         return None
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+_read = sandbox.read_kernel_setting
 
 
 def _remedy(restriction: sandbox.Restriction) -> str:

@@ -9,6 +9,7 @@ sync methods on the Runtime's own worker threads.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -148,7 +149,9 @@ class HostEndpoint(Endpoint, Caller):
         raise value
 
     def close(self, timeout: float) -> None:
-        """Stop the worker threads; a host-resident method stuck in one is waited for at most ``timeout`` s."""
+        """Stop the worker threads, waiting at most ``timeout`` s in all for host-resident
+        methods still running in them (runs once, at Runtime exit)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
         for t in list(getattr(self.executor, "_threads", ())):
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))

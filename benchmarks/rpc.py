@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.to_thread
 import structlog
+from _common import print_table
 
 import actorbox
 
@@ -231,18 +232,6 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
-
-
 def report(s: Samples, backend: str, sandbox: str, rounds: int) -> bool:
     floor = latency(s.floor)
     ok = True
@@ -270,9 +259,9 @@ def report(s: Samples, backend: str, sandbox: str, rounds: int) -> bool:
     print(f"actorbox RPC benchmark: host backend {backend}, sandbox {sandbox}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs; {floor.n} round trips per latency row in {rounds} interleaved rounds")
     print()
-    _table(("measurement", "p50 µs", "p99 µs", "p50/floor", "target"), rows)
+    print_table(("measurement", "p50 µs", "p99 µs", "p50/floor", "target"), rows)
     print()
-    _table(("measurement", "median calls/s", "min calls/s", "max calls/s", "target"), rrows)
+    print_table(("measurement", "median calls/s", "min calls/s", "max calls/s", "target"), rrows)
     print()
     print(f"(d) overall: {_verdict(ok)}")
     return ok

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import structlog
+from _common import print_table
 
 import actorbox
 
@@ -87,18 +88,6 @@ async def measure(starts: int, n: int, warmup: int, rounds: int) -> dict[str, Sa
     return res
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
-
-
 def report(res: dict[str, Samples], backend: str) -> None:
     sb, un = res["required"], res["disabled"]
 
@@ -117,7 +106,7 @@ def report(res: dict[str, Samples], backend: str) -> None:
     print(f"actorbox sandbox benchmark: host backend {backend}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, euid {os.geteuid()}")
     print()
-    _table(("measurement", "sandboxed (bwrap)", "unsandboxed", "difference", "ratio"), rows)
+    print_table(("measurement", "sandboxed (bwrap)", "unsandboxed", "difference", "ratio"), rows)
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ from ._bwrap import build_bwrap_command as build_bwrap_command
 from ._detect import Restriction as Restriction
 from ._detect import RestrictionModel as RestrictionModel
 from ._detect import detect_restriction_model as detect_restriction_model
+from ._detect import read_kernel_setting as read_kernel_setting
 from ._launcher import ENV_ALLOWLIST as ENV_ALLOWLIST
 from ._launcher import LaunchSpec as LaunchSpec
 from ._launcher import OutputTail as OutputTail
@@ -39,5 +40,6 @@ __all__ = [
     "find_actor_pid",
     "kill_group",
     "launch",
+    "read_kernel_setting",
     "validate_path",
 ]

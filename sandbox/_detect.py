@@ -86,7 +86,8 @@ class RestrictionModel:
         return f"{head}\nRemedy: {self.remedy}"
 
 
-def _read(path: str) -> str | None:
+def read_kernel_setting(path: str) -> str | None:
+    """The stripped contents of a /proc or /sys setting, or None when it can't be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -138,11 +139,11 @@ def detect_restriction_model() -> RestrictionModel:
 
 def _explain_failure(privileged: bool) -> Restriction:
     if not privileged:
-        if (_read("/proc/sys/kernel/unprivileged_userns_clone") == "0"
-                or _read("/proc/sys/user/max_user_namespaces") == "0"):
+        if (read_kernel_setting("/proc/sys/kernel/unprivileged_userns_clone") == "0"
+                or read_kernel_setting("/proc/sys/user/max_user_namespaces") == "0"):
             return Restriction.USERNS_DISABLED
-        if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        if read_kernel_setting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
             return Restriction.APPARMOR
-    if _read("/sys/fs/selinux/enforce") == "1":
+    if read_kernel_setting("/sys/fs/selinux/enforce") == "1":
         return Restriction.SELINUX
     return Restriction.PROBE_FAILED

@@ -88,7 +88,7 @@ def test_failed_probe_reports_bwrap_error(tmp_path: Path, monkeypatch: pytest.Mo
     """A bwrap that cannot build a sandbox gives PROBE_FAILED, with bwrap's own error as the detail."""
     _fake_bwrap(tmp_path, "bwrap: weird failure 42")
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    monkeypatch.setattr(detect_mod, "_read", lambda path: None)  # no sysctl or LSM explains it
+    monkeypatch.setattr(detect_mod, "read_kernel_setting", lambda path: None)  # no sysctl or LSM explains it
     model = detect_restriction_model.__wrapped__()
     assert model.restriction is Restriction.PROBE_FAILED
     assert model.bwrap == str(tmp_path / "bwrap")
@@ -112,7 +112,7 @@ def test_failure_is_explained_by_kernel_settings(
     """As a normal user, a failed probe is attributed to the sysctl or LSM setting that causes it."""
     _fake_bwrap(tmp_path)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    monkeypatch.setattr(detect_mod, "_read", settings.get)
+    monkeypatch.setattr(detect_mod, "read_kernel_setting", settings.get)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     model = detect_restriction_model.__wrapped__()
     assert model.restriction is expected
@@ -125,7 +125,7 @@ def test_root_failure_ignores_userns_settings(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "setpriv").write_text("#!/bin/sh\nexit 0\n")
     (tmp_path / "setpriv").chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(detect_mod, "_read", {"/proc/sys/kernel/unprivileged_userns_clone": "0"}.get)
+    monkeypatch.setattr(detect_mod, "read_kernel_setting", {"/proc/sys/kernel/unprivileged_userns_clone": "0"}.get)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     model = detect_restriction_model.__wrapped__()
     assert model.privileged
