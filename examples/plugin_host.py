@@ -131,4 +131,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(anyio.run(main))
+    # The host runs on asyncio or trio alike: python examples/plugin_host.py --backend trio
+    backend = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else "asyncio"
+    sys.exit(anyio.run(main, backend=backend))
