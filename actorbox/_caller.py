@@ -61,12 +61,13 @@ class Caller:
             fut._resolve(env.Reply(fut.call_id, env.Status.CANCELLED))
 
     def on_reply(self, reply: env.Reply) -> None:
+        # No payload refers to descriptors yet (the object store will claim them):
+        # close whatever came, so a peer can't make this process hoard fds.
+        for fd in reply.fds:
+            _close(fd)
         fut = self.pending.pop(reply.call_id, None)
         if fut is not None:
             fut._resolve(reply)
-        else:
-            for fd in reply.fds:
-                _close(fd)
 
     def fail_all(self, reply_for: Any) -> None:
         """Resolve every pending Future with ``reply_for(local_id)`` (the connection is gone)."""

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import msgpack
 import structlog
@@ -38,7 +38,11 @@ from ._handle import ActorHandle
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
 
-_Job = tuple[env.Call, Any, bool]  # (call, bound method, is_async)
+class _Job(NamedTuple):
+    call: env.Call
+    func: Any  # the bound method
+    is_async: bool
+    ctx: contextvars.Context
 
 
 class _SyncCall:
@@ -73,6 +77,8 @@ class ActorProcess(Caller):
         self.max_concurrency = 1
         self.active = 0
         self.waiting: deque[_Job] = deque()
+        self.begun: set[int] = set()  # async calls whose coroutine has started
+        self.cancelled_early: set[int] = set()  # async calls cancelled before they started
 
     # -- Caller ------------------------------------------------------------------
 
@@ -112,6 +118,8 @@ class ActorProcess(Caller):
         msg = env.decode(body, fds)
         t = type(msg)
         if t is env.Call:
+            for fd in fds:  # no payload refers to descriptors yet; don't hoard them
+                os.close(fd)
             self._start_call(msg)  # type: ignore[arg-type]
         elif t is env.Reply:
             self.on_reply(msg)  # type: ignore[arg-type]
@@ -164,7 +172,10 @@ class ActorProcess(Caller):
         except ActorboxError as exc:
             self._send(env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc)))
             return
-        job = (call, resolved[0], resolved[1])
+        # Each call runs in its own copy of the loop's context, wherever it runs.
+        ctx = contextvars.copy_context()
+        ctx.run(current_call.set, call.call_id)
+        job = _Job(call, resolved[0], resolved[1], ctx)
         with self.lock:
             if call.reentrant or self.active < self.max_concurrency:
                 self.active += 1
@@ -175,14 +186,12 @@ class ActorProcess(Caller):
 
     def _launch(self, job: _Job) -> None:
         """Start an admitted call (loop thread)."""
-        call, func, is_async = job
-        ctx = contextvars.copy_context()
-        ctx.run(current_call.set, call.call_id)
-        if is_async:
-            self.running[call.call_id] = self.loop.create_task(self._run_async(call, func), context=ctx)
+        cid = job.call.call_id
+        if job.is_async:
+            self.running[cid] = job.ctx.run(self.loop.create_task, self._run_async(job))
         else:
-            token = self.running[call.call_id] = _SyncCall()
-            self.executor.submit(ctx.run, self._sync_worker, call, func, token)
+            token = self.running[cid] = _SyncCall()
+            self.executor.submit(self._sync_worker, job, token)
 
     def _next(self) -> _Job | None:
         """A call finished: the next queued call to run in its slot, if any."""
@@ -192,25 +201,25 @@ class ActorProcess(Caller):
             self.active -= 1
             return None
 
-    def _sync_worker(self, call: env.Call, func: Any, token: _SyncCall) -> None:
+    def _sync_worker(self, job: _Job, token: _SyncCall) -> None:
         # Runs calls back to back in this worker thread while the queue holds sync
         # calls: no hand-off to the loop between them.
         while True:
-            self._run_sync(call, func, token)
-            job = self._next()
-            if job is None:
+            job.ctx.run(self._run_sync, job, token)
+            nxt = self._next()
+            if nxt is None:
                 return
-            call, func, is_async = job
-            if is_async:
-                self.loop.call_soon_threadsafe(self._launch, job)
+            if nxt.is_async:
+                self.loop.call_soon_threadsafe(self._launch, nxt)
                 return
-            current_call.set(call.call_id)
-            token = self.running[call.call_id] = _SyncCall()
+            job = nxt
+            token = self.running[job.call.call_id] = _SyncCall()
 
-    def _run_sync(self, call: env.Call, func: Any, token: _SyncCall) -> None:
+    def _run_sync(self, job: _Job, token: _SyncCall) -> None:
+        call = job.call
         try:
             args, kwargs = self.codec.decode_call(call.payload, call.trusted)
-            result = func(*args, **kwargs)
+            result = job.func(*args, **kwargs)
             reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
         except BaseException as exc:
             reply = env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc))
@@ -219,32 +228,46 @@ class ActorProcess(Caller):
             reply = env.Reply(call.call_id, env.Status.CANCELLED)  # result discarded
         self._send(reply)
 
-    async def _run_async(self, call: env.Call, func: Any) -> None:
-        try:
-            args, kwargs = self.codec.decode_call(call.payload, call.trusted)
-            result = await func(*args, **kwargs)
-            reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
-        except asyncio.CancelledError:
-            reply = env.Reply(call.call_id, env.Status.CANCELLED)
-        except BaseException as exc:
-            reply = env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc))
-        finally:
-            self.running.pop(call.call_id, None)
+    async def _run_async(self, job: _Job) -> None:
+        call = job.call
+        cid = call.call_id
+        if cid in self.cancelled_early:
+            # Cancelled before the task first ran: the coroutine never started.
+            self.cancelled_early.discard(cid)
+            reply = env.Reply(cid, env.Status.CANCELLED)
+        else:
+            self.begun.add(cid)
+            try:
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+                result = await job.func(*args, **kwargs)
+                reply = env.Reply(cid, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+            except asyncio.CancelledError:
+                reply = env.Reply(cid, env.Status.CANCELLED)
+            except BaseException as exc:
+                reply = env.Reply(cid, env.Status.ERROR, self._encode_exc(exc))
+            finally:
+                self.begun.discard(cid)
+        self.running.pop(cid, None)
         self._send(reply)
-        job = self._next()
-        if job is not None:
-            self._launch(job)
+        nxt = self._next()
+        if nxt is not None:
+            self._launch(nxt)
 
     def _cancel(self, call_id: int) -> None:
         with self.lock:
             for queued in self.waiting:
-                if queued[0].call_id == call_id:
+                if queued.call.call_id == call_id:
                     self.waiting.remove(queued)
                     self._send(env.Reply(call_id, env.Status.CANCELLED))
                     return
         job = self.running.get(call_id)
         if isinstance(job, asyncio.Task):
-            job.cancel()
+            if call_id in self.begun:
+                job.cancel()
+            else:
+                # Task.cancel() before the first step would skip _run_async's own
+                # handling (no reply, slot never freed): let it see the flag instead.
+                self.cancelled_early.add(call_id)
         elif job is not None:
             job.cancelled = True
 

@@ -8,6 +8,7 @@ sync methods on the Runtime's own worker threads.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,8 @@ class HostEndpoint(Endpoint, Caller):
             scope.cancel()
 
     async def _serve(self, call: env.Call) -> None:
+        for fd in call.fds:  # no payload refers to descriptors yet; don't hoard them
+            os.close(fd)
         res = self.residents.get(call.target)
         reply: env.Reply
         with anyio.CancelScope() as scope:
@@ -142,7 +145,14 @@ class HostEndpoint(Endpoint, Caller):
                 pass  # the Runtime's loop is gone; nobody waits for this result
 
         self.executor.submit(work)
-        await done.wait()
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            # The method keeps running in its thread: hold the call (and its
+            # concurrency slot) until it returns, as an actor process would.
+            with anyio.move_on_after(self.rt.grace_period, shield=True):
+                await done.wait()
+            raise
         ok, value = box[0]
         if ok:
             return value

@@ -15,6 +15,7 @@ import structlog
 
 from sandbox import SandboxPolicy
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
+from scheduler import envelope as env
 
 from ._codec import Codec
 from ._context import process_caller
@@ -162,8 +163,11 @@ class Runtime:
         self._supervisors[entry.actor_id] = sup
         try:
             await sup.spawn()
-        except BaseException:
+        except BaseException as exc:
             del self._supervisors[entry.actor_id]
+            # Calls already queued for it (by name, from elsewhere) fail rather than wait.
+            self.scheduler.detach(entry.actor_id, env.Status.STOPPED,
+                                  {"message": f"actor {label!r} failed to start: {exc}"}, keep_queue=False)
             self.scheduler.remove_actor(entry.actor_id)
             raise
         if name is not None:
@@ -185,8 +189,6 @@ class Runtime:
 
     def unregister(self, name: str) -> None:
         """Remove a host-resident named actor; pending calls to it fail."""
-        from scheduler import envelope as env
-
         host = self._require_running()
         aid = self.scheduler.names.get(name)
         if aid is None or aid not in host.residents:

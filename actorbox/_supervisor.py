@@ -18,7 +18,7 @@ import sandbox
 from scheduler import Connection, ConnectionClosed, ConnectionEndpoint
 from scheduler import envelope as env
 
-from ._errors import ActorStartError, ProtocolError, SandboxUnavailableError, describe_exit
+from ._errors import ActorStartError, ActorStoppedError, ProtocolError, SandboxUnavailableError, describe_exit
 
 if TYPE_CHECKING:
     from ._options import ActorOptions
@@ -70,12 +70,32 @@ class ActorSupervisor:
         self.finished = anyio.Event()  # set when the actor is stopped or dead for good
         self._exited: anyio.Event | None = None  # set when the current process is gone
         self._start: _Start | None = None
+        self._spawning = False  # a spawn() is in progress (launching or constructing)
+        self.start_failed = False  # the latest spawn() raised: its process must not be restarted
 
     # -- spawning ------------------------------------------------------------------
 
     async def spawn(self) -> None:
-        """Start a process and construct the instance; raises ActorStartError."""
+        """Start a process and construct the instance; raises ActorStartError.
+
+        ``stop()`` may run while this awaits: it sets ``stopping``, and the
+        process (once there is one) is told to stop or killed; the start then
+        fails with ActorStoppedError and the actor ends as stopped.
+        """
         t0 = time.monotonic()
+        self._spawning = True
+        self.start_failed = False
+        try:
+            await self._spawn(t0)
+        except BaseException:
+            self.start_failed = True
+            raise
+        finally:
+            self._spawning = False
+
+    async def _spawn(self, t0: float) -> None:
+        if self.stopping:
+            raise self._stopped_error("before it started")
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             mode, policy = self.rt._sandbox_for(self.options)
@@ -118,18 +138,23 @@ class ActorSupervisor:
         self.endpoint = endpoint
         self._exited = anyio.Event()
         self.rt._tg.start_soon(self._supervise, proc, endpoint)
-        endpoint.send(env.Init(self.actor_id, self.name, self.init_payload, dict(self.rt.scheduler.names)))
+        if self.stopping:
+            sandbox.kill_group(proc.pid)  # stop() came while we launched; _supervise reports it
+        else:
+            endpoint.send(env.Init(self.actor_id, self.name, self.init_payload, dict(self.rt.scheduler.names)))
         assert start.done is not None
         try:
             await start.done.wait()
         except BaseException:
             # Cancelled while constructing: this process will never serve.
-            sandbox.kill_group(proc.pid)
+            _kill_unless_reaped(proc)
+            await self._reaped()
             raise
-        self._start = None
         if start.error is not None:
-            sandbox.kill_group(proc.pid)
+            _kill_unless_reaped(proc)
+            await self._reaped()  # the start fails only once its process is gone
             raise start.error
+        self._start = None
         self.state = "alive"
         if self.sandboxed:
             # The launcher (prlimit -> bwrap) is what we started; report the Python inside.
@@ -191,6 +216,8 @@ class ActorSupervisor:
 
                 watch.start_soon(conn)
                 watch.start_soon(exit_)
+            if reason is None and endpoint.conn.hangup_reason is not None:
+                reason = ProtocolError(endpoint.conn.hangup_reason, actor=self.label)
             with anyio.CancelScope(shield=True):
                 endpoint.conn.close()
                 if proc.returncode is None and reason is None and not self.stopping:
@@ -222,20 +249,25 @@ class ActorSupervisor:
         detail: dict[str, Any] = {"pid": self.pid, "exit_code": exit_code, "signal": sig,
                                   "stderr": err.text(), "message": message}
         sched = self.rt.scheduler
-        if self._start is not None and self._start.done is not None:
-            self._start.error = ActorStartError(
-                f"actor {self.label!r} ({self.cls.__qualname__}) died while starting: "
-                f"{describe_exit(exit_code, sig)}" + (f"; {message}" if message else ""),
-                actor=self.label, cls=self.cls.__qualname__, pid=self.pid, stderr=err.text())
-            self._start.done.set()
+        st = self._start
+        if st is not None and st.done is not None:
+            # The process ended before it was ready: the start fails (spawn raises).
+            if self.stopping:
+                if st.error is None:
+                    st.error = self._stopped_error("while it was starting")
+                self._mark_stopped()
+            elif st.error is None:
+                st.error = ActorStartError(
+                    f"actor {self.label!r} ({self.cls.__qualname__}) died while starting: "
+                    f"{describe_exit(exit_code, sig)}" + (f"; {message}" if message else ""),
+                    actor=self.label, cls=self.cls.__qualname__, pid=self.pid, stderr=err.text())
+            self._start = None
+            st.done.set()
+            if self.restarts == 0:
+                self.finished.set()  # a failed first start is final; rt.start() reports it
             return
         if self.stopping:
-            self.state = "stopped"
-            sched.detach(self.actor_id, env.Status.STOPPED,
-                         {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
-                                     "start a new one with rt.start() to call it again"},
-                         keep_queue=False)
-            self.finished.set()
+            self._mark_stopped()
             return
         restart = self.restarts < self.options.max_restarts and not self.rt.closing
         sched.detach(self.actor_id, env.Status.DIED, detail, keep_queue=restart)
@@ -280,23 +312,44 @@ class ActorSupervisor:
                     log.warning("actor.killed", actor=self.label, pid=self.pid,
                                 reason=f"did not stop within the grace period of {grace} s")
                     sandbox.kill_group(self.proc.pid)
-                await self.finished.wait()
-            else:
-                # No live process (dead, or between restarts): close it for good.
-                self.state = "stopped"
-                self.rt.scheduler.detach(
-                    self.actor_id, env.Status.STOPPED,
-                    {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
-                                "start a new one with rt.start() to call it again"}, keep_queue=False)
-                self.finished.set()
+            elif not self._spawning:
+                self._mark_stopped()  # no process, and none coming
+            # Otherwise a spawn is launching a process: it sees `stopping` and ends it.
+            await self.finished.wait()
         log.info("actor.stopped", actor=self.label, pid=self.pid)
 
+    async def _reaped(self) -> None:
+        exited = self._exited
+        if exited is not None:
+            with anyio.move_on_after(self.rt.grace_period, shield=True):
+                await exited.wait()
+
+    def _stopped_error(self, when: str) -> ActorStoppedError:
+        return ActorStoppedError(
+            f"actor {self.label!r} was stopped {when} (handle.stop() or the Runtime exited)",
+            actor=self.label, method=None, call_id=None)
+
+    def _mark_stopped(self) -> None:
+        self.state = "stopped"
+        self.rt.scheduler.detach(
+            self.actor_id, env.Status.STOPPED,
+            {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
+                        "start a new one with rt.start() to call it again"}, keep_queue=False)
+        self.finished.set()
+
     def encode_names(self) -> None:
-        if self.endpoint is not None and self.state == "alive":
+        # Also while starting: the actor may look names up from its constructor.
+        if self.endpoint is not None and self._exited is not None and not self._exited.is_set():
             try:
                 self.endpoint.send(env.Names(dict(self.rt.scheduler.names)))
             except ConnectionClosed:
                 pass
+
+
+def _kill_unless_reaped(proc: anyio.abc.Process) -> None:
+    # Once reaped, the pid may belong to an unrelated process: never signal it then.
+    if proc.returncode is None:
+        sandbox.kill_group(proc.pid)
 
 
 def init_payload(import_paths: list[str], pickled_spec: bytes) -> bytes:

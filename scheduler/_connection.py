@@ -28,6 +28,9 @@ import sniffio
 from ._framing import DEFAULT_MAX_FRAME, MAX_FDS_PER_FRAME, FrameDecoder, FrameError, encode_header
 
 _RECV_SIZE = 256 * 1024
+# Bytes queued for a peer that is not reading before the connection is given up:
+# a peer that stops reading must not make us buffer without bound.
+DEFAULT_MAX_PENDING = 256 * 1024 * 1024
 _ANCBUF = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * 4)
 
 FrameHandler = Callable[[bytes, list[int]], None]
@@ -45,7 +48,8 @@ class Connection:
     with that exception (the peer sent something we will not process).
     """
 
-    def __init__(self, sock: socket.socket, on_frame: FrameHandler, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, sock: socket.socket, on_frame: FrameHandler, *, max_frame: int = DEFAULT_MAX_FRAME,
+                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
         sock.setblocking(False)
         self.sock = sock
         self._on_frame = on_frame
@@ -54,6 +58,9 @@ class Connection:
         # Invariant: _pending holds (data, fds) not yet fully written, in order;
         # when it is non-empty every new send appends to it instead of writing.
         self._pending: deque[tuple[memoryview, tuple[int, ...]]] = deque()
+        self._pending_bytes = 0
+        self.max_pending = max_pending
+        self.hangup_reason: str | None = None  # why we hung up on the peer, if we did
         self._closed = False
         self._loop: Any = None  # asyncio loop when on asyncio, else None
         self._writable: anyio.Event | None = None
@@ -77,7 +84,19 @@ class Connection:
                 if sent == len(data):
                     return
                 self._pending.append((memoryview(data)[sent:], () if sent else tuple(fds)))
+                self._pending_bytes = len(data) - sent
             else:
+                self._pending_bytes += len(data)
+                if self._pending_bytes > self.max_pending:
+                    # The peer stopped reading: hang up (its reader sees EOF, we see it die).
+                    self.hangup_reason = f"it stopped reading: more than {self.max_pending} bytes were queued for it"
+                    self._closed = True
+                    self._pending.clear()
+                    try:
+                        self.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    raise ConnectionClosed(self.hangup_reason)
                 self._pending.append((memoryview(data), tuple(fds)))
             first = len(self._pending) == 1
         if first:
@@ -110,6 +129,7 @@ class Connection:
                 except ConnectionClosed:
                     self._pending.clear()
                     return True
+                self._pending_bytes -= sent
                 if sent == len(view):
                     self._pending.popleft()
                 elif sent == 0:

@@ -69,6 +69,10 @@ class FrameDecoder:
             pos = end
         if pos:
             del buf[:pos]
+        # Descriptors arrive with their frame's first byte, so what is left over can
+        # only belong to one incomplete frame: more means fds sent outside any frame.
+        if len(self._fds) > MAX_FDS_PER_FRAME:
+            raise FrameError(f"{len(self._fds)} file descriptors arrived that no frame claims")
         return frames
 
     def close(self) -> None:

@@ -11,10 +11,11 @@ Pipelining: an actor is sent up to ``max_concurrency + prefetch`` calls; the
 actor runs them in order, ``max_concurrency`` at a time, so a stream of calls to a
 busy actor does not pay a host round trip between each.
 
-Re-entrancy: each call belongs to a *chain*, the id of the root call that led to
-it. A call is admitted to an actor past its ``max_concurrency`` when the same
-chain is already running there: that actor is waiting, directly or indirectly,
-on this very call, so queueing it would deadlock (host -> A -> M -> A).
+Re-entrancy: a call is admitted to an actor past its ``max_concurrency`` when one
+of its ancestors (following parent call ids) is running on that actor: the actor
+is then waiting, directly or indirectly, on this very call, so queueing it would
+deadlock (host -> A -> M -> A). Sibling calls of one root are not re-entrant and
+queue like any other call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from ._endpoint import Endpoint
 
 log = structlog.get_logger("actorbox")
 
+# Longest parent chain followed when deciding re-entrancy (bounds the walk).
+_MAX_ANCESTRY = 1000
+
 QUEUED = "queued"  # waiting in the scheduler for a free slot
 RUNNING = "running"  # delivered to the actor (it may still be in the actor's own FIFO)
 CANCELLING = "cancelling"
@@ -45,7 +49,6 @@ class CallEntry:
     caller: Endpoint
     caller_local_id: int
     parent_call_id: int | None
-    chain: int
     call: env.Call | None  # the envelope to deliver; dropped once dispatched
     submitted_at: float
     state: str = QUEUED
@@ -63,7 +66,6 @@ class ActorEntry:
     window: int = 1  # calls delivered at once: max_concurrency, plus prefetch if the endpoint queues
     queue: deque[CallEntry] = field(default_factory=deque)
     running: dict[int, CallEntry] = field(default_factory=dict)
-    chains: dict[int, int] = field(default_factory=dict)  # chain id -> running calls of it here
     # Why calls to this actor cannot be served right now (None while serving or starting).
     closed: tuple[env.Status, dict[str, Any]] | None = None
 
@@ -157,17 +159,13 @@ class Scheduler:
         gid = next(self._ids)
         now = time.monotonic()
         parent = call.parent_call_id
-        chain = gid
         if parent is not None:
             p = self.calls.get(parent)
             # A caller may only name as parent a call it is itself serving.
-            if p is not None and p.callee is caller and p.state != QUEUED:
-                chain = p.chain
-            else:
+            if p is None or p.callee is not caller or p.state == QUEUED:
                 parent = None
         a = self.actors.get(call.target)
-        entry = CallEntry(gid, call.target, call.method, caller, call.call_id, parent, chain,
-                          None, now)
+        entry = CallEntry(gid, call.target, call.method, caller, call.call_id, parent, None, now)
         if call.call_id in caller.outgoing or (not caller.trusted and len(caller.outgoing) >= self.max_outgoing):
             # Over the in-flight limit, or reusing a live call id (which would orphan
             # the earlier call): refuse this call alone; it never enters the table.
@@ -190,23 +188,39 @@ class Scheduler:
         if self.log_calls:
             log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
                       parent_call_id=parent, caller=caller.label)
-        if a.endpoint is not None and (len(a.running) < a.window or chain in a.chains):
-            self._start(a, entry)
+        # A re-entrant call must be flagged even within the window: the actor's own
+        # FIFO would otherwise hold it behind the very call that waits for it.
+        reentrant = a.endpoint is not None and parent is not None and self._reentrant(a, entry)
+        if a.endpoint is not None and (reentrant or len(a.running) < a.window):
+            self._start(a, entry, reentrant)
         else:
             a.queue.append(entry)
         return gid
 
-    def _start(self, a: ActorEntry, entry: CallEntry) -> None:
+    def _reentrant(self, a: ActorEntry, entry: CallEntry) -> bool:
+        """True when an ancestor of ``entry`` is running on ``a`` (so ``a`` waits on it)."""
+        pid = entry.parent_call_id
+        for _ in range(_MAX_ANCESTRY):
+            if pid is None:
+                return False
+            p = self.calls.get(pid)
+            if p is None:
+                return False
+            if p.actor_id == a.actor_id and p.state != QUEUED:
+                return True
+            pid = p.parent_call_id
+        return False
+
+    def _start(self, a: ActorEntry, entry: CallEntry, reentrant: bool) -> None:
         assert a.endpoint is not None and entry.call is not None
         entry.state = RUNNING
         entry.started_at = time.monotonic()
         entry.callee = a.endpoint
         a.running[entry.call_id] = entry
         call, entry.call = entry.call, None
-        if entry.chain in a.chains:
+        if reentrant:
             call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                             trusted=call.trusted, reentrant=True, fds=call.fds)
-        a.chains[entry.chain] = a.chains.get(entry.chain, 0) + 1
         if self.log_calls:
             log.debug("call.started", actor=a.label, method=entry.method, call_id=entry.call_id,
                       parent_call_id=entry.parent_call_id)
@@ -214,10 +228,10 @@ class Scheduler:
 
     def _pump(self, a: ActorEntry) -> None:
         # Strict FIFO. Re-entrant calls never wait here: submit() admits them at
-        # once, since their chain is already running on the actor.
+        # once, since an ancestor of theirs is running on the actor.
         queue = a.queue
         while queue and a.endpoint is not None and len(a.running) < a.window:
-            self._start(a, queue.popleft())
+            self._start(a, queue.popleft(), False)
 
     def reply(self, callee: Endpoint, reply: env.Reply) -> None:
         """A result from ``callee``; ignored unless it answers a call delivered to it."""
@@ -233,11 +247,6 @@ class Scheduler:
         a = self.actors.get(entry.actor_id)
         if a is not None and entry.state != QUEUED:
             a.running.pop(entry.call_id, None)
-            n = a.chains.get(entry.chain, 0) - 1
-            if n > 0:
-                a.chains[entry.chain] = n
-            else:
-                a.chains.pop(entry.chain, None)
         caller = entry.caller
         waiting = caller.outgoing.pop(entry.caller_local_id, None) == entry.call_id
         if self.log_calls:

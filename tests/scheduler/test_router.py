@@ -247,6 +247,33 @@ def test_reentrant_chain_is_admitted_past_the_limit(sched: Scheduler, host: Reco
     assert ep_a.calls[2].reentrant is False
 
 
+def test_reentrant_call_is_flagged_within_the_prefetch_window(sched: Scheduler, host: Recorder) -> None:
+    """An actor that queues locally gets a nested call back flagged reentrant, so its FIFO can't hold it."""
+    aid, ep_a = start_actor(sched, "A", 1, queues_calls=True)
+    mid, ep_m = start_actor(sched, "M", 1)
+    host.call(sched, aid, "outer")
+    [outer] = ep_a.calls
+    ep_a.call(sched, mid, "middle", parent=outer.call_id)
+    ep_m.call(sched, aid, "inner", parent=ep_m.calls[0].call_id)
+    host.call(sched, aid, "plain")  # within the window too, but not re-entrant
+    assert [(c.method, c.reentrant) for c in ep_a.calls] == [("outer", False), ("inner", True), ("plain", False)]
+
+
+def test_sibling_calls_of_one_root_are_not_reentrant(sched: Scheduler, host: Recorder) -> None:
+    """A -> B several times from one call: only the first runs on B (max_concurrency=1); siblings queue."""
+    aid, ep_a = start_actor(sched, "A", 1)
+    bid, ep_b = start_actor(sched, "B", 1)
+    host.call(sched, aid, "outer")
+    [outer] = ep_a.calls
+    for _ in range(3):
+        ep_a.call(sched, bid, "work", parent=outer.call_id)
+    assert ep_b.methods() == ["work"]
+    states = sorted(c.state for c in sched.pending_calls() if c.method == "work")
+    assert states == ["queued", "queued", "running"]
+    finish(sched, ep_b, ep_b.calls[0])
+    assert ep_b.methods() == ["work", "work"] and not any(c.reentrant for c in ep_b.calls)
+
+
 def test_direct_self_call_is_reentrant(sched: Scheduler) -> None:
     """An actor calling itself from within a call is admitted past max_concurrency=1."""
     aid, ep_a = start_actor(sched, "A", 1)

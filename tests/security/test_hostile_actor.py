@@ -307,3 +307,40 @@ async def test_forged_parent_call_id_is_ignored():
                 await victim.release()
         assert box["result"] == "held and released"
         await assert_host_serves(rt, healthy)
+
+
+def _host_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _settled_fds(before: int) -> int:
+    # The host closes what it is sent as it reads it; give it a moment to read.
+    for _ in range(50):
+        if _host_fds() <= before:
+            break
+        await anyio.sleep(0.02)
+    return _host_fds()
+
+
+async def test_fds_attached_to_replies_and_calls_are_not_hoarded():
+    """Descriptors an actor attaches to replies or to calls to host-resident actors are closed by the host."""
+    async with actorbox.Runtime() as rt:
+        rt.register("resident", Models())
+        healthy, saboteur = await start_actors(rt, Healthy, Saboteur)
+        before = _host_fds()
+        with anyio.fail_after(CALL_TIMEOUT):
+            await saboteur.fds_in_replies(40)
+            await saboteur.fds_in_resident_calls("resident", 40)
+        assert await _settled_fds(before) <= before + 2  # 320 + 320 fds were sent
+        await assert_host_serves(rt, healthy)
+
+
+async def test_fds_outside_any_frame_disconnect_the_actor():
+    """Descriptors attached to frames that claim none pile up nowhere: the actor is disconnected."""
+    async with actorbox.Runtime() as rt:
+        healthy, saboteur = await start_actors(rt, Healthy, Saboteur)
+        before = _host_fds()
+        with anyio.fail_after(CALL_TIMEOUT), pytest.raises(actorbox.ActorDiedError, match="no frame claims"):
+            await saboteur.unclaimed_fds(200)
+        assert await _settled_fds(before) <= before
+        await assert_host_serves(rt, healthy)

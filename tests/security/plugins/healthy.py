@@ -55,6 +55,9 @@ class Models:
         self.public_calls += 1
         return f"model:{key}"
 
+    def ping(self):
+        return "pong"
+
     async def my_parent(self):
         """The parent_call_id the scheduler recorded for the calls of this method now in flight."""
         return [c.parent_call_id for c in self.rt.pending_calls() if c.method == "my_parent"]

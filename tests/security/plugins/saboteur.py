@@ -9,8 +9,11 @@ the attack on the way out.
 
 from __future__ import annotations
 
+import array
+import os
 import random
 import select
+import socket
 import struct
 
 import actorbox
@@ -108,6 +111,18 @@ def send_body(body):
     send_raw(frame(body))
 
 
+def send_with_fds(data, fds):
+    """Write bytes with descriptors attached (SCM_RIGHTS), whatever the frame header claims."""
+    conn = _conn()
+    with conn._lock:
+        while True:
+            try:
+                conn.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                return
+            except BlockingIOError:
+                select.select([], [conn.sock], [], 5.0)
+
+
 async def raw_call(target, method, payload, **flags):
     """Send a hand-made CALL frame and wait for its reply like a normal call."""
     proc = process_caller.get()
@@ -201,6 +216,34 @@ class Saboteur:
         except Exception as exc:
             return _outcome_of(exc)
         return {"value": repr(value)}
+
+    def fds_in_replies(self, n):
+        """Answer its own call n times, each reply carrying 8 (claimed) duplicates of one fd."""
+        own = current_call.get()
+        fd = os.open("/dev/null", os.O_RDONLY)
+        for _ in range(n):
+            body = pack([REPLY, own, OK, pack(7), None, False, 8])
+            send_with_fds(frame(body, 8), [fd] * 8)
+        os.close(fd)
+        return "sent"
+
+    def fds_in_resident_calls(self, name, n):
+        """Call a host-resident actor n times, each call carrying 8 (claimed) fds."""
+        target = actorbox.get_actor(name).actor_id
+        fd = os.open("/dev/null", os.O_RDONLY)
+        for i in range(n):
+            body = pack([CALL, 50_000_000 + i, target, "ping", b"", None, False, False, 8])
+            send_with_fds(frame(body, 8), [fd] * 8)
+        os.close(fd)
+        return n
+
+    def unclaimed_fds(self, n):
+        """Send n valid (cancel) frames that claim no fds, each with 8 fds attached anyway."""
+        fd = os.open("/dev/null", os.O_RDONLY)
+        for i in range(n):
+            send_with_fds(frame(pack([CANCEL, 90_000_000 + i])), [fd] * 8)
+        os.close(fd)
+        return n
 
     def spray_replies(self, first, last, extra=(), payload="forged"):
         """Reply (and send cancels) for every call id in [first, last] and ``extra``, except this call's own."""
