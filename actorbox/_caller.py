@@ -45,14 +45,16 @@ class Caller:
 
     # -- shared ------------------------------------------------------------------
 
-    def submit(self, actor_id: int, label: str, method: str, payload: bytes) -> Future[Any]:
-        return self._submit(actor_id, label, method, payload, current_call.get())
+    def submit(self, actor_id: int, label: str, method: str, payload: bytes,
+               fds: tuple[int, ...] = ()) -> Future[Any]:
+        return self._submit(actor_id, label, method, payload, fds, current_call.get())
 
-    def _submit(self, actor_id: int, label: str, method: str, payload: bytes, parent: int | None) -> Future[Any]:
+    def _submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...],
+                parent: int | None) -> Future[Any]:
         lid = next(self._local_ids)
         fut: Future[Any] = Future(self, lid, label, method)
         self.pending[lid] = fut
-        self._send_call(env.Call(lid, actor_id, method, payload, parent))
+        self._send_call(env.Call(lid, actor_id, method, payload, parent, fds=fds))
         return fut
 
     def cancel(self, fut: Future[Any]) -> None:
@@ -61,13 +63,14 @@ class Caller:
             fut._resolve(env.Reply(fut.call_id, env.Status.CANCELLED))
 
     def on_reply(self, reply: env.Reply) -> None:
-        # No payload refers to descriptors yet (the object store will claim them):
-        # close whatever came, so a peer can't make this process hoard fds.
-        for fd in reply.fds:
-            _close(fd)
         fut = self.pending.pop(reply.call_id, None)
+        if fut is not None and reply.status == env.Status.OK:
+            fut._resolve(reply)  # the Future owns the reply's fds until it is decoded (or dropped)
+            return
+        for fd in reply.fds:  # only a result may carry descriptors
+            _close(fd)
         if fut is not None:
-            fut._resolve(reply)
+            fut._resolve(env.Reply(reply.call_id, reply.status, reply.payload, reply.detail, reply.trusted))
 
     def fail_all(self, reply_for: Any) -> None:
         """Resolve every pending Future with ``reply_for(local_id)`` (the connection is gone)."""
@@ -79,7 +82,9 @@ class Caller:
         status = reply.status
         if status == env.Status.OK:
             try:
-                return self.codec.loads(reply.payload, reply.trusted) if reply.payload else None
+                if not reply.payload:
+                    return None
+                return self.codec.loads_fds(reply.payload, reply.trusted, reply.fds)
             except _errors.SerializationError as exc:
                 return _Raise(exc)
         if status == env.Status.ERROR:

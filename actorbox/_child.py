@@ -82,13 +82,17 @@ class ActorProcess(Caller):
 
     # -- Caller ------------------------------------------------------------------
 
-    def _send(self, msg: env.Message, fds: tuple[int, ...] = ()) -> None:
-        if self.stopped.is_set() and type(msg) is env.Reply:
-            return  # stopping: the host fails these calls as stopped, not cancelled
+    def _send(self, msg: env.Message) -> None:
+        fds: tuple[int, ...] = getattr(msg, "fds", ())
         try:
+            if self.stopped.is_set() and type(msg) is env.Reply:
+                return  # stopping: the host fails these calls as stopped, not cancelled
             self.conn.send(env.encode(msg), fds)
         except ConnectionClosed:
             pass  # the host is gone; the reader sees EOF and we exit
+        finally:
+            for fd in fds:  # the kernel duplicated them into the message
+                os.close(fd)
 
     def _send_call(self, call: env.Call) -> None:
         self._send(call)
@@ -118,8 +122,6 @@ class ActorProcess(Caller):
         msg = env.decode(body, fds)
         t = type(msg)
         if t is env.Call:
-            for fd in fds:  # no payload refers to descriptors yet; don't hoard them
-                os.close(fd)
             self._start_call(msg)  # type: ignore[arg-type]
         elif t is env.Reply:
             self.on_reply(msg)  # type: ignore[arg-type]
@@ -170,6 +172,7 @@ class ActorProcess(Caller):
                 resolved = resolve_method(self.instance, call.method, self.label, call.call_id)
                 self.methods[call.method] = resolved
         except ActorboxError as exc:
+            _close_all(call.fds)
             self._send(env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc)))
             return
         # Each call runs in its own copy of the loop's context, wherever it runs.
@@ -218,13 +221,15 @@ class ActorProcess(Caller):
     def _run_sync(self, job: _Job, token: _SyncCall) -> None:
         call = job.call
         try:
-            args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+            args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds)
             result = job.func(*args, **kwargs)
-            reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+            payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
+            reply = env.Reply(call.call_id, env.Status.OK, payload, fds=out)
         except BaseException as exc:
             reply = env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc))
         self.running.pop(call.call_id, None)
         if token.cancelled:
+            _close_all(reply.fds)
             reply = env.Reply(call.call_id, env.Status.CANCELLED)  # result discarded
         self._send(reply)
 
@@ -234,13 +239,15 @@ class ActorProcess(Caller):
         if cid in self.cancelled_early:
             # Cancelled before the task first ran: the coroutine never started.
             self.cancelled_early.discard(cid)
+            _close_all(call.fds)
             reply = env.Reply(cid, env.Status.CANCELLED)
         else:
             self.begun.add(cid)
             try:
-                args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds)
                 result = await job.func(*args, **kwargs)
-                reply = env.Reply(cid, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
+                reply = env.Reply(cid, env.Status.OK, payload, fds=out)
             except asyncio.CancelledError:
                 reply = env.Reply(cid, env.Status.CANCELLED)
             except BaseException as exc:
@@ -258,6 +265,7 @@ class ActorProcess(Caller):
             for queued in self.waiting:
                 if queued.call.call_id == call_id:
                     self.waiting.remove(queued)
+                    _close_all(queued.call.fds)
                     self._send(env.Reply(call_id, env.Status.CANCELLED))
                     return
         job = self.running.get(call_id)
@@ -280,6 +288,14 @@ class ActorProcess(Caller):
                 job.cancel()
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             print(f"actorbox: connection to the host failed: {reader.exception()!r}", file=sys.stderr)
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _plain(v: Any) -> Any:

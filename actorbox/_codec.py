@@ -10,6 +10,7 @@ and only when the scheduler marked the envelope as coming from the host.
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 import threading
 import traceback
@@ -20,6 +21,17 @@ import msgpack
 
 from . import _errors
 from ._errors import SerializationError
+from ._shm import SegmentTable
+from ._tensors import (
+    FdSink,
+    FdSource,
+    export_ndarray,
+    export_tensor,
+    import_ndarray,
+    import_tensor,
+    is_ndarray,
+    is_tensor,
+)
 
 if TYPE_CHECKING:
     from ._handle import ActorHandle
@@ -32,6 +44,8 @@ EXT_BIGINT = 5
 EXT_EXCEPTION = 6
 EXT_HANDLE = 7
 EXT_PICKLE = 9
+EXT_TENSOR = 10
+EXT_NDARRAY = 11
 
 _SAFE_BUILTIN_EXCEPTIONS = {
     name: obj
@@ -63,8 +77,13 @@ class Codec:
         allow_pickle: bool,
         handle_type: type[ActorHandle],
         make_handle: Callable[[int, str | None, str], Any],
+        segments: SegmentTable | None = None,
     ) -> None:
         self.allow_pickle = allow_pickle
+        self.segments = segments if segments is not None else SegmentTable()
+        # Per thread: the fd sink of the payload being encoded, the fd source of
+        # the one being decoded (tensors and arrays travel as descriptors).
+        self._tls = threading.local()
         self._depth = threading.local()  # extension nesting of the decode running on this thread
         self._handle_type = handle_type
         self._make_handle = make_handle
@@ -85,6 +104,13 @@ class Codec:
             return msgpack.ExtType(EXT_COMPLEX, self.dumps([obj.real, obj.imag]))
         if t is int:  # only reached for ints msgpack cannot hold (beyond 64 bits)
             return msgpack.ExtType(EXT_BIGINT, str(obj).encode())
+        if is_tensor(obj) or is_ndarray(obj):
+            sink = getattr(self._tls, "sink", None)
+            if sink is None:
+                raise SerializationError("tensors and arrays travel only as call arguments and results")
+            if is_tensor(obj):
+                return msgpack.ExtType(EXT_TENSOR, self.dumps(export_tensor(obj, self.segments, sink)))
+            return msgpack.ExtType(EXT_NDARRAY, self.dumps(export_ndarray(obj, self.segments, sink)))
         if isinstance(obj, self._handle_type):
             return msgpack.ExtType(EXT_HANDLE, self.dumps([obj.actor_id, obj.name, obj.label]))
         if isinstance(obj, BaseException):
@@ -112,10 +138,23 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value: {exc}") from exc
 
-    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    def dumps_fds(self, obj: Any) -> tuple[bytes, tuple[int, ...]]:
+        """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns."""
+        sink = FdSink()
+        self._tls.sink = sink
+        try:
+            data = self.dumps(obj)
+        except BaseException:
+            sink.close()
+            raise
+        finally:
+            self._tls.sink = None
+        return data, tuple(sink.fds)
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
         if not args and not kwargs:
-            return b""
-        return self.dumps([list(args), kwargs])
+            return b"", ()
+        return self.dumps_fds([list(args), kwargs])
 
     def _encode_exception(self, exc: BaseException) -> bytes:
         t = type(exc)
@@ -159,6 +198,14 @@ class Codec:
                 return self._make_handle(actor_id, name, label)
             if code == EXT_EXCEPTION:
                 return self._decode_exception(data, trusted)
+            if code == EXT_TENSOR or code == EXT_NDARRAY:
+                source = getattr(self._tls, "source", None)
+                fields = self.loads(data, trusted)
+                if source is None or type(fields) is not list or len(fields) != 8:
+                    raise SerializationError("malformed shared tensor (or one outside a call payload)")
+                if code == EXT_TENSOR:
+                    return import_tensor(fields, self.segments, source)
+                return import_ndarray(fields, self.segments, source)
             if code == EXT_PICKLE and trusted:
                 import pickle
 
@@ -166,6 +213,16 @@ class Codec:
             raise SerializationError(f"refused extension type {code} in a payload from an actor")
 
         return hook
+
+    def loads_fds(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int]) -> Any:
+        """Decode a payload that came with descriptors; takes ownership of all of them."""
+        source = FdSource(fds)
+        self._tls.source = source
+        try:
+            return self.loads(data, trusted)
+        finally:
+            self._tls.source = None
+            source.close_unused()
 
     def loads(self, data: bytes, trusted: bool) -> Any:
         depth = getattr(self._depth, "n", 0)
@@ -188,10 +245,13 @@ class Codec:
         finally:
             self._depth.n = depth
 
-    def decode_call(self, data: bytes, trusted: bool) -> tuple[list[Any], dict[str, Any]]:
+    def decode_call(self, data: bytes, trusted: bool,
+                    fds: tuple[int, ...] | list[int] = ()) -> tuple[list[Any], dict[str, Any]]:
         if not data:
+            for fd in fds:
+                os.close(fd)
             return [], {}
-        obj = self.loads(data, trusted)
+        obj = self.loads_fds(data, trusted, fds)
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not list or type(obj[1]) is not dict:
             raise SerializationError("call payload is not [args, kwargs]")
         if not all(type(k) is str for k in obj[1]):

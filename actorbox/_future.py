@@ -50,6 +50,18 @@ class Future(Generic[T]):
         state = "done" if self._reply is not None else "pending"
         return f"<actorbox.Future {self.actor}.{self.method}() call={self.call_id} {state}>"
 
+    def __del__(self) -> None:
+        # A result nobody read still owns the descriptors of its tensors.
+        reply = self._reply
+        if reply is not None and reply.fds and self._value is _PENDING:
+            import os
+
+            for fd in reply.fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
     def done(self) -> bool:
         return self._reply is not None
 

@@ -58,11 +58,12 @@ class HostEndpoint(Endpoint, Caller):
     # The scheduler and the pending table belong to the loop thread: a sync
     # host-resident method calling out from a worker thread is marshalled there.
 
-    def submit(self, actor_id: int, label: str, method: str, payload: bytes) -> Any:
+    def submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...] = ()) -> Any:
         parent = current_call.get()
         if self.on_loop_thread():
-            return self._submit(actor_id, label, method, payload, parent)
-        return anyio.from_thread.run_sync(self._submit, actor_id, label, method, payload, parent, token=self.token)
+            return self._submit(actor_id, label, method, payload, fds, parent)
+        return anyio.from_thread.run_sync(self._submit, actor_id, label, method, payload, fds, parent,
+                                          token=self.token)
 
     def cancel(self, fut: Any) -> None:
         if self.on_loop_thread():
@@ -99,9 +100,8 @@ class HostEndpoint(Endpoint, Caller):
             scope.cancel()
 
     async def _serve(self, call: env.Call) -> None:
-        for fd in call.fds:  # no payload refers to descriptors yet; don't hoard them
-            os.close(fd)
         res = self.residents.get(call.target)
+        fds: tuple[int, ...] | None = call.fds  # owned here until decoded
         reply: env.Reply
         with anyio.CancelScope() as scope:
             self.scopes[call.call_id] = scope
@@ -110,12 +110,14 @@ class HostEndpoint(Endpoint, Caller):
                 if res is None:
                     raise ActorboxError(f"host-resident actor {call.target} is gone")
                 func, is_async = resolve_method(res.obj, call.method, res.name, call.call_id)
-                args, kwargs = self.codec.decode_call(call.payload, call.trusted)
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted, fds or ())
+                fds = None
                 if is_async:
                     result = await func(*args, **kwargs)
                 else:
                     result = await self._in_thread(func, args, kwargs)
-                reply = env.Reply(call.call_id, env.Status.OK, b"" if result is None else self.codec.dumps(result))
+                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
+                reply = env.Reply(call.call_id, env.Status.OK, payload, fds=out)
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:
                     raise
@@ -124,6 +126,8 @@ class HostEndpoint(Endpoint, Caller):
                 reply = env.Reply(call.call_id, env.Status.ERROR, self.codec.dumps(exc))
             finally:
                 self.scopes.pop(call.call_id, None)
+                for fd in fds or ():  # never decoded (refused or failed before): release them
+                    os.close(fd)
         self.scheduler.reply(self, reply)
 
     async def _in_thread(self, func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -152,9 +152,11 @@ def test_builtin_subclasses_travel_as_base_type() -> None:
 
 def test_call_payload_round_trip() -> None:
     """encode_call/decode_call carry args and kwargs; a call without arguments is an empty payload."""
-    assert ACTOR.encode_call((), {}) == b""
+    assert ACTOR.encode_call((), {}) == (b"", ())
     assert ACTOR.decode_call(b"", False) == ([], {})
-    args, kwargs = ACTOR.decode_call(ACTOR.encode_call((1, (2,)), {"k": {3}}), False)
+    payload, fds = ACTOR.encode_call((1, (2,)), {"k": {3}})
+    assert fds == ()
+    args, kwargs = ACTOR.decode_call(payload, False, fds)
     assert args == [1, (2,)] and kwargs == {"k": {3}}
 
 

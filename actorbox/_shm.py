@@ -1,0 +1,150 @@
+"""Shared-memory segments for tensors and arrays: sealed memfds passed as file descriptors.
+
+A segment is an anonymous memory file (``memfd_create``) sealed against
+shrinking, mapped MAP_SHARED. Sending a tensor sends the segment's fd over the
+socket (SCM_RIGHTS); the receiver maps the same pages, so nothing is copied and
+an in-place write on one side is seen by the other. The memory lives as long as
+any process maps it or holds its fd: there is no name in /dev/shm to race on or
+to leak.
+
+Trust: a segment an actor sends is only mapped after checking that the fd is a
+memfd sealed against shrinking (so the sender can't truncate it under us and
+fault the receiver with SIGBUS) and that the tensor's shape, strides and offset
+stay inside it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import threading
+import weakref
+from typing import Any
+
+from ._errors import SerializationError
+
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+
+
+class Segment:
+    """One mapped memfd. ``fd`` stays open while the mapping lives, so it can be re-sent."""
+
+    __slots__ = ("__weakref__", "fd", "mm", "nbytes")
+
+    def __init__(self, fd: int, mm: mmap.mmap, nbytes: int) -> None:
+        self.fd = fd
+        self.mm = mm
+        self.nbytes = nbytes
+
+
+class SegmentTable:
+    """The segments this process maps, found by the base address of their mapping.
+
+    An entry lives exactly as long as its mmap object: the tensors or arrays built
+    on it keep it alive through the buffer protocol, and when the last one goes the
+    finalizer closes the fd and forgets the entry.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_base: dict[int, tuple[int, int]] = {}  # base address -> (fd, nbytes)
+        self._mm_base: dict[int, int] = {}  # id(mmap) -> base address, for numpy's .base chains
+        self.created = 0  # segments allocated here (a fresh tensor was copied in)
+
+    def __len__(self) -> int:
+        return len(self._by_base)
+
+    def _register(self, fd: int, mm: mmap.mmap, nbytes: int, base: int) -> None:
+        with self._lock:
+            self._by_base[base] = (fd, nbytes)
+            self._mm_base[id(mm)] = base
+        weakref.finalize(mm, self._forget, base, fd, id(mm))
+
+    def _forget(self, base: int, fd: int, mm_id: int) -> None:
+        with self._lock:
+            if self._by_base.get(base, (None,))[0] == fd:
+                del self._by_base[base]
+            if self._mm_base.get(mm_id) == base:
+                del self._mm_base[mm_id]
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def base_of(self, mm: mmap.mmap) -> int | None:
+        """The base address of one of our mappings, if ``mm`` is one."""
+        return self._mm_base.get(id(mm))
+
+    def lookup(self, base: int) -> tuple[int, int] | None:
+        """(fd, nbytes) of the segment mapped at ``base``, if it is one of ours."""
+        return self._by_base.get(base)
+
+    def allocate(self, nbytes: int) -> tuple[mmap.mmap, int]:
+        """A new sealed segment of ``nbytes`` (> 0), mapped; returns (mmap, base address)."""
+        fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, nbytes)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        base = _address(mm)
+        self._register(fd, mm, nbytes, base)
+        self.created += 1
+        return mm, base
+
+    def attach(self, fd: int, nbytes: int) -> tuple[mmap.mmap, int]:
+        """Map a segment received from a peer, after checking it is safe to map.
+
+        Takes ownership of ``fd`` (closed with the mapping, or now on refusal).
+        """
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            raise SerializationError(f"a shared tensor's descriptor is not a memory file ({exc.strerror})") from None
+        if not seals & fcntl.F_SEAL_SHRINK:
+            os.close(fd)
+            raise SerializationError("a shared tensor's memory file is not sealed against shrinking; refused")
+        if type(nbytes) is not int or nbytes <= 0 or nbytes > size:
+            os.close(fd)
+            raise SerializationError(f"a shared tensor claims {nbytes!r} bytes of a {size}-byte memory file")
+        try:
+            mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            raise SerializationError(f"cannot map a shared tensor's memory: {exc}") from None
+        base = _address(mm)
+        self._register(fd, mm, nbytes, base)
+        return mm, base
+
+
+def _address(mm: mmap.mmap) -> int:
+    import ctypes
+
+    # from_buffer exports the buffer only for this call; the view is dropped at once.
+    view = (ctypes.c_char * 1).from_buffer(mm)
+    try:
+        return ctypes.addressof(view)
+    finally:
+        del view
+
+
+def extent(shape: list[int], strides: list[int], offset: int) -> int:
+    """Elements spanned by a strided view, from element 0 of its storage (0 when empty)."""
+    if any(s == 0 for s in shape):
+        return 0
+    return offset + sum((n - 1) * st for n, st in zip(shape, strides, strict=True)) + 1
+
+
+def check_layout(shape: Any, strides: Any, offset: Any) -> tuple[list[int], list[int], int]:
+    """Validate a peer's view description: non-negative ints, same rank."""
+    if not (type(shape) is list and type(strides) is list and type(offset) is int and offset >= 0
+            and len(shape) == len(strides) and len(shape) <= 64
+            and all(type(n) is int and n >= 0 for n in shape)
+            and all(type(st) is int and st >= 0 for st in strides)):
+        raise SerializationError("malformed tensor layout (shape, strides, offset)")
+    return shape, strides, offset

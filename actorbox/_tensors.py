@@ -1,0 +1,239 @@
+"""Torch tensors and numpy arrays as shared-memory segments (see ``_shm``).
+
+Wire form (inside a payload): ``[dtype, shape, strides, offset, fd_index, nbytes,
+requires_grad, device]`` with strides and offset in elements; ``fd_index`` picks
+the segment's descriptor among those that travel with the frame (-1: no memory,
+a zero-size tensor). A tensor already in a segment is sent as that segment (no
+copy, shared writes); any other tensor is copied once into a new segment,
+covering just the span its view reaches, keeping its shape and strides.
+
+CUDA tensors are copied through a CPU segment and restored on the same device
+index by the receiver (CUDA IPC proper is the object store's next step).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from ._errors import SerializationError
+from ._shm import SegmentTable, check_layout, extent
+
+_TORCH_DTYPES = (
+    "float16", "float32", "float64", "bfloat16", "complex64", "complex128", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool", "float8_e4m3fn", "float8_e5m2",
+)
+_NUMPY_KINDS = "biufc"  # bool, signed, unsigned, float, complex: plain numbers only
+
+
+class FdSink:
+    """Collects the descriptors a payload's encoding needs, each segment once."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self._index: dict[int, int] = {}  # segment fd -> index in fds
+
+    def add(self, fd: int, *, fresh: bool = False) -> int:
+        """Index of the segment ``fd`` in this payload. A ``fresh`` segment (copied in just
+        now, and gone once sent) is never shared with another entry: its fd number may be
+        reused by the next fresh segment, while live segments' fds stay distinct."""
+        i = None if fresh else self._index.get(fd)
+        if i is None:
+            i = len(self.fds)
+            if not fresh:
+                self._index[fd] = i
+            self.fds.append(os.dup(fd))  # the frame owns its copies
+        return i
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+class FdSource:
+    """The descriptors that arrived with a payload; each is mapped at most once."""
+
+    def __init__(self, fds: tuple[int, ...] | list[int]) -> None:
+        self.fds = list(fds)
+        self.taken: dict[int, Any] = {}  # index -> (mmap, base)
+
+    def map(self, table: SegmentTable, index: Any, nbytes: Any) -> Any:
+        if type(index) is not int or not 0 <= index < len(self.fds):
+            raise SerializationError(f"a tensor refers to descriptor {index!r}, but {len(self.fds)} arrived")
+        got = self.taken.get(index)
+        if got is None:
+            fd, self.fds[index] = self.fds[index], -1
+            if fd < 0:
+                raise SerializationError("a tensor's descriptor was already given up")
+            got = self.taken[index] = table.attach(fd, nbytes)
+        elif got[0].size() < nbytes:
+            raise SerializationError("two tensors claim different sizes of one segment")
+        return got
+
+    def close_unused(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds = []
+
+
+def is_tensor(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def is_ndarray(obj: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and type(obj) is np.ndarray
+
+
+def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
+    import torch
+
+    if t.layout != torch.strided or t.is_quantized or t.is_sparse:
+        raise SerializationError(
+            f"cannot share a {t.layout} tensor{' (quantized)' if t.is_quantized else ''}: send a dense tensor "
+            "(quantized: t.dequantize(), or t.int_repr() with its scale and zero point)")
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _TORCH_DTYPES:
+        raise SerializationError(f"tensors of dtype {t.dtype} can't be shared")
+    device = str(t.device)
+    if t.device.type != "cpu":
+        t = t.detach().to("cpu")  # copied through CPU shared memory, restored on the device
+    requires_grad = bool(t.requires_grad)
+    shape, strides, offset = list(t.shape), list(t.stride()), t.storage_offset()
+    n = extent(shape, strides, offset)
+    if n == 0:
+        return [dtype, shape, strides, 0, -1, 0, requires_grad, device]
+    itemsize = t.element_size()
+    storage = t.untyped_storage()
+    seg = table.lookup(storage.data_ptr())
+    if seg is not None and n * itemsize <= seg[1]:
+        return [dtype, shape, strides, offset, sink.add(seg[0]), seg[1], requires_grad, device]
+    # Copy the span the view reaches (from its first element) into a new segment.
+    span = n - offset
+    nbytes = span * itemsize
+    mm, _ = table.allocate(nbytes)
+    dst = torch.frombuffer(mm, dtype=torch.uint8)
+    src = torch.empty(0, dtype=torch.uint8).set_(storage)[offset * itemsize : n * itemsize]
+    dst.copy_(src)
+    seg = table.lookup(_base(dst))
+    assert seg is not None
+    index = sink.add(seg[0], fresh=True)
+    del dst
+    return [dtype, shape, strides, 0, index, nbytes, requires_grad, device]
+
+
+def _base(t: Any) -> int:
+    return int(t.untyped_storage().data_ptr())
+
+
+def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> Any:
+    import torch
+
+    dtype_name, shape, strides, offset, index, nbytes, requires_grad, device = fields
+    if type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
+        raise SerializationError(f"refused tensor dtype {dtype_name!r}")
+    if type(requires_grad) is not bool or type(device) is not str:
+        raise SerializationError("malformed tensor flags")
+    dtype = getattr(torch, dtype_name)
+    shape, strides, offset = check_layout(shape, strides, offset)
+    n = extent(shape, strides, offset)
+    if index == -1:
+        if n != 0:
+            raise SerializationError("a non-empty tensor came without memory")
+        t = torch.empty_strided(shape, strides, dtype=dtype)
+    else:
+        mm, _ = source.map(table, index, nbytes)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if n * itemsize > nbytes:
+            raise SerializationError("a tensor's view reaches past the end of its shared memory")
+        flat = torch.frombuffer(mm, dtype=dtype, count=nbytes // itemsize)
+        t = flat.as_strided(shape, strides, offset)
+    if device != "cpu":
+        t = _to_device(t, device)
+    if requires_grad:
+        if not (t.is_floating_point() or t.is_complex()):
+            raise SerializationError("requires_grad is only valid for floating point and complex tensors")
+        t.requires_grad_(True)
+    return t
+
+
+def _to_device(t: Any, device: str) -> Any:
+    import torch
+
+    if not device.startswith("cuda"):
+        raise SerializationError(f"refused tensor device {device!r}")
+    if not torch.cuda.is_available():
+        raise SerializationError(
+            f"received a tensor from {device}, but this process has no CUDA device; move it to the CPU "
+            "(t.cpu()) before sending, or run this actor with allow_gpu=True on a GPU machine")
+    return t.to(device)
+
+
+def export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    if a.dtype.kind not in _NUMPY_KINDS or not a.dtype.isnative:
+        raise SerializationError(f"numpy arrays of dtype {a.dtype} can't be shared; convert to a numeric dtype")
+    itemsize = a.dtype.itemsize
+    if any(st < 0 or st % itemsize for st in a.strides):
+        a = a.copy()  # negative or unaligned strides: send a compact copy
+    shape, strides = list(a.shape), [st // itemsize for st in a.strides]
+    addr = a.__array_interface__["data"][0]
+    n_rel = extent(shape, strides, 0)
+    if n_rel == 0:
+        return [a.dtype.str, shape, strides, 0, -1, 0, False, "cpu"]
+    # Follow the .base chain to the buffer; one of our mappings means no copy.
+    obj, base = a, None
+    for _ in range(64):
+        obj = getattr(obj, "base", None)
+        if obj is None:
+            break
+        if isinstance(obj, mmap.mmap):
+            base = table.base_of(obj)
+            break
+    seg = table.lookup(base) if base is not None else None
+    if seg is not None and (addr - base) % itemsize == 0:  # type: ignore[operator]
+        offset = (addr - base) // itemsize  # type: ignore[operator]
+        if (offset + n_rel) * itemsize <= seg[1]:
+            return [a.dtype.str, shape, strides, offset, sink.add(seg[0]), seg[1], False, "cpu"]
+    # Copy the bytes the view spans, from its first element, into a new segment.
+    span = n_rel * itemsize
+    mm, new_base = table.allocate(span)
+    np.frombuffer(mm, dtype=np.uint8)[:] = np.frombuffer((ctypes.c_char * span).from_address(addr), dtype=np.uint8)
+    seg = table.lookup(new_base)
+    assert seg is not None
+    index = sink.add(seg[0], fresh=True)
+    return [a.dtype.str, shape, strides, 0, index, span, False, "cpu"]
+
+
+def import_ndarray(fields: list[Any], table: SegmentTable, source: FdSource) -> Any:
+    import numpy as np
+
+    dtype_str, shape, strides, offset, index, nbytes, _, device = fields
+    if type(dtype_str) is not str or len(dtype_str) > 8:
+        raise SerializationError("malformed array dtype")
+    try:
+        dtype = np.dtype(dtype_str)
+    except TypeError:
+        raise SerializationError(f"refused array dtype {dtype_str!r}") from None
+    if dtype.kind not in _NUMPY_KINDS or not dtype.isnative or device != "cpu":
+        raise SerializationError(f"refused array dtype {dtype_str!r}")
+    shape, strides, offset = check_layout(shape, strides, offset)
+    n = extent(shape, strides, offset)
+    itemsize = dtype.itemsize
+    if index == -1:
+        if n != 0:
+            raise SerializationError("a non-empty array came without memory")
+        return np.empty(shape, dtype=dtype)
+    mm, _ = source.map(table, index, nbytes)
+    if n * itemsize > nbytes:
+        raise SerializationError("an array's view reaches past the end of its shared memory")
+    flat = np.frombuffer(mm, dtype=dtype, count=nbytes // itemsize)
+    return np.lib.stride_tricks.as_strided(flat[offset:], shape=shape, strides=[s * itemsize for s in strides])
