@@ -11,6 +11,7 @@ from ._errors import ActorStoppedError as ActorStoppedError
 from ._errors import CallCancelledError as CallCancelledError
 from ._errors import CallError as CallError
 from ._errors import CallRefusedError as CallRefusedError
+from ._errors import DependencyFailedError as DependencyFailedError
 from ._errors import MethodNotFoundError as MethodNotFoundError
 from ._errors import NameTakenError as NameTakenError
 from ._errors import PrivateMethodError as PrivateMethodError
@@ -37,6 +38,7 @@ __all__ = [
     "CallCancelledError",
     "CallError",
     "CallRefusedError",
+    "DependencyFailedError",
     "Future",
     "MethodNotFoundError",
     "NameTakenError",

@@ -45,16 +45,51 @@ class Caller:
 
     # -- shared ------------------------------------------------------------------
 
+    # Whether this caller may pass pending Futures as arguments (the scheduler waits for
+    # them). Only the host can: its Futures and the scheduler share one thread, so a
+    # Future it sees pending is still in the call table when the call is submitted.
+    futures_as_args = False
+
+    def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Future[Any]:
+        """Encode the arguments and submit the call (the path of ``handle.method(...)``)."""
+        args = tuple(self._settled(a, label, method) for a in args)
+        kwargs = {k: self._settled(v, label, method) for k, v in kwargs.items()}
+        deps: list[Future[Any]] = []
+        payload, fds = self.codec.encode_call(args, kwargs, deps)
+        if deps and not self.futures_as_args:
+            _close_all(fds)
+            raise _errors.SerializationError(
+                f"{label}.{method}(): a pending Future can be an argument only of calls made by the host; "
+                "inside an actor, await it and pass its value")
+        if any(dep._caller is not self for dep in deps):
+            _close_all(fds)
+            raise _errors.SerializationError(
+                f"{label}.{method}(): a Future from another process or Runtime can't be an argument; await it first")
+        return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps))
+
+    def _settled(self, value: Any, label: str, method: str) -> Any:
+        """A finished Future argument is replaced by its value (or fails the call at once)."""
+        if isinstance(value, Future) and value.done():
+            try:
+                return value._outcome()
+            except BaseException as exc:
+                raise _errors.DependencyFailedError(
+                    f"{label}.{method}() was not run: its argument {value.actor}.{value.method}() "
+                    f"[call {value.call_id}] failed with {type(exc).__name__}: {exc}",
+                    actor=label, method=method, call_id=None) from exc
+        return value
+
     def submit(self, actor_id: int, label: str, method: str, payload: bytes,
-               fds: tuple[int, ...] = ()) -> Future[Any]:
-        return self._submit(actor_id, label, method, payload, fds, current_call.get())
+               fds: tuple[int, ...] = (), deps: tuple[int, ...] = ()) -> Future[Any]:
+        return self._submit(actor_id, label, method, payload, fds, deps, current_call.get())
 
     def _submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...],
-                parent: int | None) -> Future[Any]:
+                deps: tuple[int, ...], parent: int | None) -> Future[Any]:
         lid = next(self._local_ids)
         fut: Future[Any] = Future(self, lid, label, method)
         self.pending[lid] = fut
-        self._send_call(env.Call(lid, actor_id, method, payload, parent, fds=fds))
+        self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, fds=fds))
         return fut
 
     def cancel(self, fut: Future[Any]) -> None:
@@ -99,7 +134,35 @@ class Caller:
             if isinstance(error, _errors.RemoteError):
                 error.actor, error.method = fut.actor, fut.method  # type: ignore[attr-defined]
             return _Raise(error)
+        if status == env.Status.DEP_FAILED:
+            return _Raise(self._dependency_failed(fut, reply))
         return _Raise(error_for(status.name, reply.detail, fut.actor, fut.method, fut.call_id))
+
+    def _dependency_failed(self, fut: Future[Any], reply: env.Reply) -> BaseException:
+        d = reply.detail or {}
+        dep_status = str(d.get("dep_status", "ERROR"))
+        cause: BaseException
+        if reply.payload:
+            try:
+                decoded = self.codec.loads(reply.payload, reply.trusted)
+            except _errors.SerializationError as bad:
+                decoded = bad
+            cause = decoded if isinstance(decoded, BaseException) else _errors.ProtocolError(
+                "a failed argument's error is not an exception", actor=fut.actor)
+        else:
+            dep_detail = {k.removeprefix("dep_"): v for k, v in d.items() if k.startswith("dep_")}
+            cause = error_for(dep_status, dep_detail, "?", "?", int(d.get("dep_call_id") or 0))
+        failure = _errors.DependencyFailedError(
+            f"{fut.actor}.{fut.method}() [call {fut.call_id}] was not run: a Future passed to it as an "
+            f"argument failed with {type(cause).__name__}: {cause}",
+            actor=fut.actor, method=fut.method, call_id=fut.call_id)
+        failure.__cause__ = cause
+        return failure
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        _close(fd)
 
 
 def _close(fd: int) -> None:

@@ -221,7 +221,7 @@ class ActorProcess(Caller):
     def _run_sync(self, job: _Job, token: _SyncCall) -> None:
         call = job.call
         try:
-            args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds)
+            args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved)
             result = job.func(*args, **kwargs)
             payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
             reply = env.Reply(call.call_id, env.Status.OK, payload, fds=out)
@@ -244,7 +244,7 @@ class ActorProcess(Caller):
         else:
             self.begun.add(cid)
             try:
-                args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds)
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved)
                 result = await job.func(*args, **kwargs)
                 payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
                 reply = env.Reply(cid, env.Status.OK, payload, fds=out)

@@ -46,6 +46,7 @@ EXT_HANDLE = 7
 EXT_PICKLE = 9
 EXT_TENSOR = 10
 EXT_NDARRAY = 11
+EXT_FUTURE = 12  # a Future argument: index of its result among the call's resolved results
 
 _SAFE_BUILTIN_EXCEPTIONS = {
     name: obj
@@ -80,6 +81,9 @@ class Codec:
         segments: SegmentTable | None = None,
     ) -> None:
         self.allow_pickle = allow_pickle
+        from ._future import Future
+
+        self._future_type = Future
         self.segments = segments if segments is not None else SegmentTable()
         # Per thread: the fd sink of the payload being encoded, the fd source of
         # the one being decoded (tensors and arrays travel as descriptors).
@@ -111,6 +115,9 @@ class Codec:
             if is_tensor(obj):
                 return msgpack.ExtType(EXT_TENSOR, self.dumps(export_tensor(obj, self.segments, sink)))
             return msgpack.ExtType(EXT_NDARRAY, self.dumps(export_ndarray(obj, self.segments, sink)))
+        if isinstance(obj, self._future_type):
+            raise SerializationError(
+                "a Future can be passed only as a top-level argument of a call; await it to send its value")
         if isinstance(obj, self._handle_type):
             return msgpack.ExtType(EXT_HANDLE, self.dumps([obj.actor_id, obj.name, obj.label]))
         if isinstance(obj, BaseException):
@@ -151,10 +158,23 @@ class Codec:
             self._tls.sink = None
         return data, tuple(sink.fds)
 
-    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
+    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    deps: list[Any] | None = None) -> tuple[bytes, tuple[int, ...]]:
+        """Encode call arguments. Futures among the top-level arguments become
+        placeholders, their Futures appended to ``deps`` (when given)."""
         if not args and not kwargs:
             return b"", ()
+        if deps is not None:
+            args = tuple(self._placeholder(a, deps) for a in args)
+            kwargs = {k: self._placeholder(v, deps) for k, v in kwargs.items()}
         return self.dumps_fds([list(args), kwargs])
+
+    def _placeholder(self, value: Any, deps: list[Any]) -> Any:
+        if isinstance(value, self._future_type):
+            if value not in deps:
+                deps.append(value)
+            return msgpack.ExtType(EXT_FUTURE, self.dumps(deps.index(value)))
+        return value
 
     def _encode_exception(self, exc: BaseException) -> bytes:
         t = type(exc)
@@ -206,6 +226,12 @@ class Codec:
                 if code == EXT_TENSOR:
                     return import_tensor(fields, self.segments, source)
                 return import_ndarray(fields, self.segments, source)
+            if code == EXT_FUTURE:
+                index = self.loads(data, trusted)
+                values = getattr(self._tls, "resolved", None)
+                if values is None or type(index) is not int or not 0 <= index < len(values):
+                    raise SerializationError("a Future argument whose result did not arrive")
+                return values[index]
             if code == EXT_PICKLE and trusted:
                 import pickle
 
@@ -245,13 +271,33 @@ class Codec:
         finally:
             self._depth.n = depth
 
-    def decode_call(self, data: bytes, trusted: bool,
-                    fds: tuple[int, ...] | list[int] = ()) -> tuple[list[Any], dict[str, Any]]:
+    def decode_call(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int] = (),
+                    resolved: tuple[tuple[int, bytes, bool, int], ...] = ()) -> tuple[list[Any], dict[str, Any]]:
+        """Decode call arguments; ``resolved`` are the results of Future arguments (the
+        scheduler's), whose descriptors follow the call's own in ``fds``."""
+        own = len(fds) - sum(r[3] for r in resolved)
+        values: list[Any] = []
+        pos = own
+        try:
+            for _status, payload, dep_trusted, nfds in resolved:
+                dep_fds, pos = fds[pos : pos + nfds], pos + nfds
+                # Each result is decoded with its own producer's trust, not this call's.
+                values.append(self.loads_fds(payload, dep_trusted, dep_fds) if payload else None)
+        except BaseException:
+            for fd in fds[:own]:
+                os.close(fd)
+            for fd in fds[pos:]:
+                os.close(fd)
+            raise
         if not data:
-            for fd in fds:
+            for fd in fds[:own]:
                 os.close(fd)
             return [], {}
-        obj = self.loads_fds(data, trusted, fds)
+        self._tls.resolved = values
+        try:
+            obj = self.loads_fds(data, trusted, fds[:own])
+        finally:
+            self._tls.resolved = None
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not list or type(obj[1]) is not dict:
             raise SerializationError("call payload is not [args, kwargs]")
         if not all(type(k) is str for k in obj[1]):

@@ -154,3 +154,7 @@ class CallCancelledError(CallError):
 
 class SandboxUnavailableError(ActorStartError):
     """The sandbox is required but this machine cannot provide it; the message carries the remedy."""
+
+
+class DependencyFailedError(CallError):
+    """A Future passed as an argument failed, so this call never ran; ``__cause__`` is that failure."""

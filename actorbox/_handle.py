@@ -50,8 +50,7 @@ class ActorHandle:
             raise PrivateMethodError(
                 f"{method!r} is private: only public methods of an actor can be called",
                 actor=self.label, method=method, call_id=None)
-        c = self._caller
-        return c.submit(self.actor_id, self.label, method, *c.codec.encode_call(args, kwargs))
+        return self._caller.call(self.actor_id, self.label, method, args, kwargs)
 
     async def stop(self) -> None:
         """Stop the actor (idempotent): graceful first, killed after the grace period."""
@@ -67,8 +66,7 @@ class _Method:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Future[Any]:
         h = self._handle
-        c = h._caller
-        return c.submit(h.actor_id, h.label, self._name, *c.codec.encode_call(args, kwargs))
+        return h._caller.call(h.actor_id, h.label, self._name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<actor method {self._handle.label}.{self._name}>"

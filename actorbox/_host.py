@@ -8,6 +8,7 @@ sync methods on the Runtime's own worker threads.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -58,11 +59,21 @@ class HostEndpoint(Endpoint, Caller):
     # The scheduler and the pending table belong to the loop thread: a sync
     # host-resident method calling out from a worker thread is marshalled there.
 
-    def submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...] = ()) -> Any:
+    futures_as_args = True
+
+    def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.on_loop_thread():
+            return Caller.call(self, actor_id, label, method, args, kwargs)
+        ctx = contextvars.copy_context()  # keeps current_call: the parent of this call
+        return anyio.from_thread.run_sync(ctx.run, Caller.call, self, actor_id, label, method, args, kwargs,
+                                          token=self.token)
+
+    def submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...] = (),
+               deps: tuple[int, ...] = ()) -> Any:
         parent = current_call.get()
         if self.on_loop_thread():
-            return self._submit(actor_id, label, method, payload, fds, parent)
-        return anyio.from_thread.run_sync(self._submit, actor_id, label, method, payload, fds, parent,
+            return self._submit(actor_id, label, method, payload, fds, deps, parent)
+        return anyio.from_thread.run_sync(self._submit, actor_id, label, method, payload, fds, deps, parent,
                                           token=self.token)
 
     def cancel(self, fut: Any) -> None:
@@ -110,7 +121,7 @@ class HostEndpoint(Endpoint, Caller):
                 if res is None:
                     raise ActorboxError(f"host-resident actor {call.target} is gone")
                 func, is_async = resolve_method(res.obj, call.method, res.name, call.call_id)
-                args, kwargs = self.codec.decode_call(call.payload, call.trusted, fds or ())
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted, fds or (), call.resolved)
                 fds = None
                 if is_async:
                     result = await func(*args, **kwargs)

@@ -33,6 +33,9 @@ class FdSink:
     def __init__(self) -> None:
         self.fds: list[int] = []
         self._index: dict[int, int] = {}  # segment fd -> index in fds
+        # id(array) -> (array, wire fields): one numpy array twice in a payload is copied
+        # once and arrives as one shared memory (the array is held so its id stays unique).
+        self.arrays: dict[int, tuple[Any, list[Any]]] = {}
 
     def add(self, fd: int, *, fresh: bool = False) -> int:
         """Index of the segment ``fd`` in this payload. A ``fresh`` segment (copied in just
@@ -100,8 +103,12 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     if dtype not in _TORCH_DTYPES:
         raise SerializationError(f"tensors of dtype {t.dtype} can't be shared")
     device = str(t.device)
+    moved: Any = t  # the tensor object to point at shared memory after a copy
+    if t.device.type == "meta":
+        raise SerializationError("a meta tensor has no data to send; materialize it (e.g. torch.empty_like)")
     if t.device.type != "cpu":
         t = t.detach().to("cpu")  # copied through CPU shared memory, restored on the device
+        moved = None
     requires_grad = bool(t.requires_grad)
     shape, strides, offset = list(t.shape), list(t.stride()), t.storage_offset()
     n = extent(shape, strides, offset)
@@ -112,7 +119,9 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     seg = table.lookup(storage.data_ptr())
     if seg is not None and n * itemsize <= seg[1]:
         return [dtype, shape, strides, offset, sink.add(seg[0]), seg[1], requires_grad, device]
-    # Copy the span the view reaches (from its first element) into a new segment.
+    # Copy the span the view reaches (from its first element) into a new segment, then
+    # point the tensor itself at it (like share_memory_()): the sender keeps using shared
+    # memory, later sends of it copy nothing, and writes on either side are seen by both.
     span = n - offset
     nbytes = span * itemsize
     mm, _ = table.allocate(nbytes)
@@ -121,7 +130,10 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     dst.copy_(src)
     seg = table.lookup(_base(dst))
     assert seg is not None
-    index = sink.add(seg[0], fresh=True)
+    index = sink.add(seg[0], fresh=moved is None)
+    if moved is not None:
+        with torch.no_grad():
+            moved.set_(dst.untyped_storage(), 0, shape, strides)
     del dst
     return [dtype, shape, strides, 0, index, nbytes, requires_grad, device]
 
@@ -174,6 +186,15 @@ def _to_device(t: Any, device: str) -> Any:
 
 
 def export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
+    seen = sink.arrays.get(id(a))
+    if seen is not None:
+        return seen[1]
+    fields = _export_ndarray(a, table, sink)
+    sink.arrays[id(a)] = (a, fields)
+    return fields
+
+
+def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     import ctypes
     import mmap
 
@@ -192,7 +213,8 @@ def export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     # Follow the .base chain to the buffer; one of our mappings means no copy.
     obj, base = a, None
     for _ in range(64):
-        obj = getattr(obj, "base", None)
+        # ndarray and stride-trick wrappers have .base; np.frombuffer's is a memoryview (.obj).
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
         if obj is None:
             break
         if isinstance(obj, mmap.mmap):

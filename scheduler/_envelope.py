@@ -38,6 +38,7 @@ class Status(enum.IntEnum):
     STOPPED = 4  # the callee was stopped (or never running) when the call was due
     NO_ACTOR = 5  # the target actor id is unknown
     REFUSED = 6  # the scheduler refused the call (limits); detail says why
+    DEP_FAILED = 7  # a call this one depended on failed; payload/detail are that call's failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,17 @@ class Call:
     # Set by the scheduler only: the call's chain is already running on the target,
     # so the target must run it now even past its max_concurrency (re-entrancy).
     reentrant: bool = False
+    # Futures passed as arguments: the caller's local ids of the calls whose results
+    # this call needs (set by the caller); the scheduler waits for them and delivers
+    # their results in ``resolved`` as (status, payload, trusted, number of fds).
+    deps: tuple[int, ...] = ()
+    resolved: tuple[tuple[int, bytes, bool, int], ...] = ()
+    # All descriptors: the call's own first, then each resolved result's, in order.
     fds: tuple[int, ...] = field(default=(), compare=False)
+
+    @property
+    def own_fds(self) -> tuple[int, ...]:
+        return self.fds[: len(self.fds) - sum(r[3] for r in self.resolved)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +134,7 @@ def encode(msg: Message) -> bytes:
     if t is Call:
         c: Call = msg  # type: ignore[assignment]
         fields: list[Any] = [Kind.CALL, c.call_id, c.target, c.method, c.payload, c.parent_call_id, c.trusted,
-                             c.reentrant, len(c.fds)]
+                             c.reentrant, list(c.deps), [list(r) for r in c.resolved], len(c.fds)]
     elif t is Reply:
         r: Reply = msg  # type: ignore[assignment]
         fields = [Kind.REPLY, r.call_id, int(r.status), r.payload, r.detail, r.trusted, len(r.fds)]
@@ -171,13 +182,17 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
     n = len(obj)
     try:
         if kind == Kind.CALL:
-            _check(n == 9, "CALL has 9 fields")
-            _, cid, target, method, payload, parent, trusted, reentrant, nfds = obj
+            _check(n == 11, "CALL has 11 fields")
+            _, cid, target, method, payload, parent, trusted, reentrant, deps, resolved, nfds = obj
             _check(type(cid) is int and type(target) is int and type(method) is str, "CALL field types")
             _check(type(payload) is bytes and _opt_int(parent) and type(trusted) is bool, "CALL field types")
             _check(type(reentrant) is bool, "CALL field types")
-            _check(nfds == len(fds), "CALL fd count mismatch")
-            return Call(cid, target, method, payload, parent, trusted, reentrant, tuple(fds))
+            _check(type(deps) is list and len(deps) <= 64 and all(type(d) is int for d in deps), "CALL deps")
+            _check(type(resolved) is list and len(resolved) <= 64 and all(_resolved(r) for r in resolved),
+                   "CALL resolved results")
+            _check(nfds == len(fds) and sum(r[3] for r in resolved) <= nfds, "CALL fd count mismatch")
+            return Call(cid, target, method, payload, parent, trusted, reentrant, tuple(deps),
+                        tuple(tuple(r) for r in resolved), tuple(fds))
         if kind == Kind.REPLY:
             _check(n == 7, "REPLY has 7 fields")
             _, cid, status, payload, detail, trusted, nfds = obj
@@ -208,6 +223,11 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
     except (ValueError, TypeError) as exc:  # EnvelopeError, a bad Status value, unhashable keys
         raise EnvelopeError(str(exc)) from None
     raise EnvelopeError(f"unknown envelope kind {kind}")
+
+
+def _resolved(r: Any) -> bool:
+    return (type(r) is list and len(r) == 4 and type(r[0]) is int and type(r[1]) is bytes
+            and type(r[2]) is bool and type(r[3]) is int and 0 <= r[3] <= 64)
 
 
 def _str_keys(v: Any) -> bool:

@@ -21,6 +21,7 @@ queue like any other call.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ log = structlog.get_logger("actorbox")
 # Longest parent chain followed when deciding re-entrancy (bounds the walk).
 _MAX_ANCESTRY = 1000
 
+WAITING = "waiting"  # waiting for the results of calls passed to it as arguments (Futures)
 QUEUED = "queued"  # waiting in the scheduler for a free slot
 RUNNING = "running"  # delivered to the actor (it may still be in the actor's own FIFO)
 CANCELLING = "cancelling"
@@ -54,6 +56,11 @@ class CallEntry:
     state: str = QUEUED
     started_at: float | None = None
     callee: Endpoint | None = None
+    # Futures as arguments: the global ids this call waits for, their results as
+    # they arrive (status, payload, detail, trusted, fds), and the calls waiting on this one.
+    deps: list[int] | None = None
+    results: dict[int, tuple[env.Status, bytes, dict[str, Any] | None, bool, tuple[int, ...]]] | None = None
+    dependents: list[int] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -188,14 +195,71 @@ class Scheduler:
         if self.log_calls:
             log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
                       parent_call_id=parent, caller=caller.label)
+        if call.deps:
+            deps = [caller.outgoing.get(lid) for lid in call.deps]
+            if any(d is None or d not in self.calls or d == gid for d in deps):
+                self._finish(entry, env.Reply(gid, env.Status.REFUSED, b"", {
+                    "message": "an argument is a Future of a call that is not in flight from this caller; "
+                               "await it and pass its value"}))
+                return gid
+            entry.state = WAITING
+            entry.deps = deps  # type: ignore[assignment]
+            entry.results = {}
+            for d in dict.fromkeys(deps):
+                dep = self.calls[d]  # type: ignore[index]
+                if dep.dependents is None:
+                    dep.dependents = []
+                dep.dependents.append(gid)
+            return gid
+        self._admit(a, entry)
+        return gid
+
+    def _admit(self, a: ActorEntry, entry: CallEntry) -> None:
         # A re-entrant call must be flagged even within the window: the actor's own
         # FIFO would otherwise hold it behind the very call that waits for it.
-        reentrant = a.endpoint is not None and parent is not None and self._reentrant(a, entry)
+        reentrant = (a.endpoint is not None and entry.parent_call_id is not None
+                     and self._reentrant(a, entry))
         if a.endpoint is not None and (reentrant or len(a.running) < a.window):
             self._start(a, entry, reentrant)
         else:
             a.queue.append(entry)
-        return gid
+
+    def _dep_finished(self, dep: CallEntry, reply: env.Reply, trusted: bool) -> None:
+        """``dep`` finished: hand its result to the calls that wait for it."""
+        for gid in dep.dependents or ():
+            d = self.calls.get(gid)
+            if d is None or d.state != WAITING or d.results is None or d.deps is None:
+                continue
+            d.results[dep.call_id] = (reply.status, reply.payload, reply.detail, trusted,
+                                      tuple(os.dup(fd) for fd in reply.fds))
+            if all(g in d.results for g in d.deps):
+                self._release(d)
+
+    def _release(self, d: CallEntry) -> None:
+        """All of ``d``'s dependencies finished: fail it with the first failure, or admit it."""
+        assert d.results is not None and d.deps is not None and d.call is not None
+        results = [d.results[g] for g in d.deps]
+        failed = next(((g, r) for g, r in zip(d.deps, results, strict=True) if r[0] != env.Status.OK), None)
+        if failed is not None:
+            g, (status, payload, detail, trusted, _) = failed
+            info: dict[str, Any] = {"dep_call_id": g, "dep_status": status.name}
+            if detail:
+                info.update({f"dep_{k}": v for k, v in detail.items()})
+            self._finish(d, env.Reply(d.call_id, env.Status.DEP_FAILED, payload, info), trusted=trusted)
+            return
+        call = d.call
+        d.call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
+                          trusted=call.trusted,
+                          resolved=tuple((int(r[0]), r[1], r[3], len(r[4])) for r in results),
+                          fds=call.fds + tuple(fd for r in results for fd in r[4]))
+        d.results = None
+        d.state = QUEUED
+        a = self.actors.get(d.actor_id)
+        if a is None or a.closed is not None:
+            status, detail = (env.Status.NO_ACTOR, {"actor_id": d.actor_id}) if a is None else a.closed  # type: ignore[misc]
+            self._finish(d, env.Reply(d.call_id, status, b"", detail))
+            return
+        self._admit(a, d)
 
     def _reentrant(self, a: ActorEntry, entry: CallEntry) -> bool:
         """True when an ancestor of ``entry`` is running on ``a`` (so ``a`` waits on it)."""
@@ -220,7 +284,7 @@ class Scheduler:
         call, entry.call = entry.call, None
         if reentrant:
             call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
-                            trusted=call.trusted, reentrant=True, fds=call.fds)
+                            trusted=call.trusted, reentrant=True, resolved=call.resolved, fds=call.fds)
         if self.log_calls:
             log.debug("call.started", actor=a.label, method=entry.method, call_id=entry.call_id,
                       parent_call_id=entry.parent_call_id)
@@ -242,17 +306,29 @@ class Scheduler:
             return
         self._finish(entry, reply)
 
-    def _finish(self, entry: CallEntry, reply: env.Reply) -> None:
+    def _finish(self, entry: CallEntry, reply: env.Reply, *, trusted: bool | None = None) -> None:
         del self.calls[entry.call_id]
         a = self.actors.get(entry.actor_id)
-        if a is not None and entry.state != QUEUED:
+        if a is not None and entry.state in (RUNNING, CANCELLING):
             a.running.pop(entry.call_id, None)
+        # Descriptors of a call never delivered, or of results it never received, die with it.
+        if entry.call is not None:
+            for fd in entry.call.fds:
+                _close(fd)
+            entry.call = None
+        for r in (entry.results or {}).values():
+            for fd in r[4]:
+                _close(fd)
+        entry.results = None
+        if trusted is None:
+            trusted = entry.callee.trusted if entry.callee is not None else True
+        if entry.dependents:
+            self._dep_finished(entry, reply, trusted)
         caller = entry.caller
         waiting = caller.outgoing.pop(entry.caller_local_id, None) == entry.call_id
         if self.log_calls:
             self._log_finish(entry, a, reply)
         if waiting and caller.alive:
-            trusted = entry.callee.trusted if entry.callee is not None else True
             caller.deliver_reply(env.Reply(entry.caller_local_id, reply.status, reply.payload, reply.detail,
                                            trusted=trusted, fds=reply.fds))
         else:
@@ -283,7 +359,9 @@ class Scheduler:
         entry = self.calls.get(gid)
         if entry is None:
             return
-        if entry.state == QUEUED:
+        if entry.state == WAITING:
+            self._finish(entry, env.Reply(gid, env.Status.CANCELLED))
+        elif entry.state == QUEUED:
             a = self.actors.get(entry.actor_id)
             if a is not None:
                 try:

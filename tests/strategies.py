@@ -54,6 +54,9 @@ calls = st.builds(
     parent_call_id=st.none() | msgpack_ints,
     trusted=st.booleans(),
     reentrant=st.booleans(),
+    deps=st.lists(msgpack_ints, max_size=3).map(tuple),
+    resolved=st.lists(st.tuples(st.integers(0, 7), st.binary(max_size=16), st.booleans(), st.just(0)),
+                      max_size=2).map(tuple),
     fds=fd_tuples,
 )
 replies = st.builds(

@@ -88,7 +88,7 @@ def reply_body(call_id, status, payload, detail=None, trusted=True):
 
 
 def call_body(call_id, target, method, payload, parent=None, trusted=True, reentrant=False):
-    return pack([CALL, call_id, target, method, payload, parent, trusted, reentrant, 0])
+    return pack([CALL, call_id, target, method, payload, parent, trusted, reentrant, [], [], 0])
 
 
 def _conn():
@@ -232,7 +232,7 @@ class Saboteur:
         target = actorbox.get_actor(name).actor_id
         fd = os.open("/dev/null", os.O_RDONLY)
         for i in range(n):
-            body = pack([CALL, 50_000_000 + i, target, "ping", b"", None, False, False, 8])
+            body = pack([CALL, 50_000_000 + i, target, "ping", b"", None, False, False, [], [], 8])
             send_with_fds(frame(body, 8), [fd] * 8)
         os.close(fd)
         return n
