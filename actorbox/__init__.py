@@ -3,6 +3,8 @@
 from sandbox import SandboxPolicy as SandboxPolicy
 
 from ._context import get_actor as get_actor
+from ._context import share as share
+from ._context import shared_empty as shared_empty
 from ._errors import ActorboxError as ActorboxError
 from ._errors import ActorDiedError as ActorDiedError
 from ._errors import ActorNotFoundError as ActorNotFoundError
@@ -14,6 +16,8 @@ from ._errors import CallRefusedError as CallRefusedError
 from ._errors import DependencyFailedError as DependencyFailedError
 from ._errors import MethodNotFoundError as MethodNotFoundError
 from ._errors import NameTakenError as NameTakenError
+from ._errors import ObjectNotFoundError as ObjectNotFoundError
+from ._errors import ObjectStoreFullError as ObjectStoreFullError
 from ._errors import PrivateMethodError as PrivateMethodError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
@@ -21,6 +25,7 @@ from ._errors import SandboxUnavailableError as SandboxUnavailableError
 from ._errors import SerializationError as SerializationError
 from ._future import Future as Future
 from ._handle import ActorHandle as ActorHandle
+from ._objects import ObjectRef as ObjectRef
 from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
 from ._runtime import ActorInfo as ActorInfo
@@ -42,6 +47,9 @@ __all__ = [
     "Future",
     "MethodNotFoundError",
     "NameTakenError",
+    "ObjectNotFoundError",
+    "ObjectRef",
+    "ObjectStoreFullError",
     "PrivateMethodError",
     "ProtocolError",
     "RemoteError",
@@ -51,4 +59,6 @@ __all__ = [
     "SerializationError",
     "actor",
     "get_actor",
+    "share",
+    "shared_empty",
 ]

@@ -43,6 +43,17 @@ class Caller:
     def get_actor(self, name: str) -> Any:
         raise NotImplementedError
 
+    async def get_object(self, object_id: str) -> Any:
+        """The value of an ObjectRef (outside the host: fetched from the host's store)."""
+        from ._objects import SERVICE_NAME
+
+        return await self.get_actor(SERVICE_NAME).get(object_id)
+
+    async def release_object(self, object_id: str) -> None:
+        from ._objects import SERVICE_NAME
+
+        await self.get_actor(SERVICE_NAME).release(object_id)
+
     # -- shared ------------------------------------------------------------------
 
     # Whether this caller may pass pending Futures as arguments (the scheduler waits for

@@ -34,6 +34,7 @@ from ._context import process_caller
 from ._dispatch import resolve_method
 from ._errors import ActorboxError, ActorNotFoundError
 from ._handle import ActorHandle
+from ._objects import ObjectRef
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
@@ -61,7 +62,8 @@ class ActorProcess(Caller):
         self.loop_thread = threading.get_ident()
         self.conn = Connection(sock, self._on_frame)
         self.codec = Codec(allow_pickle=False, handle_type=ActorHandle,
-                           make_handle=lambda aid, name, label: ActorHandle(self, aid, name, label))
+                           make_handle=lambda aid, name, label: ActorHandle(self, aid, name, label),
+                           make_ref=lambda object_id: ObjectRef(self, object_id))
         self.names: dict[str, int] = {}
         self.labels: dict[int, str] = {}
         self.label = "actor"

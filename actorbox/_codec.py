@@ -47,6 +47,7 @@ EXT_PICKLE = 9
 EXT_TENSOR = 10
 EXT_NDARRAY = 11
 EXT_FUTURE = 12  # a Future argument: index of its result among the call's resolved results
+EXT_OBJREF = 13  # an ObjectRef: the object's id in the host's store
 
 _SAFE_BUILTIN_EXCEPTIONS = {
     name: obj
@@ -79,11 +80,15 @@ class Codec:
         handle_type: type[ActorHandle],
         make_handle: Callable[[int, str | None, str], Any],
         segments: SegmentTable | None = None,
+        make_ref: Callable[[str], Any] | None = None,
     ) -> None:
         self.allow_pickle = allow_pickle
         from ._future import Future
+        from ._objects import ObjectRef
 
         self._future_type = Future
+        self._ref_type = ObjectRef
+        self._make_ref = make_ref
         self.segments = segments if segments is not None else SegmentTable()
         # Per thread: the fd sink of the payload being encoded, the fd source of
         # the one being decoded (tensors and arrays travel as descriptors).
@@ -115,6 +120,8 @@ class Codec:
             if is_tensor(obj):
                 return msgpack.ExtType(EXT_TENSOR, self.dumps(export_tensor(obj, self.segments, sink)))
             return msgpack.ExtType(EXT_NDARRAY, self.dumps(export_ndarray(obj, self.segments, sink)))
+        if isinstance(obj, self._ref_type):
+            return msgpack.ExtType(EXT_OBJREF, self.dumps(obj.object_id))
         if isinstance(obj, self._future_type):
             raise SerializationError(
                 "a Future can be passed only as a top-level argument of a call; await it to send its value")
@@ -147,7 +154,7 @@ class Codec:
 
     def dumps_fds(self, obj: Any) -> tuple[bytes, tuple[int, ...]]:
         """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns."""
-        sink = FdSink()
+        sink = FdSink(self.segments)
         self._tls.sink = sink
         try:
             data = self.dumps(obj)
@@ -226,6 +233,11 @@ class Codec:
                 if code == EXT_TENSOR:
                     return import_tensor(fields, self.segments, source)
                 return import_ndarray(fields, self.segments, source)
+            if code == EXT_OBJREF:
+                object_id = self.loads(data, trusted)
+                if type(object_id) is not str or len(object_id) > 64 or self._make_ref is None:
+                    raise SerializationError("malformed object reference")
+                return self._make_ref(object_id)
             if code == EXT_FUTURE:
                 index = self.loads(data, trusted)
                 values = getattr(self._tls, "resolved", None)

@@ -26,3 +26,26 @@ def get_actor(name: str) -> ActorHandle:
             "actorbox.Runtime() as rt:' or from an actor's code"
         )
     return caller.get_actor(name)  # type: ignore[no-any-return]
+
+
+def shared_empty(*shape: int, dtype: Any = None) -> Any:
+    """A torch tensor allocated in shared memory (pooled): sending it copies nothing, and
+    in-place writes by the receiver are seen here, and the other way round.
+
+    Works in the host inside a Runtime and in actor code.
+    """
+    import torch
+
+    from ._tensors import shared_empty as _shared_empty
+
+    caller = process_caller.get()
+    if caller is None:
+        raise ActorboxError("shared_empty() needs a running actorbox Runtime (or to run inside an actor)")
+    return _shared_empty(caller.codec.segments, tuple(shape), dtype or torch.float32)
+
+
+def share(tensor: Any) -> Any:
+    """A copy of ``tensor`` in shared memory (see ``shared_empty``)."""
+    out = shared_empty(*tensor.shape, dtype=tensor.dtype)
+    out.copy_(tensor)
+    return out

@@ -158,3 +158,15 @@ class SandboxUnavailableError(ActorStartError):
 
 class DependencyFailedError(CallError):
     """A Future passed as an argument failed, so this call never ran; ``__cause__`` is that failure."""
+
+
+class ObjectStoreFullError(ActorboxError):
+    """``rt.put`` would exceed the object store's capacity; release objects or raise the capacity."""
+
+    fields = ("capacity", "used", "requested")
+
+
+class ObjectNotFoundError(ActorboxError, LookupError):
+    """No object under that id: it was released, or it expired after its retention time."""
+
+    fields = ("object_id",)

@@ -27,6 +27,7 @@ from scheduler import envelope as env
 from ._caller import Caller, current_call
 from ._dispatch import resolve_method
 from ._errors import ActorboxError
+from ._objects import ObjectRef
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -93,6 +94,19 @@ class HostEndpoint(Endpoint, Caller):
 
     def get_actor(self, name: str) -> Any:
         return self.rt.get_actor(name)
+
+    async def get_object(self, object_id: str) -> Any:
+        return self.rt.object_store.get(object_id)
+
+    async def release_object(self, object_id: str) -> None:
+        self.rt.object_store.release(object_id)
+
+    def _settled(self, value: Any, label: str, method: str) -> Any:
+        # The host holds put objects: a top-level ObjectRef argument becomes the value
+        # (its tensors already in shared memory, so nothing is copied).
+        if isinstance(value, ObjectRef):
+            return self.rt.object_store.get(value.object_id)
+        return Caller._settled(self, value, label, method)
 
     async def stop_actor(self, actor_id: int) -> None:
         await self.rt._stop_actor(actor_id)

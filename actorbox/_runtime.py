@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import cloudpickle
+import psutil
 import structlog
 
 from sandbox import SandboxPolicy
@@ -22,6 +24,7 @@ from ._context import process_caller
 from ._errors import ActorboxError, ActorNotFoundError, NameTakenError
 from ._handle import ActorHandle
 from ._host import HostEndpoint, Resident
+from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore
 from ._options import ActorOptions, options_of
 from ._supervisor import ActorSupervisor, init_payload
 
@@ -57,6 +60,9 @@ class Runtime:
     that can't sandbox is an error carrying the remedy) or ``"disabled"`` (explicitly
     unsandboxed, warned about on every actor start); an actor's own ``sandbox=`` option
     wins. ``sandbox_policy``: the default SandboxPolicy (network, paths, limits).
+    ``object_retention``: seconds a put object is kept unless released (default 30, or
+    ``ACTORBOX_OBJECT_RETENTION``; None keeps objects until released).
+    ``object_store_capacity``: bytes the object store may hold (default: half the RAM).
     ``grace_period``: seconds a stopping actor gets before it is killed.
     ``log_calls``: emit ``call.*`` trace events (default: ``ACTORBOX_LOG_CALLS=1``).
     ``max_frame_size``: the largest frame accepted from an actor, in bytes.
@@ -64,7 +70,8 @@ class Runtime:
 
     def __init__(self, *, sandbox: str = "required", sandbox_policy: SandboxPolicy | None = None,
                  grace_period: float = 5.0, log_calls: bool | None = None,
-                 max_frame_size: int = DEFAULT_MAX_FRAME) -> None:
+                 max_frame_size: int = DEFAULT_MAX_FRAME, object_retention: float | str | None = "default",
+                 object_store_capacity: int | None = None) -> None:
         if sandbox not in ("required", "disabled"):
             raise ValueError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
@@ -73,7 +80,14 @@ class Runtime:
         self.max_frame_size = max_frame_size
         self.debug_rpc = _env_flag("ACTORBOX_DEBUG_RPC")
         self.scheduler = Scheduler(log_calls=_env_flag("ACTORBOX_LOG_CALLS") if log_calls is None else log_calls)
-        self.codec = Codec(allow_pickle=True, handle_type=ActorHandle, make_handle=self._make_handle)
+        self.codec = Codec(allow_pickle=True, handle_type=ActorHandle, make_handle=self._make_handle,
+                           make_ref=lambda object_id: ObjectRef(self._host, object_id))
+        if object_retention == "default":
+            env_value = os.environ.get("ACTORBOX_OBJECT_RETENTION")
+            object_retention = float(env_value) if env_value else 30.0
+        capacity = object_store_capacity if object_store_capacity is not None else psutil.virtual_memory().total // 2
+        self.object_store = ObjectStore(self.codec, retention=object_retention,  # type: ignore[arg-type]
+                                        capacity=capacity)
         self.closing = False
         self._supervisors: dict[int, ActorSupervisor] = {}
         self._host: HostEndpoint | None = None
@@ -88,9 +102,19 @@ class Runtime:
             raise ActorboxError("this Runtime is already running; create a new Runtime() for each 'async with'")
         self._tg_cm = anyio.create_task_group()
         self._tg = await self._tg_cm.__aenter__()
+        # Forks every actor process: must live as long as the actors (see sandbox.launch).
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actorbox-spawn")
         self._host = HostEndpoint(self, self.scheduler, self._tg)
         self._ctx_token = process_caller.set(self._host)
+        self._tg.start_soon(self._expire_objects)
         return self
+
+    async def _expire_objects(self) -> None:
+        store = self.object_store
+        while True:
+            retention = store.retention
+            await anyio.sleep(1.0 if retention is None else max(0.05, min(1.0, retention / 4)))
+            store.expire()
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
@@ -114,6 +138,9 @@ class Runtime:
                     suppress = await self._tg_cm.__aexit__(et, e, tb)
             return suppress
         finally:
+            self.object_store.close()
+            self.codec.segments.drain_pool()
+            self._spawner.shutdown(wait=True)
             if self._host is not None:
                 self._host.close(self.grace_period)
             try:
@@ -173,6 +200,17 @@ class Runtime:
         if name is not None:
             self._broadcast_names()
         return ActorHandle(self._host, entry.actor_id, name, label)  # type: ignore[arg-type]
+
+    async def put(self, obj: Any, *, retention: float | str | None = "default") -> ObjectRef:
+        """Store ``obj`` (its tensors and arrays in shared memory) for any actor; returns its ObjectRef.
+
+        The object is kept ``retention`` seconds (the Runtime's default unless given;
+        None: until released). Raises ObjectStoreFullError past the store's capacity.
+        """
+        host = self._require_running()
+        if SERVICE_NAME not in self.scheduler.names:
+            self.register(SERVICE_NAME, ObjectService(self.object_store), max_concurrency=64)
+        return ObjectRef(host, self.object_store.put(obj, retention))
 
     def register(self, name: str, obj: Any, *, max_concurrency: int = 1) -> ActorHandle:
         """Register ``obj`` as a host-resident named actor (a singleton actors reach by name)."""

@@ -51,26 +51,52 @@ class SegmentTable:
         self._by_base: dict[int, tuple[int, int]] = {}  # base address -> (fd, nbytes)
         self._mm_base: dict[int, int] = {}  # id(mmap) -> base address, for numpy's .base chains
         self.created = 0  # segments allocated here (a fresh tensor was copied in)
+        # Segments allocated here and never sent keep their pages when their last
+        # tensor goes: the next allocation of the same size maps them again, with no
+        # page faults to pay (up to ``pool_limit`` bytes are kept).
+        self._exported: set[int] = set()  # fds of segments whose descriptor left this process
+        self._pool: dict[int, list[int]] = {}  # nbytes -> fds
+        self.pool_bytes = 0
+        self.pool_limit = 1 << 30
 
     def __len__(self) -> int:
         return len(self._by_base)
 
-    def _register(self, fd: int, mm: mmap.mmap, nbytes: int, base: int) -> None:
+    def _register(self, fd: int, mm: mmap.mmap, nbytes: int, base: int, *, poolable: bool = False) -> None:
         with self._lock:
             self._by_base[base] = (fd, nbytes)
             self._mm_base[id(mm)] = base
-        weakref.finalize(mm, self._forget, base, fd, id(mm))
+        weakref.finalize(mm, self._forget, base, fd, id(mm), nbytes, poolable)
 
-    def _forget(self, base: int, fd: int, mm_id: int) -> None:
+    def _forget(self, base: int, fd: int, mm_id: int, nbytes: int = 0, poolable: bool = False) -> None:
         with self._lock:
             if self._by_base.get(base, (None,))[0] == fd:
                 del self._by_base[base]
             if self._mm_base.get(mm_id) == base:
                 del self._mm_base[mm_id]
+            exported = fd in self._exported
+            self._exported.discard(fd)
+            if poolable and not exported and self.pool_bytes + nbytes <= self.pool_limit:
+                self._pool.setdefault(nbytes, []).append(fd)
+                self.pool_bytes += nbytes
+                return
         try:
             os.close(fd)
         except OSError:
             pass
+
+    def exported(self, fd: int) -> None:
+        """The segment's descriptor is being sent: others may map it, so it is never pooled."""
+        with self._lock:
+            self._exported.add(fd)
+
+    def drain_pool(self) -> None:
+        with self._lock:
+            fds = [fd for group in self._pool.values() for fd in group]
+            self._pool.clear()
+            self.pool_bytes = 0
+        for fd in fds:
+            os.close(fd)
 
     def base_of(self, mm: mmap.mmap) -> int | None:
         """The base address of one of our mappings, if ``mm`` is one."""
@@ -81,18 +107,34 @@ class SegmentTable:
         return self._by_base.get(base)
 
     def allocate(self, nbytes: int) -> tuple[mmap.mmap, int]:
-        """A new sealed segment of ``nbytes`` (> 0), mapped; returns (mmap, base address)."""
-        fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        """A sealed segment of ``nbytes`` (> 0), mapped; returns (mmap, base address).
+
+        Reuses a pooled segment of that size when there is one (its old contents stay:
+        callers overwrite or zero it)."""
+        with self._lock:
+            pooled = self._pool.get(nbytes)
+            fd = pooled.pop() if pooled else -1
+            if fd >= 0:
+                self.pool_bytes -= nbytes
+        flags = mmap.MAP_SHARED
+        if fd < 0:
+            fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                os.ftruncate(fd, nbytes)
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.created += 1
+        else:
+            flags |= mmap.MAP_POPULATE  # its pages exist: map them all now, no faults later
         try:
-            os.ftruncate(fd, nbytes)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-            mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, nbytes, flags, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
             raise
         base = _address(mm)
-        self._register(fd, mm, nbytes, base)
-        self.created += 1
+        self._register(fd, mm, nbytes, base, poolable=True)
         return mm, base
 
     def attach(self, fd: int, nbytes: int) -> tuple[mmap.mmap, int]:
@@ -101,8 +143,8 @@ class SegmentTable:
         Takes ownership of ``fd`` (closed with the mapping, or now on refusal).
         """
         try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
             size = os.fstat(fd).st_size
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError as exc:
             os.close(fd)
             raise SerializationError(f"a shared tensor's descriptor is not a memory file ({exc.strerror})") from None

@@ -65,7 +65,7 @@ class ActorSupervisor:
         self.restarts = 0
         self.started_at = time.monotonic()
         self.endpoint: ConnectionEndpoint | None = None
-        self.proc: anyio.abc.Process | None = None
+        self.proc: sandbox.ActorProcess | None = None
         self.stopping = False
         self.finished = anyio.Event()  # set when the actor is stopped or dead for good
         self._exited: anyio.Event | None = None  # set when the current process is gone
@@ -113,7 +113,7 @@ class ActorSupervisor:
                             reason="sandbox='disabled' was chosen explicitly: this actor runs with the host's "
                                    "privileges and can read and change everything the host can")
             try:
-                proc = await sandbox.launch(spec)
+                proc = await sandbox.launch(spec, self.rt._spawner)
             except sandbox.SandboxUnavailable as exc:
                 parent.close()
                 raise SandboxUnavailableError(
@@ -193,7 +193,7 @@ class ActorSupervisor:
 
     # -- supervision -----------------------------------------------------------------
 
-    async def _supervise(self, proc: anyio.abc.Process, endpoint: ConnectionEndpoint) -> None:
+    async def _supervise(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint) -> None:
         out = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stdout)
         err = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stderr)
         reason: BaseException | None = None
@@ -236,7 +236,7 @@ class ActorSupervisor:
         self._exited.set()
         await self._after_exit(proc, endpoint, err, reason)
 
-    async def _after_exit(self, proc: anyio.abc.Process, endpoint: ConnectionEndpoint,
+    async def _after_exit(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint,
                           err: sandbox.OutputTail, reason: BaseException | None) -> None:
         exit_code, sig = sandbox.decode_exit(proc.returncode, self.sandboxed)
         if reason is not None and sig == 9:
@@ -346,7 +346,7 @@ class ActorSupervisor:
                 pass
 
 
-def _kill_unless_reaped(proc: anyio.abc.Process) -> None:
+def _kill_unless_reaped(proc: sandbox.ActorProcess) -> None:
     # Once reaped, the pid may belong to an unrelated process: never signal it then.
     if proc.returncode is None:
         sandbox.kill_group(proc.pid)

@@ -7,6 +7,10 @@ a zero-size tensor). A tensor already in a segment is sent as that segment (no
 copy, shared writes); any other tensor is copied once into a new segment,
 covering just the span its view reaches, keeping its shape and strides.
 
+Unlike torch.multiprocessing, sending does not move the sender's own tensor into
+shared memory (see ``export_tensor``); tensors that should be shared both ways are
+allocated in a segment (``actorbox.shared_empty``) or are ones received.
+
 CUDA tensors are copied through a CPU segment and restored on the same device
 index by the receiver (CUDA IPC proper is the object store's next step).
 """
@@ -30,12 +34,16 @@ _NUMPY_KINDS = "biufc"  # bool, signed, unsigned, float, complex: plain numbers 
 class FdSink:
     """Collects the descriptors a payload's encoding needs, each segment once."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: SegmentTable | None = None) -> None:
+        self.table = table
         self.fds: list[int] = []
         self._index: dict[int, int] = {}  # segment fd -> index in fds
         # id(array) -> (array, wire fields): one numpy array twice in a payload is copied
         # once and arrives as one shared memory (the array is held so its id stays unique).
         self.arrays: dict[int, tuple[Any, list[Any]]] = {}
+        # storage address -> (fd index, first byte copied, bytes copied) of fresh torch copies
+        self.storages: dict[int, tuple[int, int, int]] = {}
+        self.keep: list[Any] = []
 
     def add(self, fd: int, *, fresh: bool = False) -> int:
         """Index of the segment ``fd`` in this payload. A ``fresh`` segment (copied in just
@@ -47,6 +55,8 @@ class FdSink:
             if not fresh:
                 self._index[fd] = i
             self.fds.append(os.dup(fd))  # the frame owns its copies
+            if self.table is not None:
+                self.table.exported(fd)
         return i
 
     def close(self) -> None:
@@ -93,6 +103,7 @@ def is_ndarray(obj: Any) -> bool:
 
 
 def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
+    """Wire fields of ``t``; its memory's descriptor goes into ``sink``."""
     import torch
 
     if t.layout != torch.strided or t.is_quantized or t.is_sparse:
@@ -103,12 +114,10 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     if dtype not in _TORCH_DTYPES:
         raise SerializationError(f"tensors of dtype {t.dtype} can't be shared")
     device = str(t.device)
-    moved: Any = t  # the tensor object to point at shared memory after a copy
     if t.device.type == "meta":
         raise SerializationError("a meta tensor has no data to send; materialize it (e.g. torch.empty_like)")
     if t.device.type != "cpu":
         t = t.detach().to("cpu")  # copied through CPU shared memory, restored on the device
-        moved = None
     requires_grad = bool(t.requires_grad)
     shape, strides, offset = list(t.shape), list(t.stride()), t.storage_offset()
     n = extent(shape, strides, offset)
@@ -119,23 +128,35 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     seg = table.lookup(storage.data_ptr())
     if seg is not None and n * itemsize <= seg[1]:
         return [dtype, shape, strides, offset, sink.add(seg[0]), seg[1], requires_grad, device]
-    # Copy the span the view reaches (from its first element) into a new segment, then
-    # point the tensor itself at it (like share_memory_()): the sender keeps using shared
-    # memory, later sends of it copy nothing, and writes on either side are seen by both.
-    span = n - offset
-    nbytes = span * itemsize
+    # Copy the span the view reaches (from its first element) into a new sealed segment.
+    # The sender's own tensor stays in private memory: torch can only move a storage into
+    # shared memory in place through its own unsealed /dev/shm files, and a peer holding
+    # such a file could truncate it under us (SIGBUS). To share writes, allocate in shared
+    # memory from the start (actorbox.shared_empty / actorbox.share) or use a received tensor.
+    # One copy per storage and payload: views of one fresh storage sent together arrive
+    # as views of one memory. A small storage is copied whole; a big one only as far as
+    # this view reaches (other views of it then get their own copy).
+    key = storage.data_ptr()
+    copied = sink.storages.get(key)
+    if copied is not None:
+        index, start, nbytes = copied
+        at = offset * itemsize
+        if start <= at and n * itemsize <= start + nbytes and (at - start) % itemsize == 0:
+            return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
+    whole = storage.nbytes()
+    start = 0 if whole <= 4 * (n - offset) * itemsize else offset * itemsize
+    end = whole if start == 0 else n * itemsize
+    nbytes = end - start
     mm, _ = table.allocate(nbytes)
     dst = torch.frombuffer(mm, dtype=torch.uint8)
-    src = torch.empty(0, dtype=torch.uint8).set_(storage)[offset * itemsize : n * itemsize]
-    dst.copy_(src)
+    dst.copy_(torch.empty(0, dtype=torch.uint8).set_(storage)[start:end])
     seg = table.lookup(_base(dst))
     assert seg is not None
-    index = sink.add(seg[0], fresh=moved is None)
-    if moved is not None:
-        with torch.no_grad():
-            moved.set_(dst.untyped_storage(), 0, shape, strides)
+    index = sink.add(seg[0], fresh=True)
+    sink.storages[key] = (index, start, nbytes)
+    sink.keep.append(t)  # the storage's address must stay unique while this payload is built
     del dst
-    return [dtype, shape, strides, 0, index, nbytes, requires_grad, device]
+    return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
 
 
 def _base(t: Any) -> int:
@@ -259,3 +280,18 @@ def import_ndarray(fields: list[Any], table: SegmentTable, source: FdSource) -> 
         raise SerializationError("an array's view reaches past the end of its shared memory")
     flat = np.frombuffer(mm, dtype=dtype, count=nbytes // itemsize)
     return np.lib.stride_tricks.as_strided(flat[offset:], shape=shape, strides=[s * itemsize for s in strides])
+
+
+def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any:
+    """An uninitialised tensor allocated in a (pooled) shared-memory segment."""
+    import torch
+
+    t = torch.empty(0, dtype=dtype)
+    n = 1
+    for d in shape:
+        n *= d
+    nbytes = n * t.element_size()
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    mm, _ = table.allocate(nbytes)
+    return torch.frombuffer(mm, dtype=dtype, count=n).view(shape)

@@ -10,6 +10,7 @@ from ._detect import RestrictionModel as RestrictionModel
 from ._detect import detect_restriction_model as detect_restriction_model
 from ._detect import read_kernel_setting as read_kernel_setting
 from ._launcher import ENV_ALLOWLIST as ENV_ALLOWLIST
+from ._launcher import ActorProcess as ActorProcess
 from ._launcher import LaunchSpec as LaunchSpec
 from ._launcher import OutputTail as OutputTail
 from ._launcher import SandboxUnavailable as SandboxUnavailable
@@ -25,6 +26,7 @@ from ._policy import validate_path as validate_path
 
 __all__ = [
     "ENV_ALLOWLIST",
+    "ActorProcess",
     "LaunchSpec",
     "OutputTail",
     "PolicyError",

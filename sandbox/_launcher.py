@@ -13,13 +13,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
 import psutil
 
 from ._bwrap import build_bwrap_command
@@ -120,7 +124,7 @@ class OutputTail:
         self.lines: deque[str] = deque(maxlen=maxlen)
         self.closed = anyio.Event()
 
-    async def pump(self, stream: anyio.abc.ByteReceiveStream | None) -> None:
+    async def pump(self, stream: AsyncIterator[bytes] | None) -> None:
         if stream is None:
             self.closed.set()
             return
@@ -159,19 +163,101 @@ class OutputTail:
         return "\n".join(lines[-n:])
 
 
-async def launch(spec: LaunchSpec) -> anyio.abc.Process:
-    """Start the actor process in its own session (so its group can be killed)."""
+class ActorProcess:
+    """A launched actor process, awaitable on any anyio backend.
+
+    Exit is watched through a pidfd and output through the pipes' fds, so nothing
+    depends on which thread forked the process.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._pidfd = os.pidfd_open(popen.pid)
+        self._wait_lock = anyio.Lock()
+        self.stdout = _chunks(popen.stdout)
+        self.stderr = _chunks(popen.stderr)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        async with self._wait_lock:  # one waiter on the pidfd at a time
+            while (rc := self._popen.poll()) is None:
+                await anyio.wait_readable(self._pidfd)
+            return rc
+
+    async def aclose(self) -> None:
+        """Close the pipes and the pidfd (the process must have exited, or be killed first)."""
+        for f in (self._popen.stdout, self._popen.stderr):
+            if f is not None:
+                f.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+async def _chunks(pipe: Any) -> AsyncIterator[bytes]:
+    """What a pipe delivers, chunk by chunk, until EOF."""
+    if pipe is None:
+        return
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            try:
+                await anyio.wait_readable(fd)
+            except (OSError, ValueError):
+                return
+            continue
+        except (OSError, ValueError):
+            return
+        if not data:
+            return
+        yield data
+
+
+async def launch(spec: LaunchSpec, spawner: Executor) -> ActorProcess:
+    """Start the actor process in its own session (so its group can be killed).
+
+    The fork happens on ``spawner``'s thread, which must outlive the actor: bwrap's
+    --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits,
+    so forking from a short-lived worker thread (as trio's open_process does) would
+    kill the actor some seconds after its start.
+    """
     cmd = build_command(spec)
-    return await anyio.open_process(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_environment(spec) if not spec.sandboxed else {"PATH": "/usr/local/bin:/usr/bin:/bin"},
-        pass_fds=spec.pass_fds,
-        cwd=spec.cwd,
-        start_new_session=True,
-    )
+    env = child_environment(spec) if not spec.sandboxed else {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, pass_fds=spec.pass_fds, cwd=spec.cwd, start_new_session=True)
+
+    fut = spawner.submit(spawn)
+    done = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    loop_thread = threading.get_ident()
+
+    def wake(_: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            done.set()
+        else:
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    fut.add_done_callback(wake)
+    try:
+        await done.wait()
+    except BaseException:
+        # Cancelled while forking: the process must not outlive this call.
+        def reap(f: Any) -> None:
+            if f.exception() is None:
+                kill_group(f.result().pid)
+
+        fut.add_done_callback(reap)
+        raise
+    return ActorProcess(fut.result())
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:

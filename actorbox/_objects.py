@@ -1,0 +1,166 @@
+"""The host's object store: ``rt.put`` objects, shared by reference with any actor.
+
+A put object is encoded once, with its tensors and arrays moved into shared-memory
+segments, and held as (payload, descriptors): every process that gets it maps the
+same memory, nothing is copied again. Objects are held for others, so they have a
+time-based retention (default 30 s, ``Runtime(object_retention=...)`` or
+``ACTORBOX_OBJECT_RETENTION``) plus explicit release, and the store has a capacity.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ._errors import ObjectNotFoundError, ObjectStoreFullError
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from ._codec import Codec
+
+log = structlog.get_logger("actorbox")
+
+SERVICE_NAME = "actorbox.objects"  # the host-resident actor through which actors reach the store
+
+
+class ObjectRef:
+    """A reference to an object in the host's object store: pass it to any call, ``await`` it for the value.
+
+    As a top-level argument of a call made by the host it is replaced by the value.
+    """
+
+    __slots__ = ("_caller", "object_id")
+
+    def __init__(self, caller: Any, object_id: str) -> None:
+        self._caller = caller
+        self.object_id = object_id
+
+    def __repr__(self) -> str:
+        return f"<ObjectRef {self.object_id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other.object_id == self.object_id
+
+    def __hash__(self) -> int:
+        return hash(("ObjectRef", self.object_id))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._caller.get_object(self.object_id).__await__()  # type: ignore[no-any-return]
+
+    async def release(self) -> None:
+        """Drop the store's copy now (memory still mapped by someone stays valid for them)."""
+        await self._caller.release_object(self.object_id)
+
+
+@dataclass(slots=True)
+class _Stored:
+    payload: bytes
+    fds: tuple[int, ...]
+    nbytes: int
+    created: float
+    expires: float | None
+
+
+class ObjectStore:
+    """Objects the host holds for others, by id. Lives on the host's event loop."""
+
+    def __init__(self, codec: Codec, *, retention: float | None, capacity: int) -> None:
+        self.codec = codec
+        self.retention = retention
+        self.capacity = capacity
+        self._objects: dict[str, _Stored] = {}
+        self.used = 0
+
+    def put(self, obj: Any, retention: float | str | None = "default") -> str:
+        payload, fds = self.codec.dumps_fds(obj)
+        nbytes = len(payload) + sum(os.fstat(fd).st_size for fd in fds)
+        if self.used + nbytes > self.capacity:
+            for fd in fds:
+                os.close(fd)
+            raise ObjectStoreFullError(
+                f"putting {nbytes} bytes would exceed the object store's capacity ({self.used} of "
+                f"{self.capacity} bytes used); release objects (await ref.release()) or pass a larger "
+                "Runtime(object_store_capacity=...)", capacity=self.capacity, used=self.used, requested=nbytes)
+        keep = self.retention if retention == "default" else retention
+        now = time.monotonic()
+        object_id = secrets.token_hex(16)
+        self._objects[object_id] = _Stored(payload, fds, nbytes, now, None if keep is None else now + float(keep))
+        self.used += nbytes
+        log.info("object.put", object_id=object_id, bytes=nbytes, retention_s=keep)
+        return object_id
+
+    def get(self, object_id: str) -> Any:
+        """The value, mapping the same shared memory the store holds."""
+        s = self._objects.get(object_id)
+        if s is None:
+            raise ObjectNotFoundError(
+                f"no object {object_id} in the store: it was released or expired (retention "
+                f"{self.retention} s); put it with a longer retention (rt.put(obj, retention=...)) or "
+                "use it sooner", object_id=object_id)
+        return self.codec.loads_fds(s.payload, True, tuple(os.dup(fd) for fd in s.fds))
+
+    def release(self, object_id: str, *, event: str = "object.released") -> bool:
+        s = self._objects.pop(object_id, None)
+        if s is None:
+            return False
+        for fd in s.fds:
+            os.close(fd)
+        self.used -= s.nbytes
+        if event == "object.expired":
+            log.info(event, object_id=object_id, bytes=s.nbytes, age_s=round(time.monotonic() - s.created, 3))
+        else:
+            log.info(event, object_id=object_id, bytes=s.nbytes)
+        return True
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop every object past its retention; returns how many."""
+        now = time.monotonic() if now is None else now
+        due = [k for k, s in self._objects.items() if s.expires is not None and s.expires <= now]
+        for k in due:
+            self.release(k, event="object.expired")
+        return len(due)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, bytes, capacity and the oldest object (id and age in seconds)."""
+        now = time.monotonic()
+        oldest = min(self._objects.items(), key=lambda kv: kv[1].created, default=None)
+        return {
+            "objects": len(self._objects),
+            "bytes": self.used,
+            "capacity": self.capacity,
+            "retention_s": self.retention,
+            "oldest": None if oldest is None else {"object_id": oldest[0],
+                                                    "age_s": round(now - oldest[1].created, 3),
+                                                    "bytes": oldest[1].nbytes},
+        }
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._objects
+
+    def close(self) -> None:
+        for k in list(self._objects):
+            self.release(k)
+
+
+class ObjectService:
+    """The store as a host-resident actor, for code inside actors (reached by ``ObjectRef``)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    # Async: they run on the host's loop, which owns the store (sync methods would run on threads).
+    async def get(self, object_id: str) -> Any:
+        if type(object_id) is not str:
+            raise TypeError("object ids are strings")
+        return self._store.get(object_id)
+
+    async def release(self, object_id: str) -> bool:
+        if type(object_id) is not str:
+            raise TypeError("object ids are strings")
+        return self._store.release(object_id)

@@ -1,0 +1,199 @@
+"""A hostile actor that attacks the host's shared-memory tensor decoder.
+
+It answers its own call with a hand-built REPLY frame whose payload holds a
+tensor (extension type 10) or array (11) -- ``[dtype, shape, strides, offset,
+fd_index, nbytes, requires_grad, device]`` -- and whose descriptors (SCM_RIGHTS)
+are whatever the attack needs: unsealed or undersized memfds, pipes, files,
+sockets, too few. Nothing in actorbox builds or checks these on the way out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+
+import actorbox
+from actorbox._caller import current_call
+
+from .saboteur import OK, REPLY, Ext, frame, pack, send_body, send_with_fds
+
+EXT_TENSOR, EXT_NDARRAY = 10, 11
+F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h; not exported by Python's fcntl
+SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+
+
+def memfd(nbytes, seals=SEALED, *, allow_sealing=True, content=b""):
+    """A memfd of ``nbytes`` with ``content`` at its start and ``seals`` added."""
+    fd = os.memfd_create("shm-saboteur", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if allow_sealing else 0))
+    os.ftruncate(fd, nbytes)
+    if content:
+        os.pwrite(fd, content, 0)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def tensor(dtype="float32", shape=(16,), strides=(1,), offset=0, index=0, nbytes=64, grad=False, device="cpu"):
+    return [dtype, list(shape), list(strides), offset, index, nbytes, grad, device]
+
+
+def _pipe():
+    r, w = os.pipe()
+    os.write(w, b"x" * 64)
+    os.close(w)
+    return r
+
+
+def _readable_file():
+    for path in ("/usr/lib/os-release", "/etc/os-release", __file__):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+    raise OSError("no readable file")
+
+
+def _socket():
+    a, b = socket.socketpair()
+    b.close()
+    return a.detach()
+
+
+def _read_only_reopen():
+    fd = memfd(64)
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
+# attack name -> () -> (extension code, wire fields, descriptors to attach)
+ATTACKS = {
+    # descriptors that are not a memfd sealed against shrinking
+    "unsealed memfd": lambda: (EXT_TENSOR, tensor(), [memfd(64, 0, allow_sealing=False)]),
+    "sealable memfd, no seals": lambda: (EXT_TENSOR, tensor(), [memfd(64, 0)]),
+    "sealed against growing only": lambda: (EXT_TENSOR, tensor(), [memfd(64, fcntl.F_SEAL_GROW)]),
+    "pipe": lambda: (EXT_TENSOR, tensor(), [_pipe()]),
+    "read-only regular file": lambda: (EXT_TENSOR, tensor(nbytes=16, shape=(4,)), [_readable_file()]),
+    "socket": lambda: (EXT_TENSOR, tensor(), [_socket()]),
+    "/dev/zero": lambda: (EXT_TENSOR, tensor(), [os.open("/dev/zero", os.O_RDWR | os.O_CLOEXEC)]),
+    "array on a pipe": lambda: (EXT_NDARRAY, tensor("<f4"), [_pipe()]),
+    # sizes and views that reach past the memory
+    "nbytes beyond the file": lambda: (EXT_TENSOR, tensor(shape=(1024,), nbytes=4096), [memfd(64)]),
+    "nbytes huge": lambda: (EXT_TENSOR, tensor(shape=(2**40,), nbytes=2**62), [memfd(64)]),
+    "nbytes zero": lambda: (EXT_TENSOR, tensor(nbytes=0), [memfd(64)]),
+    "offset past the end": lambda: (EXT_TENSOR, tensor(offset=1), [memfd(64)]),
+    "strides past the end": lambda: (EXT_TENSOR, tensor(shape=(4, 4), strides=(5, 1)), [memfd(64)]),
+    "shape past the end": lambda: (EXT_TENSOR, tensor(shape=(17,)), [memfd(64)]),
+    "offset huge": lambda: (EXT_TENSOR, tensor(offset=2**62), [memfd(64)]),
+    "overflowing shape": lambda: (EXT_TENSOR, tensor(shape=(2**62, 2**62), strides=(2**62, 1)), [memfd(64)]),
+    "array past the end": lambda: (EXT_NDARRAY, tensor("<f8", shape=(9,)), [memfd(64)]),
+    # malformed layouts
+    "negative stride": lambda: (EXT_TENSOR, tensor(shape=(4,), strides=(-1,), offset=3), [memfd(64)]),
+    "negative offset": lambda: (EXT_TENSOR, tensor(offset=-1), [memfd(64)]),
+    "negative shape": lambda: (EXT_TENSOR, tensor(shape=(-1,)), [memfd(64)]),
+    "rank mismatch": lambda: (EXT_TENSOR, tensor(shape=(4, 4), strides=(1,)), [memfd(64)]),
+    "array negative stride": lambda: (EXT_NDARRAY, tensor("<f4", shape=(4,), strides=(-1,), offset=3), [memfd(64)]),
+    "wrong field count": lambda: (EXT_TENSOR, tensor()[:7], [memfd(64)]),
+    "fields not a list": lambda: (EXT_TENSOR, {"dtype": "float32"}, [memfd(64)]),
+    # refused dtypes and flags
+    "dtype object": lambda: (EXT_TENSOR, tensor("object"), [memfd(64)]),
+    "dtype qint8": lambda: (EXT_TENSOR, tensor("qint8", nbytes=16), [memfd(64)]),
+    "dtype torch attribute": lambda: (EXT_TENSOR, tensor("Tensor"), [memfd(64)]),
+    "array dtype object": lambda: (EXT_NDARRAY, tensor("|O"), [memfd(64)]),
+    "array dtype big-endian": lambda: (EXT_NDARRAY, tensor(">f4"), [memfd(64)]),
+    "array dtype structured": lambda: (EXT_NDARRAY, tensor("f4,i4", shape=(8,)), [memfd(64)]),
+    "array dtype unicode": lambda: (EXT_NDARRAY, tensor("<U4", shape=(4,)), [memfd(64)]),
+    "requires_grad on integers": lambda: (EXT_TENSOR, tensor("int32", grad=True), [memfd(64)]),
+    "device cuda:0": lambda: (EXT_TENSOR, tensor(device="cuda:0"), [memfd(64)]),
+    "device meta": lambda: (EXT_TENSOR, tensor(device="meta"), [memfd(64)]),
+    "array on cuda": lambda: (EXT_NDARRAY, tensor("<f4", device="cuda:0"), [memfd(64)]),
+    # descriptor indices
+    "fd_index out of range": lambda: (EXT_TENSOR, tensor(index=1), [memfd(64)]),
+    "fd_index negative": lambda: (EXT_TENSOR, tensor(index=-2), [memfd(64)]),
+    "fd_index with no fds": lambda: (EXT_TENSOR, tensor(index=0), []),
+    "fd_index not an int": lambda: (EXT_TENSOR, tensor(index="0"), [memfd(64)]),
+    "non-empty tensor without memory": lambda: (EXT_TENSOR, tensor(index=-1), [memfd(64)]),
+}
+
+# Not necessarily refused, but must be harmless: the host refuses or maps them safely.
+ODD_BUT_HARMLESS = {
+    "memfd sealed against writes": lambda: (EXT_TENSOR, tensor(), [memfd(64, SEALED | fcntl.F_SEAL_WRITE)]),
+    "memfd sealed against future writes": lambda: (EXT_TENSOR, tensor(), [memfd(64, SEALED | F_SEAL_FUTURE_WRITE)]),
+    "memfd reopened read-only": lambda: (EXT_TENSOR, tensor(), [_read_only_reopen()]),
+    "64 fds, one used": lambda: (EXT_TENSOR, tensor(), [memfd(64) for _ in range(64)]),
+    "empty tensor with a huge shape and offset": lambda: (
+        EXT_TENSOR, tensor(shape=(0, 2**62), strides=(1, 1), offset=2**62, index=-1, nbytes=0), []),
+    "empty array with a huge shape": lambda: (
+        EXT_NDARRAY, tensor("<f8", shape=(0, 2**62), strides=(1, 1), offset=2**62, index=-1, nbytes=0), []),
+}
+TWO_SIZES = "one fd, two tensors claiming different sizes"
+
+
+def _reply(payload, fds):
+    body = pack([REPLY, current_call.get(), OK, payload, None, True, len(fds)])
+    if fds:
+        send_with_fds(frame(body, len(fds)), fds)
+    else:
+        send_body(body)
+
+
+@actorbox.actor
+class ShmSaboteur:
+    """Answers its own calls with forged shared-memory tensors."""
+
+    def __init__(self):
+        self.kept_fd = None
+        self.truncate_outcome = None
+
+    def ping(self):
+        return "pong"
+
+    def fd_count(self):
+        return len(os.listdir("/proc/self/fd"))
+
+    def forged_tensor_reply(self, attack):
+        """Answer this call with the forged tensor ``attack`` (its descriptors attached), then return normally."""
+        if attack == TWO_SIZES:
+            code, fds = EXT_TENSOR, [memfd(64)]
+            payload = pack([Ext(code, pack(tensor(shape=(4,), nbytes=16))), Ext(code, pack(tensor(nbytes=64)))])
+        else:
+            code, fields, fds = {**ATTACKS, **ODD_BUT_HARMLESS}[attack]()
+            payload = pack(Ext(code, pack(fields)))
+        try:
+            _reply(payload, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return "the genuine reply (must be ignored: the call already has its answer)"
+
+    def sealed_then_truncate(self, nbytes):
+        """Answer with a valid sealed uint8 segment (byte i = i % 251), then try to shrink and punch it."""
+        fd = memfd(nbytes, content=bytes(i % 251 for i in range(nbytes)))
+        try:
+            _reply(pack(Ext(EXT_TENSOR, pack(tensor("uint8", (nbytes,), (1,), 0, 0, nbytes)))), [fd])
+        except BaseException:
+            os.close(fd)
+            raise
+        self.kept_fd = fd
+        outcome = {}
+        for what, attempt in (("truncate", lambda: os.ftruncate(fd, 0)),
+                              ("truncate to one page", lambda: os.ftruncate(fd, 4096)),
+                              ("add a write seal", lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE))):
+            try:
+                attempt()
+                outcome[what] = "succeeded"
+            except OSError as exc:
+                outcome[what] = exc.errno
+        outcome["size"] = os.fstat(fd).st_size
+        self.truncate_outcome = outcome
+        return "the genuine reply (must be ignored)"
+
+    def last_truncate(self):
+        return self.truncate_outcome
+
+    def scribble(self, value):
+        """Write ``value`` into every byte of the segment it sent (shared memory: the host sees it)."""
+        os.pwrite(self.kept_fd, bytes([value]) * os.fstat(self.kept_fd).st_size, 0)
+        return True
