@@ -164,6 +164,27 @@ class SegmentTable:
         return mm, base
 
 
+def write_segment(data: memoryview) -> int:
+    """A new sealed memfd holding a copy of ``data``; returns its fd (the caller owns it).
+
+    The copy goes through write(2), not a mapping: the kernel fills fresh pages
+    directly, which costs about half of faulting them in through a mapping first.
+    """
+    nbytes = data.nbytes
+    fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, nbytes)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        view = data.cast("B")
+        done = 0
+        while done < nbytes:
+            done += os.pwrite(fd, view[done:], done)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _address(mm: mmap.mmap) -> int:
     import ctypes
 

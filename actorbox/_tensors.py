@@ -17,12 +17,13 @@ index by the receiver (CUDA IPC proper is the object store's next step).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from typing import Any
 
 from ._errors import SerializationError
-from ._shm import SegmentTable, check_layout, extent
+from ._shm import SegmentTable, check_layout, extent, write_segment
 
 _TORCH_DTYPES = (
     "float16", "float32", "float64", "bfloat16", "complex64", "complex128", "int8", "int16", "int32", "int64",
@@ -44,6 +45,11 @@ class FdSink:
         # storage address -> (fd index, first byte copied, bytes copied) of fresh torch copies
         self.storages: dict[int, tuple[int, int, int]] = {}
         self.keep: list[Any] = []
+
+    def add_owned(self, fd: int) -> int:
+        """Add a descriptor this payload owns outright (a fresh copy nobody else maps)."""
+        self.fds.append(fd)
+        return len(self.fds) - 1
 
     def add(self, fd: int, *, fresh: bool = False) -> int:
         """Index of the segment ``fd`` in this payload. A ``fresh`` segment (copied in just
@@ -81,7 +87,7 @@ class FdSource:
             if fd < 0:
                 raise SerializationError("a tensor's descriptor was already given up")
             got = self.taken[index] = table.attach(fd, nbytes)
-        elif got[0].size() < nbytes:
+        elif len(got[0]) < nbytes:  # len: the mapped length (size() is the file's)
             raise SerializationError("two tensors claim different sizes of one segment")
         return got
 
@@ -147,15 +153,12 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     start = 0 if whole <= 4 * (n - offset) * itemsize else offset * itemsize
     end = whole if start == 0 else n * itemsize
     nbytes = end - start
-    mm, _ = table.allocate(nbytes)
-    dst = torch.frombuffer(mm, dtype=torch.uint8)
-    dst.copy_(torch.empty(0, dtype=torch.uint8).set_(storage)[start:end])
-    seg = table.lookup(_base(dst))
-    assert seg is not None
-    index = sink.add(seg[0], fresh=True)
+    # ctypes, not .numpy(): torch may be installed without numpy.
+    raw = (ctypes.c_char * nbytes).from_address(storage.data_ptr() + start)
+    index = sink.add_owned(write_segment(memoryview(raw)))
+    table.created += 1
     sink.storages[key] = (index, start, nbytes)
     sink.keep.append(t)  # the storage's address must stay unique while this payload is built
-    del dst
     return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
 
 
@@ -216,10 +219,8 @@ def export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
 
 
 def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
-    import ctypes
     import mmap
 
-    import numpy as np
 
     if a.dtype.kind not in _NUMPY_KINDS or not a.dtype.isnative:
         raise SerializationError(f"numpy arrays of dtype {a.dtype} can't be shared; convert to a numeric dtype")
@@ -248,11 +249,8 @@ def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
             return [a.dtype.str, shape, strides, offset, sink.add(seg[0]), seg[1], False, "cpu"]
     # Copy the bytes the view spans, from its first element, into a new segment.
     span = n_rel * itemsize
-    mm, new_base = table.allocate(span)
-    np.frombuffer(mm, dtype=np.uint8)[:] = np.frombuffer((ctypes.c_char * span).from_address(addr), dtype=np.uint8)
-    seg = table.lookup(new_base)
-    assert seg is not None
-    index = sink.add(seg[0], fresh=True)
+    index = sink.add_owned(write_segment(memoryview((ctypes.c_char * span).from_address(addr))))
+    table.created += 1
     return [a.dtype.str, shape, strides, 0, index, span, False, "cpu"]
 
 
