@@ -23,10 +23,15 @@ from . import _errors
 from ._errors import SerializationError
 from ._shm import SegmentTable
 from ._tensors import (
+    CUDA_IPC_FIELDS,
+    CudaKeepAlive,
     FdSink,
     FdSource,
+    cuda_ipc_enabled,
+    export_cuda_ipc,
     export_ndarray,
     export_tensor,
+    import_cuda_ipc,
     import_ndarray,
     import_tensor,
     is_ndarray,
@@ -48,6 +53,7 @@ EXT_TENSOR = 10
 EXT_NDARRAY = 11
 EXT_FUTURE = 12  # a Future argument: index of its result among the call's resolved results
 EXT_OBJREF = 13  # an ObjectRef: the object's id in the host's store
+EXT_CUDA_IPC = 14  # a CUDA tensor shared by IPC handle (ACTORBOX_ENABLE_CUDA_IPC=1)
 
 _SAFE_BUILTIN_EXCEPTIONS = {
     name: obj
@@ -90,6 +96,7 @@ class Codec:
         self._ref_type = ObjectRef
         self._make_ref = make_ref
         self.segments = segments if segments is not None else SegmentTable()
+        self.cuda_keepalive = CudaKeepAlive()
         # Per thread: the fd sink of the payload being encoded, the fd source of
         # the one being decoded (tensors and arrays travel as descriptors).
         self._tls = threading.local()
@@ -118,6 +125,8 @@ class Codec:
             if sink is None:
                 raise SerializationError("tensors and arrays travel only as call arguments and results")
             if is_tensor(obj):
+                if obj.device.type == "cuda" and cuda_ipc_enabled():
+                    return msgpack.ExtType(EXT_CUDA_IPC, self.dumps(export_cuda_ipc(obj, self.cuda_keepalive)))
                 return msgpack.ExtType(EXT_TENSOR, self.dumps(export_tensor(obj, self.segments, sink)))
             return msgpack.ExtType(EXT_NDARRAY, self.dumps(export_ndarray(obj, self.segments, sink)))
         if isinstance(obj, self._ref_type):
@@ -233,6 +242,11 @@ class Codec:
                 if code == EXT_TENSOR:
                     return import_tensor(fields, self.segments, source)
                 return import_ndarray(fields, self.segments, source)
+            if code == EXT_CUDA_IPC:
+                fields = self.loads(data, trusted)
+                if type(fields) is not list or len(fields) != CUDA_IPC_FIELDS:
+                    raise SerializationError("malformed CUDA IPC tensor")
+                return import_cuda_ipc(fields)
             if code == EXT_OBJREF:
                 object_id = self.loads(data, trusted)
                 if type(object_id) is not str or len(object_id) > 64 or self._make_ref is None:

@@ -12,7 +12,10 @@ shared memory (see ``export_tensor``); tensors that should be shared both ways a
 allocated in a segment (``actorbox.shared_empty``) or are ones received.
 
 CUDA tensors are copied through a CPU segment and restored on the same device
-index by the receiver (CUDA IPC proper is the object store's next step).
+index by the receiver, unless ``ACTORBOX_ENABLE_CUDA_IPC=1``: then they travel as
+CUDA IPC handles (``export_cuda_ipc``), the sender keeping the memory alive for the
+retention time, and a tensor received that way is cloned before it is re-shared
+(CUDA IPC can't re-export an imported allocation).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
+from collections import deque
 from typing import Any
 
 from ._errors import SerializationError
@@ -293,3 +298,84 @@ def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any
         return torch.empty(shape, dtype=dtype)
     mm, _ = table.allocate(nbytes)
     return torch.frombuffer(mm, dtype=dtype, count=n).view(shape)
+
+
+# -- CUDA IPC ----------------------------------------------------------------------
+
+CUDA_IPC_FIELDS = 14
+
+
+def cuda_ipc_enabled() -> bool:
+    return os.environ.get("ACTORBOX_ENABLE_CUDA_IPC", "").strip() == "1"
+
+
+class CudaKeepAlive:
+    """Holds shared CUDA storages for ``retention`` seconds, so a sender dropping its
+    tensor right after a call can't free memory the receiver is about to open."""
+
+    def __init__(self, retention: float = 30.0) -> None:
+        self.retention = retention
+        self._held: deque[tuple[float, Any]] = deque()
+
+    def hold(self, storage: Any) -> None:
+        now = time.monotonic()
+        while self._held and self._held[0][0] <= now:
+            self._held.popleft()
+        self._held.append((now + self.retention, storage))
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+def export_cuda_ipc(t: Any, keepalive: CudaKeepAlive) -> list[Any]:
+    """Wire fields of a CUDA tensor shared by IPC handle (see rebuild in ``import_cuda_ipc``)."""
+    if getattr(t, "_actorbox_ipc", False) or getattr(t._base, "_actorbox_ipc", False):
+        t = t.clone()  # memory opened from another process can't be exported again
+    storage = t.untyped_storage()
+    (device, handle, size_bytes, offset_bytes, ref_handle, ref_offset, event_handle,
+     event_sync) = storage._share_cuda_()
+    keepalive.hold(storage)
+    dtype = str(t.dtype).removeprefix("torch.")
+    return [dtype, list(t.shape), list(t.stride()), t.storage_offset(), int(device), bytes(handle),
+            int(size_bytes), int(offset_bytes), bytes(ref_handle) if ref_handle is not None else None,
+            int(ref_offset), bytes(event_handle) if event_handle is not None else None, bool(event_sync),
+            bool(t.requires_grad), "ipc"]
+
+
+def import_cuda_ipc(fields: list[Any]) -> Any:
+    """Open a CUDA tensor a peer shared by IPC handle, after checking every field."""
+    import torch
+
+    (dtype_name, shape, strides, offset, device, handle, size_bytes, offset_bytes, ref_handle, ref_offset,
+     event_handle, event_sync, requires_grad, tag) = fields
+    if tag != "ipc" or type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
+        raise SerializationError(f"refused CUDA tensor dtype {dtype_name!r}")
+    shape, strides, offset = check_layout(shape, strides, offset)
+    if not (type(device) is int and device >= 0 and type(handle) is bytes and type(size_bytes) is int
+            and size_bytes >= 0 and type(offset_bytes) is int and offset_bytes >= 0
+            and (ref_handle is None or type(ref_handle) is bytes) and type(ref_offset) is int
+            and (event_handle is None or type(event_handle) is bytes) and type(event_sync) is bool
+            and type(requires_grad) is bool):
+        raise SerializationError("malformed CUDA IPC tensor")
+    if not torch.cuda.is_available():
+        raise SerializationError(
+            "received a CUDA tensor by IPC handle, but this process has no CUDA device; unset "
+            "ACTORBOX_ENABLE_CUDA_IPC in the sender (tensors then travel through CPU memory), or give "
+            "this actor a GPU (SandboxPolicy(allow_gpu=True))")
+    dtype = getattr(torch, dtype_name)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if extent(shape, strides, offset) * itemsize > size_bytes:
+        raise SerializationError("a CUDA tensor's view reaches past the end of its allocation")
+    try:
+        torch.cuda._lazy_init()  # type: ignore[no-untyped-call]
+        storage = torch.UntypedStorage._new_shared_cuda(device, handle, size_bytes, offset_bytes, ref_handle,
+                                                        ref_offset, event_handle, event_sync)
+        t = torch.empty(0, dtype=dtype, device=f"cuda:{device}").set_(storage, offset, shape, strides)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"cannot open a CUDA IPC tensor: {exc}; check that both processes see the same GPU and run "
+            "the same torch and driver, or unset ACTORBOX_ENABLE_CUDA_IPC to copy through CPU memory") from None
+    t._actorbox_ipc = True  # type: ignore[attr-defined]  # re-sharing it must clone (see export_cuda_ipc)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t

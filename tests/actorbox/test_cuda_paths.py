@@ -1,0 +1,71 @@
+"""The CUDA paths of the tensor codec, exercised on a machine without a GPU.
+
+What can run here runs for real: the IPC wire fields are validated, a receiver
+without CUDA refuses with the remedy, and the CPU fallback restores the device
+name. benchmarks/cuda_ipc.py checks the real round trips on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actorbox import SerializationError
+from actorbox._tensors import CUDA_IPC_FIELDS, CudaKeepAlive, cuda_ipc_enabled, import_cuda_ipc, import_tensor
+
+
+def ipc_fields(**over: object) -> list[object]:
+    base = {"dtype": "float32", "shape": [4], "strides": [1], "offset": 0, "device": 0, "handle": b"h" * 64,
+            "size": 16, "storage_offset": 0, "ref_handle": b"r", "ref_offset": 0, "event": None,
+            "sync": False, "grad": False, "tag": "ipc"}
+    base.update(over)
+    return list(base.values())
+
+
+def test_ipc_is_off_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA IPC is used only with ACTORBOX_ENABLE_CUDA_IPC=1."""
+    monkeypatch.delenv("ACTORBOX_ENABLE_CUDA_IPC", raising=False)
+    assert not cuda_ipc_enabled()
+    monkeypatch.setenv("ACTORBOX_ENABLE_CUDA_IPC", "1")
+    assert cuda_ipc_enabled()
+
+
+def test_wire_form_has_the_documented_field_count() -> None:
+    """The IPC wire form carries the 14 fields torch needs to reopen the allocation."""
+    assert len(ipc_fields()) == CUDA_IPC_FIELDS
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal a CPU-only receiver gives")
+def test_receiver_without_cuda_refuses_with_the_remedy() -> None:
+    """An IPC tensor reaching a process with no CUDA fails with a message naming both remedies."""
+    with pytest.raises(SerializationError, match="no CUDA device.*ACTORBOX_ENABLE_CUDA_IPC.*allow_gpu"):
+        import_cuda_ipc(ipc_fields())
+
+
+@pytest.mark.parametrize("bad", [
+    {"dtype": "object"}, {"tag": "pickle"}, {"shape": [-1]}, {"strides": [1, 2]}, {"device": -1},
+    {"handle": "not-bytes"}, {"size": -5}, {"event": 3}, {"sync": 1}, {"grad": "yes"},
+])
+def test_malformed_ipc_fields_are_refused(bad: dict[str, object]) -> None:
+    """Every field of an IPC tensor is type-checked before torch sees any of it."""
+    with pytest.raises(SerializationError):
+        import_cuda_ipc(ipc_fields(**bad))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal a CPU-only receiver gives")
+def test_copied_cuda_tensor_on_a_cpu_only_receiver_is_refused_clearly() -> None:
+    """The CPU-copy fallback restores the device; a receiver without CUDA says how to fix it."""
+    from actorbox._shm import SegmentTable
+    from actorbox._tensors import FdSource
+
+    with pytest.raises(SerializationError, match="no CUDA device"):
+        import_tensor(["float32", [0], [1], 0, -1, 0, False, "cuda:0"], SegmentTable(), FdSource(()))
+
+
+def test_keepalive_holds_storages_for_the_retention_time() -> None:
+    """The sender side keeps shared storages referenced until their retention has passed."""
+    keep = CudaKeepAlive(retention=0.0)
+    keep.hold(object())
+    keep.hold(object())  # the first one has expired by now and is dropped
+    assert len(keep) == 1
+    assert len(CudaKeepAlive(retention=60.0)) == 0
