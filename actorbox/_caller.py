@@ -162,7 +162,9 @@ class Caller:
                 "a failed argument's error is not an exception", actor=fut.actor)
         else:
             dep_detail = {k.removeprefix("dep_"): v for k, v in d.items() if k.startswith("dep_")}
-            cause = error_for(dep_status, dep_detail, "?", "?", int(d.get("dep_call_id") or 0))
+            call_id = d.get("dep_caller_call_id")
+            cause = error_for(dep_status, dep_detail, str(d.get("dep_actor", "?")), str(d.get("dep_method", "?")),
+                              call_id if type(call_id) is int else 0)
         failure = _errors.DependencyFailedError(
             f"{fut.actor}.{fut.method}() [call {fut.call_id}] was not run: a Future passed to it as an "
             f"argument failed with {type(cause).__name__}: {cause}",

@@ -43,6 +43,9 @@ RUNNING = "running"  # delivered to the actor (it may still be in the actor's ow
 CANCELLING = "cancelling"
 
 
+_DepResult = tuple[env.Status, bytes, "dict[str, Any] | None", bool, tuple[int, ...], "dict[str, Any]"]
+
+
 @dataclass(slots=True, eq=False)
 class CallEntry:
     call_id: int
@@ -57,9 +60,10 @@ class CallEntry:
     started_at: float | None = None
     callee: Endpoint | None = None
     # Futures as arguments: the global ids this call waits for, their results as
-    # they arrive (status, payload, detail, trusted, fds), and the calls waiting on this one.
+    # they arrive (status, payload, detail, trusted, fds, who produced it), and the calls
+    # waiting on this one.
     deps: list[int] | None = None
-    results: dict[int, tuple[env.Status, bytes, dict[str, Any] | None, bool, tuple[int, ...]]] | None = None
+    results: dict[int, _DepResult] | None = None
     dependents: list[int] | None = None
 
 
@@ -230,8 +234,11 @@ class Scheduler:
             d = self.calls.get(gid)
             if d is None or d.state != WAITING or d.results is None or d.deps is None:
                 continue
+            a = self.actors.get(dep.actor_id)
+            who = {"dep_actor": a.label if a else str(dep.actor_id), "dep_method": dep.method,
+                   "dep_caller_call_id": dep.caller_local_id}
             d.results[dep.call_id] = (reply.status, reply.payload, reply.detail, trusted,
-                                      tuple(os.dup(fd) for fd in reply.fds))
+                                      tuple(os.dup(fd) for fd in reply.fds), who)
             if all(g in d.results for g in d.deps):
                 self._release(d)
 
@@ -241,8 +248,8 @@ class Scheduler:
         results = [d.results[g] for g in d.deps]
         failed = next(((g, r) for g, r in zip(d.deps, results, strict=True) if r[0] != env.Status.OK), None)
         if failed is not None:
-            g, (status, payload, detail, trusted, _) = failed
-            info: dict[str, Any] = {"dep_call_id": g, "dep_status": status.name}
+            g, (status, payload, detail, trusted, _, who) = failed
+            info: dict[str, Any] = {"dep_call_id": g, "dep_status": status.name, **who}
             if detail:
                 info.update({f"dep_{k}": v for k, v in detail.items()})
             self._finish(d, env.Reply(d.call_id, env.Status.DEP_FAILED, payload, info), trusted=trusted)

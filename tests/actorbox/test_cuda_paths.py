@@ -38,7 +38,7 @@ def test_wire_form_has_the_documented_field_count() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal a CPU-only receiver gives")
 def test_receiver_without_cuda_refuses_with_the_remedy() -> None:
     """An IPC tensor reaching a process with no CUDA fails with a message naming both remedies."""
-    with pytest.raises(SerializationError, match="no CUDA device.*ACTORBOX_ENABLE_CUDA_IPC.*allow_gpu"):
+    with pytest.raises(SerializationError, match=r"no CUDA device.*ACTORBOX_ENABLE_CUDA_IPC.*allow_gpu"):
         import_cuda_ipc(ipc_fields())
 
 

@@ -112,7 +112,7 @@ async def call(aw: Any) -> Any:
 
 
 async def test_put_then_await_in_host_returns_an_equal_value():
-    """``await rt.put(obj)`` then ``await ref`` in the host gives back an equal nested value with its tensors and arrays."""
+    """``await rt.put(obj)`` then ``await ref`` in the host returns an equal nested value, tensors and arrays too."""
     obj = {"name": "weights", "n": [1, 2.5, None, True], "t": sample((32, 16), 1),
            "a": np.arange(12, dtype=np.int32).reshape(3, 4), "nested": ("x", {"y": sample((3,), 2)})}
     async with actorbox.Runtime() as rt:
@@ -211,7 +211,7 @@ async def test_released_ref_as_an_argument_fails_the_call(shared_rt, holder):
 
 
 async def test_object_expires_after_the_runtimes_retention_unless_put_with_none():
-    """With ``object_retention=0.5`` an object is gone after ~1 s (logged as object.expired); retention=None keeps one."""
+    """With ``object_retention=0.5`` an object is gone after ~1 s (object.expired logged); retention=None keeps one."""
     with capture_logs() as logs:
         async with actorbox.Runtime(object_retention=0.5) as rt:
             short = await rt.put(sample((100,)))
@@ -267,7 +267,7 @@ async def test_retention_none_keeps_objects_until_released():
 
 
 async def test_put_past_capacity_raises_a_clear_error_and_fits_after_release():
-    """Past ``object_store_capacity`` put raises ObjectStoreFullError (capacity, used, requested, remedy); a release makes room."""
+    """Past the capacity put raises ObjectStoreFullError (capacity, used, requested, remedy); a release makes room."""
     async with actorbox.Runtime(object_store_capacity=MB) as rt:
         fds = fd_count()
         with pytest.raises(actorbox.ObjectStoreFullError) as ei:
