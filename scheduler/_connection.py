@@ -54,6 +54,7 @@ class Connection:
         self.sock = sock
         self._on_frame = on_frame
         self._decoder = FrameDecoder(max_frame)
+        self._rbuf = bytearray(_RECV_SIZE)
         self._lock = threading.Lock()
         # Invariant: _pending holds (data, fds) not yet fully written, in order;
         # when it is non-empty every new send appends to it instead of writing.
@@ -63,6 +64,7 @@ class Connection:
         self.hangup_reason: str | None = None  # why we hung up on the peer, if we did
         self._closed = False
         self._loop: Any = None  # asyncio loop when on asyncio, else None
+        self._loop_thread = 0
         self._writable: anyio.Event | None = None
         self._done: Any = None
         self.bytes_in = 0
@@ -141,7 +143,7 @@ class Connection:
     def _arm_writer(self) -> None:
         if self._loop is not None:
             loop = self._loop
-            if _on_loop_thread(loop):
+            if self._loop_thread == threading.get_ident():
                 loop.add_writer(self.sock.fileno(), self._on_writable_asyncio)
             else:
                 loop.call_soon_threadsafe(self._arm_writer)
@@ -161,9 +163,12 @@ class Connection:
     def _read_available(self) -> bool:
         """Read and dispatch everything available; False on EOF."""
         sock = self.sock
+        buf = self._rbuf
         while True:
             try:
-                data, anc, flags, _ = sock.recvmsg(_RECV_SIZE, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+                # Into a preallocated buffer: recvmsg() would allocate (and shrink) a
+                # 256 KiB bytes object per read, ~13 us of each hop on this class of machine.
+                nread, anc, flags, _ = sock.recvmsg_into([buf], _ANCBUF, socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return True
             except (ConnectionResetError, OSError) as exc:
@@ -180,14 +185,14 @@ class Connection:
                 for fd in fds:
                     os.close(fd)
                 raise FrameError("file descriptors were truncated (too many in one message)")
-            if not data:
+            if not nread:
                 for fd in fds:
                     os.close(fd)
                 return False
-            self.bytes_in += len(data)
-            for body, ffds in self._decoder.feed(data, fds):
+            self.bytes_in += nread
+            for body, ffds in self._decoder.feed(memoryview(buf)[:nread], fds):
                 self._on_frame(body, ffds)
-            if len(data) < _RECV_SIZE:
+            if nread < _RECV_SIZE:
                 return True
 
     async def run(self) -> None:
@@ -202,6 +207,7 @@ class Connection:
 
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         done: asyncio.Future[BaseException | None] = loop.create_future()
         self._done = done
         fd = self.sock.fileno()
@@ -292,5 +298,3 @@ class Connection:
         return self._closed
 
 
-def _on_loop_thread(loop: Any) -> bool:
-    return getattr(loop, "_thread_id", None) == threading.get_ident()

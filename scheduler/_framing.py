@@ -41,7 +41,7 @@ class FrameDecoder:
         self._fds: deque[int] = deque()
         self.max_frame = max_frame
 
-    def feed(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> list[tuple[bytes, list[int]]]:
+    def feed(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> list[tuple[bytes, list[int]]]:
         """Add received bytes and fds; return the frames now complete, in order."""
         if fds:
             self._fds.extend(fds)
