@@ -58,6 +58,9 @@ class SegmentTable:
         self._pool: dict[int, list[int]] = {}  # nbytes -> fds
         self.pool_bytes = 0
         self.pool_limit = 1 << 30
+        # A peer's segment larger than this machine's memory can't be real data: a sparse
+        # memfd claiming terabytes would only exhaust memory once touched.
+        self.max_segment = _physical_memory()
 
     def __len__(self) -> int:
         return len(self._by_base)
@@ -154,6 +157,11 @@ class SegmentTable:
         if type(nbytes) is not int or nbytes <= 0 or nbytes > size:
             os.close(fd)
             raise SerializationError(f"a shared tensor claims {nbytes!r} bytes of a {size}-byte memory file")
+        if size > self.max_segment:
+            os.close(fd)
+            raise SerializationError(
+                f"a shared memory file of {size} bytes is larger than this machine's memory "
+                f"({self.max_segment} bytes); refused")
         try:
             mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError) as exc:
@@ -162,6 +170,13 @@ class SegmentTable:
         base = _address(mm)
         self._register(fd, mm, nbytes, base)
         return mm, base
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 40
 
 
 def write_segment(data: memoryview) -> int:

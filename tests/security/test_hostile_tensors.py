@@ -142,3 +142,20 @@ async def test_host_fd_count_does_not_grow_across_all_attempts(rt, actors):
     assert await call(saboteur.ping()) == "pong"
     assert host_fds() <= fds0
     await assert_host_serves(rt, healthy)
+
+
+def test_segment_larger_than_memory_is_refused() -> None:
+    """A sealed memfd claiming more bytes than the machine has is refused before it is mapped."""
+    import fcntl
+
+    from actorbox._shm import SegmentTable
+
+    table = SegmentTable()
+    huge = table.max_segment + (1 << 30)
+    fd = os.memfd_create("huge", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, huge)  # sparse: costs nothing until touched
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    with pytest.raises(actorbox.SerializationError, match="larger than this machine's memory"):
+        table.attach(fd, 4096)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the refused descriptor was closed
