@@ -64,6 +64,8 @@ class Caller:
     def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Future[Any]:
         """Encode the arguments and submit the call (the path of ``handle.method(...)``)."""
+        if not args and not kwargs:  # the common no-argument call: nothing to settle or encode
+            return self.submit(actor_id, label, method, b"")
         args = tuple(self._settled(a, label, method) for a in args)
         kwargs = {k: self._settled(v, label, method) for k, v in kwargs.items()}
         deps: list[Future[Any]] = []
@@ -117,12 +119,6 @@ class Caller:
             _close(fd)
         if fut is not None:
             fut._resolve(env.Reply(reply.call_id, reply.status, reply.payload, reply.detail, reply.trusted))
-
-    def fail_all(self, reply_for: Any) -> None:
-        """Resolve every pending Future with ``reply_for(local_id)`` (the connection is gone)."""
-        pending, self.pending = self.pending, {}
-        for lid, fut in pending.items():
-            fut._resolve(reply_for(lid))
 
     def outcome(self, fut: Future[Any], reply: env.Reply) -> Any:
         status = reply.status

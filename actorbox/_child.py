@@ -65,7 +65,6 @@ class ActorProcess(Caller):
                            make_handle=lambda aid, name, label: ActorHandle(self, aid, name, label),
                            make_ref=lambda object_id: ObjectRef(self, object_id))
         self.names: dict[str, int] = {}
-        self.labels: dict[int, str] = {}
         self.label = "actor"
         self.instance: Any = None
         # Resolved (bound method, is_async) by name; only successful lookups are kept.

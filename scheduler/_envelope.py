@@ -62,10 +62,6 @@ class Call:
     # All descriptors: the call's own first, then each resolved result's, in order.
     fds: tuple[int, ...] = field(default=(), compare=False)
 
-    @property
-    def own_fds(self) -> tuple[int, ...]:
-        return self.fds[: len(self.fds) - sum(r[3] for r in self.resolved)]
-
 
 @dataclass(frozen=True, slots=True)
 class Reply:

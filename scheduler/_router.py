@@ -155,7 +155,7 @@ class Scheduler:
         """An endpoint went away: cancel the calls it was waiting on."""
         endpoint.alive = False
         for gid in list(endpoint.outgoing.values()):
-            self._cancel_entry(gid, notify_caller=False)
+            self._cancel_entry(gid)
         endpoint.outgoing.clear()
 
     def remove_actor(self, actor_id: int) -> None:
@@ -360,9 +360,9 @@ class Scheduler:
         """The caller no longer wants the result of its call ``local_call_id``."""
         gid = caller.outgoing.pop(local_call_id, None)
         if gid is not None:
-            self._cancel_entry(gid, notify_caller=False)
+            self._cancel_entry(gid)
 
-    def _cancel_entry(self, gid: int, *, notify_caller: bool) -> None:
+    def _cancel_entry(self, gid: int) -> None:
         entry = self.calls.get(gid)
         if entry is None:
             return
