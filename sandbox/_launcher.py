@@ -122,6 +122,11 @@ class OutputTail:
         self.prefix = prefix
         self.echo = echo
         self.lines: deque[str] = deque(maxlen=maxlen)
+        # The head of a crash report (faulthandler's "Fatal Python error: ..." and the
+        # crashing thread's stack), kept apart: the other threads' stacks that follow it
+        # would push it out of ``lines``.
+        self.fatal: list[str] = []
+        self._fatal_room = 0
         self.closed = anyio.Event()
 
     async def pump(self, stream: AsyncIterator[bytes] | None) -> None:
@@ -148,6 +153,11 @@ class OutputTail:
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         self.lines.append(text)
+        if text.startswith("Fatal Python error"):
+            self.fatal, self._fatal_room = [], 20
+        if self._fatal_room:
+            self.fatal.append(text)
+            self._fatal_room -= 1
         if self.echo is not None:
             try:
                 print(f"{self.prefix} {text}", file=self.echo, flush=True)
@@ -156,11 +166,9 @@ class OutputTail:
 
     def text(self, n: int = 20) -> str:
         """The last ``n`` lines; from a fatal-error report on, when there is one (its head matters most)."""
-        lines = list(self.lines)
-        for i, line in enumerate(lines):
-            if line.startswith("Fatal Python error"):
-                return "\n".join(lines[i : i + n])
-        return "\n".join(lines[-n:])
+        if self.fatal:
+            return "\n".join(self.fatal[:n])
+        return "\n".join(list(self.lines)[-n:])
 
 
 class ActorProcess:
