@@ -14,6 +14,9 @@ from ._errors import CallCancelledError as CallCancelledError
 from ._errors import CallError as CallError
 from ._errors import CallRefusedError as CallRefusedError
 from ._errors import DependencyFailedError as DependencyFailedError
+from ._errors import EnvironmentBuildError as EnvironmentBuildError
+from ._errors import ExtensionError as ExtensionError
+from ._errors import InvalidRequirementError as InvalidRequirementError
 from ._errors import MethodNotFoundError as MethodNotFoundError
 from ._errors import NameTakenError as NameTakenError
 from ._errors import ObjectNotFoundError as ObjectNotFoundError
@@ -44,7 +47,10 @@ __all__ = [
     "CallError",
     "CallRefusedError",
     "DependencyFailedError",
+    "EnvironmentBuildError",
+    "ExtensionError",
     "Future",
+    "InvalidRequirementError",
     "MethodNotFoundError",
     "NameTakenError",
     "ObjectNotFoundError",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import faulthandler
+import importlib
 import os
 import pickle
 import socket
@@ -151,7 +152,8 @@ class ActorProcess(Caller):
             self.label = spec["label"]
             self.max_concurrency = spec["max_concurrency"]
             _configure_logging(self, spec["label"])
-            self.instance = spec["cls"](*spec["args"], **spec["kwargs"])
+            cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
+            self.instance = cls(*spec["args"], **spec["kwargs"])
         except BaseException as exc:
             self._send(env.Ready(os.getpid(), self._encode_exc(exc)))
             return
@@ -335,6 +337,16 @@ async def _main(fd: int) -> None:
     await proc.serve()
 
 
+def _load_entry(module: str, qualname: str) -> type:
+    """An extension's class, by import path (only ever imported here, in the actor)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, type):
+        raise TypeError(f"extension entry {module}:{qualname} is a {type(obj).__name__}, not a class")
+    return obj
+
+
 def main() -> None:
     faulthandler.enable()
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
@@ -349,3 +361,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

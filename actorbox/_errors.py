@@ -92,13 +92,31 @@ class ActorStoppedError(CallError):
 class ActorStartError(ActorboxError):
     """An actor could not be started: its process failed to launch or its constructor raised."""
 
-    fields = ("actor", "cls", "pid", "stderr")
+    fields: ClassVar[tuple[str, ...]] = ("actor", "cls", "pid", "stderr")
 
     def __str__(self) -> str:
         s = str(self.message)
         if self.stderr:  # type: ignore[attr-defined]
             s += "\nlast lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines())  # type: ignore[attr-defined]
         return s
+
+
+class EnvironmentBuildError(ActorStartError):
+    """An actor's Python environment could not be built; ``output`` holds uv's output."""
+
+    fields: ClassVar[tuple[str, ...]] = (*ActorStartError.fields, "output")
+
+
+class InvalidRequirementError(ActorboxError, ValueError):
+    """A dependency is not a requirement actorbox installs (a pip option, a bad URL, not PEP 508)."""
+
+    fields = ("actor", "requirement")
+
+
+class ExtensionError(ActorboxError):
+    """An extension folder could not be loaded: its pyproject.toml is missing or invalid."""
+
+    fields = ("path",)
 
 
 class MethodNotFoundError(CallError, AttributeError):

@@ -15,18 +15,19 @@ import cloudpickle
 import psutil
 import structlog
 
-from sandbox import SandboxPolicy
+from sandbox import EnvironmentManager, RequirementError, SandboxPolicy, validate_requirements
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
 from scheduler import envelope as env
 
 from ._codec import Codec
 from ._context import process_caller
-from ._errors import ActorboxError, ActorNotFoundError, NameTakenError
+from ._errors import ActorboxError, ActorNotFoundError, InvalidRequirementError, NameTakenError
+from ._extensions import LoadedExtension, extension_folders, read_extension
 from ._handle import ActorHandle
 from ._host import HostEndpoint, Resident
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore
 from ._options import ActorOptions, options_of
-from ._supervisor import ActorSupervisor, init_payload
+from ._supervisor import _CODE_PATHS, ActorSupervisor, init_payload
 
 log = structlog.get_logger("actorbox")
 
@@ -66,12 +67,14 @@ class Runtime:
     ``grace_period``: seconds a stopping actor gets before it is killed.
     ``log_calls``: emit ``call.*`` trace events (default: ``ACTORBOX_LOG_CALLS=1``).
     ``max_frame_size``: the largest frame accepted from an actor, in bytes.
+    ``env_root``: where actors' environments are built and cached (default:
+    ``ACTORBOX_ENV_ROOT``, else ``~/.cache/actorbox/envs``).
     """
 
     def __init__(self, *, sandbox: str = "required", sandbox_policy: SandboxPolicy | None = None,
                  grace_period: float = 5.0, log_calls: bool | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME, object_retention: float | str | None = "default",
-                 object_store_capacity: int | None = None) -> None:
+                 object_store_capacity: int | None = None, env_root: str | os.PathLike[str] | None = None) -> None:
         if sandbox not in ("required", "disabled"):
             raise ValueError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
@@ -94,6 +97,8 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup = None  # type: ignore[assignment]
         self._tg_cm: Any = None
         self._ctx_token: Any = None
+        self.env_root = os.fspath(env_root) if env_root is not None else None
+        self._environments: EnvironmentManager | None = None
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -167,26 +172,99 @@ class Runtime:
     async def start(self, cls: type[Any], /, *args: Any, name: str | None = None, **kwargs: Any) -> ActorHandle:
         """Start ``cls(*args, **kwargs)`` as an actor in its own process; returns its handle.
 
-        Raises ActorStartError when the process cannot start or the constructor raises.
+        An actor class with ``dependencies`` runs in its own environment (built with uv
+        on first use, then cached). Raises ActorStartError when the process cannot
+        start or the constructor raises (EnvironmentBuildError when uv fails).
         """
         self._require_running()
         if not isinstance(cls, type):
             raise TypeError(f"rt.start() takes a class, got {type(cls).__name__}")
         opts: ActorOptions = options_of(cls)
-        name = name if name is not None else opts.name
+        requirements = None
+        if opts.dependencies:
+            try:
+                requirements = self._requirements(opts.dependencies, cls.__qualname__)
+            except RequirementError as exc:
+                raise InvalidRequirementError(f"actor class {cls.__qualname__}: {exc}",
+                                              actor=name or opts.name) from None
+        paths, module_paths = _import_paths(cls)
+        return await self._start_actor({"cls": cls}, cls.__qualname__, cls.__name__, args, kwargs,
+                                       name if name is not None else opts.name, opts, paths, module_paths,
+                                       requirements)
+
+    async def load_extension(self, path: str | os.PathLike[str], /, *args: Any, name: str | None = None,
+                             **kwargs: Any) -> ActorHandle:
+        """Start the actor an extension folder describes (its pyproject.toml); returns its handle.
+
+        The folder's ``[project] dependencies`` get their own environment and its
+        ``[tool.actorbox]`` table names the class (``entry = "module:Class"``) and the
+        actor's options; the actor is named after the project unless ``name`` (or the
+        table) says otherwise. The host never imports the extension's code.
+        Raises ExtensionError, InvalidRequirementError or ActorStartError.
+        """
+        self._require_running()
+        ext = read_extension(os.fspath(path))
+        self._warn_ignored(ext.ignored, ext.name)
+        return await self._start_actor({"entry": (ext.module, ext.cls)}, f"{ext.module}:{ext.cls}", ext.cls,
+                                       args, kwargs, name if name is not None else ext.name, ext.options,
+                                       [ext.path], [ext.path], ext.requirements)
+
+    async def load_extensions(self, directory: str | os.PathLike[str]) -> list[LoadedExtension]:
+        """Load every extension folder in ``directory`` at once; a failure is reported, never fatal.
+
+        Returns one LoadedExtension per folder holding a pyproject.toml (sorted by
+        folder name), with its handle or the error that stopped it.
+        """
+        self._require_running()
+        folders = extension_folders(os.fspath(directory))
+        results: dict[str, LoadedExtension] = {}
+
+        async def load(folder: str) -> None:
+            try:
+                handle = await self.load_extension(folder)
+                results[folder] = LoadedExtension(folder, handle.name, handle, None)
+            except Exception as exc:
+                log.error("extension.failed", path=folder, error=f"{type(exc).__name__}: {exc}")
+                results[folder] = LoadedExtension(folder, getattr(exc, "actor", None), None, exc)
+
+        async with anyio.create_task_group() as tg:
+            for folder in folders:
+                tg.start_soon(load, folder)
+        return [results[f] for f in folders]
+
+    def _requirements(self, dependencies: tuple[str, ...], who: str) -> tuple[str, ...]:
+        reqs, ignored = validate_requirements(dependencies)
+        self._warn_ignored(ignored, who)
+        return reqs
+
+    def _warn_ignored(self, ignored: tuple[str, ...], who: str) -> None:
+        for req in ignored:
+            log.warning("env.requirement_ignored", actor=who, requirement=req,
+                        reason="torch always comes from the host, so shared memory and CUDA IPC see the same "
+                               f"version ({self.environments.host.version_of('torch') or 'not installed'})")
+
+    @property
+    def environments(self) -> EnvironmentManager:
+        """Builds and caches the actors' environments (under ``env_root``)."""
+        if self._environments is None:
+            self._environments = EnvironmentManager(self.env_root, code_dirs=_CODE_PATHS)
+        return self._environments
+
+    async def _start_actor(self, what: dict[str, Any], cls_name: str, short: str, args: tuple[Any, ...],
+                           kwargs: dict[str, Any], name: str | None, opts: ActorOptions, paths: list[str],
+                           module_paths: list[str], requirements: tuple[str, ...] | None) -> ActorHandle:
         try:
-            entry = self.scheduler.add_actor(name, name or f"{cls.__qualname__}#?", opts.max_concurrency)
+            entry = self.scheduler.add_actor(name, name or f"{short}#?", opts.max_concurrency)
         except KeyError:
             raise NameTakenError(
                 f"an actor named {name!r} already exists; stop it first (await rt.get_actor({name!r}).stop()) "
                 "or choose another name", name=name) from None
-        label = name or f"{cls.__name__}#{entry.actor_id}"
+        label = name or f"{short}#{entry.actor_id}"
         entry.label = label
-        paths, module_paths = _import_paths(cls)
-        spec = cloudpickle.dumps({"cls": cls, "args": args, "kwargs": kwargs, "label": label,
+        spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
                                  "max_concurrency": opts.max_concurrency})
-        sup = ActorSupervisor(self, entry.actor_id, label, name, cls, init_payload(paths, spec),
-                              tuple(module_paths), opts)
+        sup = ActorSupervisor(self, entry.actor_id, label, name, cls_name, init_payload(paths, spec),
+                              tuple(module_paths), opts, requirements)
         self._supervisors[entry.actor_id] = sup
         try:
             await sup.spawn()
@@ -270,7 +348,7 @@ class Runtime:
         for aid, a in self.scheduler.actors.items():
             sup = self._supervisors.get(aid)
             if sup is not None:
-                out.append(ActorInfo(aid, sup.name, sup.label, sup.cls.__qualname__, sup.pid, sup.state,
+                out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
                                      sup.restarts, a.max_concurrency, len(a.queue), len(a.running)))
             elif host is not None and aid in host.residents:
                 obj = host.residents[aid].obj

@@ -18,7 +18,14 @@ import sandbox
 from scheduler import Connection, ConnectionClosed, ConnectionEndpoint
 from scheduler import envelope as env
 
-from ._errors import ActorStartError, ActorStoppedError, ProtocolError, SandboxUnavailableError, describe_exit
+from ._errors import (
+    ActorStartError,
+    ActorStoppedError,
+    EnvironmentBuildError,
+    ProtocolError,
+    SandboxUnavailableError,
+    describe_exit,
+)
 
 if TYPE_CHECKING:
     from ._options import ActorOptions
@@ -48,13 +55,16 @@ class _Start:
 class ActorSupervisor:
     """Owns one actor: its current process, endpoint, restarts and state."""
 
-    def __init__(self, rt: Runtime, actor_id: int, label: str, name: str | None, cls: type,
-                 init_payload: bytes, module_paths: tuple[str, ...], options: ActorOptions) -> None:
+    def __init__(self, rt: Runtime, actor_id: int, label: str, name: str | None, cls_name: str,
+                 init_payload: bytes, module_paths: tuple[str, ...], options: ActorOptions,
+                 requirements: tuple[str, ...] | None = None) -> None:
         self.rt = rt
         self.actor_id = actor_id
         self.label = label
         self.name = name
-        self.cls = cls
+        self.cls_name = cls_name
+        # The actor's own environment (None: the host's): validated requirement strings.
+        self.requirements = requirements
         self.init_payload = init_payload
         self.module_paths = module_paths
         self.options = options
@@ -96,14 +106,22 @@ class ActorSupervisor:
     async def _spawn(self, t0: float) -> None:
         if self.stopping:
             raise self._stopped_error("before it started")
+        launch_env = await self._environment()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             mode, policy = self.rt._sandbox_for(self.options)
+            if launch_env is None:  # the host's environment
+                python, venv, import_paths, binds, extra = (
+                    sys.executable, sys.prefix if sys.prefix != sys.base_prefix else None, (_ACTORBOX_ROOT,),
+                    (*_CODE_PATHS, sys.base_prefix), {})
+            else:
+                python, venv, import_paths, binds = (
+                    launch_env.python, launch_env.path, (launch_env.code_dir,), launch_env.bind_paths)
+                extra = {sandbox.HOST_PACKAGES_VAR: launch_env.packages_dir}
             spec = sandbox.LaunchSpec(
-                python=sys.executable, module="actorbox._child", args=(str(child.fileno()),),
-                env=os.environ, pass_fds=(child.fileno(),), import_paths=(_ACTORBOX_ROOT,),
-                code_paths=(*_CODE_PATHS, sys.base_prefix), module_paths=self.module_paths,
-                venv_path=sys.prefix if sys.prefix != sys.base_prefix else None,
+                python=python, module="actorbox._child", args=(str(child.fileno()),),
+                env=os.environ, pass_fds=(child.fileno(),), import_paths=import_paths,
+                code_paths=binds, module_paths=self.module_paths, venv_path=venv, extra_env=extra,
                 label=self.label, sandboxed=mode == "required", policy=policy,
                 uid=_UID_BASE + self.actor_id)
             self.sandboxed = mode == "required"
@@ -119,12 +137,12 @@ class ActorSupervisor:
                 raise SandboxUnavailableError(
                     f"cannot start actor {self.label!r} in a sandbox: {exc}\nTo run it without isolation "
                     "(trusted code only), pass sandbox='disabled' to @actor or to Runtime().",
-                    actor=self.label, cls=self.cls.__qualname__) from None
+                    actor=self.label, cls=self.cls_name) from None
             except OSError as exc:
                 parent.close()
                 raise ActorStartError(
                     f"could not launch the process for actor {self.label!r}: {exc}; check that "
-                    f"{sys.executable} runs", actor=self.label, cls=self.cls.__qualname__) from exc
+                    f"{python} runs", actor=self.label, cls=self.cls_name) from exc
         finally:
             child.close()
         self.proc = proc
@@ -160,8 +178,20 @@ class ActorSupervisor:
             # The launcher (prlimit -> bwrap) is what we started; report the Python inside.
             self.pid = sandbox.find_actor_pid(proc.pid) or proc.pid
         self.rt.scheduler.attach(self.actor_id, endpoint)
-        log.info("actor.started", actor=self.label, cls=self.cls.__qualname__, pid=self.pid,
+        log.info("actor.started", actor=self.label, cls=self.cls_name, pid=self.pid,
                  restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
+
+    async def _environment(self) -> sandbox.Environment | None:
+        """The actor's own environment, built (or found in the cache) before its process starts."""
+        if self.requirements is None:
+            return None
+        try:
+            return await self.rt.environments.ensure(self.requirements, label=self.label)
+        except sandbox.EnvBuildError as exc:
+            raise EnvironmentBuildError(
+                f"could not build the Python environment of actor {self.label!r}: {exc}\nFix or remove the "
+                "failing requirement in its dependencies and start it again.",
+                actor=self.label, cls=self.cls_name, output=exc.output) from None
 
     def _on_control(self, msg: env.Message) -> None:
         t = type(msg)
@@ -176,9 +206,9 @@ class ActorSupervisor:
                 if not isinstance(cause, BaseException):
                     cause = ProtocolError("constructor error was not an exception", actor=self.label)
                 err = ActorStartError(
-                    f"constructor of actor {self.label!r} ({self.cls.__qualname__}) raised "
+                    f"constructor of actor {self.label!r} ({self.cls_name}) raised "
                     f"{type(cause).__name__}: {cause}; the actor was not started",
-                    actor=self.label, cls=self.cls.__qualname__, pid=self.pid)
+                    actor=self.label, cls=self.cls_name, pid=self.pid)
                 err.__cause__ = cause
                 st.error = err
             st.done.set()
@@ -258,9 +288,9 @@ class ActorSupervisor:
                 self._mark_stopped()
             elif st.error is None:
                 st.error = ActorStartError(
-                    f"actor {self.label!r} ({self.cls.__qualname__}) died while starting: "
+                    f"actor {self.label!r} ({self.cls_name}) died while starting: "
                     f"{describe_exit(exit_code, sig)}" + (f"; {message}" if message else ""),
-                    actor=self.label, cls=self.cls.__qualname__, pid=self.pid, stderr=err.text())
+                    actor=self.label, cls=self.cls_name, pid=self.pid, stderr=err.text())
             self._start = None
             st.done.set()
             if self.restarts == 0:

@@ -1,5 +1,6 @@
 """Where and how an actor process runs: restriction-model detection, bubblewrap
-command building, sandbox policy, process launching and supervision.
+command building, sandbox policy, per-actor Python environments (built with uv),
+process launching and supervision.
 
 This package knows nothing about actorbox's API or the scheduler.
 """
@@ -9,6 +10,12 @@ from ._detect import Restriction as Restriction
 from ._detect import RestrictionModel as RestrictionModel
 from ._detect import detect_restriction_model as detect_restriction_model
 from ._detect import read_kernel_setting as read_kernel_setting
+from ._env import HOST_PACKAGES_VAR as HOST_PACKAGES_VAR
+from ._env import EnvBuildError as EnvBuildError
+from ._env import Environment as Environment
+from ._env import EnvironmentManager as EnvironmentManager
+from ._env import RequirementError as RequirementError
+from ._env import validate_requirements as validate_requirements
 from ._launcher import ENV_ALLOWLIST as ENV_ALLOWLIST
 from ._launcher import ActorProcess as ActorProcess
 from ._launcher import LaunchSpec as LaunchSpec
@@ -26,10 +33,15 @@ from ._policy import validate_path as validate_path
 
 __all__ = [
     "ENV_ALLOWLIST",
+    "HOST_PACKAGES_VAR",
     "ActorProcess",
+    "EnvBuildError",
+    "Environment",
+    "EnvironmentManager",
     "LaunchSpec",
     "OutputTail",
     "PolicyError",
+    "RequirementError",
     "Restriction",
     "RestrictionModel",
     "SandboxPolicy",
@@ -44,4 +56,5 @@ __all__ = [
     "launch",
     "read_kernel_setting",
     "validate_path",
+    "validate_requirements",
 ]

@@ -1,0 +1,137 @@
+"""Extension folders: a ``pyproject.toml`` that names an actor class and its requirements.
+
+::
+
+    [project]
+    name = "numpy-legacy-node"
+    dependencies = ["numpy<2"]
+
+    [tool.actorbox]
+    entry = "legacy_node:Node"      # module:Class, imported inside the actor only
+    name = "legacy"                 # optional: the actor's name (default: the project's)
+    max_concurrency = 2             # optional, as @actor
+    max_restarts = 1                # optional, as @actor
+    sandbox = "required"            # optional: "required", "disabled" or a table of SandboxPolicy fields
+
+The host never imports an extension's code: its class is named by import path and
+imported in the actor's process, inside the actor's own environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+import sandbox
+from sandbox import SandboxPolicy
+
+from ._errors import ExtensionError, InvalidRequirementError
+from ._handle import ActorHandle
+from ._options import ActorOptions
+
+_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "sandbox"}
+_POLICY_KEYS = {"network", "allow_gpu", "memory_limit", "max_processes", "max_open_files", "tmpfs_size"}
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """An extension folder, read and validated (``read_extension``)."""
+
+    path: str
+    name: str
+    module: str
+    cls: str
+    requirements: tuple[str, ...]
+    ignored: tuple[str, ...]  # requirements dropped because the host provides them (torch)
+    options: ActorOptions
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedExtension:
+    """One folder's outcome in ``Runtime.load_extensions``: a handle, or the error that stopped it."""
+
+    path: str
+    name: str | None
+    handle: ActorHandle | None
+    error: BaseException | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def read_extension(path: str) -> Extension:
+    """Read ``path/pyproject.toml``; raises ExtensionError (or InvalidRequirementError) saying what to fix."""
+    folder = os.path.realpath(path)
+    where = os.path.join(folder, "pyproject.toml")
+    if not os.path.isdir(folder):
+        raise ExtensionError(f"extension folder {path!r} does not exist (or is not a directory)", path=path)
+    try:
+        with open(where, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ExtensionError(f"{path!r} is not an extension: it has no pyproject.toml", path=path) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ExtensionError(f"cannot read {where}: {exc}", path=path) from None
+    project = data.get("project")
+    if not isinstance(project, dict) or not isinstance(project.get("name"), str) or not project["name"]:
+        raise ExtensionError(f"{where} has no [project] name; add name = \"my-extension\"", path=path)
+    table = data.get("tool", {}).get("actorbox") if isinstance(data.get("tool"), dict) else None
+    if not isinstance(table, dict):
+        raise ExtensionError(f"{where} has no [tool.actorbox] table; add one with entry = \"module:Class\"",
+                             path=path)
+    unknown = sorted(set(table) - _TABLE_KEYS)
+    if unknown:
+        raise ExtensionError(f"{where}: unknown keys in [tool.actorbox]: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(_TABLE_KEYS))})", path=path)
+    entry = table.get("entry")
+    if not isinstance(entry, str) or not _ENTRY.match(entry):
+        raise ExtensionError(f"{where}: [tool.actorbox] entry must be \"module:Class\" (e.g. \"my_node:Node\"), "
+                             f"got {entry!r}", path=path)
+    module, cls = entry.split(":")
+    top = module.split(".")[0]
+    if not (os.path.isdir(os.path.join(folder, top)) or os.path.isfile(os.path.join(folder, f"{top}.py"))):
+        raise ExtensionError(f"{where}: entry {entry!r} names module {module!r}, but the folder has no "
+                             f"{top}.py or {top}/ package", path=path)
+    deps = project.get("dependencies", [])
+    if not isinstance(deps, list):
+        raise ExtensionError(f"{where}: [project] dependencies must be a list of strings", path=path)
+    name = table.get("name", project["name"])
+    if not isinstance(name, str) or not name:
+        raise ExtensionError(f"{where}: [tool.actorbox] name must be a non-empty string, got {name!r}", path=path)
+    try:
+        reqs, ignored = sandbox.validate_requirements(deps, base_dir=folder)
+        options = ActorOptions(name=name, dependencies=reqs, sandbox=_sandbox_option(table.get("sandbox")),
+                               max_concurrency=table.get("max_concurrency", 1),
+                               max_restarts=table.get("max_restarts", 0))
+    except sandbox.RequirementError as exc:
+        raise InvalidRequirementError(f"{where}: {exc}", actor=name) from None
+    except (TypeError, ValueError) as exc:
+        raise ExtensionError(f"{where}: {exc}", path=path) from None
+    return Extension(folder, name, module, cls, reqs, ignored, options)
+
+
+def _sandbox_option(value: Any) -> str | SandboxPolicy | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - _POLICY_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sandbox settings {', '.join(unknown)} (an extension may set: "
+                             f"{', '.join(sorted(_POLICY_KEYS))}; paths are granted by the host only)")
+        return SandboxPolicy(**value)
+    raise ValueError(f"sandbox must be \"required\", \"disabled\" or a table of settings, got {value!r}")
+
+
+def extension_folders(directory: str) -> list[str]:
+    """The subfolders of ``directory`` that hold a pyproject.toml, sorted by name."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        raise ExtensionError(f"cannot list extensions in {directory!r}: {exc}", path=directory) from None
+    return [e.path for e in entries
+            if e.is_dir() and not e.name.startswith(".") and os.path.isfile(os.path.join(e.path, "pyproject.toml"))]
