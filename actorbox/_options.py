@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from sandbox import SandboxPolicy
+from sandbox import RequirementError, SandboxPolicy, validate_requirements
+
+from ._errors import InvalidRequirementError
 
 T = TypeVar("T", bound=type)
 
@@ -28,6 +30,10 @@ class ActorOptions:
         if isinstance(self.dependencies, str) or not all(isinstance(d, str) for d in self.dependencies):
             raise TypeError("dependencies must be a sequence of requirement strings, e.g. ('numpy<2',)")
         object.__setattr__(self, "dependencies", tuple(self.dependencies))
+        try:
+            validate_requirements(self.dependencies)
+        except RequirementError as exc:
+            raise InvalidRequirementError(str(exc), actor=self.name) from None
         if not isinstance(self.sandbox, SandboxPolicy) and self.sandbox not in _SANDBOX_MODES:
             raise ValueError(
                 f"sandbox must be 'required', 'disabled', a SandboxPolicy or None, got {self.sandbox!r}")

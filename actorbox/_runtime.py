@@ -15,21 +15,25 @@ import cloudpickle
 import psutil
 import structlog
 
-from sandbox import EnvironmentManager, RequirementError, SandboxPolicy, validate_requirements
+from sandbox import EnvironmentManager, SandboxPolicy, validate_requirements
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
 from scheduler import envelope as env
 
 from ._codec import Codec
 from ._context import process_caller
-from ._errors import ActorboxError, ActorNotFoundError, InvalidRequirementError, NameTakenError
+from ._control import ControlServer
+from ._errors import ActorboxError, ActorNotFoundError, NameTakenError
 from ._extensions import LoadedExtension, extension_folders, read_extension
 from ._handle import ActorHandle
 from ._host import HostEndpoint, Resident
+from ._inspect import ProcessSampler
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore
 from ._options import ActorOptions, options_of
 from ._supervisor import _CODE_PATHS, ActorSupervisor, init_payload
+from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
 
 log = structlog.get_logger("actorbox")
+actor_log = structlog.get_logger("actorbox.actor")  # events logged inside actors, forwarded
 
 T = TypeVar("T")
 
@@ -48,6 +52,9 @@ class ActorInfo:
     max_concurrency: int
     queued: int
     running: int
+    rss: int | None = None  # resident memory in bytes (psutil); None when not an alive process
+    cpu_percent: float | None = None  # since the previous actors() (the first time: since it started)
+    running_calls: tuple[int, ...] = ()  # ids of the calls delivered to it and not answered yet
 
 
 def _env_flag(name: str) -> bool:
@@ -66,6 +73,8 @@ class Runtime:
     ``object_store_capacity``: bytes the object store may hold (default: half the RAM).
     ``grace_period``: seconds a stopping actor gets before it is killed.
     ``log_calls``: emit ``call.*`` trace events (default: ``ACTORBOX_LOG_CALLS=1``).
+    ``ACTORBOX_TRACE_FILE=path``: append every event, call events included, to ``path``
+    as JSON lines (``python -m actorbox trace`` draws them).
     ``max_frame_size``: the largest frame accepted from an actor, in bytes.
     ``env_root``: where actors' environments are built and cached (default:
     ``ACTORBOX_ENV_ROOT``, else ``~/.cache/actorbox/envs``).
@@ -82,7 +91,17 @@ class Runtime:
         self.grace_period = grace_period
         self.max_frame_size = max_frame_size
         self.debug_rpc = _env_flag("ACTORBOX_DEBUG_RPC")
-        self.scheduler = Scheduler(log_calls=_env_flag("ACTORBOX_LOG_CALLS") if log_calls is None else log_calls)
+        self._log_calls = _env_flag("ACTORBOX_LOG_CALLS") if log_calls is None else log_calls
+        self.trace_file = os.environ.get("ACTORBOX_TRACE_FILE") or None
+        # A trace needs the call events even when the application's logs don't want them.
+        self.scheduler = Scheduler(log_calls=self._log_calls or self.trace_file is not None)
+        # Where the Runtime's own events go (the scheduler's and the supervisors'): the
+        # structlog loggers, or tees that also record them while tracing.
+        self.log: Any = log
+        self.actor_log: Any = actor_log
+        self._recorder: TraceRecorder | None = None
+        self._control: ControlServer | None = None
+        self._sampler = ProcessSampler()
         self.codec = Codec(allow_pickle=True, handle_type=ActorHandle, make_handle=self._make_handle,
                            make_ref=lambda object_id: ObjectRef(self._host, object_id))
         if object_retention == "default":
@@ -105,6 +124,8 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         if self._tg_cm is not None:
             raise ActorboxError("this Runtime is already running; create a new Runtime() for each 'async with'")
+        if self.trace_file is not None:
+            self._start_recording(self.trace_file)
         self._tg_cm = anyio.create_task_group()
         self._tg = await self._tg_cm.__aenter__()
         # Forks every actor process: must live as long as the actors (see sandbox.launch).
@@ -112,7 +133,30 @@ class Runtime:
         self._host = HostEndpoint(self, self.scheduler, self._tg)
         self._ctx_token = process_caller.set(self._host)
         self._tg.start_soon(self._expire_objects)
+        if self._recorder is not None:
+            self._tg.start_soon(self._flush_trace, self._recorder)
+        try:
+            self._control = ControlServer(self)
+        except (OSError, ActorboxError) as exc:
+            log.warning("control.unavailable", reason=str(exc),
+                        consequence="python -m actorbox ps cannot see this Runtime")
+        else:
+            self._tg.start_soon(self._control.serve)
         return self
+
+    def _start_recording(self, path: str) -> None:
+        try:
+            rec = self._recorder = TraceRecorder(path)
+        except OSError as exc:
+            raise ActorboxError(f"ACTORBOX_TRACE_FILE={path}: cannot record events there: {exc}") from exc
+        self.log = EventTee(log, "actorbox", rec, quiet=() if self._log_calls else ("call.",))
+        self.actor_log = EventTee(actor_log, "actorbox.actor", rec)
+        self.scheduler.log = self.log
+
+    async def _flush_trace(self, recorder: TraceRecorder) -> None:
+        while True:
+            await anyio.sleep(FLUSH_INTERVAL_S)
+            recorder.flush()
 
     async def _expire_objects(self) -> None:
         store = self.object_store
@@ -143,6 +187,10 @@ class Runtime:
                     suppress = await self._tg_cm.__aexit__(et, e, tb)
             return suppress
         finally:
+            if self._control is not None:
+                self._control.close()  # also when its task never ran: no socket file is left
+            if self._recorder is not None:
+                self._recorder.close()
             self.object_store.close()
             self.codec.segments.drain_pool()
             self._spawner.shutdown(wait=True)
@@ -180,13 +228,8 @@ class Runtime:
         if not isinstance(cls, type):
             raise TypeError(f"rt.start() takes a class, got {type(cls).__name__}")
         opts: ActorOptions = options_of(cls)
-        requirements = None
-        if opts.dependencies:
-            try:
-                requirements = self._requirements(opts.dependencies, cls.__qualname__)
-            except RequirementError as exc:
-                raise InvalidRequirementError(f"actor class {cls.__qualname__}: {exc}",
-                                              actor=name or opts.name) from None
+        # Checked when the class was decorated; here only torch's exclusion is reported.
+        requirements = self._requirements(opts.dependencies, cls.__qualname__) if opts.dependencies else None
         paths, module_paths = _import_paths(cls)
         return await self._start_actor({"cls": cls}, cls.__qualname__, cls.__name__, args, kwargs,
                                        name if name is not None else opts.name, opts, paths, module_paths,
@@ -299,6 +342,9 @@ class Runtime:
             raise NameTakenError(f"an actor named {name!r} already exists; choose another name",
                                  name=name) from None
         host.residents[entry.actor_id] = Resident(name, obj)
+        if self._recorder is not None:  # only the trace needs to know which tracks live in the host
+            self._recorder.record("actorbox", "debug", "actor.registered",
+                                  {"actor": name, "cls": type(obj).__qualname__})
         self.scheduler.attach(entry.actor_id, host)
         self._broadcast_names()
         return ActorHandle(host, entry.actor_id, name, name)
@@ -342,19 +388,32 @@ class Runtime:
     # -- inspection ------------------------------------------------------------------
 
     def actors(self) -> list[ActorInfo]:
-        """Every actor this Runtime knows: processes and host-resident objects."""
+        """Every actor this Runtime knows: processes and host-resident objects, with RSS and CPU."""
         out = []
         host = self._host
+        alive: set[int] = set()
         for aid, a in self.scheduler.actors.items():
             sup = self._supervisors.get(aid)
             if sup is not None:
+                # Only an alive actor's pid is surely still its own process.
+                pid = sup.pid if sup.state == "alive" else None
+                rss, cpu = self._sampler.sample(pid)
+                if pid is not None:
+                    alive.add(pid)
                 out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
-                                     sup.restarts, a.max_concurrency, len(a.queue), len(a.running)))
+                                     sup.restarts, a.max_concurrency, len(a.queue), len(a.running),
+                                     rss=rss, cpu_percent=cpu, running_calls=tuple(a.running)))
             elif host is not None and aid in host.residents:
                 obj = host.residents[aid].obj
                 out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
-                                     a.max_concurrency, len(a.queue), len(a.running)))
+                                     a.max_concurrency, len(a.queue), len(a.running),
+                                     running_calls=tuple(a.running)))
+        self._sampler.forget_except(alive)
         return out
+
+    def named_actors(self) -> dict[str, int]:
+        """Registered names (actors started with a name, host-resident actors) and their actor ids."""
+        return dict(sorted(self.scheduler.names.items()))
 
     def pending_calls(self) -> list[CallInfo]:
         """Calls in flight: id, actor, method, caller, parent call, state and age."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up actorbox on a fresh Debian/Ubuntu machine, then run the demo or the tests.
 #
-#   bash scripts/setup.sh demo            # python examples/plugin_host.py
+#   bash scripts/setup.sh demo            # python examples/extension_host.py
 #   bash scripts/setup.sh test [ARGS...]  # python -m pytest ARGS...
 #
 # Idempotent: it installs bubblewrap (as root) and creates .venv only when they
@@ -128,6 +128,6 @@ fi
 # -- run ------------------------------------------------------------------------------
 
 case "$mode" in
-    demo) exec "$VPY" examples/plugin_host.py "$@" ;;
+    demo) exec "$VPY" examples/extension_host.py "$@" ;;
     test) exec "$VPY" -m pytest "$@" ;;
 esac
