@@ -290,9 +290,36 @@ class EnvironmentManager:
 
     @property
     def host(self) -> HostPackages:
+        """What this host exposes; cached on disk until a directory on sys.path changes."""
         if self._host is None:
-            self._host = host_packages(self.code_dirs)
+            self._host = self._cached_host()
         return self._host
+
+    def _cached_host(self) -> HostPackages:
+        # Installing or removing a distribution changes its site-packages directory's mtime.
+        dirs = [p for p in (*sys.path, *self.code_dirs) if os.path.isdir(p)]
+        key = json.dumps([self.python, sys.version, [(d, os.stat(d).st_mtime_ns) for d in dirs]])
+        where = os.path.join(self.root, f"host-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json")
+        try:
+            with open(where) as f:
+                data = json.load(f)
+            if data["key"] == key:
+                code, packages, pins, versions = data["host"]
+                return HostPackages(tuple((str(a), str(b)) for a, b in code),
+                                    tuple((str(a), str(b)) for a, b in packages), tuple(map(str, pins)),
+                                    tuple((str(a), str(b)) for a, b in versions))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        host = host_packages(self.code_dirs)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            tmp = f"{where}.tmp-{secrets.token_hex(4)}"
+            with open(tmp, "w") as f:
+                json.dump({"key": key, "host": [host.code, host.packages, host.runtime_pins, host.versions]}, f)
+            os.replace(tmp, where)
+        except OSError:
+            pass  # only a cache
+        return host
 
     def uv(self) -> str:
         if self._uv is None:

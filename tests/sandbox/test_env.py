@@ -233,3 +233,14 @@ async def test_a_build_draws_a_progress_line_and_clears_it(tmp_path: Path) -> No
     assert "actorbox: building the environment of shown (" in text
     assert text.count("\r\x1b[2K") >= 2 and text.endswith("\r\x1b[2K")
     assert "\n" not in text  # never scrolls the terminal
+
+
+def test_host_packages_are_cached_on_disk_and_a_broken_cache_is_ignored(tmp_path: Path) -> None:
+    """A second manager reads what the first computed; a corrupt cache file is recomputed, not trusted."""
+    from sandbox._env import host_packages
+
+    first = manager(tmp_path).host
+    (cache,) = [p for p in tmp_path.iterdir() if p.suffix == ".json"]
+    assert manager(tmp_path).host == first == host_packages(CODE_DIRS)
+    cache.write_text('{"key": 1, "host": "garbage"}')
+    assert manager(tmp_path).host == first
