@@ -124,6 +124,9 @@ async def test_actor_class_dependencies_get_their_own_environment(env_root: Path
         assert not await h.importable("numpy")
         t = await h.torch()
         assert t["version"] == torch.__version__ and t["file"] == HOST_TORCH
+        # Its environment and its module are read-only: nothing can be planted for the next start.
+        assert await h.write_into(os.path.join(prefix, "lib")) == "OSError"
+        assert await h.write_into(str(Path(__file__).parent / "env_plugins")) == "OSError"
         shared = actorbox.shared_empty(1024)
         await h.fill(shared, 7.0)  # zero-copy into an environment's actor
         assert float(shared.sum()) == 7.0 * 1024

@@ -35,6 +35,14 @@ class SixUser:
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
+    def write_into(self, directory: str) -> str:
+        try:
+            with open(os.path.join(directory, "planted.py"), "w") as f:
+                f.write("print('planted')")
+        except OSError as exc:
+            return type(exc).__name__
+        return "written"
+
     def fill(self, tensor: Any, value: float) -> None:
         tensor.fill_(value)
 
