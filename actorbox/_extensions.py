@@ -105,7 +105,8 @@ def read_extension(path: str) -> Extension:
         raise ExtensionError(f"{where}: [tool.actorbox] name must be a non-empty string, got {name!r}", path=path)
     try:
         reqs, ignored = sandbox.validate_requirements(deps, base_dir=folder)
-        options = ActorOptions(name=name, dependencies=reqs, sandbox=_sandbox_option(table.get("sandbox")),
+        # The requirements travel beside the options: they were checked against this folder.
+        options = ActorOptions(name=name, sandbox=_sandbox_option(table.get("sandbox")),
                                max_concurrency=table.get("max_concurrency", 1),
                                max_restarts=table.get("max_restarts", 0))
     except sandbox.RequirementError as exc:

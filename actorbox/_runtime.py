@@ -77,13 +77,16 @@ class Runtime:
     as JSON lines (``python -m actorbox trace`` draws them).
     ``max_frame_size``: the largest frame accepted from an actor, in bytes.
     ``env_root``: where actors' environments are built and cached (default:
-    ``ACTORBOX_ENV_ROOT``, else ``~/.cache/actorbox/envs``).
+    ``ACTORBOX_ENV_ROOT``, else ``~/.cache/actorbox/envs``). ``allow_source_builds``:
+    let environments build packages that ship no wheel (off: a build runs the
+    package's code on the host, unsandboxed).
     """
 
     def __init__(self, *, sandbox: str = "required", sandbox_policy: SandboxPolicy | None = None,
                  grace_period: float = 5.0, log_calls: bool | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME, object_retention: float | str | None = "default",
-                 object_store_capacity: int | None = None, env_root: str | os.PathLike[str] | None = None) -> None:
+                 object_store_capacity: int | None = None, env_root: str | os.PathLike[str] | None = None,
+                 allow_source_builds: bool = False) -> None:
         if sandbox not in ("required", "disabled"):
             raise ValueError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
@@ -118,6 +121,7 @@ class Runtime:
         self._ctx_token: Any = None
         self.env_root = os.fspath(env_root) if env_root is not None else None
         self._environments: EnvironmentManager | None = None
+        self.allow_source_builds = allow_source_builds
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -290,7 +294,8 @@ class Runtime:
     def environments(self) -> EnvironmentManager:
         """Builds and caches the actors' environments (under ``env_root``)."""
         if self._environments is None:
-            self._environments = EnvironmentManager(self.env_root, code_dirs=_CODE_PATHS)
+            self._environments = EnvironmentManager(self.env_root, code_dirs=_CODE_PATHS,
+                                                    allow_source_builds=self.allow_source_builds)
         return self._environments
 
     async def _start_actor(self, what: dict[str, Any], cls_name: str, short: str, args: tuple[Any, ...],

@@ -273,14 +273,17 @@ class EnvironmentManager:
     ``python``: the interpreter every environment runs (the host's). ``code_dirs``:
     actorbox's own package directories, exposed to every environment. ``progress``:
     where to draw a progress line while building (default: stderr when it is a terminal).
+    ``allow_source_builds``: let uv build packages that ship no wheel. Off by default:
+    a build runs the package's own code on the host, outside any sandbox.
     """
 
     def __init__(self, root: str | None = None, *, python: str = sys.executable,
                  code_dirs: Sequence[str] = (), uv: str | None = None,
-                 progress: TextIO | bool | None = True) -> None:
+                 progress: TextIO | bool | None = True, allow_source_builds: bool = False) -> None:
         self.root = os.path.abspath(root) if root else default_root()
         self.python = python
         self.code_dirs = tuple(code_dirs)
+        self.allow_source_builds = allow_source_builds
         self._uv = uv
         if progress is True:
             progress = sys.stderr if sys.stderr is not None and sys.stderr.isatty() else None
@@ -410,7 +413,8 @@ class EnvironmentManager:
                                  "--no-python-downloads", "--compile-bytecode",  # the env is read-only later
                                  "-r", os.path.join(tmp, "requirements.txt"),
                                  "--constraints", os.path.join(tmp, "constraints.txt"),
-                                 "--excludes", os.path.join(tmp, "excludes.txt")],
+                                 "--excludes", os.path.join(tmp, "excludes.txt"),
+                                 *(() if self.allow_source_builds else ("--no-build",))],
                                 progress, f"install {', '.join(reqs)}")
             with open(os.path.join(_site_packages(tmp), _PTH_NAME), "w") as f:
                 f.write(_PTH_LINE)
@@ -454,7 +458,12 @@ class EnvironmentManager:
                 raise
         if rc != 0:
             output = "\n".join(tail)
-            raise EnvBuildError(f"uv could not {what} (exit status {rc}):\n{output}", output)
+            hint = ""
+            if not self.allow_source_builds and "--no-build" in cmd and "build" in output.lower():
+                hint = ("\nA requirement has no wheel for this platform, and building it from source would run "
+                        "its own build code on the host, outside any sandbox. Pin a version that ships a wheel, "
+                        "or, if you trust it, allow builds: Runtime(allow_source_builds=True).")
+            raise EnvBuildError(f"uv could not {what} (exit status {rc}):\n{output}{hint}", output)
 
 
 def _ms(t0: float) -> float:

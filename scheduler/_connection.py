@@ -32,6 +32,9 @@ _RECV_SIZE = 256 * 1024
 # a peer that stops reading must not make us buffer without bound.
 DEFAULT_MAX_PENDING = 256 * 1024 * 1024
 _ANCBUF = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * 4)
+# Plain ints: `&` on the socket module's IntFlag members runs enum code, on every read.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 FrameHandler = Callable[[bytes, list[int]], None]
 
@@ -168,7 +171,7 @@ class Connection:
             try:
                 # Into a preallocated buffer: recvmsg() would allocate (and shrink) a
                 # 256 KiB bytes object per read, ~13 us of each hop on this class of machine.
-                nread, anc, flags, _ = sock.recvmsg_into([buf], _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+                nread, anc, flags, _ = sock.recvmsg_into([buf], _ANCBUF, _MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return True
             except (ConnectionResetError, OSError) as exc:
@@ -181,7 +184,7 @@ class Connection:
                     a = array.array("i")
                     a.frombytes(cdata[: len(cdata) - (len(cdata) % a.itemsize)])
                     fds.extend(a)
-            if flags & socket.MSG_CTRUNC:
+            if flags & _MSG_CTRUNC:
                 for fd in fds:
                     os.close(fd)
                 raise FrameError("file descriptors were truncated (too many in one message)")

@@ -120,6 +120,9 @@ class Names:
 Message = Call | Reply | Cancel | Log | Init | Ready | Stop | Names
 
 
+_STATUS = {int(s): s for s in Status}  # Status(x) runs enum machinery; this is one dict lookup
+
+
 class EnvelopeError(ValueError):
     """Bytes that do not form a valid envelope."""
 
@@ -183,19 +186,23 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
             _check(type(cid) is int and type(target) is int and type(method) is str, "CALL field types")
             _check(type(payload) is bytes and _opt_int(parent) and type(trusted) is bool, "CALL field types")
             _check(type(reentrant) is bool, "CALL field types")
-            _check(type(deps) is list and len(deps) <= 64 and all(type(d) is int for d in deps), "CALL deps")
-            _check(type(resolved) is list and len(resolved) <= 64 and all(_resolved(r) for r in resolved),
-                   "CALL resolved results")
-            _check(nfds == len(fds) and sum(r[3] for r in resolved) <= nfds, "CALL fd count mismatch")
-            return Call(cid, target, method, payload, parent, trusted, reentrant, tuple(deps),
-                        tuple(tuple(r) for r in resolved), tuple(fds))
+            _check(type(deps) is list and type(resolved) is list and nfds == len(fds), "CALL field types")
+            if deps or resolved:  # the common call has neither: skip the per-item checks
+                _check(len(deps) <= 64 and all(type(d) is int for d in deps), "CALL deps")
+                _check(len(resolved) <= 64 and all(_resolved(r) for r in resolved), "CALL resolved results")
+                _check(sum(r[3] for r in resolved) <= nfds, "CALL fd count mismatch")
+                return Call(cid, target, method, payload, parent, trusted, reentrant, tuple(deps),
+                            tuple(tuple(r) for r in resolved), tuple(fds))
+            return Call(cid, target, method, payload, parent, trusted, reentrant, (), (), tuple(fds))
         if kind == Kind.REPLY:
             _check(n == 7, "REPLY has 7 fields")
             _, cid, status, payload, detail, trusted, nfds = obj
             _check(type(cid) is int and type(payload) is bytes and type(trusted) is bool, "REPLY field types")
             _check(detail is None or _str_keys(detail), "REPLY detail must be a map with string keys")
             _check(nfds == len(fds), "REPLY fd count mismatch")
-            return Reply(cid, Status(status), payload, detail, trusted, tuple(fds))
+            st = _STATUS.get(status) if type(status) is int else None
+            _check(st is not None, f"REPLY status {status!r} is not a Status")
+            return Reply(cid, st, payload, detail, trusted, tuple(fds))  # type: ignore[arg-type]
         _check(not fds, "only CALL and REPLY carry file descriptors")
         if kind == Kind.CANCEL:
             _check(n == 2 and type(obj[1]) is int, "CANCEL field types")

@@ -36,7 +36,7 @@ def extension(parent: Path, folder: str, *, deps: list[str] | None = None, entry
     """Write an extension folder: pyproject.toml plus node.py."""
     d = parent / folder
     d.mkdir(parents=True)
-    lines = ["[project]", f'name = "{name or folder}"']
+    lines = ["[project]", f'name = "{name or folder}"', 'version = "0.1.0"']
     if deps is not None:
         lines.append("dependencies = [" + ", ".join(f'"{r}"' for r in deps) + "]")
     if entry is not None:
@@ -204,3 +204,43 @@ async def test_load_extensions_reports_broken_folders_and_loads_the_rest(env_roo
         assert isinstance(by["e-raises"].error, actorbox.ActorStartError)
         assert isinstance(by["g-bad-toml"].error, actorbox.ExtensionError)
         assert [a.label for a in rt.actors() if a.pid] == ["a-good"]
+
+
+def _source_only_package(ext: Path) -> str:
+    """A local source tree (no wheel) inside the extension; returns its file: requirement."""
+    src = ext / "vendor" / "localpkg"
+    (src / "localpkg").mkdir(parents=True)
+    (src / "localpkg" / "__init__.py").write_text("VALUE = 42\n")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "localpkg"\nversion = "1.0"\n')
+    return f"localpkg @ {src.as_uri()}"
+
+
+async def test_source_builds_are_refused_unless_allowed(tmp_path: Path) -> None:
+    """A requirement with no wheel is not built on the host by default; allow_source_builds=True builds it."""
+    body = "import localpkg\nclass Node:\n    def value(self):\n        return localpkg.VALUE\n"
+    d = extension(tmp_path / "exts", "needs-build", deps=[], body=body)
+    req = _source_only_package(d)
+    (d / "pyproject.toml").write_text((d / "pyproject.toml").read_text().replace(
+        "dependencies = []", f'dependencies = ["{req}"]'))
+    async with actorbox.Runtime(env_root=tmp_path / "envs") as rt:
+        with pytest.raises(actorbox.EnvironmentBuildError, match="allow_source_builds=True"):
+            await rt.load_extension(d)
+    async with actorbox.Runtime(env_root=tmp_path / "envs", allow_source_builds=True) as rt:
+        assert await (await rt.load_extension(d)).value() == 42
+
+
+async def test_a_symlink_cannot_smuggle_a_path_from_outside_the_extension(tmp_path: Path) -> None:
+    """A file: requirement through a symlink that leads outside the extension is refused."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    req = _source_only_package(outside)
+    d = extension(tmp_path / "exts", "smuggler", deps=[])
+    (d / "vendor").symlink_to(outside / "vendor")
+    inside_looking = req.replace(str(outside), str(d))
+    (d / "pyproject.toml").write_text((d / "pyproject.toml").read_text().replace(
+        "dependencies = []", f'dependencies = ["{inside_looking}"]'))
+    async with actorbox.Runtime(env_root=tmp_path / "envs") as rt:
+        with pytest.raises(actorbox.InvalidRequirementError, match="outside the extension"):
+            await rt.load_extension(d)
