@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import msgpack
-import structlog
 
 import sandbox
 from scheduler import Connection, ConnectionClosed, ConnectionEndpoint
@@ -31,9 +30,8 @@ if TYPE_CHECKING:
     from ._options import ActorOptions
     from ._runtime import Runtime
 
-log = structlog.get_logger("actorbox")
-actor_log = structlog.get_logger("actorbox.actor")
-
+# Events go through the Runtime's loggers (rt.log, rt.actor_log), which record them
+# too while ACTORBOX_TRACE_FILE is set.
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 _RESERVED = {"event", "actor", "pid", "level"}
 _ACTORBOX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,9 +125,9 @@ class ActorSupervisor:
             self.sandboxed = mode == "required"
             self.policy = policy
             if mode == "disabled":
-                log.warning("actor.unsandboxed", actor=self.label,
-                            reason="sandbox='disabled' was chosen explicitly: this actor runs with the host's "
-                                   "privileges and can read and change everything the host can")
+                self.rt.log.warning("actor.unsandboxed", actor=self.label,
+                                    reason="sandbox='disabled' was chosen explicitly: this actor runs with the "
+                                           "host's privileges and can read and change everything the host can")
             try:
                 proc = await sandbox.launch(spec, self.rt._spawner)
             except sandbox.SandboxUnavailable as exc:
@@ -178,8 +176,8 @@ class ActorSupervisor:
             # The launcher (prlimit -> bwrap) is what we started; report the Python inside.
             self.pid = sandbox.find_actor_pid(proc.pid) or proc.pid
         self.rt.scheduler.attach(self.actor_id, endpoint)
-        log.info("actor.started", actor=self.label, cls=self.cls_name, pid=self.pid,
-                 restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
+        self.rt.log.info("actor.started", actor=self.label, cls=self.cls_name, pid=self.pid,
+                         restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
 
     async def _environment(self) -> sandbox.Environment | None:
         """The actor's own environment, built (or found in the cache) before its process starts."""
@@ -219,7 +217,7 @@ class ActorSupervisor:
     def _forward_log(self, msg: env.Log) -> None:
         level = msg.level if msg.level in _LEVELS else "info"
         fields = {(f"actor_{k}" if k in _RESERVED else k): v for k, v in msg.fields.items()}
-        getattr(actor_log, level)(msg.event, actor=self.label, pid=self.pid, **fields)
+        getattr(self.rt.actor_log, level)(msg.event, actor=self.label, pid=self.pid, **fields)
 
     # -- supervision -----------------------------------------------------------------
 
@@ -302,8 +300,8 @@ class ActorSupervisor:
         restart = self.restarts < self.options.max_restarts and not self.rt.closing
         sched.detach(self.actor_id, env.Status.DIED, detail, keep_queue=restart)
         self.state = "restarting" if restart else "dead"
-        log.warning("actor.died", actor=self.label, pid=self.pid, exit_code=exit_code, signal=sig,
-                    reason=message or describe_exit(exit_code, sig), will_restart=restart)
+        self.rt.log.warning("actor.died", actor=self.label, pid=self.pid, exit_code=exit_code, signal=sig,
+                            reason=message or describe_exit(exit_code, sig), will_restart=restart)
         if not restart:
             self.finished.set()
             return
@@ -314,10 +312,10 @@ class ActorSupervisor:
             self.state = "dead"
             sched.detach(self.actor_id, env.Status.DIED,
                          {**detail, "message": f"restart {self.restarts} failed: {exc}"}, keep_queue=False)
-            log.error("actor.restart_failed", actor=self.label, error=str(exc))
+            self.rt.log.error("actor.restart_failed", actor=self.label, error=str(exc))
             self.finished.set()
             return
-        log.info("actor.restarted", actor=self.label, pid=self.pid, restarts=self.restarts)
+        self.rt.log.info("actor.restarted", actor=self.label, pid=self.pid, restarts=self.restarts)
 
     # -- stopping ------------------------------------------------------------------
 
@@ -339,14 +337,14 @@ class ActorSupervisor:
                 with anyio.move_on_after(grace):
                     await exited.wait()
                 if not exited.is_set() and self.proc is not None:
-                    log.warning("actor.killed", actor=self.label, pid=self.pid,
-                                reason=f"did not stop within the grace period of {grace} s")
+                    self.rt.log.warning("actor.killed", actor=self.label, pid=self.pid,
+                                        reason=f"did not stop within the grace period of {grace} s")
                     sandbox.kill_group(self.proc.pid)
             elif not self._spawning:
                 self._mark_stopped()  # no process, and none coming
             # Otherwise a spawn is launching a process: it sees `stopping` and ends it.
             await self.finished.wait()
-        log.info("actor.stopped", actor=self.label, pid=self.pid)
+        self.rt.log.info("actor.stopped", actor=self.label, pid=self.pid)
 
     async def _reaped(self) -> None:
         exited = self._exited

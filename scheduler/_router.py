@@ -108,6 +108,9 @@ class Scheduler:
         self.actors: dict[int, ActorEntry] = {}
         self.names: dict[str, int] = {}
         self.log_calls = log_calls
+        # Where call events go: this module's structlog logger, unless the owner
+        # (the Runtime, while recording a trace) puts something in its place.
+        self.log: Any = log
 
     # -- actors ------------------------------------------------------------------
 
@@ -197,8 +200,8 @@ class Scheduler:
         entry.call = env.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted, fds=call.fds)
         self.calls[gid] = entry
         if self.log_calls:
-            log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
-                      parent_call_id=parent, caller=caller.label)
+            self.log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
+                           parent_call_id=parent, caller=caller.label)
         if call.deps:
             deps = [caller.outgoing.get(lid) for lid in call.deps]
             if any(d is None or d not in self.calls or d == gid for d in deps):
@@ -293,8 +296,8 @@ class Scheduler:
             call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                             trusted=call.trusted, reentrant=True, resolved=call.resolved, fds=call.fds)
         if self.log_calls:
-            log.debug("call.started", actor=a.label, method=entry.method, call_id=entry.call_id,
-                      parent_call_id=entry.parent_call_id)
+            self.log.debug("call.started", actor=a.label, method=entry.method, call_id=entry.call_id,
+                           parent_call_id=entry.parent_call_id)
         a.endpoint.deliver_call(call)
 
     def _pump(self, a: ActorEntry) -> None:
@@ -350,11 +353,11 @@ class Scheduler:
                       parent_call_id=entry.parent_call_id,
                       duration_ms=round((time.monotonic() - started) * 1000, 3))
         if reply.status == env.Status.OK:
-            log.debug("call.finished", **fields)
+            self.log.debug("call.finished", **fields)
         elif reply.status == env.Status.CANCELLED or entry.state == CANCELLING:
-            log.debug("call.cancelled", **fields)
+            self.log.debug("call.cancelled", **fields)
         else:
-            log.debug("call.failed", status=reply.status.name.lower(), **fields)
+            self.log.debug("call.failed", status=reply.status.name.lower(), **fields)
 
     def cancel(self, caller: Endpoint, local_call_id: int) -> None:
         """The caller no longer wants the result of its call ``local_call_id``."""

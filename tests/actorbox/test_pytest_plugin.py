@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 import actorbox
-from actorbox.pytest_plugin import LeakCheck
+from actorbox._pytest_plugin import LeakCheck
 
 pytest_plugins = ["pytester"]
 
@@ -346,7 +346,7 @@ def test_unwritable_log_file_is_a_usage_error(pytester: pytest.Pytester) -> None
 def test_plugin_is_registered_by_its_entry_point(pytester: pytest.Pytester) -> None:
     """A session that names no plugin still gets actorbox's options and fixtures (entry point pytest11)."""
     result = pytester.runpytest("--fixtures", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["plugins: *actorbox-*", "*fixtures defined from actorbox.pytest_plugin*",
+    result.stdout.fnmatch_lines(["plugins: *actorbox-*", "*fixtures defined from actorbox._pytest_plugin*",
                                  "actorbox_leak_check -- *", "actorbox_runtime -- *"])
     help_result = pytester.runpytest("--help")
     help_result.stdout.fnmatch_lines(["actorbox:", "*--debug-actorbox*", "*--actorbox-log-file=PATH*"])

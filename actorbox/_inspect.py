@@ -1,0 +1,129 @@
+"""What ``rt.actors()`` and ``python -m actorbox ps`` show: resource use, snapshots, tables.
+
+``ProcessSampler`` measures actor processes (RSS, CPU) with psutil; ``snapshot``
+gathers a Runtime's actors, calls in flight, named actors and object store into
+one JSON-able document (what the control socket answers); ``format_snapshot``
+prints it as the tables ``ps`` shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+# Samples closer together than this reuse the last CPU figure (a shorter delta is noise).
+_MIN_CPU_INTERVAL_S = 0.1
+
+
+class ProcessSampler:
+    """RSS and CPU % of processes by pid; CPU is measured between successive samples.
+
+    The first sample of a process reports its average since it started, so a single
+    ``ps`` says something; later ones the use since the previous sample.
+    """
+
+    def __init__(self) -> None:
+        # pid -> (process, cpu seconds at the last sample, wall time then, the figure then)
+        self._seen: dict[int, tuple[psutil.Process, float, float, float]] = {}
+
+    def sample(self, pid: int | None) -> tuple[int | None, float | None]:
+        """(RSS bytes, CPU %) of ``pid``, or (None, None) when it cannot be read (gone, not ours)."""
+        if pid is None:
+            return None, None
+        now = time.monotonic()
+        try:
+            seen = self._seen.get(pid)
+            proc = seen[0] if seen is not None and seen[0].is_running() else psutil.Process(pid)
+            with proc.oneshot():
+                rss = proc.memory_info().rss
+                t = proc.cpu_times()
+                cpu = t.user + t.system
+                if seen is None or seen[0] is not proc:
+                    age = max(time.time() - proc.create_time(), 1e-3)
+                    pct = cpu / age * 100
+                elif now - seen[2] < _MIN_CPU_INTERVAL_S:
+                    return rss, seen[3]
+                else:
+                    pct = max(cpu - seen[1], 0.0) / (now - seen[2]) * 100
+        except (psutil.Error, OSError):
+            self._seen.pop(pid, None)
+            return None, None
+        pct = round(pct, 1)
+        self._seen[pid] = (proc, cpu, now, pct)
+        return rss, pct
+
+    def forget_except(self, pids: set[int]) -> None:
+        """Drop what is remembered of processes no longer listed."""
+        for pid in [p for p in self._seen if p not in pids]:
+            del self._seen[pid]
+
+
+def snapshot(rt: Runtime) -> dict[str, Any]:
+    """The Runtime's state as one JSON-able document (what ``ps --json`` prints per Runtime)."""
+    return {
+        "runtime": {"pid": os.getpid(), "program": " ".join(sys.argv) or sys.executable,
+                    "sandbox": rt.sandbox, "trace_file": rt.trace_file},
+        "actors": [dataclasses.asdict(a) for a in rt.actors()],
+        "calls": [dataclasses.asdict(c) for c in rt.pending_calls()],
+        "names": rt.named_actors(),
+        "object_store": rt.object_store.stats(),
+    }
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                                strict=True))).rstrip()
+
+    return [line(headers)] + [line(r) for r in rows]
+
+
+def _dash(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def format_snapshot(snap: dict[str, Any]) -> str:
+    """A Runtime's snapshot as text: a header line, the actors table and the calls table."""
+    rt = snap.get("runtime", {})
+    store = snap.get("object_store") or {}
+    head = f"Runtime pid {rt.get('pid')}: {rt.get('program', '?')}"
+    mib = (store.get("bytes") or 0) / (1 << 20)
+    head += f"\n  object store: {store.get('objects', 0)} object(s), {mib:.1f} MiB"
+    if rt.get("trace_file"):
+        head += f"; recording events to {rt['trace_file']}"
+    names = snap.get("names") or {}
+    if names:
+        head += "\n  named actors: " + ", ".join(sorted(names))
+    out = [head, ""]
+    actors = snap.get("actors") or []
+    rows = []
+    for a in actors:
+        rss = a.get("rss")
+        rows.append([str(a.get("actor_id")), str(a.get("label")), str(a.get("cls")), _dash(a.get("pid")),
+                     str(a.get("state")), str(a.get("restarts")),
+                     "-" if rss is None else f"{rss / (1 << 20):.1f}", _dash(a.get("cpu_percent")),
+                     str(a.get("queued")), str(a.get("running"))])
+    out += ["  " + line for line in _table(["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS MiB", "CPU %",
+                                            "QUEUED", "RUNNING"], rows, {0, 3, 5, 6, 7, 8, 9})]
+    if not actors:
+        out.append("  (no actors)")
+    out.append("")
+    calls = snap.get("calls") or []
+    rows = [[str(c.get("call_id")), str(c.get("actor")), str(c.get("method")), str(c.get("caller")),
+             _dash(c.get("parent_call_id")), str(c.get("state")), f"{c.get('age_s', 0):.3f}s"] for c in calls]
+    if calls:
+        out += ["  " + line for line in _table(["CALL", "ACTOR", "METHOD", "CALLER", "PARENT", "STATE", "AGE"],
+                                               rows, {0, 4, 6})]
+    else:
+        out.append("  no calls in flight")
+    return "\n".join(out)

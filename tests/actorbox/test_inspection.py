@@ -1,0 +1,117 @@
+"""``rt.actors()``, ``rt.named_actors()`` and the snapshot ``ps`` shows, from live actors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+import psutil
+import pytest
+
+import actorbox
+from actorbox._inspect import format_snapshot, snapshot
+
+pytestmark = pytest.mark.anyio
+
+
+@actorbox.actor
+class Worker:
+    async def hold(self, seconds):
+        await anyio.sleep(seconds)
+        return "held"
+
+    def burn(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        return os.getpid()
+
+    def ballast(self, mib):
+        self.data = bytearray(mib << 20)  # touched: it counts in RSS
+        return len(self.data)
+
+
+class Registry:
+    def get(self, key):
+        return key
+
+
+async def _wait_running(rt, label):
+    with anyio.fail_after(10):
+        while not any(i.label == label and i.running_calls for i in rt.actors()):
+            await anyio.sleep(0.02)
+
+
+async def test_actors_reports_rss_cpu_and_running_calls_of_a_live_actor():
+    """rt.actors() gives an alive actor's RSS (as psutil sees its pid), CPU % and the ids of its running calls."""
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="worker")
+        rt.register("registry", Registry())
+        assert await w.ballast(64) == 64 << 20
+        fut = w.hold(5)
+        await _wait_running(rt, "worker")
+        infos = {i.label: i for i in rt.actors()}
+        wi = infos["worker"]
+        (call,) = [c for c in rt.pending_calls() if c.method == "hold"]
+        assert wi.running_calls == (call.call_id,)
+        assert (wi.queued, wi.running) == (0, 1)
+        assert wi.rss is not None and wi.rss >= 64 << 20
+        assert abs(wi.rss - psutil.Process(wi.pid).memory_info().rss) < 32 << 20
+        assert isinstance(wi.cpu_percent, float) and wi.cpu_percent >= 0
+        ri = infos["registry"]
+        assert (ri.state, ri.pid, ri.rss, ri.cpu_percent, ri.running_calls) == ("resident", None, None, None, ())
+        fut.cancel()
+        await w.stop()
+        stopped = {i.label: i for i in rt.actors()}["worker"]
+        assert (stopped.state, stopped.rss, stopped.cpu_percent) == ("stopped", None, None)
+
+
+async def test_cpu_percent_covers_the_time_since_the_previous_sample():
+    """An actor busy on the CPU between two rt.actors() calls shows a high CPU %, an idle one about none."""
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="worker")
+        await w.hold(0)
+        rt.actors()
+        await w.burn(0.6)
+        busy = {i.label: i for i in rt.actors()}["worker"].cpu_percent
+        await anyio.sleep(0.6)
+        idle = {i.label: i for i in rt.actors()}["worker"].cpu_percent
+    assert busy is not None and idle is not None
+    assert busy > 20  # generous: two shared cores
+    assert idle < busy
+
+
+async def test_named_actors_lists_started_and_registered_names():
+    """rt.named_actors() maps each registered name (named actor or host-resident) to its actor id, no anonymous ones."""
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="worker")
+        anon = await rt.start(Worker)
+        handle = rt.register("registry", Registry())
+        names = rt.named_actors()
+        ids = {i.label: i.actor_id for i in rt.actors()}
+        assert names == {"registry": ids["registry"], "worker": ids["worker"]}
+        assert anon.label not in names and handle.name == "registry"
+        await w.stop()
+        assert "worker" not in rt.named_actors()
+
+
+async def test_snapshot_holds_actors_calls_names_and_store_and_formats_as_tables():
+    """The ps snapshot carries actors, calls in flight, names and object store stats, and prints as two tables."""
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="worker")
+        ref = await rt.put({"k": b"x" * 1000})
+        fut = w.hold(5)
+        await _wait_running(rt, "worker")
+        snap = snapshot(rt)
+        fut.cancel()
+        await ref.release()
+    assert snap["runtime"]["pid"] == os.getpid()
+    assert {a["label"] for a in snap["actors"]} >= {"worker"}
+    assert [c["method"] for c in snap["calls"]] == ["hold"]
+    assert "worker" in snap["names"]
+    assert snap["object_store"]["objects"] == 1
+    text = format_snapshot(snap)
+    header = next(line for line in text.splitlines() if "RSS MiB" in line).split()
+    assert header == ["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS", "MiB", "CPU", "%", "QUEUED", "RUNNING"]
+    assert any(line.split()[:3] == [str(snap["calls"][0]["call_id"]), "worker", "hold"] for line in text.splitlines())
