@@ -50,11 +50,11 @@ class ActorInfo:
     state: str  # starting | alive | restarting | dead | stopped | resident
     restarts: int
     max_concurrency: int
-    queued: int
-    running: int
+    queued: int  # waiting for a slot: in the scheduler's queue or delivered ahead into the actor's
+    running: int  # running now (re-entrant calls may take it past max_concurrency)
     rss: int | None = None  # resident memory in bytes (psutil); None when not an alive process
     cpu_percent: float | None = None  # since the previous actors() (the first time: since it started)
-    running_calls: tuple[int, ...] = ()  # ids of the calls delivered to it and not answered yet
+    running_calls: tuple[int, ...] = ()  # ids of the calls running now
 
 
 def _env_flag(name: str) -> bool:
@@ -406,13 +406,14 @@ class Runtime:
                 if pid is not None:
                     alive.add(pid)
                 out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
-                                     sup.restarts, a.max_concurrency, len(a.queue), len(a.running),
-                                     rss=rss, cpu_percent=cpu, running_calls=tuple(a.running)))
+                                     sup.restarts, a.max_concurrency, len(a.queue) + len(a.unstarted),
+                                     len(a.running) - len(a.unstarted), rss=rss, cpu_percent=cpu,
+                                     running_calls=tuple(c for c, e in a.running.items() if e.began)))
             elif host is not None and aid in host.residents:
                 obj = host.residents[aid].obj
                 out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
                                      a.max_concurrency, len(a.queue), len(a.running),
-                                     running_calls=tuple(a.running)))
+                                     running_calls=tuple(a.running)))  # never delivered ahead
         self._sampler.forget_except(alive)
         return out
 

@@ -39,7 +39,8 @@ _MAX_ANCESTRY = 1000
 
 WAITING = "waiting"  # waiting for the results of calls passed to it as arguments (Futures)
 QUEUED = "queued"  # waiting in the scheduler for a free slot
-RUNNING = "running"  # delivered to the actor (it may still be in the actor's own FIFO)
+DELIVERED = "delivered"  # delivered ahead (pipelining): waiting in the actor's own FIFO
+RUNNING = "running"  # running in the actor (as far as the scheduler can tell; see _start)
 CANCELLING = "cancelling"
 
 
@@ -58,6 +59,7 @@ class CallEntry:
     submitted_at: float
     state: str = QUEUED
     started_at: float | None = None
+    began: bool = False  # holds one of the actor's max_concurrency slots (or runs re-entrantly)
     callee: Endpoint | None = None
     # Futures as arguments: the global ids this call waits for, their results as
     # they arrive (status, payload, detail, trusted, fds, who produced it), and the calls
@@ -76,7 +78,13 @@ class ActorEntry:
     endpoint: Endpoint | None = None
     window: int = 1  # calls delivered at once: max_concurrency, plus prefetch if the endpoint queues
     queue: deque[CallEntry] = field(default_factory=deque)
-    running: dict[int, CallEntry] = field(default_factory=dict)
+    running: dict[int, CallEntry] = field(default_factory=dict)  # delivered and not answered
+    # The actor's own admission, mirrored: slots taken (the actor's "active") and the
+    # delivered calls waiting in its FIFO, oldest first. The actor runs them in this
+    # order, so a call begins when the reply that frees a slot arrives (to within
+    # one message's transit), with no message of its own.
+    active: int = 0
+    unstarted: deque[CallEntry] = field(default_factory=deque)
     # Why calls to this actor cannot be served right now (None while serving or starting).
     closed: tuple[env.Status, dict[str, Any]] | None = None
 
@@ -145,8 +153,10 @@ class Scheduler:
         a.endpoint = None
         if not keep_queue:
             a.closed = (status, detail)
+        a.unstarted.clear()  # nothing more begins on the dead endpoint
         for entry in list(a.running.values()):
             self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+        a.active = 0
         if not keep_queue:
             while a.queue:
                 entry = a.queue.popleft()
@@ -287,18 +297,42 @@ class Scheduler:
 
     def _start(self, a: ActorEntry, entry: CallEntry, reentrant: bool) -> None:
         assert a.endpoint is not None and entry.call is not None
-        entry.state = RUNNING
-        entry.started_at = time.monotonic()
         entry.callee = a.endpoint
         a.running[entry.call_id] = entry
+        # The actor admits a call at once when re-entrant or a slot is free, else
+        # queues it in its FIFO (the same rule as actorbox._child's _start_call).
+        if reentrant or a.active < a.max_concurrency:
+            a.active += 1
+            self._began(a, entry)
+        else:
+            entry.state = DELIVERED
+            a.unstarted.append(entry)
         call, entry.call = entry.call, None
         if reentrant:
             call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                             trusted=call.trusted, reentrant=True, resolved=call.resolved, fds=call.fds)
+        a.endpoint.deliver_call(call)
+
+    def _began(self, a: ActorEntry, entry: CallEntry) -> None:
+        entry.began = True
+        entry.started_at = time.monotonic()
+        if entry.state != CANCELLING:
+            entry.state = RUNNING
         if self.log_calls:
             self.log.debug("call.started", actor=a.label, method=entry.method, call_id=entry.call_id,
                            parent_call_id=entry.parent_call_id)
-        a.endpoint.deliver_call(call)
+
+    def _release_slot(self, a: ActorEntry, entry: CallEntry) -> None:
+        """``entry`` left the actor: its slot passes to the oldest waiting call (as the actor does)."""
+        if not entry.began:
+            try:
+                a.unstarted.remove(entry)
+            except ValueError:
+                pass
+        elif a.unstarted and a.active <= a.max_concurrency:
+            self._began(a, a.unstarted.popleft())
+        else:
+            a.active -= 1
 
     def _pump(self, a: ActorEntry) -> None:
         # Strict FIFO. Re-entrant calls never wait here: submit() admits them at
@@ -319,8 +353,8 @@ class Scheduler:
     def _finish(self, entry: CallEntry, reply: env.Reply, *, trusted: bool | None = None) -> None:
         del self.calls[entry.call_id]
         a = self.actors.get(entry.actor_id)
-        if a is not None and entry.state in (RUNNING, CANCELLING):
-            a.running.pop(entry.call_id, None)
+        if a is not None and a.running.pop(entry.call_id, None) is not None:
+            self._release_slot(a, entry)
         # Descriptors of a call never delivered, or of results it never received, die with it.
         if entry.call is not None:
             for fd in entry.call.fds:
@@ -379,7 +413,7 @@ class Scheduler:
                 except ValueError:
                     pass
             self._finish(entry, env.Reply(gid, env.Status.CANCELLED))
-        elif entry.state == RUNNING:
+        elif entry.state in (RUNNING, DELIVERED):
             # The entry stays until the callee acknowledges, so its concurrency
             # slot is not reused while the method may still be running.
             entry.state = CANCELLING

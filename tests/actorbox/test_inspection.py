@@ -115,3 +115,26 @@ async def test_snapshot_holds_actors_calls_names_and_store_and_formats_as_tables
     header = next(line for line in text.splitlines() if "RSS MiB" in line).split()
     assert header == ["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS", "MiB", "CPU", "%", "QUEUED", "RUNNING"]
     assert any(line.split()[:3] == [str(snap["calls"][0]["call_id"]), "worker", "hold"] for line in text.splitlines())
+
+
+async def test_calls_delivered_ahead_show_as_delivered_not_running():
+    """Pipelined calls to a max_concurrency=1 actor: one runs, the others wait in its FIFO, then run in order."""
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="serial")
+
+        async def call(seconds):
+            await w.hold(seconds)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, 0.5)
+            await _wait_running(rt, "serial")
+            for _ in range(2):
+                tg.start_soon(call, 0.01)
+            with anyio.fail_after(5):
+                while len(rt.pending_calls()) < 3:
+                    await anyio.sleep(0.01)
+            states = [c.state for c in sorted(rt.pending_calls(), key=lambda c: c.call_id)]
+            assert states == ["running", "delivered", "delivered"]
+            (info,) = [i for i in rt.actors() if i.label == "serial"]
+            assert (info.running, info.queued, len(info.running_calls)) == (1, 2, 1)
+        assert rt.pending_calls() == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import structlog
 
 from scheduler import envelope as env
 from scheduler._endpoint import Endpoint
@@ -115,9 +116,69 @@ def test_window_with_endpoint_queue_is_concurrency_plus_prefetch(host: Recorder)
         host.call(sched, aid, f"m{i}")
     assert ep.methods() == [f"m{i}" for i in range(5)]
     states = [c.state for c in sched.pending_calls()]
-    assert states.count("running") == 5 and states.count("queued") == 5
+    assert states == ["running"] * 2 + ["delivered"] * 3 + ["queued"] * 5
     finish(sched, ep, ep.calls[0])
     assert ep.methods()[-1] == "m5" and len(ep.calls) == 6
+
+
+def test_delivered_calls_begin_in_the_actors_fifo_order_as_slots_free(host: Recorder) -> None:
+    """A call delivered ahead is 'delivered' until a reply frees a slot; then it is running, call.started logged."""
+    sched = Scheduler(prefetch=4, log_calls=True)
+    aid, ep = start_actor(sched, "A", 1, queues_calls=True)
+    for i in range(3):
+        host.call(sched, aid, f"m{i}")
+    assert [(c.method, c.state) for c in sched.pending_calls()] == [
+        ("m0", "running"), ("m1", "delivered"), ("m2", "delivered")]
+    with structlog.testing.capture_logs() as logs:
+        finish(sched, ep, ep.calls[0])
+    started = [e for e in logs if e["event"] == "call.started"]
+    assert [e["method"] for e in started] == ["m1"]
+    assert [(c.method, c.state) for c in sched.pending_calls()] == [("m1", "running"), ("m2", "delivered")]
+    a = sched.actors[aid]
+    assert a.active == 1 and [e.method for e in a.unstarted] == ["m2"]
+
+
+def test_cancelling_a_delivered_call_keeps_the_running_one_and_its_slot(host: Recorder) -> None:
+    """A call cancelled while waiting in the actor's FIFO leaves; the running call still holds the only slot."""
+    sched = Scheduler(prefetch=4)
+    aid, ep = start_actor(sched, "A", 1, queues_calls=True)
+    _, second, _ = (host.call(sched, aid, f"m{i}") for i in range(3))
+    sched.cancel(host, second)
+    assert ep.cancels == [ep.calls[1].call_id]
+    sched.reply(ep, env.Reply(ep.calls[1].call_id, env.Status.CANCELLED))  # the actor drops it from its FIFO
+    assert [(c.method, c.state) for c in sched.pending_calls()] == [("m0", "running"), ("m2", "delivered")]
+    finish(sched, ep, ep.calls[0])
+    assert [(c.method, c.state) for c in sched.pending_calls()] == [("m2", "running")]
+    finish(sched, ep, ep.calls[2])
+    assert sched.actors[aid].active == 0 and not sched.actors[aid].unstarted
+
+
+def test_a_reentrant_call_runs_at_once_and_its_end_frees_no_extra_slot(host: Recorder) -> None:
+    """Re-entrant calls run past max_concurrency; when one ends, a waiting call still waits for a real slot."""
+    sched = Scheduler(prefetch=4)
+    aid, ep = start_actor(sched, "A", 1, queues_calls=True)
+    host.call(sched, aid, "outer")
+    outer = ep.calls[0]
+    host.call(sched, aid, "waiting")
+    sched.submit(ep, env.Call(1, aid, "inner", b"", outer.call_id))  # A calls itself within outer
+    states = {c.method: c.state for c in sched.pending_calls()}
+    assert states == {"outer": "running", "waiting": "delivered", "inner": "running"}
+    finish(sched, ep, ep.calls[2])  # inner ends: outer still holds the slot
+    assert {c.method: c.state for c in sched.pending_calls()} == {"outer": "running", "waiting": "delivered"}
+    finish(sched, ep, outer)
+    assert {c.method: c.state for c in sched.pending_calls()} == {"waiting": "running"}
+
+
+def test_a_dead_actor_starts_nothing_more(host: Recorder) -> None:
+    """When the endpoint goes away, delivered calls fail and the mirror of the actor's slots resets."""
+    sched = Scheduler(prefetch=4)
+    aid, _ = start_actor(sched, "A", 1, queues_calls=True)
+    for i in range(3):
+        host.call(sched, aid, f"m{i}")
+    sched.detach(aid, env.Status.DIED, {"message": "gone"}, keep_queue=True)
+    assert sched.pending_calls() == [] and [r.status for r in host.replies] == [env.Status.DIED] * 3
+    a = sched.actors[aid]
+    assert a.active == 0 and not a.unstarted
 
 
 def test_out_of_order_replies_start_next_queued(sched: Scheduler, host: Recorder) -> None:
