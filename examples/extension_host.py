@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import anyio
 import numpy as np
@@ -57,9 +58,17 @@ async def main() -> int:
 
         # The host's own numpy: not importable in an actor, and not even visible in its sandbox.
         host_numpy = os.path.dirname(np.__file__)
-        versions = {h.label: await h.versions(host_numpy) for h in (legacy, modern)}
+        # Both at once: each actor imports torch on this first call (about a second), in parallel.
+        versions: dict[str, dict[str, Any]] = {}
+
+        async def ask(h: actorbox.ActorHandle) -> None:
+            versions[h.label] = await h.versions(host_numpy)
+
+        async with anyio.create_task_group() as tg:
+            for h in (legacy, modern):
+                tg.start_soon(ask, h)
         print(f"\nhost: numpy {np.__version__}, torch {torch.__version__}")
-        for label, v in versions.items():
+        for label, v in sorted(versions.items()):
             print(f"{label}: numpy {v['numpy']} from {os.path.dirname(os.path.dirname(v['numpy_from']))}, "
                   f"torch {v['torch']}")
 
