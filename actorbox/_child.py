@@ -16,11 +16,12 @@ import faulthandler
 import importlib
 import os
 import pickle
+import queue
 import socket
 import sys
 import threading
+import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import msgpack
@@ -54,6 +55,42 @@ class _SyncCall:
         self.cancelled = False
 
 
+class _Workers:
+    """Threads that run submitted jobs: ThreadPoolExecutor's job, minus its per-job
+    Future and bookkeeping (this is every sync call's path). Grows to ``max_workers``
+    threads while none is idle; threads live as long as the process."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job and not yet promised one
+        self._threads = 0
+        self._max = max_workers
+        self._name = name
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        with self._lock:
+            spawn = self._idle == 0 and self._threads < self._max
+            if spawn:
+                self._threads += 1
+            elif self._idle:
+                self._idle -= 1
+        self._jobs.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            fn, args = get()
+            try:
+                fn(*args)
+            except BaseException:  # jobs report their own failures; this is a bug in one
+                traceback.print_exc()
+            with self._lock:
+                self._idle += 1
+
+
 class ActorProcess(Caller):
     """The state of one actor process: its instance, its calls in and out."""
 
@@ -71,7 +108,7 @@ class ActorProcess(Caller):
         # Resolved (bound method, is_async) by name; only successful lookups are kept.
         self.methods: dict[str, tuple[Any, bool]] = {}
         self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
-        self.executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix="actorbox-call")
+        self.executor = _Workers(256, "actorbox-call")
         self.stopped = asyncio.Event()
         # Local admission (the scheduler delivers calls ahead, see scheduler._router).
         # Invariant: active == calls admitted and not finished; waiting is FIFO.

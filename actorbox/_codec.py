@@ -301,6 +301,8 @@ class Codec:
                     resolved: tuple[tuple[int, bytes, bool, int], ...] = ()) -> tuple[list[Any], dict[str, Any]]:
         """Decode call arguments; ``resolved`` are the results of Future arguments (the
         scheduler's), whose descriptors follow the call's own in ``fds``."""
+        if not data and not resolved and not fds:  # a no-argument call
+            return [], {}
         own = len(fds) - sum(r[3] for r in resolved)
         values: list[Any] = []
         pos = own

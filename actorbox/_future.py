@@ -34,7 +34,8 @@ class Future(Generic[T]):
     """The result of ``handle.method(...)``: ``await`` it (or, in an actor's worker
     thread, call ``result()``)."""
 
-    __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "actor", "call_id", "method")
+    __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "_waiters", "actor", "call_id",
+                 "method")
 
     def __init__(self, caller: Caller, call_id: int, actor: str, method: str) -> None:
         self._caller = caller
@@ -43,7 +44,8 @@ class Future(Generic[T]):
         self.method = method
         self._reply: Reply | None = None
         self._value: Any = _PENDING
-        self._event: anyio.Event | None = None
+        self._event: anyio.Event | None = None  # awaited on backends other than asyncio
+        self._waiters: list[asyncio.Future[None]] | None = None  # asyncio: one per awaiting task
         self._tevent: threading.Event | None = None
 
     def __repr__(self) -> str:
@@ -70,6 +72,11 @@ class Future(Generic[T]):
         if self._reply is not None:
             return
         self._reply = reply
+        if self._waiters is not None:
+            for w in self._waiters:
+                if not w.done():  # a cancelled awaiter's waiter is done already
+                    w.set_result(None)
+            self._waiters = None
         if self._event is not None:
             self._event.set()
         tev = self._tevent
@@ -81,10 +88,24 @@ class Future(Generic[T]):
 
     async def _wait(self) -> T:
         if self._reply is None:
-            if self._event is None:
-                self._event = _new_event()
             try:
-                await self._event.wait()
+                loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
+            except RuntimeError:
+                loop = None
+            try:
+                if loop is not None:
+                    # The call hot path: a bare loop future per awaiting task, so cancelling
+                    # one awaiter never cancels another's wait.
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    if self._waiters is None:
+                        self._waiters = [waiter]
+                    else:
+                        self._waiters.append(waiter)
+                    await waiter
+                else:
+                    if self._event is None:
+                        self._event = anyio.Event()
+                    await self._event.wait()
             except BaseException:
                 if self._reply is None:
                     self._caller.cancel(self)
@@ -117,17 +138,6 @@ class Future(Generic[T]):
         if isinstance(v, _Raise):
             raise v.exc
         return v  # type: ignore[no-any-return]
-
-
-def _new_event() -> Any:
-    """An event for the running loop: asyncio's own where possible (the call hot path), else anyio's."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return anyio.Event()
-    if sniffio.current_async_library() == "asyncio":
-        return asyncio.Event()
-    return anyio.Event()
 
 
 class _Raise:

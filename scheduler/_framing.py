@@ -43,6 +43,11 @@ class FrameDecoder:
 
     def feed(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> list[tuple[bytes, list[int]]]:
         """Add received bytes and fds; return the frames now complete, in order."""
+        if not self._buf and not self._fds and len(data) >= 8:
+            # The common read: exactly one whole frame, nothing left over (no buffering).
+            body_len, nfds = HEADER.unpack_from(data, 0)
+            if len(data) == 8 + body_len and nfds == len(fds) <= MAX_FDS_PER_FRAME and body_len <= self.max_frame:
+                return [(bytes(data[8:]), list(fds))]
         if fds:
             self._fds.extend(fds)
         buf = self._buf
