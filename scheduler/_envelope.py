@@ -10,6 +10,7 @@ actor sends.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,31 @@ class Names:
 
 
 Message = Call | Reply | Cancel | Log | Init | Ready | Stop | Names
+
+
+def _slot_init(cls: type) -> None:
+    """Give a frozen dataclass an ``__init__`` that writes its slots through their
+    descriptors: still frozen afterwards, but built in about half the time (a Call
+    and a Reply are built several times per call, on both sides)."""
+    fields = dataclasses.fields(cls)
+    ns: dict[str, Any] = {"__builtins__": {}}
+    params, body = [], []
+    for f in fields:
+        ns[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is not dataclasses.MISSING:
+            ns[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        else:
+            params.append(f.name)
+        body.append(f"    _set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), ns)  # as dataclasses does
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+
+
+_slot_init(Call)
+_slot_init(Reply)
 
 
 _STATUS = {int(s): s for s in Status}  # Status(x) runs enum machinery; this is one dict lookup
