@@ -148,7 +148,8 @@ class ActorProcess(Caller):
             known = ", ".join(sorted(self.names)) or "none"
             raise ActorNotFoundError(
                 f"no actor named {name!r} is registered with the host (registered: {known}); "
-                f"register it before starting actors that use it: rt.register({name!r}, obj) or "
+                f"register it first (a name registered later reaches running actors too): "
+                f"rt.register({name!r}, obj) or "
                 f"rt.start(Cls, name={name!r})", name=name)
         return ActorHandle(self, aid, name, name)
 

@@ -181,7 +181,9 @@ def check_restriction_model() -> tuple[Check, sandbox.RestrictionModel]:
 
 
 def check_shm(path: str = "/dev/shm") -> Check:
-    """Free space of /dev/shm, where shared tensors live."""
+    """Free space of /dev/shm. actorbox's own tensors live in memfd segments, which /dev/shm's size does
+    not limit; this matters to libraries that use /dev/shm themselves (torch.multiprocessing's
+    file_system strategy, DataLoader workers, multiprocessing.shared_memory)."""
     try:
         st = os.statvfs(path)
     except OSError as exc:
@@ -193,7 +195,8 @@ def check_shm(path: str = "/dev/shm") -> Check:
     data = {"free_bytes": free, "total_bytes": total}
     detail = f"{free / (1 << 30):.1f} GiB free of {total / (1 << 30):.1f} GiB"
     if free < SHM_WARN_BYTES:
-        return Check(path, Status.WARN, detail + " (under 1 GiB: large tensors may not fit)",
+        return Check(path, Status.WARN, detail + " (under 1 GiB: libraries that share through /dev/shm may "
+                     "run out; actorbox's own tensors use memfd segments and are not affected)",
                      "enlarge it: 'sudo mount -o remount,size=8g /dev/shm'; in Docker pass '--shm-size=8g' "
                      "(or '--ipc=host')", data=data)
     return Check(path, Status.PASS, detail, data=data)

@@ -74,6 +74,7 @@ class ActorSupervisor:
         self.started_at = time.monotonic()
         self.endpoint: ConnectionEndpoint | None = None
         self.proc: sandbox.ActorProcess | None = None
+        self._tails: tuple[sandbox.OutputTail, ...] = ()
         self.stopping = False
         self.finished = anyio.Event()  # set when the actor is stopped or dead for good
         self._exited: anyio.Event | None = None  # set when the current process is gone
@@ -175,6 +176,8 @@ class ActorSupervisor:
         if self.sandboxed:
             # The launcher (prlimit -> bwrap) is what we started; report the Python inside.
             self.pid = sandbox.find_actor_pid(proc.pid) or proc.pid
+            for tail in self._tails:
+                tail.prefix = f"({self.label} pid={self.pid})"  # the pid events and errors show
         self.rt.scheduler.attach(self.actor_id, endpoint)
         self.rt.log.info("actor.started", actor=self.label, cls=self.cls_name, pid=self.pid,
                          restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
@@ -224,6 +227,7 @@ class ActorSupervisor:
     async def _supervise(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint) -> None:
         out = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stdout)
         err = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stderr)
+        self._tails = (out, err)  # their prefix names the Python pid once it is known
         reason: BaseException | None = None
         async with anyio.create_task_group() as pumps:
             pumps.start_soon(out.pump, proc.stdout)
@@ -270,8 +274,8 @@ class ActorSupervisor:
         if reason is not None and sig == 9:
             sig = None  # we killed it for its protocol error; say that instead
         message = f"actorbox disconnected it: {reason}" if reason is not None else ""
-        if self.sandboxed and reason is None and (sig is not None or exit_code not in (0, None)):
-            # A limit hit shows up as a signal or an abort: name the limits in force.
+        if self.sandboxed and reason is None and (sig is not None or _looks_like_a_limit(err.text())):
+            # A limit hit shows up as a signal or as one of these errors: name the limits in force.
             message = (f"it ran in the sandbox with limits of {self.policy.describe_limits()}; "
                        "exceeding one kills or fails the actor (raise it with SandboxPolicy)")
         detail: dict[str, Any] = {"pid": self.pid, "exit_code": exit_code, "signal": sig,
@@ -378,6 +382,14 @@ def _kill_unless_reaped(proc: sandbox.ActorProcess) -> None:
     # Once reaped, the pid may belong to an unrelated process: never signal it then.
     if proc.returncode is None:
         sandbox.kill_group(proc.pid)
+
+
+_LIMIT_ERRORS = ("MemoryError", "Cannot allocate memory", "Too many open files",
+                 "Resource temporarily unavailable", "can't start new thread")
+
+
+def _looks_like_a_limit(stderr: str) -> bool:
+    return any(e in stderr for e in _LIMIT_ERRORS)
 
 
 def init_payload(import_paths: list[str], pickled_spec: bytes) -> bytes:

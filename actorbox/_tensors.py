@@ -306,7 +306,7 @@ CUDA_IPC_FIELDS = 14
 
 
 def cuda_ipc_enabled() -> bool:
-    return os.environ.get("ACTORBOX_ENABLE_CUDA_IPC", "").strip() == "1"
+    return os.environ.get("ACTORBOX_ENABLE_CUDA_IPC", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class CudaKeepAlive:

@@ -256,6 +256,8 @@ def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Time
         else:
             c.ended, c.status = ts, _END_STATUS[ev]
             c.duration_ms = _num(rec.get("duration_ms"))
+            if rec.get("began") is False:  # it never ran: no time on the actor, only the caller's wait
+                c.started = ts
             if ev == "call.failed":
                 c.failure = _str(rec.get("status"), "error")
             del open_calls[key]

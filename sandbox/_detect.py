@@ -53,7 +53,8 @@ _REMEDIES = {
         "a permissive domain."),
     Restriction.PROBE_FAILED: (
         "bubblewrap is installed but could not start a sandbox; its error is shown above. Run "
-        "'python -m actorbox doctor' for details, or run the printed bwrap command by hand."),
+        "'python -m actorbox doctor' for details; to try the sandbox by hand, build its command with "
+        "sandbox.build_command() and run it (docs/debugging.md shows how)."),
 }
 
 

@@ -386,6 +386,8 @@ class Scheduler:
         fields = dict(actor=a.label if a else entry.actor_id, method=entry.method, call_id=entry.call_id,
                       parent_call_id=entry.parent_call_id,
                       duration_ms=round((time.monotonic() - started) * 1000, 3))
+        if not entry.began:
+            fields["began"] = False  # ended before it ever ran (queued, or in the actor's FIFO): all wait
         if reply.status == env.Status.OK:
             self.log.debug("call.finished", **fields)
         elif reply.status == env.Status.CANCELLED or entry.state == CANCELLING:

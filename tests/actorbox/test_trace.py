@@ -263,6 +263,20 @@ def test_unfinished_call_spans_to_the_last_event():
     assert died["name"] == "actor.died" and died["tid"] == inner["tid"]
 
 
+def test_a_call_cancelled_before_it_ran_takes_no_time_on_the_actor():
+    """A call that ended without ever running (began=False) is a wait on the host, not a run on the actor."""
+    records, stats = read_events([
+        _rec(20.0, "call.submitted", actor="a", method="queued", call_id=1, parent_call_id=None, caller="host"),
+        _rec(22.0, "call.cancelled", actor="a", method="queued", call_id=1, parent_call_id=None,
+             duration_ms=2000.0, began=False),
+    ])
+    doc = to_chrome(build(records, stats))
+    validate_chrome_trace(doc)
+    calls = {e["cat"]: e for e in doc["traceEvents"] if e["ph"] == "X" and e["name"].endswith("queued")}
+    assert calls["call"]["dur"] == pytest.approx(0, abs=1)
+    assert calls["await"]["dur"] == pytest.approx(2_000_000)
+
+
 def test_half_overlapping_calls_of_one_actor_go_to_separate_threads():
     """Calls of one actor that overlap without nesting (max_concurrency > 1) land on two threads of its track."""
     recs = []
