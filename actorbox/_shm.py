@@ -50,6 +50,10 @@ class SegmentTable:
         self._lock = threading.Lock()
         self._by_base: dict[int, tuple[int, int]] = {}  # base address -> (fd, nbytes)
         self._mm_base: dict[int, int] = {}  # id(mmap) -> base address, for numpy's .base chains
+        # (st_dev, st_ino) -> (mapping, base, nbytes) of the segments mapped here: a segment
+        # that comes back (the host's tensor, returned by an actor) reuses its live mapping
+        # instead of a second mmap whose pages would all fault again on first touch.
+        self._by_inode: dict[tuple[int, int], tuple[weakref.ref[mmap.mmap], int, int]] = {}
         self.created = 0  # segments allocated here (a fresh tensor was copied in)
         # Segments allocated here and never sent keep their pages when their last
         # tensor goes: the next allocation of the same size maps them again, with no
@@ -65,18 +69,23 @@ class SegmentTable:
     def __len__(self) -> int:
         return len(self._by_base)
 
-    def _register(self, fd: int, mm: mmap.mmap, nbytes: int, base: int, *, poolable: bool = False) -> None:
+    def _register(self, fd: int, mm: mmap.mmap, nbytes: int, base: int, inode: tuple[int, int], *,
+                  poolable: bool = False) -> None:
         with self._lock:
             self._by_base[base] = (fd, nbytes)
             self._mm_base[id(mm)] = base
-        weakref.finalize(mm, self._forget, base, fd, id(mm), nbytes, poolable)
+            self._by_inode[inode] = (weakref.ref(mm), base, nbytes)
+        weakref.finalize(mm, self._forget, base, fd, id(mm), inode, nbytes, poolable)
 
-    def _forget(self, base: int, fd: int, mm_id: int, nbytes: int = 0, poolable: bool = False) -> None:
+    def _forget(self, base: int, fd: int, mm_id: int, inode: tuple[int, int], nbytes: int = 0,
+                poolable: bool = False) -> None:
         with self._lock:
             if self._by_base.get(base, (None,))[0] == fd:
                 del self._by_base[base]
             if self._mm_base.get(mm_id) == base:
                 del self._mm_base[mm_id]
+            if self._by_inode.get(inode, (None, None))[1] == base:
+                del self._by_inode[inode]
             exported = fd in self._exported
             self._exported.discard(fd)
             if poolable and not exported and self.pool_bytes + nbytes <= self.pool_limit:
@@ -137,7 +146,8 @@ class SegmentTable:
             os.close(fd)
             raise
         base = _address(mm)
-        self._register(fd, mm, nbytes, base, poolable=True)
+        st = os.fstat(fd)
+        self._register(fd, mm, nbytes, base, (st.st_dev, st.st_ino), poolable=True)
         return mm, base
 
     def attach(self, fd: int, nbytes: int) -> tuple[mmap.mmap, int]:
@@ -146,11 +156,19 @@ class SegmentTable:
         Takes ownership of ``fd`` (closed with the mapping, or now on refusal).
         """
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError as exc:
             os.close(fd)
             raise SerializationError(f"a shared tensor's descriptor is not a memory file ({exc.strerror})") from None
+        size, inode = st.st_size, (st.st_dev, st.st_ino)
+        with self._lock:
+            known = self._by_inode.get(inode)
+        if known is not None and type(nbytes) is int and 0 < nbytes <= known[2]:
+            mapped = known[0]()
+            if mapped is not None:  # the same memory, already mapped and checked here
+                os.close(fd)
+                return mapped, known[1]
         if not seals & fcntl.F_SEAL_SHRINK:
             os.close(fd)
             raise SerializationError("a shared tensor's memory file is not sealed against shrinking; refused")
@@ -168,7 +186,7 @@ class SegmentTable:
             os.close(fd)
             raise SerializationError(f"cannot map a shared tensor's memory: {exc}") from None
         base = _address(mm)
-        self._register(fd, mm, nbytes, base)
+        self._register(fd, mm, nbytes, base, inode)
         return mm, base
 
 

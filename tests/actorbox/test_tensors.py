@@ -561,6 +561,21 @@ async def test_already_shared_tensor_is_never_copied_again(rt, box):
     assert rt.codec.segments.created == created + 1
 
 
+async def test_a_tensor_that_comes_back_reuses_the_senders_mapping(rt, box):
+    """The host's shared tensor, echoed back, lands on the very same mapping: no second mmap, no new fds."""
+    t = actorbox.shared_empty(1 << 16)
+    t.fill_(1.0)
+    mapped = len(rt.codec.segments)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        back = await call(box.echo(t))
+        assert back.data_ptr() == t.data_ptr()
+    back[0] = 5.0
+    assert float(t[0]) == 5.0
+    assert len(rt.codec.segments) == mapped
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 # -- sending leaves the sender's own tensors working ---------------------------------------
 
 
