@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,10 @@ _slot_init(Reply)
 _STATUS = {int(s): s for s in Status}  # Status(x) runs enum machinery; this is one dict lookup
 
 
+# One Packer per thread (a Packer is not thread-safe; packb builds a new one per call).
+_packers = threading.local()
+
+
 class EnvelopeError(ValueError):
     """Bytes that do not form a valid envelope."""
 
@@ -180,7 +185,11 @@ def encode(msg: Message) -> bytes:
         fields = [Kind.NAMES, msg.names]  # type: ignore[union-attr]
     else:  # pragma: no cover - programming error
         raise TypeError(f"not an envelope: {msg!r}")
-    return msgpack.packb(fields, use_bin_type=True)
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(fields)  # type: ignore[no-any-return]
 
 
 def _check(cond: bool, what: str) -> None:
