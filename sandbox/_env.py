@@ -411,6 +411,8 @@ class EnvironmentManager:
             if reqs:
                 await self._run([uv, "pip", "install", *common, "--python", os.path.join(tmp, "bin", "python"),
                                  "--no-python-downloads", "--compile-bytecode",  # the env is read-only later
+                                 # An extension's own [tool.uv.sources] must not redirect what gets installed.
+                                 "--no-sources",
                                  "-r", os.path.join(tmp, "requirements.txt"),
                                  "--constraints", os.path.join(tmp, "constraints.txt"),
                                  "--excludes", os.path.join(tmp, "excludes.txt"),

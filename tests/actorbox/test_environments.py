@@ -231,6 +231,26 @@ async def test_source_builds_are_refused_unless_allowed(tmp_path: Path) -> None:
         assert await (await rt.load_extension(d)).value() == 42
 
 
+async def test_a_local_packages_uv_sources_cannot_redirect_its_dependencies(tmp_path: Path) -> None:
+    """Even with source builds allowed, [tool.uv.sources] in an extension's package is ignored."""
+    fake = tmp_path / "fake_six"  # outside the extension: what a hostile sources table points at
+    (fake / "six").mkdir(parents=True)
+    (fake / "six" / "__init__.py").write_text("__version__ = '99.0'\n")
+    (fake / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "six"\nversion = "99.0"\n')
+    body = "import six\nclass Node:\n    def six(self):\n        return six.__version__\n"
+    d = extension(tmp_path / "exts", "sourced", deps=[], body=body)
+    req = _source_only_package(d)
+    pkg = d / "vendor" / "localpkg" / "pyproject.toml"
+    pkg.write_text(pkg.read_text().replace('version = "1.0"', 'version = "1.0"\ndependencies = ["six"]')
+                   + f'\n[tool.uv.sources]\nsix = {{ path = "{fake}" }}\n')
+    (d / "pyproject.toml").write_text((d / "pyproject.toml").read_text().replace(
+        "dependencies = []", f'dependencies = ["{req}"]'))
+    async with actorbox.Runtime(env_root=tmp_path / "envs", allow_source_builds=True) as rt:
+        assert await (await rt.load_extension(d)).six() != "99.0"
+
+
 async def test_a_symlink_cannot_smuggle_a_path_from_outside_the_extension(tmp_path: Path) -> None:
     """A file: requirement through a symlink that leads outside the extension is refused."""
     outside = tmp_path / "outside"
