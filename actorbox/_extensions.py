@@ -11,14 +11,17 @@
     name = "legacy"                 # optional: the actor's name (default: the project's)
     max_concurrency = 2             # optional, as @actor
     max_restarts = 1                # optional, as @actor
-    sandbox = "required"            # optional: "required", "disabled" or a table of SandboxPolicy fields
+    sandbox = { max_processes = 64 } # optional: limits tighter than the host's policy
 
 The host never imports an extension's code: its class is named by import path and
-imported in the actor's process, inside the actor's own environment.
+imported in the actor's process, inside the actor's own environment. An extension
+can only tighten its sandbox: turning it off, the network, the GPU, paths or higher
+limits are the host's to grant (``rt.load_extension(path, sandbox=...)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -48,6 +51,7 @@ class Extension:
     requirements: tuple[str, ...]
     ignored: tuple[str, ...]  # requirements dropped because the host provides them (torch)
     options: ActorOptions
+    sandbox_request: dict[str, Any]  # SandboxPolicy fields the extension asks for (only tightening)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,27 +109,51 @@ def read_extension(path: str) -> Extension:
         raise ExtensionError(f"{where}: [tool.actorbox] name must be a non-empty string, got {name!r}", path=path)
     try:
         reqs, ignored = sandbox.validate_requirements(deps, base_dir=folder)
+        request = _sandbox_request(table.get("sandbox"))
         # The requirements travel beside the options: they were checked against this folder.
-        options = ActorOptions(name=name, sandbox=_sandbox_option(table.get("sandbox")),
-                               max_concurrency=table.get("max_concurrency", 1),
+        options = ActorOptions(name=name, max_concurrency=table.get("max_concurrency", 1),
                                max_restarts=table.get("max_restarts", 0))
     except sandbox.RequirementError as exc:
         raise InvalidRequirementError(f"{where}: {exc}", actor=name) from None
     except (TypeError, ValueError) as exc:
         raise ExtensionError(f"{where}: {exc}", path=path) from None
-    return Extension(folder, name, module, cls, reqs, ignored, options)
+    return Extension(folder, name, module, cls, reqs, ignored, options, request)
 
 
-def _sandbox_option(value: Any) -> str | SandboxPolicy | None:
-    if value is None or isinstance(value, str):
-        return value
+def _sandbox_request(value: Any) -> dict[str, Any]:
+    if value is None or value == "required":
+        return {}
+    if value == "disabled":
+        raise ValueError("an extension cannot turn its own sandbox off; only the host can, for an extension "
+                         "it trusts: rt.load_extension(path, sandbox=\"disabled\")")
     if isinstance(value, dict):
         unknown = sorted(set(value) - _POLICY_KEYS)
         if unknown:
             raise ValueError(f"unknown sandbox settings {', '.join(unknown)} (an extension may set: "
                              f"{', '.join(sorted(_POLICY_KEYS))}; paths are granted by the host only)")
-        return SandboxPolicy(**value)
-    raise ValueError(f"sandbox must be \"required\", \"disabled\" or a table of settings, got {value!r}")
+        SandboxPolicy(**value)  # checks the values' types and ranges
+        return dict(value)
+    raise ValueError(f"sandbox must be \"required\" or a table of limits, got {value!r}")
+
+
+def sandbox_for(ext: Extension, base: SandboxPolicy) -> SandboxPolicy:
+    """The host's policy ``base``, tightened as the extension asks; ExtensionError if it asks for more."""
+    looser = []
+    for key, want in ext.sandbox_request.items():
+        have = getattr(base, key)
+        if key in ("network", "allow_gpu"):
+            looser += [key] if want and not have else []
+        elif key == "memory_limit":
+            looser += [key] if have is not None and (want is None or want > have) else []
+        elif want > have:
+            looser.append(key)
+    if looser:
+        asked = ", ".join(f"{k}={ext.sandbox_request[k]!r}" for k in looser)
+        raise ExtensionError(
+            f"extension {ext.name!r} asks for a looser sandbox than the host allows ({asked}); an extension may "
+            f"only tighten it. If you trust it with that, grant it when loading: "
+            f"rt.load_extension({ext.path!r}, sandbox=SandboxPolicy({asked}))", path=ext.path)
+    return dataclasses.replace(base, **ext.sandbox_request)
 
 
 def extension_folders(directory: str) -> list[str]:

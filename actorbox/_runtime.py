@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from ._codec import Codec
 from ._context import process_caller
 from ._control import ControlServer
 from ._errors import ActorboxError, ActorNotFoundError, NameTakenError
-from ._extensions import LoadedExtension, extension_folders, read_extension
+from ._extensions import LoadedExtension, extension_folders, read_extension, sandbox_for
 from ._handle import ActorHandle
 from ._host import HostEndpoint, Resident
 from ._inspect import ProcessSampler
@@ -240,27 +241,33 @@ class Runtime:
                                        requirements)
 
     async def load_extension(self, path: str | os.PathLike[str], /, *args: Any, name: str | None = None,
-                             **kwargs: Any) -> ActorHandle:
+                             sandbox: str | SandboxPolicy | None = None, **kwargs: Any) -> ActorHandle:
         """Start the actor an extension folder describes (its pyproject.toml); returns its handle.
 
         The folder's ``[project] dependencies`` get their own environment and its
         ``[tool.actorbox]`` table names the class (``entry = "module:Class"``) and the
         actor's options; the actor is named after the project unless ``name`` (or the
         table) says otherwise. The host never imports the extension's code.
+        ``sandbox``: the host's choice for this extension ("required", "disabled" or a
+        SandboxPolicy; default: the Runtime's); the extension may only tighten it.
         Raises ExtensionError, InvalidRequirementError or ActorStartError.
         """
         self._require_running()
         ext = read_extension(os.fspath(path))
         self._warn_ignored(ext.ignored, ext.name)
+        mode, policy = self._sandbox_for(ActorOptions(sandbox=sandbox))
+        opts = dataclasses.replace(ext.options, sandbox=sandbox_for(ext, policy) if mode == "required" else mode)
         return await self._start_actor({"entry": (ext.module, ext.cls)}, f"{ext.module}:{ext.cls}", ext.cls,
-                                       args, kwargs, name if name is not None else ext.name, ext.options,
+                                       args, kwargs, name if name is not None else ext.name, opts,
                                        [ext.path], [ext.path], ext.requirements)
 
-    async def load_extensions(self, directory: str | os.PathLike[str]) -> list[LoadedExtension]:
+    async def load_extensions(self, directory: str | os.PathLike[str], *,
+                              sandbox: str | SandboxPolicy | None = None) -> list[LoadedExtension]:
         """Load every extension folder in ``directory`` at once; a failure is reported, never fatal.
 
         Returns one LoadedExtension per folder holding a pyproject.toml (sorted by
-        folder name), with its handle or the error that stopped it.
+        folder name), with its handle or the error that stopped it. ``sandbox``: as
+        for load_extension, for all of them.
         """
         self._require_running()
         folders = extension_folders(os.fspath(directory))
@@ -268,7 +275,7 @@ class Runtime:
 
         async def load(folder: str) -> None:
             try:
-                handle = await self.load_extension(folder)
+                handle = await self.load_extension(folder, sandbox=sandbox)
                 results[folder] = LoadedExtension(folder, handle.name, handle, None)
             except Exception as exc:
                 log.error("extension.failed", path=folder, error=f"{type(exc).__name__}: {exc}")

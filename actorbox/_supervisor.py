@@ -193,6 +193,12 @@ class ActorSupervisor:
                 f"could not build the Python environment of actor {self.label!r}: {exc}\nFix or remove the "
                 "failing requirement in its dependencies and start it again.",
                 actor=self.label, cls=self.cls_name, output=exc.output) from None
+        except OSError as exc:
+            root = self.rt.environments.root
+            raise EnvironmentBuildError(
+                f"could not prepare the Python environment of actor {self.label!r} under {root}: {exc}; check "
+                "that the directory is yours and writable (or choose another: Runtime(env_root=...))",
+                actor=self.label, cls=self.cls_name, output="") from exc
 
     def _on_control(self, msg: env.Message) -> None:
         t = type(msg)

@@ -125,10 +125,12 @@ def build_bwrap_command(
         parents.update(dict.fromkeys(reversed(chain)))
     for d in parents:
         cmd += ["--perms", "0755", "--dir", d]
-    for p in ro:
-        cmd += ["--ro-bind", p, p]
-    for p in rw:
-        cmd += ["--bind", p, p]
+    # Outer paths first, whatever their mode: a writable directory granted by the policy
+    # must never be mounted over a read-only one inside it (the environment, a module).
+    binds = sorted([(p, "--ro-bind") for p in ro] + [(p, "--bind") for p in rw if p not in ro],
+                   key=lambda b: b[0].rstrip("/").count("/"))
+    for p, how in binds:
+        cmd += [how, p, p]
     if allow_gpu:
         for dev in (*gpu_devices, *_GPU_DEVICES):
             cmd += ["--dev-bind-try", dev, dev]

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,6 +104,9 @@ def validate_requirements(requirements: Iterable[str], base_dir: str | None = No
             raise RequirementError("empty requirement string in dependencies")
         if any(c in text for c in "\r\n\0"):
             raise RequirementError(f"requirement {raw!r} spans several lines; give one requirement per string")
+        if "$" in text:
+            raise RequirementError(
+                f"requirement {text!r} contains '$': uv would expand it as an environment variable of the host")
         if text.startswith("-"):
             raise RequirementError(
                 f"requirement {text!r} is a pip option; options such as --index-url, -e or -r are not allowed "
@@ -125,6 +129,8 @@ def _check_url(text: str, url: str, base: str | None) -> None:
     if parsed.scheme == "https":
         return
     if parsed.scheme == "file":
+        if not parsed.path.startswith("/") or parsed.netloc not in ("", "localhost"):
+            raise RequirementError(f"requirement {text!r}: a file: URL must be absolute (file:///path/...)")
         path = os.path.realpath(unquote(parsed.path))
         if base is not None and (path == base or path.startswith(base + os.sep)):
             return
@@ -244,12 +250,32 @@ def fingerprint(requirements: Sequence[str], python: str, host: HostPackages) ->
     key = {
         "layout": LAYOUT,
         "requirements": sorted(requirements),
+        "local_files": [_stamp(r) for r in sorted(requirements) if "@ file:" in r],
         "python": os.path.realpath(python),
         "version": sys.version,
         "torch": host.version_of("torch"),
         "pins": list(host.runtime_pins),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _stamp(requirement: str) -> list[Any]:
+    """Size and modification time of a file: requirement's target, so a changed wheel or
+    source tree at the same path gets a new environment."""
+    path = unquote(urlparse(requirement.split("@", 1)[1].strip().split(";")[0].strip()).path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [requirement, None]
+    newest = st.st_mtime_ns
+    if os.path.isdir(path):
+        for d, _, files in os.walk(path):
+            for f in files:
+                try:
+                    newest = max(newest, os.stat(os.path.join(d, f)).st_mtime_ns)
+                except OSError:
+                    pass
+    return [requirement, st.st_size, newest]
 
 
 def _site_packages(env_path: str) -> str:
@@ -290,6 +316,7 @@ class EnvironmentManager:
         self.progress: TextIO | None = progress or None
         self._host: HostPackages | None = None
         self._overlay: tuple[str, str] | None = None
+        self._root_checked = False
 
     @property
     def host(self) -> HostPackages:
@@ -298,12 +325,27 @@ class EnvironmentManager:
             self._host = self._cached_host()
         return self._host
 
+    def _own_root(self) -> None:
+        """Create the root (0700) or check it: what lies in it becomes code and sandbox binds,
+        so nobody else may be able to write there."""
+        if self._root_checked:
+            return
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        st = os.stat(self.root)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise EnvBuildError(
+                f"the environment root {self.root} is owned by another user or writable by others; what is "
+                "in it becomes actors' code and sandbox mounts. Use a directory of your own "
+                "(Runtime(env_root=...) or ACTORBOX_ENV_ROOT), or fix its owner and mode (chmod go-w).", "")
+        self._root_checked = True
+
     def _cached_host(self) -> HostPackages:
         # Installing or removing a distribution changes its site-packages directory's mtime.
         dirs = [p for p in (*sys.path, *self.code_dirs) if os.path.isdir(p)]
         key = json.dumps([self.python, sys.version, [(d, os.stat(d).st_mtime_ns) for d in dirs]])
         where = os.path.join(self.root, f"host-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json")
         try:
+            self._own_root()
             with open(where) as f:
                 data = json.load(f)
             if data["key"] == key:
@@ -315,7 +357,7 @@ class EnvironmentManager:
             pass
         host = host_packages(self.code_dirs)
         try:
-            os.makedirs(self.root, exist_ok=True)
+            self._own_root()
             tmp = f"{where}.tmp-{secrets.token_hex(4)}"
             with open(tmp, "w") as f:
                 json.dump({"key": key, "host": [host.code, host.packages, host.runtime_pins, host.versions]}, f)
@@ -346,7 +388,7 @@ class EnvironmentManager:
         digest = hashlib.sha256(json.dumps([host.code, host.packages]).encode()).hexdigest()[:16]
         final = os.path.join(self.root, f"host-{digest}")
         if not os.path.isdir(final):
-            os.makedirs(self.root, exist_ok=True)
+            self._own_root()
             tmp = f"{final}.tmp-{secrets.token_hex(4)}"
             try:
                 for sub, entries in (("code", host.code), ("packages", host.packages)):
@@ -409,8 +451,10 @@ class EnvironmentManager:
                 with open(os.path.join(tmp, name), "w") as f:
                     f.write("".join(f"{line}\n" for line in lines))
             if reqs:
+                # No --compile-bytecode: uv would run the environment's python for it, and site
+                # would execute the .pth files the wheels just installed, on the host.
                 await self._run([uv, "pip", "install", *common, "--python", os.path.join(tmp, "bin", "python"),
-                                 "--no-python-downloads", "--compile-bytecode",  # the env is read-only later
+                                 "--no-python-downloads",
                                  # An extension's own [tool.uv.sources] must not redirect what gets installed.
                                  "--no-sources",
                                  "-r", os.path.join(tmp, "requirements.txt"),
@@ -418,6 +462,11 @@ class EnvironmentManager:
                                  "--excludes", os.path.join(tmp, "excludes.txt"),
                                  *(() if self.allow_source_builds else ("--no-build",))],
                                 progress, f"install {', '.join(reqs)}")
+                # Bytecode now (the environment is read-only in the sandbox): -I -S, so no
+                # site and no .pth file runs; compiling never executes the code it compiles.
+                await self._run([self.python, "-I", "-S", "-m", "compileall", "-q", "-j", "0",
+                                 _site_packages(tmp)], progress, "compile the environment's bytecode",
+                                check=False)
             with open(os.path.join(_site_packages(tmp), _PTH_NAME), "w") as f:
                 f.write(_PTH_LINE)
             with open(os.path.join(tmp, MARKER), "w") as f:
@@ -433,7 +482,7 @@ class EnvironmentManager:
             progress.close()
         log.info("env.built", actor=label, fingerprint=fp, path=path, duration_ms=_ms(t0))
 
-    async def _run(self, cmd: list[str], progress: _Progress, what: str) -> None:
+    async def _run(self, cmd: list[str], progress: _Progress, what: str, *, check: bool = True) -> None:
         """Run uv, feeding its output to the progress line; EnvBuildError with its output on failure."""
         tail: deque[str] = deque(maxlen=60)
         env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
@@ -455,10 +504,13 @@ class EnvironmentManager:
                 rc = await proc.wait()
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    proc.kill()
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)  # uv and its workers (their own session)
+                    except ProcessLookupError:
+                        pass
                     await proc.wait()
                 raise
-        if rc != 0:
+        if rc != 0 and check:
             output = "\n".join(tail)
             hint = ""
             if not self.allow_source_builds and "--no-build" in cmd and "build" in output.lower():
@@ -480,8 +532,8 @@ class _FileLock:
         self.fd = -1
 
     async def __aenter__(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         delay = 0.01
         try:
             while True:

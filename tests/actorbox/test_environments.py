@@ -135,9 +135,31 @@ async def test_actor_class_dependencies_get_their_own_environment(env_root: Path
 async def test_an_unsandboxed_environment_still_hides_host_packages(env_root: Path, tmp_path: Path) -> None:
     """Without the sandbox an environment actor still imports only its own packages (no host site-packages)."""
     body = "import importlib\nclass Node:\n    def numpy(self):\n        return importlib.util.find_spec('numpy')\n"
-    d = extension(tmp_path, "plain", deps=[], body=body, table='sandbox = "disabled"')
+    d = extension(tmp_path, "plain", deps=[], body=body)
     async with actorbox.Runtime(env_root=env_root) as rt:
-        assert await (await rt.load_extension(d)).numpy() is None
+        assert await (await rt.load_extension(d, sandbox="disabled")).numpy() is None
+
+
+async def test_an_extension_cannot_switch_off_its_sandbox_or_take_the_network(env_root: Path, tmp_path: Path) -> None:
+    """sandbox = "disabled" or network = true in an extension's own table is refused; the host can grant both."""
+    off = extension(tmp_path, "wants-out", deps=[], table='sandbox = "disabled"')
+    net = extension(tmp_path, "wants-net", deps=[], table="sandbox = { network = true }")
+    async with actorbox.Runtime(env_root=env_root) as rt:
+        with pytest.raises(actorbox.ExtensionError, match="cannot turn its own sandbox off"):
+            await rt.load_extension(off)
+        with pytest.raises(actorbox.ExtensionError, match="only tighten"):
+            await rt.load_extension(net)
+        assert not [a for a in rt.actors() if a.pid]
+        h = await rt.load_extension(net, sandbox=actorbox.SandboxPolicy(network=True))
+        assert await h.ping() == "pong"
+
+
+async def test_a_requirement_with_a_dollar_sign_is_refused(env_root: Path, tmp_path: Path) -> None:
+    """uv would expand ${VAR} from the host's environment: such a requirement never reaches it."""
+    d = extension(tmp_path, "leaky", deps=["demo @ https://example.invalid/${HOME}/demo-1.0-py3-none-any.whl"])
+    async with actorbox.Runtime(env_root=env_root) as rt:
+        with pytest.raises(actorbox.InvalidRequirementError, match="environment variable"):
+            await rt.load_extension(d)
 
 
 async def test_a_torch_requirement_is_ignored_with_a_warning(env_root: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def write(tmp_path: Path, toml: str, module: str = "node.py") -> Path:
 
 
 def test_a_complete_table_becomes_validated_actor_options(tmp_path: Path) -> None:
-    """entry, name, concurrency, restarts and a sandbox table are read into ActorOptions."""
+    """entry, name, concurrency and restarts are read into ActorOptions; a sandbox table is kept as a request."""
     d = write(tmp_path, """
 [project]
 name = "demo-node"
@@ -35,7 +35,8 @@ sandbox = { network = true, max_processes = 64 }
     assert (ext.name, ext.module, ext.cls) == ("demo", "node", "Node")
     assert ext.requirements == ("six==1.16.0",) and ext.ignored == ("torch>=2",)
     assert ext.options.max_concurrency == 3 and ext.options.max_restarts == 2
-    assert ext.options.sandbox == SandboxPolicy(network=True, max_processes=64)
+    assert ext.sandbox_request == {"network": True, "max_processes": 64}
+    assert ext.options.sandbox is None  # the host decides (see sandbox_for)
 
 
 def test_the_project_name_names_the_actor_by_default(tmp_path: Path) -> None:
@@ -53,6 +54,10 @@ def test_the_project_name_names_the_actor_by_default(tmp_path: Path) -> None:
     ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = { readable_paths = ["/"] }\n',
      "paths are granted by the host only"),
     ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nmax_concurrency = 0\n', "max_concurrency"),
+    ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = "disabled"\n',
+     "cannot turn its own sandbox off"),
+    ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = { max_processes = 2 }\n',
+     "max_processes must be an int >= 16"),
     ('[project]\nname = "x"\ndependencies = "numpy"\n[tool.actorbox]\nentry = "node:Node"\n', "list of strings"),
     ('[project\n', "cannot read"),
 ])
@@ -69,6 +74,34 @@ def test_a_missing_folder_or_pyproject_is_an_extension_error(tmp_path: Path) -> 
         read_extension(str(tmp_path / "nope"))
     with pytest.raises(actorbox.ExtensionError, match=r"no pyproject\.toml"):
         read_extension(str(tmp_path))
+
+
+@pytest.mark.parametrize("request_, host, looser", [
+    ({"network": True}, SandboxPolicy(), "network=True"),
+    ({"allow_gpu": True}, SandboxPolicy(), "allow_gpu=True"),
+    ({"max_processes": 1024}, SandboxPolicy(), "max_processes=1024"),
+    ({"memory_limit": 8 << 30}, SandboxPolicy(memory_limit=1 << 30), "memory_limit=8589934592"),
+])
+def test_an_extension_can_not_loosen_the_hosts_sandbox(tmp_path: Path, request_: dict[str, object],
+                                                         host: SandboxPolicy, looser: str) -> None:
+    """Network, GPU or higher limits asked for by an extension are refused, naming how the host grants them."""
+    from actorbox._extensions import sandbox_for
+
+    table = ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in request_.items())
+    d = write(tmp_path, f'[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = {{ {table} }}\n')
+    with pytest.raises(actorbox.ExtensionError, match=f"only tighten it.*{looser}"):
+        sandbox_for(read_extension(str(d)), host)
+
+
+def test_an_extension_can_tighten_the_hosts_sandbox(tmp_path: Path) -> None:
+    """Lower limits asked for by an extension apply on top of the host's policy, which keeps the rest."""
+    from actorbox._extensions import sandbox_for
+
+    d = write(tmp_path, '[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\n'
+                        'sandbox = { max_processes = 32, memory_limit = 268435456 }\n')
+    host = SandboxPolicy(network=True, max_open_files=256)
+    got = sandbox_for(read_extension(str(d)), host)
+    assert (got.max_processes, got.memory_limit, got.network, got.max_open_files) == (32, 256 << 20, True, 256)
 
 
 def test_extension_folders_lists_only_folders_with_a_pyproject(tmp_path: Path) -> None:

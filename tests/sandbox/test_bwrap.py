@@ -172,6 +172,15 @@ def test_writable_and_readable_paths(tmp_path: Path) -> None:
     assert str(w) not in binds(cmd, "--ro-bind")
 
 
+def test_a_writable_path_is_never_mounted_over_a_read_only_one_inside_it(tmp_path: Path) -> None:
+    """A writable directory holding the environment: the read-only environment is mounted after, on top."""
+    shared = tmp_path / "shared"
+    env = shared / "envs" / "abc"
+    env.mkdir(parents=True)
+    cmd = build(policy=SandboxPolicy(writable_paths=(str(shared),)), venv_path=str(env))
+    assert index_of(cmd, "--bind", str(shared), str(shared)) < index_of(cmd, "--ro-bind", str(env), str(env))
+
+
 def test_no_extra_paths_means_no_writable_bind() -> None:
     """With an inherited socket fd and no writable_paths, nothing of the host is writable."""
     assert binds(build(uds_address=3), "--bind") == []

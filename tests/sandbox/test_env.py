@@ -50,6 +50,8 @@ def test_valid_requirements_are_canonical_sorted_and_deduplicated() -> None:
     ("pkg @ file:///etc/passwd", "outside the extension"),
     ("pkg @ git+ssh://git@example.com/x.git", "only https"),
     ("pkg @ http://example.com/pkg.whl", "only https"),
+    ("pkg @ file:relative/pkg.whl", "must be absolute"),
+    ("pkg @ https://example.com/${AWS_SECRET_ACCESS_KEY}/pkg.whl", "environment variable"),
 ])
 def test_bad_requirements_are_refused_with_the_reason(bad: str, why: str) -> None:
     """Pip options, multi-line strings, non-PEP 508 text and unsafe URLs are refused, saying why."""
@@ -134,6 +136,46 @@ async def test_build_then_reuse_without_installing(tmp_path: Path) -> None:
         again = await manager(tmp_path).ensure((SMALL,), label="six-user")
     assert not again.built and again.path == env.path
     assert not [e for e in second if e["event"] in ("env.building", "env.built")]
+
+
+def _wheel_with_a_pth(where: Path, marker: Path) -> Path:
+    """A wheel whose .pth file, if any Python ever started with site on its environment, writes ``marker``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        "demo/__init__.py": "VALUE = 1\n",
+        "zz_demo.pth": f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n",
+        "demo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n",
+        "demo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    record.append("demo-1.0.dist-info/RECORD,,")
+    files["demo-1.0.dist-info/RECORD"] = "\n".join(record) + "\n"
+    wheel = where / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return wheel
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_building_never_runs_a_wheels_pth_file_on_the_host(tmp_path: Path) -> None:
+    """Installing and compiling an environment starts no Python with site: a wheel's .pth runs only in the actor."""
+    marker = tmp_path / "pth-ran"
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    wheel = _wheel_with_a_pth(ext, marker)
+    reqs, _ = validate_requirements([f"demo @ {wheel.as_uri()}"], base_dir=str(ext))
+    env = await manager(tmp_path / "envs").ensure(reqs, label="pth")
+    assert not marker.exists(), "a .pth file of an installed wheel ran on the host during the build"
+    site = Path(env.path) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    assert list((site / "demo" / "__pycache__").glob("__init__.*.pyc")), "the environment was not compiled"
 
 
 @pytest.mark.anyio
@@ -233,6 +275,18 @@ async def test_a_build_draws_a_progress_line_and_clears_it(tmp_path: Path) -> No
     assert "actorbox: building the environment of shown (" in text
     assert text.count("\r\x1b[2K") >= 2 and text.endswith("\r\x1b[2K")
     assert "\n" not in text  # never scrolls the terminal
+
+
+def test_an_environment_root_others_can_write_is_refused(tmp_path: Path) -> None:
+    """What lies in the root becomes actors' code and mounts: a root writable by others is an error."""
+    root = tmp_path / "shared"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)
+    with pytest.raises(EnvBuildError, match="writable by others"):
+        manager(root).overlay()
+    fresh = tmp_path / "mine"
+    manager(fresh).overlay()
+    assert fresh.stat().st_mode & 0o777 == 0o700
 
 
 def test_host_packages_are_cached_on_disk_and_a_broken_cache_is_ignored(tmp_path: Path) -> None:
