@@ -95,9 +95,7 @@ class SegmentTable:
         # given-back ones ready for reuse by (actor, size). Reusable bytes count in pool_limit.
         self._lent: dict[Inode, _Lent] = {}
         self._reusable: dict[tuple[int, int], list[Inode]] = {}
-        # Segments tracked at once (each holds one of our fds); past it, fresh copies are
-        # not lent. A slice of the open-file limit, so lending never starves the host of fds.
-        self.lent_limit = min(256, _open_file_limit() // 16)
+        self.lent_limit = 1024  # segments tracked at once; past it, fresh copies are not lent
         self.reused = 0  # fresh copies that went into a reused segment
         # Actor side: descriptors received per segment and not yet given back, reported
         # through ``on_released`` (set by the actor process) as they are.
@@ -357,13 +355,6 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 1 << 40
-
-
-def _open_file_limit() -> int:
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def _inode(fd: int) -> Inode:
