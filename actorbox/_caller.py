@@ -69,7 +69,7 @@ class Caller:
         args = tuple(self._settled(a, label, method) for a in args)
         kwargs = {k: self._settled(v, label, method) for k, v in kwargs.items()}
         deps: list[Future[Any]] = []
-        payload, fds = self.codec.encode_call(args, kwargs, deps, self._lend_to(actor_id))
+        payload, fds = self.codec.encode_call(args, kwargs, deps)
         if deps and not self.futures_as_args:
             _close_all(fds)
             raise _errors.SerializationError(
@@ -80,10 +80,6 @@ class Caller:
             raise _errors.SerializationError(
                 f"{label}.{method}(): a Future from another process or Runtime can't be an argument; await it first")
         return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps))
-
-    def _lend_to(self, actor_id: int) -> int | None:
-        """The actor process fresh copies for a call to ``actor_id`` may be lent to (see _shm)."""
-        return None
 
     def _settled(self, value: Any, label: str, method: str) -> Any:
         """A finished Future argument is replaced by its value (or fails the call at once)."""

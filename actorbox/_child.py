@@ -102,11 +102,6 @@ class ActorProcess(Caller):
         self.codec = Codec(allow_pickle=False, handle_type=ActorHandle,
                            make_handle=lambda aid, name, label: ActorHandle(self, aid, name, label),
                            make_ref=lambda object_id: ObjectRef(self, object_id))
-        # Segments given back are reported from finalizers, which may run inside any code
-        # (even with the connection's lock held): queue them and send from the loop.
-        self.released: deque[tuple[int, int, int]] = deque()
-        self._release_scheduled = False
-        self.codec.segments.on_released = self._on_released
         self.names: dict[str, int] = {}
         self.label = "actor"
         self.instance: Any = None
@@ -137,26 +132,6 @@ class ActorProcess(Caller):
         finally:
             for fd in fds:  # the kernel duplicated them into the message
                 os.close(fd)
-
-    def _on_released(self, segments: list[tuple[int, int, int]]) -> None:
-        self.released.extend(segments)
-        if not self._release_scheduled:
-            self._release_scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._flush_released)
-            except RuntimeError:
-                pass  # the loop is closed: the process is ending
-
-    def _flush_released(self) -> None:
-        self._release_scheduled = False  # first: a segment queued from now on schedules again
-        batch: list[tuple[int, int, int]] = []
-        while True:
-            try:
-                batch.append(self.released.popleft())
-            except IndexError:
-                break
-        for i in range(0, len(batch), env.MAX_RELEASED):
-            self._send(env.Released(tuple(batch[i : i + env.MAX_RELEASED])))
 
     def _send_call(self, call: env.Call) -> None:
         self._send(call)

@@ -161,11 +161,9 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value: {exc}") from exc
 
-    def dumps_fds(self, obj: Any, peer: int | None = None) -> tuple[bytes, tuple[int, ...]]:
-        """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns.
-
-        ``peer``: the actor (process) it goes to, when that is known: fresh copies are lent to it."""
-        sink = FdSink(self.segments, peer)
+    def dumps_fds(self, obj: Any) -> tuple[bytes, tuple[int, ...]]:
+        """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns."""
+        sink = FdSink(self.segments)
         self._tls.sink = sink
         try:
             data = self.dumps(obj)
@@ -177,7 +175,7 @@ class Codec:
         return data, tuple(sink.fds)
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    deps: list[Any] | None = None, peer: int | None = None) -> tuple[bytes, tuple[int, ...]]:
+                    deps: list[Any] | None = None) -> tuple[bytes, tuple[int, ...]]:
         """Encode call arguments. Futures among the top-level arguments become
         placeholders, their Futures appended to ``deps`` (when given)."""
         if not args and not kwargs:
@@ -185,7 +183,7 @@ class Codec:
         if deps is not None:
             args = tuple(self._placeholder(a, deps) for a in args)
             kwargs = {k: self._placeholder(v, deps) for k, v in kwargs.items()}
-        return self.dumps_fds([list(args), kwargs], peer)
+        return self.dumps_fds([list(args), kwargs])
 
     def _placeholder(self, value: Any, deps: list[Any]) -> Any:
         if isinstance(value, self._future_type):
@@ -276,7 +274,7 @@ class Codec:
             return self.loads(data, trusted)
         finally:
             self._tls.source = None
-            source.close_unused(self.segments)
+            source.close_unused()
 
     def loads(self, data: bytes, trusted: bool) -> Any:
         depth = getattr(self._depth, "n", 0)

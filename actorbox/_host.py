@@ -101,9 +101,6 @@ class HostEndpoint(Endpoint, Caller):
     async def release_object(self, object_id: str) -> None:
         self.rt.object_store.release(object_id)
 
-    def _lend_to(self, actor_id: int) -> int | None:
-        return actor_id if actor_id in self.rt._supervisors else None  # an actor process, not a resident
-
     def _settled(self, value: Any, label: str, method: str) -> Any:
         # The host holds put objects: a top-level ObjectRef argument becomes the value
         # (its tensors already in shared memory, so nothing is copied).

@@ -11,14 +11,6 @@ Trust: a segment an actor sends is only mapped after checking that the fd is a
 memfd sealed against shrinking (so the sender can't truncate it under us and
 fault the receiver with SIGBUS) and that the tensor's shape, strides and offset
 stay inside it.
-
-Lending (host side): a fresh tensor copied for a call to one actor is copied into a
-segment *lent* to that actor. The actor reports (RELEASED) each descriptor of it
-that it gives up; once every descriptor sent is accounted for and the host maps it
-no more, the segment, pages and all, is reused for the next fresh copy of the same
-size *for that same actor only*, so copying pays no page allocation. An actor that
-lies about a release can only ever see later data sent to itself. A segment also
-sent to anyone else is never reused.
 """
 
 from __future__ import annotations
@@ -28,7 +20,6 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import SerializationError
@@ -47,22 +38,6 @@ class Segment:
         self.nbytes = nbytes
 
 
-class _Lent:
-    """A segment copied fresh for one actor: our own fd on it, and how many of the
-    descriptors we sent it has not given back yet."""
-
-    __slots__ = ("fd", "nbytes", "outstanding", "peer")
-
-    def __init__(self, fd: int, nbytes: int, peer: int) -> None:
-        self.fd = fd
-        self.nbytes = nbytes
-        self.peer = peer
-        self.outstanding = 1
-
-
-Inode = tuple[int, int]  # (st_dev, st_ino): one memfd, the same in every process
-
-
 class SegmentTable:
     """The segments this process maps, found by the base address of their mapping.
 
@@ -72,8 +47,7 @@ class SegmentTable:
     """
 
     def __init__(self) -> None:
-        # Re-entrant: a finalizer (_forget) can run inside any allocation, lock held or not.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._by_base: dict[int, tuple[int, int]] = {}  # base address -> (fd, nbytes)
         self._mm_base: dict[int, int] = {}  # id(mmap) -> base address, for numpy's .base chains
         # (st_dev, st_ino) -> (mapping, base, nbytes) of the segments mapped here: a segment
@@ -91,24 +65,9 @@ class SegmentTable:
         # A peer's segment larger than this machine's memory can't be real data: a sparse
         # memfd claiming terabytes would only exhaust memory once touched.
         self.max_segment = _physical_memory()
-        # Lending (host side, see the module docstring): segments lent by inode, and the
-        # given-back ones ready for reuse by (actor, size). Reusable bytes count in pool_limit.
-        self._lent: dict[Inode, _Lent] = {}
-        self._reusable: dict[tuple[int, int], list[Inode]] = {}
-        self.lent_limit = 1024  # segments tracked at once; past it, fresh copies are not lent
-        self.reused = 0  # fresh copies that went into a reused segment
-        # Actor side: descriptors received per segment and not yet given back, reported
-        # through ``on_released`` (set by the actor process) as they are.
-        self.on_released: Callable[[list[tuple[int, int, int]]], None] | None = None
-        self._received: dict[Inode, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_base)
-
-    @property
-    def copies(self) -> int:
-        """Fresh tensors and arrays copied into shared memory, into new or reused segments."""
-        return self.created + self.reused
 
     def _register(self, fd: int, mm: mmap.mmap, nbytes: int, base: int, inode: tuple[int, int], *,
                   poolable: bool = False) -> None:
@@ -127,138 +86,26 @@ class SegmentTable:
                 del self._mm_base[mm_id]
             if self._by_inode.get(inode, (None, None))[1] == base:
                 del self._by_inode[inode]
-                lent = self._lent.get(inode)
-                if lent is not None and lent.outstanding <= 0:
-                    self._reuse_later(inode, lent)
-            given_back = self._received.pop(inode, 0) if self.on_released is not None else 0
             exported = fd in self._exported
             self._exported.discard(fd)
-            pooled = poolable and not exported and self.pool_bytes + nbytes <= self.pool_limit
-            if pooled:
+            if poolable and not exported and self.pool_bytes + nbytes <= self.pool_limit:
                 self._pool.setdefault(nbytes, []).append(fd)
                 self.pool_bytes += nbytes
-        if given_back and self.on_released is not None:
-            try:
-                self.on_released([(inode[0], inode[1], given_back)])
-            except Exception:
-                pass  # the host is gone: nothing to tell
-        if not pooled:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+                return
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
-    def exported(self, fd: int, peer: int | None = None) -> None:
-        """The segment's descriptor is being sent (to actor ``peer``, when known): others
-        may map it, so it is never pooled; a lent one stays reusable only for its actor."""
+    def exported(self, fd: int) -> None:
+        """The segment's descriptor is being sent: others may map it, so it is never pooled."""
         with self._lock:
             self._exported.add(fd)
-            if not self._lent:
-                return
-        inode = _inode(fd)
-        with self._lock:
-            lent = self._lent.get(inode)
-            if lent is None:
-                return
-            if peer == lent.peer:
-                lent.outstanding += 1
-                return
-            del self._lent[inode]  # sent to someone else too: never reused
-        os.close(lent.fd)
-
-    # -- lending (host side) -----------------------------------------------------------
-
-    def fresh_copy(self, data: memoryview, peer: int | None) -> int:
-        """A sealed segment holding a copy of ``data``, as an fd the caller owns.
-
-        For a call to actor ``peer``, a segment that actor gave back is reused (no page
-        allocation) and the new one is lent to it."""
-        nbytes = data.nbytes
-        if peer is None or nbytes == 0:
-            self.created += 1
-            return write_segment(data)
-        with self._lock:
-            ready = self._reusable.get((peer, nbytes))
-            inode = ready.pop() if ready else None
-            lent = self._lent.get(inode) if inode is not None else None
-            if lent is not None:
-                self.pool_bytes -= nbytes
-                lent.outstanding = 1
-        if lent is not None:
-            _write_all(lent.fd, data.cast("B"))
-            self.reused += 1
-            return os.dup(lent.fd)
-        fd = write_segment(data)
-        self.created += 1
-        with self._lock:
-            if len(self._lent) >= self.lent_limit:
-                return fd
-        try:
-            mine = os.dup(fd)
-            inode = _inode(mine)
-        except OSError:
-            return fd
-        with self._lock:
-            self._lent[inode] = _Lent(mine, nbytes, peer)
-        return fd
-
-    def released(self, peer: int, segments: Iterable[tuple[int, int, int]]) -> None:
-        """Actor ``peer`` gave back descriptors of these segments (its RELEASED message)."""
-        with self._lock:
-            for dev, ino, count in segments:
-                lent = self._lent.get((dev, ino))
-                if lent is None or lent.peer != peer:
-                    continue  # not ours, or not lent to this actor: nothing it says counts
-                lent.outstanding -= count
-                if lent.outstanding <= 0 and (dev, ino) not in self._by_inode:
-                    self._reuse_later((dev, ino), lent)
-
-    def _reuse_later(self, inode: Inode, lent: _Lent) -> None:
-        # Under the lock. Reusable once nothing outside this table holds it.
-        lent.outstanding = 0
-        key = (lent.peer, lent.nbytes)
-        if inode in self._reusable.get(key, ()):
-            return
-        if self.pool_bytes + lent.nbytes > self.pool_limit:
-            del self._lent[inode]
-            os.close(lent.fd)
-            return
-        self._reusable.setdefault(key, []).append(inode)
-        self.pool_bytes += lent.nbytes
-
-    def forget_peer(self, peer: int) -> None:
-        """Actor ``peer`` is gone: drop what was lent to it."""
-        with self._lock:
-            gone = [(inode, lent) for inode, lent in self._lent.items() if lent.peer == peer]
-            for inode, _ in gone:
-                del self._lent[inode]
-            for key in [k for k in self._reusable if k[0] == peer]:
-                self.pool_bytes -= key[1] * len(self._reusable.pop(key))
-        for _, lent in gone:
-            os.close(lent.fd)
-
-    # -- giving back (actor side) --------------------------------------------------------
-
-    def give_back(self, fd: int) -> None:
-        """A received descriptor that was never mapped: report it given back, and close it."""
-        try:
-            inode = _inode(fd)
-        except OSError:
-            inode = None
-        os.close(fd)
-        if inode is not None and self.on_released is not None:
-            try:
-                self.on_released([(inode[0], inode[1], 1)])
-            except Exception:
-                pass
 
     def drain_pool(self) -> None:
         with self._lock:
             fds = [fd for group in self._pool.values() for fd in group]
-            fds += [lent.fd for lent in self._lent.values()]
             self._pool.clear()
-            self._lent.clear()
-            self._reusable.clear()
             self.pool_bytes = 0
         for fd in fds:
             os.close(fd)
@@ -321,7 +168,6 @@ class SegmentTable:
             mapped = known[0]()
             if mapped is not None:  # the same memory, already mapped and checked here
                 os.close(fd)
-                self._count_received(inode)
                 return mapped, known[1]
         if not seals & fcntl.F_SEAL_SHRINK:
             os.close(fd)
@@ -340,14 +186,8 @@ class SegmentTable:
             os.close(fd)
             raise SerializationError(f"cannot map a shared tensor's memory: {exc}") from None
         base = _address(mm)
-        self._count_received(inode)
         self._register(fd, mm, nbytes, base, inode)
         return mm, base
-
-    def _count_received(self, inode: Inode) -> None:
-        if self.on_released is not None:
-            with self._lock:
-                self._received[inode] = self._received.get(inode, 0) + 1
 
 
 def _physical_memory() -> int:
@@ -355,17 +195,6 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 1 << 40
-
-
-def _inode(fd: int) -> Inode:
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    done = 0
-    while done < view.nbytes:
-        done += os.pwrite(fd, view[done:], done)
 
 
 def write_segment(data: memoryview) -> int:

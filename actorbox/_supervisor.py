@@ -202,9 +202,7 @@ class ActorSupervisor:
 
     def _on_control(self, msg: env.Message) -> None:
         t = type(msg)
-        if t is env.Released:
-            self.rt.codec.segments.released(self.actor_id, msg.segments)  # type: ignore[union-attr]
-        elif t is env.Log:
+        if t is env.Log:
             self._forward_log(msg)  # type: ignore[arg-type]
         elif t is env.Ready and (st := self._start) is not None and st.done is not None:
             if msg.error is not None:  # type: ignore[union-attr]
@@ -279,7 +277,6 @@ class ActorSupervisor:
     async def _after_exit(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint,
                           err: sandbox.OutputTail, reason: BaseException | None) -> None:
         exit_code, sig = sandbox.decode_exit(proc.returncode, self.sandboxed)
-        self.rt.codec.segments.forget_peer(self.actor_id)  # what was lent to that process
         if reason is not None and sig == 9:
             sig = None  # we killed it for its protocol error; say that instead
         message = f"actorbox disconnected it: {reason}" if reason is not None else ""

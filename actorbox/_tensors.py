@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 
 from ._errors import SerializationError
-from ._shm import SegmentTable, check_layout, extent
+from ._shm import SegmentTable, check_layout, extent, write_segment
 
 _TORCH_DTYPES = (
     "float16", "float32", "float64", "bfloat16", "complex64", "complex128", "int8", "int16", "int32", "int64",
@@ -40,9 +40,8 @@ _NUMPY_KINDS = "biufc"  # bool, signed, unsigned, float, complex: plain numbers 
 class FdSink:
     """Collects the descriptors a payload's encoding needs, each segment once."""
 
-    def __init__(self, table: SegmentTable | None = None, peer: int | None = None) -> None:
+    def __init__(self, table: SegmentTable | None = None) -> None:
         self.table = table
-        self.peer = peer  # the actor this payload goes to, when it is one (fresh copies are lent to it)
         self.fds: list[int] = []
         self._index: dict[int, int] = {}  # segment fd -> index in fds
         # id(array) -> (array, wire fields): one numpy array twice in a payload is copied
@@ -68,7 +67,7 @@ class FdSink:
                 self._index[fd] = i
             self.fds.append(os.dup(fd))  # the frame owns its copies
             if self.table is not None:
-                self.table.exported(fd, self.peer)
+                self.table.exported(fd)
         return i
 
     def close(self) -> None:
@@ -97,13 +96,10 @@ class FdSource:
             raise SerializationError("two tensors claim different sizes of one segment")
         return got
 
-    def close_unused(self, table: SegmentTable | None = None) -> None:
+    def close_unused(self) -> None:
         for fd in self.fds:
             if fd >= 0:
-                if table is not None:
-                    table.give_back(fd)  # closes it
-                else:
-                    os.close(fd)
+                os.close(fd)
         self.fds = []
 
 
@@ -164,7 +160,8 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     nbytes = end - start
     # ctypes, not .numpy(): torch may be installed without numpy.
     raw = (ctypes.c_char * nbytes).from_address(storage.data_ptr() + start)
-    index = sink.add_owned(table.fresh_copy(memoryview(raw), sink.peer))
+    index = sink.add_owned(write_segment(memoryview(raw)))
+    table.created += 1
     sink.storages[key] = (index, start, nbytes)
     sink.keep.append(t)  # the storage's address must stay unique while this payload is built
     return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
@@ -257,7 +254,8 @@ def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
             return [a.dtype.str, shape, strides, offset, sink.add(seg[0]), seg[1], False, "cpu"]
     # Copy the bytes the view spans, from its first element, into a new segment.
     span = n_rel * itemsize
-    index = sink.add_owned(table.fresh_copy(memoryview((ctypes.c_char * span).from_address(addr)), sink.peer))
+    index = sink.add_owned(write_segment(memoryview((ctypes.c_char * span).from_address(addr))))
+    table.created += 1
     return [a.dtype.str, shape, strides, 0, index, span, False, "cpu"]
 
 

@@ -28,7 +28,6 @@ class Kind(enum.IntEnum):
     READY = 6
     STOP = 7
     NAMES = 8
-    RELEASED = 9
 
 
 class Status(enum.IntEnum):
@@ -120,20 +119,7 @@ class Names:
     names: dict[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Released:
-    """Actor -> host: shared-memory segments it received and no longer maps or holds.
-
-    ``segments``: (st_dev, st_ino, times) per segment: how many received descriptors
-    of it were given up. The host reuses a segment it lent to this actor alone only
-    when every descriptor it sent is accounted for (see actorbox._shm)."""
-
-    segments: tuple[tuple[int, int, int], ...]
-
-
-MAX_RELEASED = 1024  # segments per RELEASED message
-
-Message = Call | Reply | Cancel | Log | Init | Ready | Stop | Names | Released
+Message = Call | Reply | Cancel | Log | Init | Ready | Stop | Names
 
 
 def _slot_init(cls: type) -> None:
@@ -197,8 +183,6 @@ def encode(msg: Message) -> bytes:
         fields = [Kind.STOP]
     elif t is Names:
         fields = [Kind.NAMES, msg.names]  # type: ignore[union-attr]
-    elif t is Released:
-        fields = [Kind.RELEASED, [list(s) for s in msg.segments]]  # type: ignore[union-attr]
     else:  # pragma: no cover - programming error
         raise TypeError(f"not an envelope: {msg!r}")
     try:
@@ -274,11 +258,6 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
         if kind == Kind.NAMES:
             _check(n == 2 and _names(obj[1]), "NAMES must map names to actor ids")
             return Names(obj[1])
-        if kind == Kind.RELEASED:
-            _check(n == 2 and type(obj[1]) is list and len(obj[1]) <= MAX_RELEASED, "RELEASED field types")
-            _check(all(type(s) is list and len(s) == 3 and all(type(x) is int and 0 <= x < 1 << 64 for x in s)
-                       for s in obj[1]), "RELEASED segments are [dev, inode, count] triples")
-            return Released(tuple((s[0], s[1], s[2]) for s in obj[1]))
     except (ValueError, TypeError) as exc:  # EnvelopeError, a bad Status value, unhashable keys
         raise EnvelopeError(str(exc)) from None
     raise EnvelopeError(f"unknown envelope kind {kind}")

@@ -81,8 +81,6 @@ inits = st.builds(
 readies = st.builds(env.Ready, pid=msgpack_ints, error=st.none() | st.binary(max_size=64))
 stops = st.just(env.Stop())
 names_msgs = st.builds(env.Names, names=name_maps)
-_u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
-released_msgs = st.builds(env.Released, segments=st.lists(st.tuples(_u64, _u64, _u64), max_size=8).map(tuple))
 
 # One strategy per message type; tests check that this covers every type in env.Message.
 MESSAGES: dict[type, st.SearchStrategy[Any]] = {
@@ -94,7 +92,6 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     env.Ready: readies,
     env.Stop: stops,
     env.Names: names_msgs,
-    env.Released: released_msgs,
 }
 messages: st.SearchStrategy[Any] = st.one_of(*MESSAGES.values())
 

@@ -146,11 +146,11 @@ async def test_top_level_ref_argument_arrives_as_the_value(shared_rt, holder):
     t = sample((64, 8), 3)
     ref = await shared_rt.put(t)
     try:
-        created = shared_rt.codec.segments.copies
+        created = shared_rt.codec.segments.created
         kind, dtype, shape, raw = await call(holder.describe(ref))
         assert (kind, dtype, shape) == ("Tensor", "torch.float32", [64, 8])
         assert raw == bits(t)
-        assert shared_rt.codec.segments.copies == created, "the host copied the stored tensor again"
+        assert shared_rt.codec.segments.created == created, "the host copied the stored tensor again"
         # Same memory as the store's: the actor's write is seen by the next await in the host.
         await call(holder.fill(ref, 3.0))
         assert torch.equal(await call(ref), torch.full((64, 8), 3.0))
