@@ -47,7 +47,9 @@ class SegmentTable:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a mapping's finalizer (_forget) can run inside any allocation, this
+        # lock held or not; code under it iterates over snapshots only.
+        self._lock = threading.RLock()
         self._by_base: dict[int, tuple[int, int]] = {}  # base address -> (fd, nbytes)
         self._mm_base: dict[int, int] = {}  # id(mmap) -> base address, for numpy's .base chains
         # (st_dev, st_ino) -> (mapping, base, nbytes) of the segments mapped here: a segment
@@ -104,8 +106,8 @@ class SegmentTable:
 
     def drain_pool(self) -> None:
         with self._lock:
-            fds = [fd for group in self._pool.values() for fd in group]
-            self._pool.clear()
+            pool, self._pool = self._pool, {}
+            fds = [fd for group in list(pool.values()) for fd in group]
             self.pool_bytes = 0
         for fd in fds:
             os.close(fd)
