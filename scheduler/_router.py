@@ -82,7 +82,11 @@ class ActorEntry:
     # The actor's own admission, mirrored: slots taken (the actor's "active") and the
     # delivered calls waiting in its FIFO, oldest first. The actor runs them in this
     # order, so a call begins when the reply that frees a slot arrives (to within
-    # one message's transit), with no message of its own.
+    # one message's transit), with no message of its own. The mirror only feeds reports
+    # (call states, rt.actors() counts, call.started, the trace); it can lag the actor
+    # for a moment (a fire-and-forget re-entrant call, a call the actor refuses at once)
+    # and converges on the next reply. Scheduling never reads it: that uses ``running``
+    # against ``window`` and the QUEUED state only.
     active: int = 0
     unstarted: deque[CallEntry] = field(default_factory=deque)
     # Why calls to this actor cannot be served right now (None while serving or starting).
