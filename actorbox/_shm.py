@@ -15,11 +15,14 @@ stay inside it.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import SerializationError
@@ -67,6 +70,7 @@ class SegmentTable:
         # A peer's segment larger than this machine's memory can't be real data: a sparse
         # memfd claiming terabytes would only exhaust memory once touched.
         self.max_segment = _physical_memory()
+        self.spares = Spares(default_spare_bytes())
 
     def __len__(self) -> int:
         return len(self._by_base)
@@ -104,7 +108,21 @@ class SegmentTable:
         with self._lock:
             self._exported.add(fd)
 
+    def copy_fresh(self, address: int, nbytes: int) -> int:
+        """A new sealed segment holding a copy of ``nbytes`` at ``address``; returns its fd
+        (the caller owns it). The copy goes into a spare segment when one of a fitting size
+        is ready (no page to allocate: a plain memcpy), else into a new one."""
+        self.created += 1
+        spare = self.spares.take(nbytes)
+        if spare is None:
+            return write_segment(memoryview((ctypes.c_char * nbytes).from_address(address)))
+        fd, base, size = spare
+        ctypes.memmove(base, address, nbytes)
+        self.spares.retire(base, size)
+        return fd
+
     def drain_pool(self) -> None:
+        self.spares.close()
         with self._lock:
             pool, self._pool = self._pool, {}
             fds = [fd for group in list(pool.values()) for fd in group]
@@ -221,14 +239,252 @@ def write_segment(data: memoryview) -> int:
 
 
 def _address(mm: mmap.mmap) -> int:
-    import ctypes
-
     # from_buffer exports the buffer only for this call; the view is dropped at once.
     view = (ctypes.c_char * 1).from_buffer(mm)
     try:
         return ctypes.addressof(view)
     finally:
         del view
+
+
+# -- spare segments ---------------------------------------------------------------------
+
+SPARE_MIN = 256 << 10  # below this a new segment costs a few microseconds: not worth keeping
+_SPARE_IDLE = 30.0  # seconds a size goes unasked before its spares are freed
+_SPARE_SIZES = 32  # sizes tracked at most; the least recently asked is dropped
+# The background thread works in steps of this many bytes: one system call over a big
+# range can hold a CPU for milliseconds before the kernel lets a woken thread run.
+_STEP = 256 << 10
+_ZEROS = bytes(_STEP)
+
+
+def spare_size(nbytes: int) -> int:
+    """The segment size a copy of ``nbytes`` goes into: rounded up to one eighth of its
+    power of two (and to whole pages), so similar sizes share spares and at most 12.5%
+    of a segment is unused."""
+    step = max(mmap.PAGESIZE, 1 << max(0, nbytes.bit_length() - 4))
+    return -(-nbytes // step) * step
+
+
+def default_spare_bytes() -> int:
+    """``ACTORBOX_SHM_SPARE_BYTES``, else 1 GiB or one sixteenth of memory, whichever is less."""
+    raw = os.environ.get("ACTORBOX_SHM_SPARE_BYTES", "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"ACTORBOX_SHM_SPARE_BYTES={raw!r} is not a number of bytes; "
+                             "set it to an integer (0 turns spare segments off)") from None
+        if value < 0:
+            raise ValueError(f"ACTORBOX_SHM_SPARE_BYTES={raw!r} is negative; use 0 to turn spare segments off")
+        return value
+    return min(1 << 30, _physical_memory() // 16)
+
+
+class Spares:
+    """Segments made ahead of time, off the sending thread, for fresh copies.
+
+    Copying a fresh tensor into a new memfd costs more than the copy itself: the
+    kernel allocates every page on the way (a 100 MB copy takes about 1.5x a
+    ``clone()`` here, and shmem never gets huge pages). Once a size has been sent, a
+    background thread makes a segment of that size ready -- its pages written and
+    mapped -- so the next fresh copy of a similar size is a plain memcpy. A spare is
+    used once: after its descriptor is sent it is never reused, since nothing can
+    prove that a peer stopped mapping it (an actor could keep a mapping and read the
+    next tensor that went into it). Up to ``limit`` bytes are kept ready; a size not
+    asked for in 30 s is freed. A used spare is also unmapped on that thread.
+
+    The thread runs at idle priority and makes its system calls through ctypes, which
+    releases the GIL: Python's own ``mmap`` holds the GIL while the kernel populates
+    or tears down a mapping, which would stall the event loop for the whole time.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cond = threading.Condition(threading.Lock())
+        self._ready: dict[int, list[tuple[int, int]]] = {}  # size -> [(fd, base address of its mapping)]
+        self._asked: dict[int, float] = {}  # size -> when last asked for (monotonic), oldest first
+        self._retired: list[tuple[int, int]] = []  # (base, size) of used spares' mappings
+        self._ready_bytes = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def ready_bytes(self) -> int:
+        return self._ready_bytes
+
+    def take(self, nbytes: int) -> tuple[int, int, int] | None:
+        """A ready spare for ``nbytes`` as (fd, base address, size), or None; either way the
+        size is noted, so a spare of it is made for next time. Once filled, the caller
+        hands the mapping back with :meth:`retire`."""
+        if nbytes < SPARE_MIN or self.limit <= 0:
+            return None
+        size = spare_size(nbytes)
+        if size > self.limit:
+            return None
+        with self._cond:
+            if self._closed:
+                return None
+            self._asked.pop(size, None)
+            self._asked[size] = time.monotonic()
+            while len(self._asked) > _SPARE_SIZES:
+                del self._asked[next(iter(self._asked))]
+            ready = self._ready.get(size)
+            got = ready.pop() if ready else None
+            if got is not None:
+                self._ready_bytes -= size
+                self.hits += 1
+            else:
+                self.misses += 1
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="actorbox-shm-spares", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had (a process limit): copy as before
+                    self.limit = 0
+                    return None
+                self._thread = thread
+            self._cond.notify()
+        return None if got is None else (got[0], got[1], size)
+
+    def held_fds(self) -> set[int]:
+        """Descriptors of the spares ready now."""
+        with self._cond:
+            return {fd for group in self._ready.values() for fd, _ in group}
+
+    def retire(self, base: int, size: int) -> None:
+        """Unmap a used spare's mapping on the background thread."""
+        with self._cond:
+            if not self._closed and self._thread is not None:
+                self._retired.append((base, size))
+                self._cond.notify()
+                return
+        _munmap(base, size)
+
+    def close(self) -> None:
+        """Free every spare and stop the thread (spares come back when sizes are asked again)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._cond:
+            for size, group in self._ready.items():
+                for fd, base in group:
+                    _munmap(base, size)
+                    os.close(fd)
+            for base, size in self._retired:
+                _munmap(base, size)
+            self._ready.clear()
+            self._asked.clear()
+            self._retired.clear()
+            self._ready_bytes = 0
+            self._closed = False
+
+    def _wanted(self) -> int | None:
+        """The most recently asked size short of a spare, if the budget allows one more."""
+        for size in reversed(self._asked):
+            if not self._ready.get(size) and self._ready_bytes + size <= self.limit:
+                return size
+        return None
+
+    def _expired(self) -> list[tuple[int, int, int]]:
+        """Forget sizes not asked for lately; returns their spares as (fd, base, size)."""
+        now = time.monotonic()
+        for size, asked in list(self._asked.items()):
+            if now - asked > _SPARE_IDLE:
+                del self._asked[size]
+        out: list[tuple[int, int, int]] = []
+        for size in [s for s in self._ready if s not in self._asked]:
+            group = self._ready.pop(size)
+            self._ready_bytes -= size * len(group)
+            out.extend((fd, base, size) for fd, base in group)
+        return out
+
+    def _run(self) -> None:
+        try:  # this thread only: run when a CPU would otherwise idle, never ahead of calls
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
+        while True:
+            with self._cond:
+                while not self._closed and not self._retired and self._wanted() is None:
+                    if not self._cond.wait(timeout=_SPARE_IDLE if self._ready else None) and self._ready:
+                        break  # idle: look for sizes to free
+                if self._closed:
+                    return
+                retired, self._retired = self._retired, []
+                freed = self._expired()
+                size = self._wanted()
+            for base, n in retired:
+                _munmap(base, n)
+            for fd, base, n in freed:
+                _munmap(base, n)
+                os.close(fd)
+            if size is None:
+                continue
+            try:
+                fd, base = _make_spare(size, lambda: self._closed)
+            except OSError:  # out of memory or descriptors: senders make their own segments
+                with self._cond:
+                    self._asked.pop(size, None)
+                continue
+            with self._cond:
+                if not self._closed and size in self._asked and self._ready_bytes + size <= self.limit:
+                    self._ready.setdefault(size, []).append((fd, base))
+                    self._ready_bytes += size
+                    continue
+            _munmap(base, size)
+            os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)  # CDLL calls release the GIL
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def _munmap(base: int, size: int) -> None:
+    for at in range(0, size, _STEP):
+        _libc.munmap(base + at, min(_STEP, size - at))
+
+
+def _make_spare(size: int, stop: Callable[[], bool]) -> tuple[int, int]:
+    """A sealed segment of ``size`` bytes whose pages exist and are mapped here: (fd, base).
+    Gives up (OSError) as soon as ``stop()`` is true, so closing never waits for a big one."""
+    fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        # Writing zeros allocates the pages without the clearing a first fault does, and
+        # populating the mapping then only fills page tables: about 40% cheaper than faulting in.
+        zeros = memoryview(_ZEROS)
+        done = 0
+        while done < size:
+            if stop():
+                raise InterruptedError("spare segments closed")
+            done += os.pwrite(fd, zeros[:min(len(zeros), size - done)], done)
+        base = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        if base is None or base == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        for at in range(0, size, _STEP):
+            if _libc.madvise(base + at, min(_STEP, size - at), _MADV_POPULATE_WRITE) != 0:
+                break  # an older kernel: the first copy into it faults the rest in
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, base
 
 
 def extent(shape: list[int], strides: list[int], offset: int) -> int:

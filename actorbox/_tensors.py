@@ -20,7 +20,6 @@ retention time, and a tensor received that way is cloned before it is re-shared
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from collections import deque
 from typing import Any
 
 from ._errors import SerializationError
-from ._shm import SegmentTable, check_layout, extent, write_segment
+from ._shm import SegmentTable, check_layout, extent
 
 _TORCH_DTYPES = (
     "float16", "float32", "float64", "bfloat16", "complex64", "complex128", "int8", "int16", "int32", "int64",
@@ -158,10 +157,8 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     start = 0 if whole <= 4 * (n - offset) * itemsize else offset * itemsize
     end = whole if start == 0 else n * itemsize
     nbytes = end - start
-    # ctypes, not .numpy(): torch may be installed without numpy.
-    raw = (ctypes.c_char * nbytes).from_address(storage.data_ptr() + start)
-    index = sink.add_owned(write_segment(memoryview(raw)))
-    table.created += 1
+    # By address, not through .numpy(): torch may be installed without numpy.
+    index = sink.add_owned(table.copy_fresh(storage.data_ptr() + start, nbytes))
     sink.storages[key] = (index, start, nbytes)
     sink.keep.append(t)  # the storage's address must stay unique while this payload is built
     return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
@@ -254,8 +251,7 @@ def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
             return [a.dtype.str, shape, strides, offset, sink.add(seg[0]), seg[1], False, "cpu"]
     # Copy the bytes the view spans, from its first element, into a new segment.
     span = n_rel * itemsize
-    index = sink.add_owned(write_segment(memoryview((ctypes.c_char * span).from_address(addr))))
-    table.created += 1
+    index = sink.add_owned(table.copy_fresh(addr, span))
     return [a.dtype.str, shape, strides, 0, index, span, False, "cpu"]
 
 

@@ -34,7 +34,7 @@ from ._policy import SandboxPolicy
 # else is dropped so host secrets never reach plugin code.
 # (ACTORBOX_DEBUG_RPC is not among them: the host logs every frame in both directions.)
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "HOME", "TMPDIR",
-                 "ACTORBOX_ENABLE_CUDA_IPC", "CUDA_VISIBLE_DEVICES",
+                 "ACTORBOX_ENABLE_CUDA_IPC", "ACTORBOX_SHM_SPARE_BYTES", "CUDA_VISIBLE_DEVICES",
                  "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 

@@ -181,6 +181,7 @@ class TensorBox:
     def stats(self):
         gc.collect()
         segs = process_caller.get().codec.segments
+        segs.spares.close()  # spare segments are a bounded cache, made again when needed
         return {"fds": fd_count(), "segments": len(segs), "created": segs.created, "maps": memfd_mappings()}
 
     def hold(self, *values):
@@ -668,6 +669,7 @@ def _dev_shm() -> set[str]:
 
 def _host_stats(rt: actorbox.Runtime) -> dict[str, int]:
     gc.collect()
+    rt.codec.segments.spares.close()  # spare segments are a bounded cache, made again when needed
     return {"fds": fd_count(), "segments": len(rt.codec.segments), "maps": memfd_mappings()}
 
 
