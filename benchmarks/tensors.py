@@ -10,8 +10,12 @@ In one run, for each size (a uint8 tensor of that many bytes; 1 MB, 100 MB and
 (a) a tensor already in shared memory (one received from the actor once): its
     segment's fd goes out and comes back, nothing is copied;
 (b) a fresh tensor (a new ``torch.ones`` each repeat, made outside the timed
-    region): the host copies it once into a new memfd segment, the actor returns
-    that segment as is;
+    region): the host copies it once into a segment, the actor returns that
+    segment as is. From the second sample of a size on, the copy goes into a
+    spare segment the host made ready in the background (pages allocated and
+    mapped); the row below it, measured in the same rounds, turns spares off
+    (``ACTORBOX_SHM_SPARE_BYTES=0`` in effect: a new memfd whose pages the copy
+    allocates), which is how every fresh copy went before spares;
 (c) a pickled copy: ``pickle.dumps(t)`` on the host (torch's default reduction
     copies the data into the pickle), the bytes through actorbox, ``pickle.loads``
     and ``pickle.dumps`` in the actor, ``pickle.loads`` of the reply on the host;
@@ -24,13 +28,16 @@ In one run, for each size (a uint8 tensor of that many bytes; 1 MB, 100 MB and
 then pass/fail against the targets of issue 4: the already-shared round trip is
 flat in size (the largest size, 1 GB by default, within 2 ms) and the fresh round
 trip is within 1.5x of one memcpy (``clone()``; the ratio to ``copy_`` is shown
-too). Finally (e) takes the fresh path apart: a new memfd segment, the copy into it
+too). For information, the cost of freshness alone, (b) minus (a), is set against
+the memcpy too: at 1 MB a round trip alone takes ~10x a memcpy, so only that
+difference can be compared there. Finally (e) takes the fresh path apart: a new memfd segment, the copy into it
 (first touch: page faults on fresh shmem pages), the same copy into pages already
 there, pre-faulting a new segment, and freeing one.
 
 The host's torch waits passively for work (``OMP_WAIT_POLICY=PASSIVE`` unless set
 otherwise), as actors do: spinning OpenMP workers on 2 cores starve the actor.
-Modes alternate within each round (shared x10, fresh, pickled, clone, copy_) so
+Modes alternate within each round (shared x10, fresh, fresh without spares,
+pickled, clone, copy_) so
 drift on this noisy machine hits all of them; each mode is warmed up once per size.
 Sizes under 20 MB take several samples of each mode per round (up to 20); sizes of
 256 MB and more take the pickled copy (~30 s a sample at 1 GB) in the first
@@ -124,12 +131,14 @@ class SizeSamples:
 
     shared: list[float] = field(default_factory=list)
     fresh: list[float] = field(default_factory=list)
+    fresh_nospare: list[float] = field(default_factory=list)
     pickled: list[float] = field(default_factory=list)
     clone: list[float] = field(default_factory=list)
     copy: list[float] = field(default_factory=list)
     # Host minor page faults per sample, by mode (a first touch of a 4 KiB page is one).
     faults: dict[str, list[int]] = field(default_factory=dict)
     chunked: bool = False
+    spare_stats: tuple[int, int] = (0, 0)  # host spare hits and misses over the whole run (last size only)
 
 
 def _ms(t0: int) -> float:
@@ -163,8 +172,9 @@ async def _pickled_round_trip(h: actorbox.ActorHandle, t: torch.Tensor) -> tuple
     return ms, r, chunked
 
 
-async def measure_size(h: actorbox.ActorHandle, nbytes: int, repeats: int) -> SizeSamples:
+async def measure_size(h: actorbox.ActorHandle, spares: Any, nbytes: int, repeats: int) -> SizeSamples:
     s = SizeSamples()
+    limit = spares.limit
     src = torch.ones(nbytes, dtype=torch.uint8)
     shared = await h.echo(torch.ones(nbytes, dtype=torch.uint8))  # now in a segment both sides map
     dst = torch.zeros(nbytes, dtype=torch.uint8)  # touched once: copy_ pays no page faults
@@ -174,6 +184,9 @@ async def measure_size(h: actorbox.ActorHandle, nbytes: int, repeats: int) -> Si
     t = torch.ones(nbytes, dtype=torch.uint8)
     r = await h.echo(t)
     del t
+    spares.limit = 0
+    r = await h.echo(torch.ones(nbytes, dtype=torch.uint8))
+    spares.limit = limit
     _, r, s.chunked = await _pickled_round_trip(h, src)
     r = src.clone()
     dst.copy_(src)
@@ -199,6 +212,18 @@ async def measure_size(h: actorbox.ActorHandle, nbytes: int, repeats: int) -> Si
             s.faults.setdefault("fresh", []).append(_minflt() - f0)
             del t
             r = None  # frees the segment: outside the timed region
+
+        spares.limit = 0  # the fresh path as it was before spare segments
+        for _ in range(k):
+            t = torch.ones(nbytes, dtype=torch.uint8)
+            f0 = _minflt()
+            t0 = time.perf_counter_ns()
+            r = await h.echo(t)
+            s.fresh_nospare.append(_ms(t0))
+            s.faults.setdefault("fresh_nospare", []).append(_minflt() - f0)
+            del t
+            r = None
+        spares.limit = limit
 
         for _ in range(k if rnd < pickled_rounds else 0):
             f0 = _minflt()
@@ -328,7 +353,8 @@ async def measure(sizes: list[tuple[str, int]], repeats: int, sandbox: str,
         h = await rt.start(Echo)
         for label, nbytes in sizes:
             progress(f"measuring {label} ...")
-            out.append(await measure_size(h, nbytes, repeats))
+            out.append(await measure_size(h, rt.codec.segments.spares, nbytes, repeats))
+        out[-1].spare_stats = (rt.codec.segments.spares.hits, rt.codec.segments.spares.misses)
         await h.stop()
     return out
 
@@ -361,12 +387,15 @@ def report(sizes: list[tuple[str, int]], results: list[SizeSamples], breakdowns:
         pickled = "(c) pickled copy" + (f", in {CHUNK >> 20} MiB calls" if s.chunked else "")
         for name, key, xs in (("(a) round trip, already shared", "shared", s.shared),
                               ("(b) round trip, fresh tensor", "fresh", s.fresh),
+                              ("(b) the same, spare segments off", "fresh_nospare", s.fresh_nospare),
                               (pickled, "pickled", s.pickled), ("(d) memcpy: t.clone()", "clone", s.clone),
                               ("(d) memcpy: dst.copy_(t), dst touched", "copy", s.copy)):
             med = statistics.median(xs)
             rows.append((label, name, _fmt(med), _fmt(min(xs)), _fmt(max(xs)), _gbps(nbytes, med),
                          f"{statistics.median(s.faults[key]):,.0f}"))
     print_table(("size", "measurement", "median", "min", "max", "GB/s (median)", "host faults"), rows)
+    hits, misses = results[-1].spare_stats
+    print(f"host spare segments: {hits} fresh copies went into a ready spare, {misses} did not")
     print()
 
     ok = True
@@ -386,6 +415,14 @@ def report(sizes: list[tuple[str, int]], results: list[SizeSamples], breakdowns:
         ok &= good
         trows.append(("fresh / memcpy: vs clone() (vs copy_ into touched dst)", label,
                       f"{r_clone:.2f}x ({r_copy:.2f}x)", f"{_verdict(good)} (vs clone() <= {TARGET_FRESH_RATIO:g}x)"))
+    for (label, _), s in zip(sizes, results, strict=True):
+        extra = statistics.median(s.fresh) - statistics.median(s.shared)
+        trows.append(("(b) - (a), freshness alone / memcpy: vs clone()", label,
+                      f"{extra / statistics.median(s.clone):.2f}x", "(information)"))
+    for (label, _), s in zip(sizes, results, strict=True):
+        trows.append(("fresh without spares / memcpy: vs clone()", label,
+                      f"{statistics.median(s.fresh_nospare) / statistics.median(s.clone):.2f}x",
+                      "(information: before spares)"))
     print_table(("target", "size", "measured", "verdict"), trows)
     print()
 
