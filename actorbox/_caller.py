@@ -102,7 +102,11 @@ class Caller:
         lid = next(self._local_ids)
         fut: Future[Any] = Future(self, lid, label, method)
         self.pending[lid] = fut
-        self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, fds=fds))
+        try:
+            self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, fds=fds))
+        except BaseException:
+            del self.pending[lid]  # never sent: nothing will answer it
+            raise
         return fut
 
     def cancel(self, fut: Future[Any]) -> None:

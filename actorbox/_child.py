@@ -34,7 +34,7 @@ from ._caller import Caller, current_call
 from ._codec import Codec
 from ._context import process_caller
 from ._dispatch import resolve_method
-from ._errors import ActorboxError, ActorNotFoundError
+from ._errors import ActorboxError, ActorNotFoundError, SerializationError
 from ._handle import ActorHandle
 from ._objects import ObjectRef
 
@@ -126,7 +126,19 @@ class ActorProcess(Caller):
         try:
             if self.stopped.is_set() and type(msg) is env.Reply:
                 return  # stopping: the host fails these calls as stopped, not cancelled
-            self.conn.send(env.encode(msg), fds)
+            body, send_fds = env.encode(msg), fds
+            if len(body) > self.conn.max_frame:
+                # The host would refuse the frame and hang up: fail this message alone.
+                exc = SerializationError(
+                    f"{'a call' if type(msg) is env.Call else 'the result'} encodes to {len(body)} bytes, over "
+                    f"the host's frame limit of {self.conn.max_frame} bytes; pass big data as torch tensors or "
+                    "numpy arrays (they travel in shared memory, not in the frame), or raise "
+                    "Runtime(max_frame_size=...)")
+                if type(msg) is not env.Reply:
+                    raise exc
+                body = env.encode(env.Reply(msg.call_id, env.Status.ERROR, self._encode_exc(exc)))  # type: ignore[union-attr]
+                send_fds = ()
+            self.conn.send(body, send_fds)
         except ConnectionClosed:
             pass  # the host is gone; the reader sees EOF and we exit
         finally:
@@ -189,6 +201,7 @@ class ActorProcess(Caller):
             spec = pickle.loads(pickled)
             self.label = spec["label"]
             self.max_concurrency = spec["max_concurrency"]
+            self.conn.max_frame = spec.get("max_frame", self.conn.max_frame)  # the host's limit, both ways
             _configure_logging(self, spec["label"])
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
             self.instance = cls(*spec["args"], **spec["kwargs"])

@@ -76,7 +76,8 @@ class Runtime:
     ``log_calls``: emit ``call.*`` trace events (default: ``ACTORBOX_LOG_CALLS=1``).
     ``ACTORBOX_TRACE_FILE=path``: append every event, call events included, to ``path``
     as JSON lines (``python -m actorbox trace`` draws them).
-    ``max_frame_size``: the largest frame accepted from an actor, in bytes.
+    ``max_frame_size``: the largest frame accepted from or sent to an actor, in bytes; a call
+    whose arguments or result would go over it fails alone (the actor lives on).
     ``env_root``: where actors' environments are built and cached (default:
     ``ACTORBOX_ENV_ROOT``, else ``~/.cache/actorbox/envs``). ``allow_source_builds``:
     let environments build packages that ship no wheel (off: a build runs the
@@ -317,7 +318,7 @@ class Runtime:
         label = name or f"{short}#{entry.actor_id}"
         entry.label = label
         spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
-                                 "max_concurrency": opts.max_concurrency})
+                                 "max_concurrency": opts.max_concurrency, "max_frame": self.max_frame_size})
         sup = ActorSupervisor(self, entry.actor_id, label, name, cls_name, init_payload(paths, spec),
                               tuple(module_paths), opts, requirements)
         self._supervisors[entry.actor_id] = sup

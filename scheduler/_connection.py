@@ -75,6 +75,15 @@ class Connection:
 
     # -- sending ---------------------------------------------------------------
 
+    @property
+    def max_frame(self) -> int:
+        """The largest frame body accepted from the peer (and, by agreement, sent to it)."""
+        return self._decoder.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._decoder.max_frame = value
+
     def send(self, body: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
         """Queue one frame for sending (thread-safe, never blocks).
 

@@ -54,6 +54,11 @@ class Endpoint:
         raise NotImplementedError
 
 
+# Bytes an envelope adds to its payload, at most, for the common call (method name, ids,
+# flags): below limit - this a frame is certainly small enough, with no encoding to check.
+_ENVELOPE_SLACK = 4096
+
+
 def _close_fds(fds: tuple[int, ...]) -> None:
     for fd in fds:
         try:
@@ -123,10 +128,36 @@ class ConnectionEndpoint(Endpoint):
         finally:
             _close_fds(fds)
 
+    def _too_big(self, msg: env.Call | env.Reply) -> str | None:
+        """Why ``msg`` can't go to this actor (its frame is over the actor's limit), if so.
+
+        The actor would refuse the frame and drop the connection, dying with every call
+        it holds; refusing here fails this one message instead."""
+        size = len(msg.payload)
+        limit = self.conn.max_frame
+        if size + _ENVELOPE_SLACK <= limit:
+            return None
+        body = env.encode(msg)
+        if len(body) <= limit:
+            return None
+        what = "its arguments" if type(msg) is env.Call else "its result"
+        return (f"{what} encode to {len(body)} bytes, over the {limit}-byte frame limit of actor {self.label}; "
+                "pass big data as torch tensors or numpy arrays (they travel in shared memory, not in the "
+                "frame), or raise Runtime(max_frame_size=...)")
+
     def deliver_call(self, call: env.Call) -> None:
+        why = self._too_big(call)
+        if why is not None:
+            _close_fds(call.fds)
+            self.scheduler.reply(self, env.Reply(call.call_id, env.Status.REFUSED, b"", {"message": why}))
+            return
         self._send_quietly(call, call.fds)
 
     def deliver_reply(self, reply: env.Reply) -> None:
+        why = self._too_big(reply)
+        if why is not None:
+            _close_fds(reply.fds)
+            reply = env.Reply(reply.call_id, env.Status.REFUSED, b"", {"message": why}, trusted=True)
         self._send_quietly(reply, reply.fds)
 
     def deliver_cancel(self, call_id: int) -> None:

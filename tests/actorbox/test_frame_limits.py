@@ -1,0 +1,120 @@
+"""Frames over the size limit fail one call with a clear error; the actor lives on.
+
+``Runtime(max_frame_size=)`` is the largest frame either side accepts. A frame over
+it used to reach the peer, which refused it and dropped the connection: an actor
+sent a 70 MB bytes argument died with every call it held. Now the side that would
+send it fails that one message instead, with an error that says what to do:
+
+- host -> actor arguments (and replies to an actor's own calls): ``CallRefusedError``;
+- an actor's result: ``SerializationError`` raised to the caller;
+- an actor's own call with oversized arguments: ``SerializationError`` in the actor;
+- the actor learns the Runtime's limit, so a raised limit lets big frames through.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import actorbox
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+LIMIT = 1 * MiB
+CALL_TIMEOUT = 30.0
+
+
+@actorbox.actor
+class Sized:
+    def size(self, b):
+        return len(b)
+
+    def make(self, n):
+        return b"x" * n
+
+    def pid(self):
+        import os
+
+        return os.getpid()
+
+    def call_sink(self, method, n):
+        """Calls the host-resident 'sink' (size: with n bytes made here; make: asking for n
+        bytes); returns its result or the error's type and text."""
+        arg = b"b" * n if method == "size" else n
+        try:
+            return getattr(actorbox.get_actor("sink"), method)(arg).result(timeout=CALL_TIMEOUT)
+        except actorbox.ActorboxError as exc:
+            return [type(exc).__name__, str(exc)]
+
+
+class Sink:
+    def size(self, b):
+        return len(b)
+
+    def make(self, n):
+        return b"y" * n
+
+
+async def call(fut):
+    with anyio.fail_after(CALL_TIMEOUT):
+        return await fut
+
+
+async def test_an_argument_over_the_limit_is_refused_and_the_actor_lives_on():
+    async with actorbox.Runtime(max_frame_size=LIMIT) as rt:
+        h = await rt.start(Sized)
+        pid = await call(h.pid())
+        assert await call(h.size(b"a" * (LIMIT - 8192))) == LIMIT - 8192
+        with pytest.raises(actorbox.CallRefusedError) as ei:
+            await call(h.size(b"a" * (LIMIT + 1)))
+        msg = str(ei.value)
+        assert f"over the {LIMIT}-byte frame limit" in msg
+        assert "shared memory" in msg and "max_frame_size" in msg
+        assert await call(h.pid()) == pid, "the actor was restarted or replaced"
+        assert rt.pending_calls() == []
+
+
+async def test_a_result_over_the_limit_fails_that_call_only():
+    async with actorbox.Runtime(max_frame_size=LIMIT) as rt:
+        h = await rt.start(Sized)
+        pid = await call(h.pid())
+        with pytest.raises(actorbox.SerializationError) as ei:
+            await call(h.make(LIMIT + 1))
+        msg = str(ei.value)
+        assert "the result encodes to" in msg and f"frame limit of {LIMIT} bytes" in msg
+        assert "max_frame_size" in msg
+        assert len(await call(h.make(1000))) == 1000
+        assert await call(h.pid()) == pid
+
+
+async def test_an_actors_own_call_over_the_limit_fails_in_the_actor():
+    async with actorbox.Runtime(max_frame_size=LIMIT) as rt:
+        rt.register("sink", Sink())
+        h = await rt.start(Sized)
+        pid = await call(h.pid())
+        kind, msg = await call(h.call_sink("size", LIMIT + 1))
+        assert kind == "SerializationError" and "a call encodes to" in msg
+        assert await call(h.call_sink("size", 100)) == 100  # its calls still work
+        assert await call(h.pid()) == pid
+
+
+async def test_a_reply_to_an_actor_over_the_limit_is_refused():
+    async with actorbox.Runtime(max_frame_size=LIMIT) as rt:
+        rt.register("sink", Sink())
+        h = await rt.start(Sized)
+        pid = await call(h.pid())
+        kind, msg = await call(h.call_sink("make", LIMIT + 1))
+        assert kind == "CallRefusedError" and "its result encode" in msg and "max_frame_size" in msg
+        assert await call(h.call_sink("make", 10)) == b"y" * 10
+        assert await call(h.pid()) == pid
+
+
+@pytest.mark.slow
+async def test_a_raised_limit_reaches_the_actor():
+    """Past the default 64 MiB: with max_frame_size raised, 70 MB goes both ways."""
+    n = 70 * 10**6
+    async with actorbox.Runtime(max_frame_size=80 * MiB) as rt:
+        h = await rt.start(Sized)
+        assert await call(h.size(b"c" * n)) == n
+        assert len(await call(h.make(n))) == n
