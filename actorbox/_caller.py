@@ -40,6 +40,11 @@ class Caller:
     def on_loop_thread(self) -> bool:
         raise NotImplementedError
 
+    def pump(self, fut: Future[Any], timeout: float | None) -> bool:
+        """Wait for ``fut`` on the loop thread by reading frames here, where that is safe
+        (a sync call running inline on the loop); False where it is not."""
+        return False
+
     def get_actor(self, name: str) -> Any:
         raise NotImplementedError
 

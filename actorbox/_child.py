@@ -6,6 +6,16 @@ trusted), constructs the instance in a worker thread and then serves calls: sync
 methods on worker threads (each reply is written straight from the worker, so a
 sync call costs one thread hand-off), async methods as tasks on the loop, which
 stays free for cancellations, nested calls and their replies.
+
+Inline calls. An actor whose class has no async methods and runs one call at a
+time needs its loop for nothing but reading frames, so its sync calls run on the
+loop thread itself when nothing else is running: no thread hand-off, about 20 us
+less per call on this class of machine. Two things keep that from ever blocking:
+a nested call waited for with ``Future.result()`` reads frames itself until its
+reply comes (the pump), and a watchdog thread starts reading once one call has run
+inline for a whole interval, so cancellations, further calls and STOP are seen
+while it runs. Frames are read under ``Connection.read_lock``, by one thread at a
+time, in order.
 """
 
 from __future__ import annotations
@@ -14,12 +24,15 @@ import asyncio
 import contextvars
 import faulthandler
 import importlib
+import inspect
 import os
 import pickle
 import queue
+import select
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -46,6 +59,12 @@ class _Job(NamedTuple):
     func: Any  # the bound method
     is_async: bool
     ctx: contextvars.Context
+
+
+# The watchdog looks at an inline call this often; one still running after a whole
+# interval gets a reader beside it. It parks after this long without inline calls.
+_WATCH_INTERVAL = 0.005
+_WATCH_PARK_AFTER = 0.2
 
 
 class _SyncCall:
@@ -118,6 +137,16 @@ class ActorProcess(Caller):
         self.waiting: deque[_Job] = deque()
         self.begun: set[int] = set()  # async calls whose coroutine has started
         self.cancelled_early: set[int] = set()  # async calls cancelled before they started
+        # Inline calls (see the module docstring). inline_ok: decided once the instance
+        # exists; inline_token: the token of the call running inline now, else None.
+        self.inline_ok = False
+        self.inline_depth = 0
+        self.inline_token: _SyncCall | None = None
+        self._deferred: tuple[_Job, _SyncCall] | None = None  # to run inline once the read is over
+        self.conn.after_read = self._run_deferred
+        self._watch_wake = threading.Event()
+        self._watch_parked = False
+        self._watch_thread: threading.Thread | None = None
 
     # -- Caller ------------------------------------------------------------------
 
@@ -184,6 +213,8 @@ class ActorProcess(Caller):
         elif t is env.Init:
             self._init(msg)  # type: ignore[arg-type]
         elif t is env.Stop:
+            if self.inline_depth or threading.get_ident() != self.loop_thread:
+                _exit_now()  # a call runs inline on the loop: it could not see this until it returns
             self.stopped.set()
 
     def _init(self, init: env.Init) -> None:
@@ -205,6 +236,7 @@ class ActorProcess(Caller):
             _configure_logging(self, spec["label"])
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
             self.instance = cls(*spec["args"], **spec["kwargs"])
+            self.inline_ok = self.max_concurrency == 1 and not _has_async_methods(self.instance)
         except BaseException as exc:
             self._send(env.Ready(os.getpid(), self._encode_exc(exc)))
             return
@@ -242,13 +274,120 @@ class ActorProcess(Caller):
         self._launch(job)
 
     def _launch(self, job: _Job) -> None:
-        """Start an admitted call (loop thread)."""
+        """Start an admitted call (loop thread, or a thread reading while the loop runs a call)."""
         cid = job.call.call_id
+        on_loop = threading.get_ident() == self.loop_thread
         if job.is_async:
-            self.running[cid] = job.ctx.run(self.loop.create_task, self._run_async(job))
+            self.inline_ok = False  # the loop must stay free for it (and for any like it)
+            if on_loop:
+                self.running[cid] = job.ctx.run(self.loop.create_task, self._run_async(job))
+            else:
+                self.loop.call_soon_threadsafe(self._launch, job)
+            return
+        token = self.running[cid] = _SyncCall()
+        if self.inline_ok and on_loop and not self.inline_depth and len(self.running) == 1:
+            # Not now: this runs under the connection's read lock, which the call must not
+            # hold (its nested calls and the watchdog read frames while it runs).
+            self._deferred = (job, token)
+            if not self.conn.read_lock.locked():  # not launched from a read after all
+                self.loop.call_soon(self._run_deferred)
         else:
-            token = self.running[cid] = _SyncCall()
             self.executor.submit(self._sync_worker, job, token)
+
+    def _run_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and not self.stopped.is_set():  # stopping: start nothing more
+            self._run_inline(*deferred)
+
+    def _run_inline(self, job: _Job, token: _SyncCall) -> None:
+        """Run sync calls on the loop thread, back to back while the queue holds them."""
+        self.inline_depth += 1
+        try:
+            while True:
+                self.inline_token = token
+                if self._watch_parked or self._watch_thread is None:
+                    self._wake_watchdog()
+                job.ctx.run(self._run_sync, job, token)
+                nxt = self._next()
+                if nxt is None:
+                    return
+                if nxt.is_async:
+                    self.inline_ok = False
+                    self.running[nxt.call.call_id] = nxt.ctx.run(self.loop.create_task, self._run_async(nxt))
+                    return
+                job = nxt
+                token = self.running[job.call.call_id] = _SyncCall()
+        finally:
+            self.inline_token = None
+            self.inline_depth -= 1
+
+    def _wake_watchdog(self) -> None:
+        if self._watch_thread is None:
+            ctx = contextvars.copy_context()  # frames it dispatches need this process's context
+            self._watch_thread = threading.Thread(target=ctx.run, args=(self._watch,),
+                                                  name="actorbox-inline-watch", daemon=True)
+            self._watch_thread.start()
+        else:
+            self._watch_parked = False
+            self._watch_wake.set()
+
+    def _watch(self) -> None:
+        """Read frames while one inline call runs longer than an interval."""
+        seen: _SyncCall | None = None
+        idle_since = time.monotonic()
+        poller = select.poll()
+        poller.register(self.conn.sock.fileno(), select.POLLIN)
+        while True:
+            time.sleep(_WATCH_INTERVAL)
+            token = self.inline_token
+            if token is None:
+                if time.monotonic() - idle_since > _WATCH_PARK_AFTER:
+                    self._watch_parked = True
+                    if self.inline_token is None:  # (set before the loop checks _watch_parked)
+                        self._watch_wake.wait()
+                    self._watch_wake.clear()
+                    self._watch_parked = False
+                    idle_since = time.monotonic()
+                continue
+            idle_since = time.monotonic()
+            if token is not seen:  # a call that started since the last look: give it an interval
+                seen = token
+                continue
+            while self.inline_token is token:
+                if self._read_for_loop() is False:
+                    _exit_now()  # the host closed the connection
+                poller.poll(_WATCH_INTERVAL * 1000)
+
+    def _read_for_loop(self, *, wait: bool = True) -> bool | None:
+        try:
+            return self.conn.read_now(wait=wait)
+        except Exception as exc:  # what serve() would report, had the loop been reading
+            print(f"actorbox: connection to the host failed: {exc!r}", file=sys.stderr)
+            _exit_now()
+            raise  # not reached
+
+    def pump(self, fut: Any, timeout: float | None) -> bool:
+        """``fut.result()`` inside an inline call: read frames here until its reply comes."""
+        if not self.inline_depth or threading.get_ident() != self.loop_thread:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.conn.sock.fileno(), select.POLLIN)
+        while not fut.done():
+            self.conn.flush()  # our own call may still sit in the send buffer
+            got = self._read_for_loop(wait=False)
+            if got is False:
+                _exit_now()  # the host closed the connection
+            if fut.done():
+                break
+            wait = _WATCH_INTERVAL if deadline is None else min(_WATCH_INTERVAL, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            if got is None:  # the watchdog is reading: it resolves the future
+                time.sleep(min(wait, 0.0005))
+            else:
+                poller.poll(wait * 1000)
+        return True
 
     def _next(self) -> _Job | None:
         """A call finished: the next queued call to run in its slot, if any."""
@@ -342,6 +481,27 @@ class ActorProcess(Caller):
                 job.cancel()
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             print(f"actorbox: connection to the host failed: {reader.exception()!r}", file=sys.stderr)
+
+
+def _has_async_methods(instance: Any) -> bool:
+    """Whether a call on ``instance`` could run a coroutine (then the loop must stay free):
+    the methods resolve_method can reach, tested as it tests them."""
+    cls = type(instance)
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attr = inspect.getattr_static(cls, name, None)
+        if (inspect.isfunction(attr) or isinstance(attr, (staticmethod, classmethod))) and \
+                inspect.iscoroutinefunction(getattr(instance, name, None)):
+            return True
+    return False
+
+
+def _exit_now() -> NoReturn:
+    """Leave at once, as main() does after serve() (calls in other threads are abandoned)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _close_all(fds: tuple[int, ...]) -> None:

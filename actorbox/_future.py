@@ -116,9 +116,13 @@ class Future(Generic[T]):
         """Block until the call finishes (for sync methods running in an actor's worker thread)."""
         if self._reply is None:
             if self._caller.on_loop_thread():
-                raise RuntimeError(
-                    "Future.result() would block the event loop; use 'await future' in async code"
-                )
+                if not self._caller.pump(self, timeout):
+                    raise RuntimeError(
+                        "Future.result() would block the event loop; use 'await future' in async code"
+                    )
+                if self._reply is None:
+                    raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")
+                return self._outcome()
             ev = self._tevent = threading.Event()
             if self._reply is None and not ev.wait(timeout):
                 raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")

@@ -59,6 +59,12 @@ class Connection:
         self._decoder = FrameDecoder(max_frame)
         self._rbuf = bytearray(_RECV_SIZE)
         self._lock = threading.Lock()
+        # Held by whoever reads and dispatches frames: the loop's reader, or another
+        # thread that reads while the loop is busy (read_now).
+        self.read_lock = threading.Lock()
+        # Called on the loop thread after each read, with read_lock released (for work a
+        # frame handler deferred because it must not hold up other readers).
+        self.after_read: Callable[[], None] | None = None
         # Invariant: _pending holds (data, fds) not yet fully written, in order;
         # when it is non-empty every new send appends to it instead of writing.
         self._pending: deque[tuple[memoryview, tuple[int, ...]]] = deque()
@@ -207,6 +213,21 @@ class Connection:
             if nread < _RECV_SIZE:
                 return True
 
+    def read_now(self, *, wait: bool = True) -> bool | None:
+        """Read and dispatch what is available, from any thread (for when the loop thread
+        is busy). False on EOF; None, without reading, when ``wait`` is false and another
+        thread is reading."""
+        if not self.read_lock.acquire(blocking=wait):
+            return None
+        try:
+            return self._read_available()
+        finally:
+            self.read_lock.release()
+
+    def flush(self) -> None:
+        """Write what is pending now (loop thread only; for when the loop is busy)."""
+        self._flush()
+
     async def run(self) -> None:
         """Serve the connection until the peer closes it; raises on a framing error."""
         if sniffio.current_async_library() == "asyncio":
@@ -224,7 +245,11 @@ class Connection:
         self._done = done
         fd = self.sock.fileno()
 
+        read_lock = self.read_lock
+
         def on_readable() -> None:
+            if not read_lock.acquire(blocking=False):
+                return  # another thread is reading just now; the socket stays readable for us
             try:
                 alive = self._read_available()
             except BaseException as exc:  # reported through run(), never lost
@@ -232,9 +257,13 @@ class Connection:
                     done.set_result(exc)
                 loop.remove_reader(fd)
                 return
+            finally:
+                read_lock.release()
             if not alive and not done.done():
                 done.set_result(None)
                 loop.remove_reader(fd)
+            elif self.after_read is not None:
+                self.after_read()
 
         loop.add_reader(fd, on_readable)
         if self._pending:

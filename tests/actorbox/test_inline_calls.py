@@ -1,0 +1,199 @@
+"""Inline calls (actorbox/_child.py): sync calls of a sync-only actor run on its loop thread.
+
+An actor whose class has no async methods and whose ``max_concurrency`` is 1
+runs each sync call on its loop thread when nothing else runs, saving a thread
+hand-off. What must still hold, with real (sandboxed) actor processes:
+
+- a class with an async method, or ``max_concurrency`` > 1, keeps worker threads;
+- a nested call waited for with ``Future.result()`` inside an inline call works,
+  including a re-entrant chain back into the same actor and a timeout;
+- while one inline call runs long, the actor still sees the host: a queued call
+  can be cancelled, and ``stop()`` ends the actor at once, not after the grace period;
+- errors, crashes and pipelined calls behave as on worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import anyio
+import pytest
+
+import actorbox
+
+pytestmark = pytest.mark.anyio
+
+CALL_TIMEOUT = 30.0
+
+
+@actorbox.actor
+class SyncOnly:
+    def where(self):
+        return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    def echo(self, x):
+        return x
+
+    def fail(self):
+        raise ValueError("inline failure")
+
+    def crash(self):
+        os._exit(3)
+
+    def ask_host(self, x, timeout=None):
+        """A nested call to the host-resident 'svc', waited for in this (inline) call."""
+        return actorbox.get_actor("svc").double(x).result(timeout=timeout)
+
+    def ask_host_to_call_back(self, x):
+        """host -> this actor (inline) -> svc -> this actor again (re-entrant) -> svc."""
+        return actorbox.get_actor("svc").call_back(x).result(timeout=CALL_TIMEOUT)
+
+
+@actorbox.actor
+class Mixed:
+    def where(self):
+        return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+
+    async def nothing(self):
+        return None
+
+
+@actorbox.actor(max_concurrency=2)
+class SyncPair:
+    def where(self):
+        return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+class Service:
+    def __init__(self):
+        self.actor = None
+
+    def double(self, x):
+        return 2 * x
+
+    async def slow(self, x):
+        await anyio.sleep(5)
+        return x
+
+    async def call_back(self, x):
+        return await self.actor.echo(x + 1)
+
+
+async def call(fut, timeout=CALL_TIMEOUT):
+    with anyio.fail_after(timeout):
+        return await fut
+
+
+async def test_sync_only_actors_run_calls_on_their_loop_thread_and_others_on_workers():
+    async with actorbox.Runtime() as rt:
+        inline, mixed, pair = await rt.start(SyncOnly), await rt.start(Mixed), await rt.start(SyncPair)
+        assert await call(inline.where()) == "loop"
+        assert await call(mixed.where()) == "worker"
+        assert await call(pair.where()) == "worker"
+
+
+async def test_two_calls_of_a_max_concurrency_2_actor_still_overlap():
+    async with actorbox.Runtime() as rt:
+        pair = await rt.start(SyncPair)
+        await call(pair.where())
+        t0 = time.monotonic()
+        a, b = pair.sleep(0.5), pair.sleep(0.5)
+        assert (await call(a), await call(b)) == (0.5, 0.5)
+        assert time.monotonic() - t0 < 0.9
+
+
+async def test_a_nested_call_inside_an_inline_call_is_answered():
+    async with actorbox.Runtime() as rt:
+        rt.register("svc", Service())
+        h = await rt.start(SyncOnly)
+        assert await call(h.where()) == "loop"
+        assert await call(h.ask_host(21)) == 42
+        assert [await call(h.ask_host(i)) for i in range(20)] == [2 * i for i in range(20)]
+
+
+async def test_a_re_entrant_chain_through_an_inline_call_completes():
+    async with actorbox.Runtime() as rt:
+        svc = Service()
+        rt.register("svc", svc)
+        h = await rt.start(SyncOnly)
+        svc.actor = h
+        assert await call(h.ask_host_to_call_back(1)) == 2
+
+
+async def test_a_nested_call_timeout_inside_an_inline_call_raises():
+    async with actorbox.Runtime() as rt:
+        svc = Service()
+        rt.register("svc", svc)
+
+        @actorbox.actor
+        class Impatient:
+            def ask(self):
+                t0 = time.monotonic()
+                try:
+                    actorbox.get_actor("svc").slow(1).result(timeout=0.2)
+                except TimeoutError as exc:
+                    return [str(exc), time.monotonic() - t0]
+                return None
+
+        h = await rt.start(Impatient)
+        text, took = await call(h.ask())
+        assert "did not finish within 0.2 s" in text and 0.15 < took < 2
+
+
+async def test_a_queued_call_can_be_cancelled_while_an_inline_call_runs_long():
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(SyncOnly)
+        assert await call(h.where()) == "loop"
+        long = h.sleep(1.5)
+        await anyio.sleep(0.1)
+        t0 = time.monotonic()
+        with anyio.move_on_after(0.3):
+            await h.echo("never")
+        assert time.monotonic() - t0 < 0.6
+        for _ in range(50):  # the cancel reached the actor: the call left the table before the long one ended
+            if all(c.method != "echo" for c in rt.pending_calls()):
+                break
+            await anyio.sleep(0.02)
+        assert [c.method for c in rt.pending_calls()] == ["sleep"]
+        assert await call(long) == 1.5
+        assert await call(h.echo("after")) == "after"
+
+
+async def test_stop_during_a_long_inline_call_ends_the_actor_at_once():
+    async with actorbox.Runtime(grace_period=10) as rt:
+        h = await rt.start(SyncOnly)
+        (pid,) = [a.pid for a in rt.actors()]
+        assert await call(h.where()) == "loop"
+        pending = h.sleep(30)
+        await anyio.sleep(0.2)
+        t0 = time.monotonic()
+        await call(h.stop(), timeout=5)
+        assert time.monotonic() - t0 < 2, "stop waited for the inline call (or the grace period)"
+        with pytest.raises(actorbox.ActorboxError):
+            await call(pending)
+        with pytest.raises(ProcessLookupError):
+            for _ in range(100):
+                os.kill(pid, 0)
+                await anyio.sleep(0.02)
+
+
+async def test_errors_crashes_and_pipelining_behave_as_on_workers():
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(SyncOnly)
+        with pytest.raises(ValueError, match="inline failure"):
+            await call(h.fail())
+        futs = [h.echo(i) for i in range(500)]
+        assert [await call(f) for f in futs] == list(range(500))
+        with pytest.raises(actorbox.ActorDiedError) as ei:
+            await call(h.crash())
+        assert "exited with code 3" in str(ei.value)
