@@ -1,6 +1,6 @@
 """Spare segments (actorbox/_shm.py ``Spares``): fresh copies into memory made ready ahead of time.
 
-A fresh tensor or array of 256 KiB or more is copied into a segment whose pages a
+A fresh tensor or array of 2 MiB or more is copied into a segment whose pages a
 background thread already allocated and mapped, so the copy is a plain memcpy.
 What must hold, and is checked here with real memfds, real threads and real
 (sandboxed) actors:
@@ -96,7 +96,7 @@ def test_spare_size_covers_the_copy_in_whole_pages_with_at_most_an_eighth_to_spa
 
 def test_a_fresh_copy_uses_a_ready_spare_and_no_spare_is_ever_used_twice(table):
     """After the first copy of a size, the next ones hit a spare; every copy gets its own memory file."""
-    n = 1 * MiB + 123
+    n = 2 * MiB + 123
     inodes = set()
     fds = []
     for i in range(6):
@@ -127,9 +127,9 @@ def test_small_copies_never_use_spares(table):
 
 
 def test_ready_bytes_never_exceed_the_limit(table):
-    table.spares.limit = 3 * MiB
-    for k in range(1, 9):  # eight sizes between 512 KiB and 4 MiB
-        os.close(fresh_copy(table, b"\1" * (k * 512 * 1024)))
+    table.spares.limit = 12 * MiB
+    for k in range(1, 9):  # eight sizes between 2 and 16 MiB
+        os.close(fresh_copy(table, b"\1" * (k * 2 * MiB)))
         time.sleep(0.02)
         assert table.spares.ready_bytes <= table.spares.limit
     time.sleep(0.2)
@@ -139,12 +139,12 @@ def test_ready_bytes_never_exceed_the_limit(table):
 
 
 def test_a_size_bigger_than_the_limit_and_a_zero_limit_make_no_spares(table):
-    table.spares.limit = 1 * MiB
-    os.close(fresh_copy(table, b"\2" * (2 * MiB)))
+    table.spares.limit = 2 * MiB
+    os.close(fresh_copy(table, b"\2" * (4 * MiB)))
     time.sleep(0.1)
     assert table.spares.held_fds() == set() and table.spares.misses == 0
     table.spares.limit = 0
-    os.close(fresh_copy(table, b"\2" * (512 * 1024)))
+    os.close(fresh_copy(table, b"\2" * (2 * MiB)))
     time.sleep(0.1)
     assert table.spares.held_fds() == set()
 
@@ -152,7 +152,7 @@ def test_a_size_bigger_than_the_limit_and_a_zero_limit_make_no_spares(table):
 def test_a_size_not_asked_for_lately_is_freed(table, monkeypatch):
     monkeypatch.setattr(_shm, "_SPARE_IDLE", 0.3)
     before = memfds()
-    os.close(fresh_copy(table, b"\3" * MiB))
+    os.close(fresh_copy(table, b"\3" * (2 * MiB)))
     wait_for(lambda: table.spares.held_fds())
     wait_for(lambda: not table.spares.held_fds(), timeout=5)
     assert table.spares.ready_bytes == 0
@@ -161,7 +161,7 @@ def test_a_size_not_asked_for_lately_is_freed(table, monkeypatch):
 
 def test_close_frees_every_spare_and_does_not_wait_for_a_big_one(table):
     before = memfds()
-    os.close(fresh_copy(table, b"\4" * MiB))
+    os.close(fresh_copy(table, b"\4" * (2 * MiB)))
     wait_for(lambda: table.spares.held_fds())
     table.spares.limit = 1 << 30
     os.close(fresh_copy(table, b"\5" * (768 * MiB)))  # the thread now makes a 768 MiB spare
@@ -235,7 +235,7 @@ class Inodes:
 async def test_fresh_tensors_to_and_from_an_actor_use_spares_and_never_share_memory():
     """Host -> actor: each fresh tensor arrives in a memory file of its own, bit-exact, and the
     host's spares are used; actor -> host: the actor's spares are used and values arrive exact."""
-    n = 300_000  # 1.2 MB of float32
+    n = 600_000  # 2.4 MB of float32
     async with actorbox.Runtime() as rt:
         box = await rt.start(Inodes)
         seen = set()
