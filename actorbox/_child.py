@@ -61,10 +61,11 @@ class _Job(NamedTuple):
     ctx: contextvars.Context
 
 
-# The watchdog looks at an inline call this often; one still running after a whole
-# interval gets a reader beside it. It parks after this long without inline calls.
+# The watchdog looks at the loop this often; inline calls still running (one, or
+# several back to back) after a whole interval get a reader and a writer beside
+# them. It parks after this long without inline calls.
 _WATCH_INTERVAL = 0.005
-_WATCH_PARK_AFTER = 0.2
+_WATCH_PARK_AFTER = 0.05
 
 
 class _SyncCall:
@@ -141,7 +142,8 @@ class ActorProcess(Caller):
         # exists; inline_token: the token of the call running inline now, else None.
         self.inline_ok = False
         self.inline_depth = 0
-        self.inline_token: _SyncCall | None = None
+        self.inline_token: object | None = None  # one per run of inline calls (back to back)
+        self._base_ctx = contextvars.copy_context()  # each call's context starts from this one (serve())
         self._deferred: tuple[_Job, _SyncCall] | None = None  # to run inline once the read is over
         self.conn.after_read = self._run_deferred
         self._watch_wake = threading.Event()
@@ -261,8 +263,9 @@ class ActorProcess(Caller):
             _close_all(call.fds)
             self._send(env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc)))
             return
-        # Each call runs in its own copy of the loop's context, wherever it runs.
-        ctx = contextvars.copy_context()
+        # Each call runs in its own copy of the process's base context, wherever it runs
+        # (frames read by a pump run inside the waiting call's context: not that one).
+        ctx = self._base_ctx.copy()
         ctx.run(current_call.set, call.call_id)
         job = _Job(call, resolved[0], resolved[1], ctx)
         with self.lock:
@@ -289,7 +292,7 @@ class ActorProcess(Caller):
             # Not now: this runs under the connection's read lock, which the call must not
             # hold (its nested calls and the watchdog read frames while it runs).
             self._deferred = (job, token)
-            if not self.conn.read_lock.locked():  # not launched from a read after all
+            if not self.conn.loop_reading:  # not launched from the loop's read after all
                 self.loop.call_soon(self._run_deferred)
         else:
             self.executor.submit(self._sync_worker, job, token)
@@ -300,14 +303,21 @@ class ActorProcess(Caller):
             self._run_inline(*deferred)
 
     def _run_inline(self, job: _Job, token: _SyncCall) -> None:
-        """Run sync calls on the loop thread, back to back while the queue holds them."""
+        """Run sync calls on the loop thread, back to back while the queue holds them.
+
+        The user's code must not see the loop as running: asyncio.run() (or anyio.run())
+        inside a sync method works on a worker thread and must work here too."""
         self.inline_depth += 1
+        self.inline_token = object()
+        if self._watch_parked or self._watch_thread is None:
+            self._wake_watchdog()
         try:
             while True:
-                self.inline_token = token
-                if self._watch_parked or self._watch_thread is None:
-                    self._wake_watchdog()
-                job.ctx.run(self._run_sync, job, token)
+                asyncio.events._set_running_loop(None)
+                try:
+                    job.ctx.run(self._run_sync, job, token)
+                finally:
+                    asyncio.events._set_running_loop(self.loop)
                 nxt = self._next()
                 if nxt is None:
                     return
@@ -332,11 +342,12 @@ class ActorProcess(Caller):
             self._watch_wake.set()
 
     def _watch(self) -> None:
-        """Read frames while one inline call runs longer than an interval."""
-        seen: _SyncCall | None = None
+        """Read frames, and write what waits to be sent, while inline calls have kept the
+        loop busy for longer than an interval."""
+        seen: object | None = None
         idle_since = time.monotonic()
+        fd = self.conn.sock.fileno()
         poller = select.poll()
-        poller.register(self.conn.sock.fileno(), select.POLLIN)
         while True:
             time.sleep(_WATCH_INTERVAL)
             token = self.inline_token
@@ -350,12 +361,15 @@ class ActorProcess(Caller):
                     idle_since = time.monotonic()
                 continue
             idle_since = time.monotonic()
-            if token is not seen:  # a call that started since the last look: give it an interval
+            if token is not seen:  # inline calls that started since the last look: give them an interval
                 seen = token
                 continue
             while self.inline_token is token:
                 if self._read_for_loop() is False:
                     _exit_now()  # the host closed the connection
+                # Sends that did not fit wait for the loop's writer, which can't run now.
+                pending = not self.conn.flush()
+                poller.register(fd, select.POLLIN | (select.POLLOUT if pending else 0))
                 poller.poll(_WATCH_INTERVAL * 1000)
 
     def _read_for_loop(self, *, wait: bool = True) -> bool | None:
@@ -473,6 +487,7 @@ class ActorProcess(Caller):
             job.cancelled = True
 
     async def serve(self) -> None:
+        self._base_ctx = contextvars.copy_context()  # process_caller is set by now
         reader = asyncio.ensure_future(self.conn.run())
         stop = asyncio.ensure_future(self.stopped.wait())
         await asyncio.wait([reader, stop], return_when=asyncio.FIRST_COMPLETED)

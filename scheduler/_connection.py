@@ -65,6 +65,7 @@ class Connection:
         # Called on the loop thread after each read, with read_lock released (for work a
         # frame handler deferred because it must not hold up other readers).
         self.after_read: Callable[[], None] | None = None
+        self.loop_reading = False  # the loop thread is inside a read (its frame handlers run)
         # Invariant: _pending holds (data, fds) not yet fully written, in order;
         # when it is non-empty every new send appends to it instead of writing.
         self._pending: deque[tuple[memoryview, tuple[int, ...]]] = deque()
@@ -140,7 +141,7 @@ class Connection:
         return n
 
     def _flush(self) -> bool:
-        """Write what is pending; True when everything went out. Loop thread only."""
+        """Write what is pending; True when everything went out. Any thread (under _lock)."""
         with self._lock:
             while self._pending:
                 view, fds = self._pending[0]
@@ -224,9 +225,10 @@ class Connection:
         finally:
             self.read_lock.release()
 
-    def flush(self) -> None:
-        """Write what is pending now (loop thread only; for when the loop is busy)."""
-        self._flush()
+    def flush(self) -> bool:
+        """Write what is pending now, from any thread (for when the loop is busy); True when
+        nothing is left pending."""
+        return self._flush()
 
     async def run(self) -> None:
         """Serve the connection until the peer closes it; raises on a framing error."""
@@ -250,6 +252,7 @@ class Connection:
         def on_readable() -> None:
             if not read_lock.acquire(blocking=False):
                 return  # another thread is reading just now; the socket stays readable for us
+            self.loop_reading = True
             try:
                 alive = self._read_available()
             except BaseException as exc:  # reported through run(), never lost
@@ -258,6 +261,7 @@ class Connection:
                 loop.remove_reader(fd)
                 return
             finally:
+                self.loop_reading = False
                 read_lock.release()
             if not alive and not done.done():
                 done.set_result(None)

@@ -9,7 +9,11 @@ hand-off. What must still hold, with real (sandboxed) actor processes:
   including a re-entrant chain back into the same actor and a timeout;
 - while one inline call runs long, the actor still sees the host: a queued call
   can be cancelled, and ``stop()`` ends the actor at once, not after the grace period;
-- errors, crashes and pipelined calls behave as on worker threads.
+- errors, crashes and pipelined calls behave as on worker threads;
+- user code sees no running event loop (asyncio.run() inside a sync method works),
+  a thread the call starts can send a call bigger than the socket buffer, a backlog
+  of short calls still sees cancellations, and a re-entrant call does not inherit
+  the waiting call's context variables.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 
 import anyio
 import pytest
+import structlog
 
 import actorbox
 
@@ -49,6 +54,39 @@ class SyncOnly:
     def ask_host(self, x, timeout=None):
         """A nested call to the host-resident 'svc', waited for in this (inline) call."""
         return actorbox.get_actor("svc").double(x).result(timeout=timeout)
+
+    def run_asyncio(self):
+        import asyncio
+
+        async def main():
+            await asyncio.sleep(0.01)
+            return 42
+
+        return asyncio.run(main())
+
+    def big_call_from_a_thread(self, n):
+        """A thread of this call sends a call of n bytes (more than a socket buffer holds)."""
+        out = []
+        svc = actorbox.get_actor("svc")  # (a new thread starts without this process's context)
+        t = threading.Thread(target=lambda: out.append(svc.size(b"x" * n).result(timeout=20)))
+        t.start()
+        t.join(30)
+        return out
+
+    def work(self, i):
+        self.ran = getattr(self, "ran", []) + [i]
+        time.sleep(0.004)
+        return i
+
+    def ran_calls(self):
+        return getattr(self, "ran", [])
+
+    def bound_then_call_back(self):
+        structlog.contextvars.bind_contextvars(request_id="outer-call")
+        return actorbox.get_actor("svc").peek_back().result(timeout=CALL_TIMEOUT)
+
+    def peek(self):
+        return structlog.contextvars.get_contextvars().get("request_id")
 
     def ask_host_to_call_back(self, x):
         """host -> this actor (inline) -> svc -> this actor again (re-entrant) -> svc."""
@@ -80,6 +118,12 @@ class Service:
 
     def double(self, x):
         return 2 * x
+
+    def size(self, b):
+        return len(b)
+
+    async def peek_back(self):
+        return await self.actor.peek()
 
     async def slow(self, x):
         await anyio.sleep(5)
@@ -197,3 +241,45 @@ async def test_errors_crashes_and_pipelining_behave_as_on_workers():
         with pytest.raises(actorbox.ActorDiedError) as ei:
             await call(h.crash())
         assert "exited with code 3" in str(ei.value)
+
+
+async def test_user_code_in_an_inline_call_sees_no_running_loop():
+    """asyncio.run() inside a sync method works (a running loop would make it raise)."""
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(SyncOnly)
+        assert await call(h.where()) == "loop"
+        assert await call(h.run_asyncio()) == 42
+        assert await call(h.run_asyncio()) == 42
+        assert await call(h.echo("after")) == "after"
+
+
+async def test_a_thread_of_an_inline_call_can_send_a_call_bigger_than_the_socket_buffer():
+    async with actorbox.Runtime() as rt:
+        rt.register("svc", Service())
+        h = await rt.start(SyncOnly)
+        assert await call(h.where()) == "loop"
+        t0 = time.monotonic()
+        assert await call(h.big_call_from_a_thread(4_000_000)) == [4_000_000]
+        assert time.monotonic() - t0 < 5
+
+
+async def test_cancelled_calls_queued_behind_a_run_of_short_inline_calls_never_run():
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(SyncOnly)
+        assert await call(h.where()) == "loop"
+        futs = [h.work(i) for i in range(60)]  # ~0.25 s of 4 ms calls, back to back
+        await anyio.sleep(0.03)
+        for f in futs[50:]:
+            f.cancel()
+        assert [await call(f) for f in futs[:50]] == list(range(50))
+        ran = await call(h.ran_calls())
+        assert ran == list(range(50)), f"cancelled calls ran: {sorted(set(ran) - set(range(50)))}"
+
+
+async def test_a_re_entrant_call_does_not_inherit_the_waiting_calls_context():
+    async with actorbox.Runtime() as rt:
+        svc = Service()
+        rt.register("svc", svc)
+        h = await rt.start(SyncOnly)
+        svc.actor = h
+        assert await call(h.bound_then_call_back()) is None
