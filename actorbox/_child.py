@@ -10,11 +10,13 @@ stays free for cancellations, nested calls and their replies.
 Inline calls. An actor whose class has no async methods and runs one call at a
 time needs its loop for nothing but reading frames, so its sync calls run on the
 loop thread itself when nothing else is running: no thread hand-off, about 20 us
-less per call on this class of machine. Two things keep that from ever blocking:
-a nested call waited for with ``Future.result()`` reads frames itself until its
-reply comes (the pump), and a watchdog thread starts reading once one call has run
-inline for a whole interval, so cancellations, further calls and STOP are seen
-while it runs. Frames are read under ``Connection.read_lock``, by one thread at a
+less per call on this class of machine. Three things keep that from ever blocking
+or showing: a nested call waited for with ``Future.result()`` reads frames itself
+until its reply comes (the pump); a watchdog thread starts reading frames and
+writing what waits to be sent once inline calls have kept the loop busy for a
+whole interval, so cancellations, further calls and STOP are seen meanwhile; and
+the user's code sees no running event loop (``asyncio.run()`` works, as on a
+worker thread). Frames are read under ``Connection.read_lock``, by one thread at a
 time, in order.
 """
 
@@ -139,11 +141,11 @@ class ActorProcess(Caller):
         self.begun: set[int] = set()  # async calls whose coroutine has started
         self.cancelled_early: set[int] = set()  # async calls cancelled before they started
         # Inline calls (see the module docstring). inline_ok: decided once the instance
-        # exists; inline_token: the token of the call running inline now, else None.
+        # exists; inline_token: a new object per run of inline calls, None between runs.
         self.inline_ok = False
         self.inline_depth = 0
-        self.inline_token: object | None = None  # one per run of inline calls (back to back)
-        self._base_ctx = contextvars.copy_context()  # each call's context starts from this one (serve())
+        self.inline_token: object | None = None
+        self._base_ctx = contextvars.copy_context()  # each call's context copies this (set again in serve())
         self._deferred: tuple[_Job, _SyncCall] | None = None  # to run inline once the read is over
         self.conn.after_read = self._run_deferred
         self._watch_wake = threading.Event()
