@@ -254,6 +254,7 @@ def _address(mm: mmap.mmap) -> int:
 SPARE_MIN = 2 << 20
 _SPARE_IDLE = 30.0  # seconds a size goes unasked before its spares are freed
 _SPARE_SIZES = 32  # sizes tracked at most; the least recently asked is dropped
+_SPARE_STALE = 2.0  # seconds unasked after which a size's spares may make room for another's
 # The background thread works in steps of this many bytes: one system call over a big
 # range can hold a CPU for milliseconds before the kernel lets a woken thread run.
 _STEP = 256 << 10
@@ -393,6 +394,24 @@ class Spares:
                 return size
         return None
 
+    def _make_room(self) -> list[tuple[int, int, int]]:
+        """When the most recently asked size lacks a spare and the budget is spent, free
+        spares of sizes not asked for lately (oldest first); returns them as (fd, base, size).
+        Sizes asked for at about the same time keep theirs: no two sizes evict each other."""
+        want = next((s for s in reversed(self._asked) if not self._ready.get(s)), None)
+        if want is None or self._ready_bytes + want <= self.limit:
+            return []
+        now = time.monotonic()
+        out: list[tuple[int, int, int]] = []
+        for size, asked in list(self._asked.items()):  # oldest first
+            if self._ready_bytes + want <= self.limit:
+                break
+            if size != want and now - asked > _SPARE_STALE and self._ready.get(size):
+                group = self._ready.pop(size)
+                self._ready_bytes -= size * len(group)
+                out.extend((fd, base, size) for fd, base in group)
+        return out
+
     def _expired(self) -> list[tuple[int, int, int]]:
         """Forget sizes not asked for lately; returns their spares as (fd, base, size)."""
         now = time.monotonic()
@@ -413,14 +432,17 @@ class Spares:
             pass
         while True:
             with self._cond:
-                while not self._closed and not self._retired and self._wanted() is None:
-                    if not self._cond.wait(timeout=_SPARE_IDLE if self._ready else None) and self._ready:
-                        break  # idle: look for sizes to free
-                if self._closed:
-                    return
+                freed: list[tuple[int, int, int]] = []
+                while True:
+                    if self._closed:
+                        return
+                    freed += self._expired()
+                    freed += self._make_room()
+                    size = self._wanted()
+                    if self._retired or freed or size is not None:
+                        break
+                    self._cond.wait(timeout=_SPARE_IDLE if self._ready else None)  # (then look for idle sizes)
                 retired, self._retired = self._retired, []
-                freed = self._expired()
-                size = self._wanted()
             for base, n in retired:
                 _munmap(base, n)
             for fd, base, n in freed:
