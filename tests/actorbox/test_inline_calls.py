@@ -74,7 +74,7 @@ class SyncOnly:
         return out
 
     def work(self, i):
-        self.ran = getattr(self, "ran", []) + [i]
+        self.ran = [*getattr(self, "ran", []), i]
         time.sleep(0.004)
         return i
 
