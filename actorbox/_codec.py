@@ -203,7 +203,11 @@ class Codec:
             context = {k: v for k, v in exc.context().items() if _is_plain(v)}
             args: list[Any] = [exc.message]
         else:
-            args = [a if _is_plain(a) else repr(a) for a in exc.args]
+            raw = exc.args
+            if isinstance(exc, OSError) and len(raw) == 2 and (exc.filename is not None or exc.filename2 is not None):
+                # OSError keeps its file names beside args: without them the message loses them.
+                raw = (exc.errno, exc.strerror, exc.filename, None, exc.filename2)
+            args = [a if _is_plain(a) else repr(a) for a in raw]
         try:
             message = str(exc)
         except Exception:

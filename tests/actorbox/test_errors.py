@@ -50,6 +50,14 @@ class Faulty:
     async def aunsendable(self):
         return object()
 
+    def open_missing(self, path):
+        open(path)
+
+    def rename_missing(self, src, dst):
+        import os
+
+        os.rename(src, dst)
+
     def ok(self):
         return "ok"
 
@@ -115,6 +123,20 @@ async def test_remote_builtin_exception_keeps_type_args_and_traceback(method):
         assert "ValueError" in tb
         # The actor still serves after raising.
         assert await f.ok() == "ok"
+
+
+async def test_an_os_error_keeps_its_file_names():
+    """OSError keeps file names beside its args; they arrive (and so does the message naming them)."""
+    async with actorbox.Runtime() as rt:
+        f = await rt.start(Faulty)
+        with pytest.raises(FileNotFoundError) as ei:
+            await f.open_missing("/nonexistent/plugin.cfg")
+        exc = ei.value
+        assert (exc.errno, exc.filename) == (2, "/nonexistent/plugin.cfg")
+        assert str(exc) == "[Errno 2] No such file or directory: '/nonexistent/plugin.cfg'"
+        with pytest.raises(FileNotFoundError) as ei:
+            await f.rename_missing("/nonexistent/a", "/nonexistent/b")
+        assert (ei.value.filename, ei.value.filename2) == ("/nonexistent/a", "/nonexistent/b")
 
 
 async def test_custom_exception_from_importable_module_keeps_type():
