@@ -140,6 +140,14 @@ class ObjectStore:
                                                     "bytes": oldest[1].nbytes},
         }
 
+    def objects(self) -> list[dict[str, Any]]:
+        """What the store holds, oldest first: id, bytes, age and seconds left before it
+        expires (None: kept until released)."""
+        now = time.monotonic()
+        return [{"object_id": k, "bytes": s.nbytes, "age_s": round(now - s.created, 3),
+                 "expires_in_s": None if s.expires is None else round(max(0.0, s.expires - now), 3)}
+                for k, s in sorted(self._objects.items(), key=lambda kv: kv[1].created)]
+
     def __contains__(self, object_id: object) -> bool:
         return object_id in self._objects
 

@@ -316,6 +316,22 @@ async def test_stats_report_counts_bytes_capacity_and_the_oldest_object():
         assert 2 * MB <= s["bytes"] < 2 * MB + 32 * 1024
 
 
+async def test_objects_lists_what_the_store_holds_oldest_first():
+    """objects() gives each held object's id, size, age and time left (None: kept until released)."""
+    async with actorbox.Runtime(object_retention=30) as rt:
+        assert rt.object_store.objects() == []
+        first = await rt.put(torch.zeros(MB // 4))
+        await anyio.sleep(0.1)
+        second = await rt.put(np.zeros(2 * MB, dtype=np.uint8), retention=None)
+        listed = rt.object_store.objects()
+        assert [o["object_id"] for o in listed] == [first.object_id, second.object_id]
+        assert MB <= listed[0]["bytes"] < MB + 32 * 1024 and listed[0]["age_s"] >= 0.1
+        assert 29 < listed[0]["expires_in_s"] <= 30 and listed[1]["expires_in_s"] is None
+        await first.release()
+        assert [o["object_id"] for o in rt.object_store.objects()] == [second.object_id]
+        await second.release()
+
+
 # -- events ------------------------------------------------------------------------------------
 
 
