@@ -370,9 +370,12 @@ class ActorProcess(Caller):
                 if self._read_for_loop() is False:
                     _exit_now()  # the host closed the connection
                 # Sends that did not fit wait for the loop's writer, which can't run now.
-                pending = not self.conn.flush()
-                poller.register(fd, select.POLLIN | (select.POLLOUT if pending else 0))
-                poller.poll(_WATCH_INTERVAL * 1000)
+                unsent = not self.conn.flush()
+                if unsent or self.pending:  # replies awaited (or output): act as soon as the socket allows
+                    poller.register(fd, select.POLLIN | (select.POLLOUT if unsent else 0))
+                    poller.poll(_WATCH_INTERVAL * 1000)
+                else:  # else read in batches: a frame-by-frame reader would fight the loop for the GIL
+                    time.sleep(_WATCH_INTERVAL)
 
     def _read_for_loop(self, *, wait: bool = True) -> bool | None:
         try:
