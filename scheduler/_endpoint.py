@@ -133,9 +133,12 @@ class ConnectionEndpoint(Endpoint):
 
         The actor would refuse the frame and drop the connection, dying with every call
         it holds; refusing here fails this one message instead."""
-        size = len(msg.payload)
         limit = self.conn.max_frame
-        if size + _ENVELOPE_SLACK <= limit:
+        if type(msg) is env.Call:
+            size = len(msg.payload) + len(msg.method) + sum(len(r[1]) for r in msg.resolved)  # type: ignore[union-attr]
+        else:
+            size = len(msg.payload) if msg.detail is None else limit  # type: ignore[union-attr]
+        if size + _ENVELOPE_SLACK <= limit:  # bytes every other field takes together stay under the slack
             return None
         body = env.encode(msg)
         if len(body) <= limit:

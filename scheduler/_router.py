@@ -89,6 +89,7 @@ class ActorEntry:
     # against ``window`` and the QUEUED state only.
     active: int = 0
     unstarted: deque[CallEntry] = field(default_factory=deque)
+    pumping: bool = False  # _pump is running for this actor (a call refused on delivery re-enters it)
     # Why calls to this actor cannot be served right now (None while serving or starting).
     closed: tuple[env.Status, dict[str, Any]] | None = None
 
@@ -272,10 +273,17 @@ class Scheduler:
             self._finish(d, env.Reply(d.call_id, env.Status.DEP_FAILED, payload, info), trusted=trusted)
             return
         call = d.call
+        # A Future passed twice shares one result: each later use gets its own descriptors,
+        # so every fd in the call is distinct and closed exactly once.
+        seen: set[int] = set()
+        fdsets: list[tuple[int, ...]] = []
+        for g, r in zip(d.deps, results, strict=True):
+            fdsets.append(tuple(os.dup(fd) for fd in r[4]) if g in seen else r[4])
+            seen.add(g)
         d.call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                           trusted=call.trusted,
-                          resolved=tuple((int(r[0]), r[1], r[3], len(r[4])) for r in results),
-                          fds=call.fds + tuple(fd for r in results for fd in r[4]))
+                          resolved=tuple((int(r[0]), r[1], r[3], len(f)) for r, f in zip(results, fdsets, strict=True)),
+                          fds=call.fds + tuple(fd for f in fdsets for fd in f))
         d.results = None
         d.state = QUEUED
         a = self.actors.get(d.actor_id)
@@ -341,9 +349,17 @@ class Scheduler:
     def _pump(self, a: ActorEntry) -> None:
         # Strict FIFO. Re-entrant calls never wait here: submit() admits them at
         # once, since an ancestor of theirs is running on the actor.
-        queue = a.queue
-        while queue and a.endpoint is not None and len(a.running) < a.window:
-            self._start(a, queue.popleft(), False)
+        # Not re-entered: a call refused on delivery finishes at once and would pump again
+        # from inside this loop (one level per refused call); this loop picks up after it.
+        if a.pumping:
+            return
+        a.pumping = True
+        try:
+            queue = a.queue
+            while queue and a.endpoint is not None and len(a.running) < a.window:
+                self._start(a, queue.popleft(), False)
+        finally:
+            a.pumping = False
 
     def reply(self, callee: Endpoint, reply: env.Reply) -> None:
         """A result from ``callee``; ignored unless it answers a call delivered to it."""
