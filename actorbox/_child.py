@@ -147,6 +147,7 @@ class ActorProcess(Caller):
         self.inline_token: object | None = None
         self._base_ctx = contextvars.copy_context()  # each call's context copies this (set again in serve())
         self._deferred: tuple[_Job, _SyncCall] | None = None  # to run inline once the read is over
+        self._deferred_init: tuple[env.Init, bytes] | None = None
         self.conn.after_read = self._run_deferred
         self._watch_wake = threading.Event()
         self._watch_parked = False
@@ -167,9 +168,19 @@ class ActorProcess(Caller):
                     f"the host's frame limit of {self.conn.max_frame} bytes; pass big data as torch tensors or "
                     "numpy arrays (they travel in shared memory, not in the frame), or raise "
                     "Runtime(max_frame_size=...)")
-                if type(msg) is not env.Reply:
+                t = type(msg)
+                if t is env.Reply:
+                    body = env.encode(env.Reply(msg.call_id, env.Status.ERROR, self._encode_exc(exc)))  # type: ignore[union-attr]
+                elif t is env.Ready:  # a constructor error too big to send: say so, briefly
+                    body = env.encode(env.Ready(os.getpid(), self.codec.dumps(SerializationError(
+                        f"the constructor raised an error that encodes to {len(body)} bytes, over the host's "
+                        f"frame limit of {self.conn.max_frame} bytes; raise a shorter one"))))
+                elif t is env.Log:  # a log event is never worth failing the code that logged it
+                    print(f"actorbox: a log event of {len(body)} bytes is over the frame limit; dropped",
+                          file=sys.stderr)
+                    return
+                else:
                     raise exc
-                body = env.encode(env.Reply(msg.call_id, env.Status.ERROR, self._encode_exc(exc)))  # type: ignore[union-attr]
                 send_fds = ()
             self.conn.send(body, send_fds)
         except ConnectionClosed:
@@ -227,10 +238,31 @@ class ActorProcess(Caller):
         for p in reversed(paths):
             if p not in sys.path:
                 sys.path.insert(0, p)
-        ctx = contextvars.copy_context()
-        self.executor.submit(ctx.run, self._construct, init, pickled)
+        # Constructed after this read, with the read lock released (like an inline call):
+        # the class decides where. An actor whose calls will run inline on this thread is
+        # constructed here too, so __init__ and its calls share one thread (sqlite
+        # connections, thread-locals, torch's grad mode); any other on a worker thread,
+        # where its sync calls run.
+        self._deferred_init = (init, pickled)
+        if not self.conn.loop_reading:
+            self.loop.call_soon(self._run_deferred)
 
-    def _construct(self, init: env.Init, pickled: bytes) -> None:
+    def _construct_inline(self, init: env.Init, pickled: bytes) -> None:
+        """Unpickle the spec here, as an inline run (a watchdog sees STOP meanwhile), then
+        construct here or hand the construction to a worker thread."""
+        watched = self._start_watchdog()
+        ctx = contextvars.copy_context()
+        self.inline_depth += 1
+        self.inline_token = object()
+        asyncio.events._set_running_loop(None)
+        try:
+            ctx.run(self._construct, init, pickled, watched)
+        finally:
+            asyncio.events._set_running_loop(self.loop)
+            self.inline_token = None
+            self.inline_depth -= 1
+
+    def _construct(self, init: env.Init, pickled: bytes, watched: bool) -> None:
         try:
             # INIT only ever arrives from the host over our own socket: trusted.
             spec = pickle.loads(pickled)
@@ -239,8 +271,19 @@ class ActorProcess(Caller):
             self.conn.max_frame = spec.get("max_frame", self.conn.max_frame)  # the host's limit, both ways
             _configure_logging(self, spec["label"])
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
+        except BaseException as exc:
+            self._send(env.Ready(os.getpid(), self._encode_exc(exc)))
+            return
+        if watched and self.max_concurrency == 1 and not _class_has_async_methods(cls):
+            self._instantiate(cls, spec, inline=True)
+        else:
+            ctx = contextvars.copy_context()
+            self.executor.submit(ctx.run, self._instantiate, cls, spec, False)
+
+    def _instantiate(self, cls: type, spec: dict[str, Any], inline: bool) -> None:
+        try:
             self.instance = cls(*spec["args"], **spec["kwargs"])
-            self.inline_ok = self.max_concurrency == 1 and not _has_async_methods(self.instance)
+            self.inline_ok = inline and not _has_async_methods(self.instance)
         except BaseException as exc:
             self._send(env.Ready(os.getpid(), self._encode_exc(exc)))
             return
@@ -289,6 +332,11 @@ class ActorProcess(Caller):
             else:
                 self.loop.call_soon_threadsafe(self._launch, job)
             return
+        if self.inline_ok and not on_loop:
+            # Read by the watchdog as an inline run ends: run it on the loop thread too, so an
+            # inline actor's calls keep to one thread.
+            self.loop.call_soon_threadsafe(self._launch, job)
+            return
         token = self.running[cid] = _SyncCall()
         if self.inline_ok and on_loop and not self.inline_depth and len(self.running) == 1:
             # Not now: this runs under the connection's read lock, which the call must not
@@ -300,6 +348,9 @@ class ActorProcess(Caller):
             self.executor.submit(self._sync_worker, job, token)
 
     def _run_deferred(self) -> None:
+        init, self._deferred_init = self._deferred_init, None
+        if init is not None and not self.stopped.is_set():
+            self._construct_inline(*init)
         deferred, self._deferred = self._deferred, None
         if deferred is not None and not self.stopped.is_set():  # stopping: start nothing more
             self._run_inline(*deferred)
@@ -311,7 +362,7 @@ class ActorProcess(Caller):
         inside a sync method works on a worker thread and must work here too."""
         self.inline_depth += 1
         self.inline_token = object()
-        if self._watch_parked or self._watch_thread is None:
+        if self._watch_parked:
             self._wake_watchdog()
         try:
             while True:
@@ -333,15 +384,22 @@ class ActorProcess(Caller):
             self.inline_token = None
             self.inline_depth -= 1
 
-    def _wake_watchdog(self) -> None:
+    def _start_watchdog(self) -> bool:
+        """Start the watchdog thread (at INIT); False when no thread can be had (a process
+        limit): then nothing runs inline."""
         if self._watch_thread is None:
             ctx = contextvars.copy_context()  # frames it dispatches need this process's context
-            self._watch_thread = threading.Thread(target=ctx.run, args=(self._watch,),
-                                                  name="actorbox-inline-watch", daemon=True)
-            self._watch_thread.start()
-        else:
-            self._watch_parked = False
-            self._watch_wake.set()
+            thread = threading.Thread(target=ctx.run, args=(self._watch,), name="actorbox-inline-watch", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                return False
+            self._watch_thread = thread
+        return True
+
+    def _wake_watchdog(self) -> None:
+        self._watch_parked = False
+        self._watch_wake.set()
 
     def _watch(self) -> None:
         """Read frames, and write what waits to be sent, while inline calls have kept the
@@ -351,31 +409,40 @@ class ActorProcess(Caller):
         fd = self.conn.sock.fileno()
         poller = select.poll()
         while True:
-            time.sleep(_WATCH_INTERVAL)
-            token = self.inline_token
-            if token is None:
-                if time.monotonic() - idle_since > _WATCH_PARK_AFTER:
-                    self._watch_parked = True
-                    if self.inline_token is None:  # (set before the loop checks _watch_parked)
-                        self._watch_wake.wait()
-                    self._watch_wake.clear()
-                    self._watch_parked = False
-                    idle_since = time.monotonic()
-                continue
-            idle_since = time.monotonic()
-            if token is not seen:  # inline calls that started since the last look: give them an interval
-                seen = token
-                continue
-            while self.inline_token is token:
-                if self._read_for_loop() is False:
-                    _exit_now()  # the host closed the connection
-                # Sends that did not fit wait for the loop's writer, which can't run now.
-                unsent = not self.conn.flush()
-                if unsent or self.pending:  # replies awaited (or output): act as soon as the socket allows
-                    poller.register(fd, select.POLLIN | (select.POLLOUT if unsent else 0))
-                    poller.poll(_WATCH_INTERVAL * 1000)
-                else:  # else read in batches: a frame-by-frame reader would fight the loop for the GIL
-                    time.sleep(_WATCH_INTERVAL)
+            try:
+                seen, idle_since = self._watch_once(seen, idle_since, fd, poller)
+            except Exception:  # it must outlive any one failure: inline calls rely on it
+                traceback.print_exc()
+                time.sleep(_WATCH_INTERVAL)
+
+    def _watch_once(self, seen: object | None, idle_since: float, fd: int,
+                    poller: select.poll) -> tuple[object | None, float]:
+        """One look at the loop (and, during a long inline run, the reading it needs)."""
+        time.sleep(_WATCH_INTERVAL)
+        token = self.inline_token
+        if token is None:
+            if time.monotonic() - idle_since > _WATCH_PARK_AFTER:
+                self._watch_parked = True
+                if self.inline_token is None:  # (set before the loop checks _watch_parked)
+                    self._watch_wake.wait()
+                self._watch_wake.clear()
+                self._watch_parked = False
+                idle_since = time.monotonic()
+            return seen, idle_since
+        idle_since = time.monotonic()
+        if token is not seen:  # inline calls that started since the last look: give them an interval
+            return token, idle_since
+        while self.inline_token is token:
+            if self._read_for_loop() is False:
+                _exit_now()  # the host closed the connection
+            # Sends that did not fit wait for the loop's writer, which can't run now.
+            unsent = not self.conn.flush()
+            if unsent or self.pending:  # replies awaited (or output): act as soon as the socket allows
+                poller.register(fd, select.POLLIN | (select.POLLOUT if unsent else 0))
+                poller.poll(_WATCH_INTERVAL * 1000)
+            else:  # else read in batches: a frame-by-frame reader would fight the loop for the GIL
+                time.sleep(_WATCH_INTERVAL)
+        return seen, time.monotonic()
 
     def _read_for_loop(self, *, wait: bool = True) -> bool | None:
         try:
@@ -501,6 +568,18 @@ class ActorProcess(Caller):
                 job.cancel()
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             print(f"actorbox: connection to the host failed: {reader.exception()!r}", file=sys.stderr)
+
+
+def _class_has_async_methods(cls: type) -> bool:
+    """Whether a public method the class defines is a coroutine function (before any instance)."""
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attr = inspect.getattr_static(cls, name, None)
+        fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        if inspect.isfunction(fn) and inspect.iscoroutinefunction(fn):
+            return True
+    return False
 
 
 def _has_async_methods(instance: Any) -> bool:

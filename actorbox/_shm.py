@@ -310,7 +310,7 @@ class Spares:
         self._retired: list[tuple[int, int]] = []  # (base, size) of used spares' mappings
         self._ready_bytes = 0
         self._thread: threading.Thread | None = None
-        self._closed = False
+        self._gen = 0  # bumped by close(): a thread of an older generation stops and keeps nothing
         self.hits = 0
         self.misses = 0
 
@@ -328,8 +328,6 @@ class Spares:
         if size > self.limit:
             return None
         with self._cond:
-            if self._closed:
-                return None
             self._asked.pop(size, None)
             self._asked[size] = time.monotonic()
             while len(self._asked) > _SPARE_SIZES:
@@ -342,7 +340,8 @@ class Spares:
             else:
                 self.misses += 1
             if self._thread is None:
-                thread = threading.Thread(target=self._run, name="actorbox-shm-spares", daemon=True)
+                thread = threading.Thread(target=self._run, args=(self._gen,), name="actorbox-shm-spares",
+                                          daemon=True)
                 try:
                     thread.start()
                 except RuntimeError:  # no thread to be had (a process limit): copy as before
@@ -360,20 +359,24 @@ class Spares:
     def retire(self, base: int, size: int) -> None:
         """Unmap a used spare's mapping on the background thread."""
         with self._cond:
-            if not self._closed and self._thread is not None:
+            if self._thread is not None:
                 self._retired.append((base, size))
                 self._cond.notify()
                 return
         _munmap(base, size)
 
     def close(self) -> None:
-        """Free every spare and stop the thread (spares come back when sizes are asked again)."""
+        """Free every spare and stop the thread (spares come back when sizes are asked again).
+
+        Called on the host's event loop (Runtime exit): it waits for the thread briefly
+        only. A thread starved of CPU (it runs at idle priority) stops when it next runs,
+        and frees whatever it was making itself."""
         with self._cond:
-            self._closed = True
-            self._cond.notify()
+            self._gen += 1
+            self._cond.notify_all()
             thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout=0.1)
         with self._cond:
             for size, group in self._ready.items():
                 for fd, base in group:
@@ -385,7 +388,6 @@ class Spares:
             self._asked.clear()
             self._retired.clear()
             self._ready_bytes = 0
-            self._closed = False
 
     def _wanted(self) -> int | None:
         """The most recently asked size short of a spare, if the budget allows one more."""
@@ -425,7 +427,7 @@ class Spares:
             out.extend((fd, base, size) for fd, base in group)
         return out
 
-    def _run(self) -> None:
+    def _run(self, gen: int) -> None:
         try:  # this thread only: run when a CPU would otherwise idle, never ahead of calls
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except (AttributeError, OSError):
@@ -434,7 +436,7 @@ class Spares:
             with self._cond:
                 freed: list[tuple[int, int, int]] = []
                 while True:
-                    if self._closed:
+                    if self._gen != gen:
                         return
                     freed += self._expired()
                     freed += self._make_room()
@@ -451,13 +453,13 @@ class Spares:
             if size is None:
                 continue
             try:
-                fd, base = _make_spare(size, lambda: self._closed)
+                fd, base = _make_spare(size, lambda: self._gen != gen)
             except OSError:  # out of memory or descriptors: senders make their own segments
                 with self._cond:
                     self._asked.pop(size, None)
                 continue
             with self._cond:
-                if not self._closed and size in self._asked and self._ready_bytes + size <= self.limit:
+                if self._gen == gen and size in self._asked and self._ready_bytes + size <= self.limit:
                     self._ready.setdefault(size, []).append((fd, base))
                     self._ready_bytes += size
                     continue

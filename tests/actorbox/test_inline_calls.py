@@ -283,3 +283,54 @@ async def test_a_re_entrant_call_does_not_inherit_the_waiting_calls_context():
         h = await rt.start(SyncOnly)
         svc.actor = h
         assert await call(h.bound_then_call_back()) is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_without_a_watchdog_thread_nothing_runs_inline(monkeypatch):
+    """Under a process limit no thread may be had: the actor then keeps every call on workers."""
+    import socket
+
+    from actorbox._child import ActorProcess
+
+    a, b = socket.socketpair()
+    try:
+        proc = ActorProcess(a)
+
+        def refuse(self):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        assert proc._start_watchdog() is False
+        assert proc._watch_thread is None
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_init_and_calls_share_one_thread():
+    """__init__ of an inline actor runs where its calls run: thread-locals and sqlite
+    connections made there work for every call."""
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(ThreadBound)
+        for _ in range(5):
+            got = await call(h.check())
+            assert got["db"] == "ok" and got["local"] is True, got
+
+
+@actorbox.actor
+class ThreadBound:
+    def __init__(self):
+        import sqlite3
+
+        self.db = sqlite3.connect(":memory:")
+        self.local = threading.local()
+        self.local.ready = True
+
+    def check(self):
+        try:
+            self.db.execute("select 1")
+            db = "ok"
+        except Exception as exc:
+            db = f"{type(exc).__name__}: {exc}"
+        return {"db": db, "local": getattr(self.local, "ready", None)}
+

@@ -190,9 +190,10 @@ def test_close_frees_every_spare_and_does_not_wait_for_a_big_one(table):
     table.spares.close()
     took = time.monotonic() - t0
     assert table.spares.held_fds() == set() and table.spares.ready_bytes == 0
-    assert memfds() <= before
     assert took < 0.5, f"close() waited {took:.2f} s for a spare being made"
-    assert not any(t.name == "actorbox-shm-spares" and t.is_alive() for t in threading.enumerate())
+    # The thread drops what it was making and ends on its own, soon after.
+    wait_for(lambda: not any(t.name == "actorbox-shm-spares" and t.is_alive() for t in threading.enumerate()))
+    wait_for(lambda: memfds() <= before)
 
 
 def test_making_a_big_spare_does_not_stall_other_threads(table):
