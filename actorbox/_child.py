@@ -274,7 +274,7 @@ class ActorProcess(Caller):
         except BaseException as exc:
             self._send(env.Ready(os.getpid(), self._encode_exc(exc)))
             return
-        if watched and self.max_concurrency == 1 and not _class_has_async_methods(cls):
+        if watched and self.max_concurrency == 1 and not _has_async_methods(cls):
             self._instantiate(cls, spec, inline=True)
         else:
             ctx = contextvars.copy_context()
@@ -570,28 +570,17 @@ class ActorProcess(Caller):
             print(f"actorbox: connection to the host failed: {reader.exception()!r}", file=sys.stderr)
 
 
-def _class_has_async_methods(cls: type) -> bool:
-    """Whether a public method the class defines is a coroutine function (before any instance)."""
-    for name in dir(cls):
-        if name.startswith("_"):
-            continue
-        attr = inspect.getattr_static(cls, name, None)
-        fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
-        if inspect.isfunction(fn) and inspect.iscoroutinefunction(fn):
-            return True
-    return False
-
-
-def _has_async_methods(instance: Any) -> bool:
-    """Whether a call on ``instance`` could run a coroutine (then the loop must stay free):
-    the methods resolve_method can reach, tested as it tests them."""
-    cls = type(instance)
+def _has_async_methods(target: Any) -> bool:
+    """Whether a call on ``target`` (a class, before any instance, or an instance) could
+    run a coroutine, then the loop must stay free: the methods resolve_method can reach,
+    tested as it tests them."""
+    cls = target if isinstance(target, type) else type(target)
     for name in dir(cls):
         if name.startswith("_"):
             continue
         attr = inspect.getattr_static(cls, name, None)
         if (inspect.isfunction(attr) or isinstance(attr, (staticmethod, classmethod))) and \
-                inspect.iscoroutinefunction(getattr(instance, name, None)):
+                inspect.iscoroutinefunction(getattr(target, name, None)):
             return True
     return False
 

@@ -172,6 +172,16 @@ async def _pickled_round_trip(h: actorbox.ActorHandle, t: torch.Tensor) -> tuple
     return ms, r, chunked
 
 
+async def _fresh_sample(h: actorbox.ActorHandle, nbytes: int, s: SizeSamples, key: str, into: list[float]) -> None:
+    t = torch.ones(nbytes, dtype=torch.uint8)  # fresh, made outside the timed region
+    f0 = _minflt()
+    t0 = time.perf_counter_ns()
+    r = await h.echo(t)
+    into.append(_ms(t0))
+    s.faults.setdefault(key, []).append(_minflt() - f0)
+    del t, r  # frees the segment: outside the timed region
+
+
 async def measure_size(h: actorbox.ActorHandle, spares: Any, nbytes: int, repeats: int) -> SizeSamples:
     s = SizeSamples()
     limit = spares.limit
@@ -204,25 +214,10 @@ async def measure_size(h: actorbox.ActorHandle, spares: Any, nbytes: int, repeat
             r = None  # refcounting frees it (no gc.collect() here: a 70 ms pause skews the next call)
 
         for _ in range(k):
-            t = torch.ones(nbytes, dtype=torch.uint8)  # fresh, made outside the timed region
-            f0 = _minflt()
-            t0 = time.perf_counter_ns()
-            r = await h.echo(t)
-            s.fresh.append(_ms(t0))
-            s.faults.setdefault("fresh", []).append(_minflt() - f0)
-            del t
-            r = None  # frees the segment: outside the timed region
-
+            await _fresh_sample(h, nbytes, s, "fresh", s.fresh)
         spares.limit = 0  # the fresh path as it was before spare segments
         for _ in range(k):
-            t = torch.ones(nbytes, dtype=torch.uint8)
-            f0 = _minflt()
-            t0 = time.perf_counter_ns()
-            r = await h.echo(t)
-            s.fresh_nospare.append(_ms(t0))
-            s.faults.setdefault("fresh_nospare", []).append(_minflt() - f0)
-            del t
-            r = None
+            await _fresh_sample(h, nbytes, s, "fresh_nospare", s.fresh_nospare)
         spares.limit = limit
 
         for _ in range(k if rnd < pickled_rounds else 0):

@@ -33,10 +33,15 @@ pytestmark = pytest.mark.anyio
 CALL_TIMEOUT = 30.0
 
 
+def where():
+    """Which thread runs this: the actor's loop thread (its main thread) or a worker."""
+    return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+
+
 @actorbox.actor
 class SyncOnly:
     def where(self):
-        return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+        return where()
 
     def sleep(self, seconds):
         time.sleep(seconds)
@@ -96,7 +101,7 @@ class SyncOnly:
 @actorbox.actor
 class Mixed:
     def where(self):
-        return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+        return where()
 
     async def nothing(self):
         return None
@@ -105,7 +110,7 @@ class Mixed:
 @actorbox.actor(max_concurrency=2)
 class SyncPair:
     def where(self):
-        return "loop" if threading.current_thread() is threading.main_thread() else "worker"
+        return where()
 
     def sleep(self, seconds):
         time.sleep(seconds)
