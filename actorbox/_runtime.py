@@ -115,6 +115,8 @@ class Runtime:
         capacity = object_store_capacity if object_store_capacity is not None else psutil.virtual_memory().total // 2
         self.object_store = ObjectStore(self.codec, retention=object_retention,  # type: ignore[arg-type]
                                         capacity=capacity)
+        if isinstance(object_retention, (int, float)):  # CUDA IPC sources too (None: the 30 s default)
+            self.codec.cuda_keepalive.retention = float(object_retention)
         self.closing = False
         self._supervisors: dict[int, ActorSupervisor] = {}
         self._host: HostEndpoint | None = None
@@ -170,6 +172,7 @@ class Runtime:
             retention = store.retention
             await anyio.sleep(1.0 if retention is None else max(0.05, min(1.0, retention / 4)))
             store.expire()
+            self.codec.cuda_keepalive.expire()
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> bool | None:

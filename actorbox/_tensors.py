@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import SerializationError
@@ -299,25 +300,58 @@ def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any
 # -- CUDA IPC ----------------------------------------------------------------------
 
 CUDA_IPC_FIELDS = 14
+# A shared-memory name no process creates: what receivers hand torch as the counter file.
+_NO_COUNTER = f"/actorbox-no-ipc-counter-{os.urandom(8).hex()}".encode()
 
 
 def cuda_ipc_enabled() -> bool:
     return os.environ.get("ACTORBOX_ENABLE_CUDA_IPC", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _release_ipc_counter(ref: tuple[bytes, int]) -> None:
+    """Count one receiver's reference to a storage shared by IPC as dropped (best effort)."""
+    import torch
+
+    try:
+        torch.UntypedStorage._release_ipc_counter_cuda(*ref)  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError, TypeError):
+        pass  # a torch without CUDA, or a counter file already gone: nothing left to count
+
+
 class CudaKeepAlive:
     """Holds shared CUDA storages for ``retention`` seconds, so a sender dropping its
-    tensor right after a call can't free memory the receiver is about to open."""
+    tensor right after a call can't free memory the receiver is about to open.
 
-    def __init__(self, retention: float = 30.0) -> None:
+    torch frees a storage shared by IPC only once every receiver has decremented its
+    reference counter, a file in the sender's /dev/shm. A sandboxed receiver has its
+    own /dev/shm, and a receiver must never open a file a peer named, so receivers
+    leave the counter alone and the sender decrements it itself when the retention
+    ends: from then on the block is the sender's again (freed once it drops it too).
+    """
+
+    def __init__(self, retention: float = 30.0,
+                 release: Callable[[tuple[bytes, int]], None] = _release_ipc_counter) -> None:
         self.retention = retention
-        self._held: deque[tuple[float, Any]] = deque()
+        self._release = release
+        self._held: deque[tuple[float, Any, tuple[bytes, int] | None]] = deque()
 
-    def hold(self, storage: Any) -> None:
+    def hold(self, storage: Any, ref: tuple[bytes, int] | None = None) -> None:
+        """Keep ``storage`` for the retention time; ``ref`` is its IPC counter (handle, offset)."""
         now = time.monotonic()
+        self.expire(now)
+        self._held.append((now + self.retention, storage, ref))
+
+    def expire(self, now: float | None = None) -> int:
+        """Release every storage whose retention has passed; returns how many."""
+        now = time.monotonic() if now is None else now
+        n = 0
         while self._held and self._held[0][0] <= now:
-            self._held.popleft()
-        self._held.append((now + self.retention, storage))
+            _, storage, ref = self._held.popleft()
+            if ref is not None:
+                self._release(ref)  # before the storage goes: torch then frees it at once
+            del storage
+            n += 1
+        return n
 
     def __len__(self) -> int:
         return len(self._held)
@@ -330,7 +364,7 @@ def export_cuda_ipc(t: Any, keepalive: CudaKeepAlive) -> list[Any]:
     storage = t.untyped_storage()
     (device, handle, size_bytes, offset_bytes, ref_handle, ref_offset, event_handle,
      event_sync) = storage._share_cuda_()
-    keepalive.hold(storage)
+    keepalive.hold(storage, (bytes(ref_handle), int(ref_offset)) if ref_handle is not None else None)
     dtype = str(t.dtype).removeprefix("torch.")
     return [dtype, list(t.shape), list(t.stride()), t.storage_offset(), int(device), bytes(handle),
             int(size_bytes), int(offset_bytes), bytes(ref_handle) if ref_handle is not None else None,
@@ -364,8 +398,11 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
         raise SerializationError("a CUDA tensor's view reaches past the end of its allocation")
     try:
         torch.cuda._lazy_init()  # type: ignore[no-untyped-call]
-        storage = torch.UntypedStorage._new_shared_cuda(device, handle, size_bytes, offset_bytes, ref_handle,
-                                                        ref_offset, event_handle, event_sync)
+        # The sender's counter file is never opened here (see CudaKeepAlive): a name that
+        # exists nowhere makes torch's release on free a no-op.
+        storage = torch.UntypedStorage._new_shared_cuda(device, handle, size_bytes, offset_bytes, _NO_COUNTER,
+                                                        0, event_handle if event_handle is not None else b"",
+                                                        event_sync)
         t = torch.empty(0, dtype=dtype, device=f"cuda:{device}").set_(storage, offset, shape, strides)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise SerializationError(

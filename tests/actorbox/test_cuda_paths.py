@@ -7,6 +7,9 @@ name. benchmarks/cuda_ipc.py checks the real round trips on a GPU machine.
 
 from __future__ import annotations
 
+import os
+import weakref
+
 import pytest
 import torch
 
@@ -69,3 +72,45 @@ def test_keepalive_holds_storages_for_the_retention_time() -> None:
     keep.hold(object())  # the first one has expired by now and is dropped
     assert len(keep) == 1
     assert len(CudaKeepAlive(retention=60.0)) == 0
+
+
+def test_keepalive_releases_the_ipc_counter_before_dropping_the_storage() -> None:
+    """At the end of the retention the sender counts the receiver's reference as dropped
+    (torch would otherwise keep the block for ever), while it still holds the storage."""
+    released: list[tuple[tuple[bytes, int], bool]] = []
+
+    class Storage:
+        pass
+
+    s = Storage()
+    alive = weakref.ref(s)
+    keep = CudaKeepAlive(retention=0.0, release=lambda ref: released.append((ref, alive() is not None)))
+    keep.hold(s, (b"/torch_1_2", 3))
+    del s
+    assert alive() is not None  # held
+    assert keep.expire() == 1
+    assert released == [((b"/torch_1_2", 3), True)]
+    assert alive() is None and len(keep) == 0
+    keep.hold(Storage())  # a storage without a counter is just dropped
+    assert keep.expire() == 1 and len(released) == 1
+
+
+def test_receiver_never_hands_torch_the_senders_counter_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counter file named in the wire form is a peer's choice: the receiver gives torch
+    a name that exists nowhere instead, so nothing a peer names is ever opened or written."""
+    import actorbox._tensors as tensors
+
+    seen: list[tuple[object, ...]] = []
+
+    def fake_open(*args: object) -> torch.UntypedStorage:
+        seen.append(args)
+        return torch.UntypedStorage(16)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", lambda: None)
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared_cuda", staticmethod(fake_open))
+    with pytest.raises(SerializationError):  # the CPU build can't place it on cuda:0, after opening
+        import_cuda_ipc(ipc_fields(ref_handle=b"/torch_host_refcounts", ref_offset=10**9))
+    assert len(seen) == 1
+    assert seen[0][4] == tensors._NO_COUNTER and seen[0][5] == 0
+    assert not os.path.exists("/dev/shm" + tensors._NO_COUNTER.decode())
