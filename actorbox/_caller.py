@@ -74,7 +74,7 @@ class Caller:
         args = tuple(self._settled(a, label, method) for a in args)
         kwargs = {k: self._settled(v, label, method) for k, v in kwargs.items()}
         deps: list[Future[Any]] = []
-        payload, fds = self.codec.encode_call(args, kwargs, deps)
+        payload, fds = self.codec.encode_call(args, kwargs, deps, ipc=self.ipc_reaches(actor_id))
         if deps and not self.futures_as_args:
             _close_all(fds)
             raise _errors.SerializationError(
@@ -85,6 +85,10 @@ class Caller:
             raise _errors.SerializationError(
                 f"{label}.{method}(): a Future from another process or Runtime can't be an argument; await it first")
         return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps))
+
+    def ipc_reaches(self, actor_id: int) -> bool:
+        """Whether actor ``actor_id`` can open this process's CUDA IPC handles."""
+        return True  # an actor can't tell; a sandboxed receiver refuses them with the reason
 
     def _settled(self, value: Any, label: str, method: str) -> Any:
         """A finished Future argument is replaced by its value (or fails the call at once)."""

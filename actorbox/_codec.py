@@ -125,7 +125,8 @@ class Codec:
             if sink is None:
                 raise SerializationError("tensors and arrays travel only as call arguments and results")
             if is_tensor(obj):
-                if obj.device.type == "cuda" and cuda_ipc_enabled() and obj.untyped_storage().nbytes():
+                if (obj.device.type == "cuda" and sink.ipc and cuda_ipc_enabled()
+                        and obj.untyped_storage().nbytes()):
                     return msgpack.ExtType(EXT_CUDA_IPC, self.dumps(export_cuda_ipc(obj, self.cuda_keepalive)))
                 return msgpack.ExtType(EXT_TENSOR, self.dumps(export_tensor(obj, self.segments, sink)))
             return msgpack.ExtType(EXT_NDARRAY, self.dumps(export_ndarray(obj, self.segments, sink)))
@@ -161,9 +162,14 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value: {exc}") from exc
 
-    def dumps_fds(self, obj: Any) -> tuple[bytes, tuple[int, ...]]:
-        """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns."""
+    def dumps_fds(self, obj: Any, *, ipc: bool = True) -> tuple[bytes, tuple[int, ...]]:
+        """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns.
+
+        ``ipc``: whether the receiver can open CUDA IPC handles of this process (it shares
+        this process's user and /dev/shm); else CUDA tensors go through CPU memory.
+        """
         sink = FdSink(self.segments)
+        sink.ipc = ipc
         self._tls.sink = sink
         try:
             data = self.dumps(obj)
@@ -175,7 +181,7 @@ class Codec:
         return data, tuple(sink.fds)
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    deps: list[Any] | None = None) -> tuple[bytes, tuple[int, ...]]:
+                    deps: list[Any] | None = None, *, ipc: bool = True) -> tuple[bytes, tuple[int, ...]]:
         """Encode call arguments. Futures among the top-level arguments become
         placeholders, their Futures appended to ``deps`` (when given)."""
         if not args and not kwargs:
@@ -183,7 +189,7 @@ class Codec:
         if deps is not None:
             args = tuple(self._placeholder(a, deps) for a in args)
             kwargs = {k: self._placeholder(v, deps) for k, v in kwargs.items()}
-        return self.dumps_fds([list(args), kwargs])
+        return self.dumps_fds([list(args), kwargs], ipc=ipc)
 
     def _placeholder(self, value: Any, deps: list[Any]) -> Any:
         if isinstance(value, self._future_type):

@@ -95,6 +95,9 @@ class HostEndpoint(Endpoint, Caller):
     def get_actor(self, name: str) -> Any:
         return self.rt.get_actor(name)
 
+    def ipc_reaches(self, actor_id: int) -> bool:
+        return self.rt.cuda_ipc_reaches(actor_id)
+
     async def get_object(self, object_id: str) -> Any:
         return self.rt.object_store.get(object_id)
 
@@ -141,7 +144,8 @@ class HostEndpoint(Endpoint, Caller):
                     result = await func(*args, **kwargs)
                 else:
                     result = await self._in_thread(func, args, kwargs)
-                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
+                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(
+                    result, ipc=not call.trusted and self.rt.cuda_ipc_reaches_all())
                 reply = env.Reply(call.call_id, env.Status.OK, payload, fds=out)
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:

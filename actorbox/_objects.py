@@ -78,7 +78,7 @@ class ObjectStore:
         self.used = 0
 
     def put(self, obj: Any, retention: float | str | None = "default") -> str:
-        payload, fds = self.codec.dumps_fds(obj)
+        payload, fds = self.codec.dumps_fds(obj, ipc=False)  # any process may read it, the host too
         nbytes = len(payload) + sum(os.fstat(fd).st_size for fd in fds)
         if self.used + nbytes > self.capacity:
             for fd in fds:

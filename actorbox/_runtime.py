@@ -166,6 +166,21 @@ class Runtime:
             await anyio.sleep(FLUSH_INTERVAL_S)
             recorder.flush()
 
+    def cuda_ipc_reaches(self, actor_id: int) -> bool:
+        """Whether actor ``actor_id`` can open the host's CUDA IPC handles.
+
+        The CUDA driver hands an IPC handle over through a file in the exporter's
+        /dev/shm that only its user can open. A sandboxed actor has its own /dev/shm
+        and uid, so CUDA tensors reach it through CPU shared memory instead; a
+        host-resident actor is this process, which can't open its own handles.
+        """
+        sup = self._supervisors.get(actor_id)
+        return sup is not None and not sup.sandboxed
+
+    def cuda_ipc_reaches_all(self) -> bool:
+        """Whether every running actor can open the host's CUDA IPC handles."""
+        return not any(sup.sandboxed and sup.state not in ("stopped", "dead") for sup in self._supervisors.values())
+
     async def _expire_objects(self) -> None:
         store = self.object_store
         while True:

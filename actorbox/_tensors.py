@@ -50,6 +50,7 @@ class FdSink:
         # storage address -> (fd index, first byte copied, bytes copied) of fresh torch copies
         self.storages: dict[int, tuple[int, int, int]] = {}
         self.keep: list[Any] = []
+        self.ipc = True  # the receiver can open CUDA IPC handles (see Codec.dumps_fds)
 
     def add_owned(self, fd: int) -> int:
         """Add a descriptor this payload owns outright (a fresh copy nobody else maps)."""
@@ -405,9 +406,15 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
                                                         event_sync)
         t = torch.empty(0, dtype=dtype, device=f"cuda:{device}").set_(storage, offset, shape, strides)
     except (RuntimeError, TypeError, ValueError) as exc:
+        sandboxed = os.environ.get("ACTORBOX_SANDBOXED") == "1"
+        why = ("this actor is sandboxed, and the CUDA driver hands IPC handles over through a file in the "
+               "sender's /dev/shm that only the sender's user can open" if sandboxed else
+               "check that both processes see the same GPU, run as the same user with the same /dev/shm, "
+               "and run the same torch and driver")
         raise SerializationError(
-            f"cannot open a CUDA IPC tensor: {exc}; check that both processes see the same GPU and run "
-            "the same torch and driver, or unset ACTORBOX_ENABLE_CUDA_IPC to copy through CPU memory") from None
+            f"cannot open a CUDA IPC tensor ({str(exc).splitlines()[0]}): {why}. Unset "
+            "ACTORBOX_ENABLE_CUDA_IPC in the sender to copy through CPU memory, or start the receiving "
+            "actor unsandboxed (sandbox='disabled') if you trust it with that GPU memory") from None
     t._actorbox_ipc = True  # type: ignore[attr-defined]  # re-sharing it must clone (see export_cuda_ipc)
     if requires_grad:
         t.requires_grad_(True)

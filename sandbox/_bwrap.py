@@ -4,8 +4,7 @@ Layout inside the sandbox: a fresh tmpfs root holding read-only binds of the
 system (/usr and the merged-/usr links, a few files of /etc), the Python
 installation, the environment and the actor's module, plus a private /tmp,
 /dev (with its own /dev/shm) and /proc of a new pid namespace. Every namespace
-is unshared; the network only when the policy allows it, the pid namespace not
-for a GPU actor started with CUDA IPC on (the driver needs to see its peer's pid).
+is unshared; the network only when the policy allows it.
 
 Privilege: as root, bwrap builds the mounts and ``setpriv`` then drops the
 actor to its own uid with no capabilities before any Python runs. As a normal
@@ -53,7 +52,6 @@ def build_bwrap_command(
     uid: int = 65534,
     nproc_limit: int | None = None,
     gpu_devices: Sequence[str] = (),
-    host_pid_namespace: bool = False,
 ) -> list[str]:
     """Return the full argv (prlimit, bwrap, setpriv when root, python) for one actor.
 
@@ -62,9 +60,6 @@ def build_bwrap_command(
     inherited socket fd (nothing to bind) or a Unix socket path (its directory is
     bound, alone). ``argv``: arguments after the interpreter. ``gpu_devices``:
     /dev/nvidiaN nodes present on the host (the caller lists them, keeping this pure).
-    ``host_pid_namespace``: keep the host's pid namespace (the actor sees the process
-    list, not the processes: it has its own uid and no capabilities). CUDA IPC needs
-    it, since the driver refuses a handle whose exporting pid is not its own view's.
     """
     rm = restriction_model
     if not rm.available or rm.bwrap is None:
@@ -78,8 +73,7 @@ def build_bwrap_command(
         cmd.append(f"--data={policy.memory_limit}:{policy.memory_limit}")
     cmd += ["--", rm.bwrap]
 
-    cmd += [] if host_pid_namespace else ["--unshare-pid"]
-    cmd += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     cmd += ["--share-net"] if policy.network else ["--unshare-net"]
     if not rm.privileged:
         cmd += ["--unshare-user", "--cap-drop", "ALL"]

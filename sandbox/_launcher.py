@@ -80,6 +80,11 @@ def child_environment(spec: LaunchSpec) -> dict[str, str]:
         "OMP_WAIT_POLICY": "PASSIVE",
         "OMP_NUM_THREADS": "1",
     })
+    if spec.sandboxed:
+        # CUDA IPC can't cross a sandbox (the driver passes handles through a file in
+        # the exporter's /dev/shm, readable by its user alone): a sandboxed actor copies.
+        env.pop("ACTORBOX_ENABLE_CUDA_IPC", None)
+        env["ACTORBOX_SANDBOXED"] = "1"
     if spec.policy.allow_gpu and spec.env.get("LD_LIBRARY_PATH"):
         # Where the host found its GPU driver (e.g. /usr/local/nvidia/lib64): a GPU actor needs it too.
         env["LD_LIBRARY_PATH"] = spec.env["LD_LIBRARY_PATH"]
@@ -100,13 +105,10 @@ def build_command(spec: LaunchSpec, model: RestrictionModel | None = None) -> li
         raise SandboxUnavailable(model)
     nproc = None if model.privileged else spec.policy.max_processes + _own_process_count()
     gpus = tuple(sorted(glob.glob("/dev/nvidia[0-9]*"))) if spec.policy.allow_gpu else ()
-    env = child_environment(spec)
     return build_bwrap_command(
         spec.python, spec.module_paths, spec.venv_path, spec.pass_fds[0] if spec.pass_fds else None,
         spec.policy.allow_gpu, model, spec.policy, argv=argv, readonly_paths=spec.code_paths,
-        env=env, uid=spec.uid, nproc_limit=nproc, gpu_devices=gpus,
-        host_pid_namespace=spec.policy.allow_gpu
-        and env.get("ACTORBOX_ENABLE_CUDA_IPC", "").strip().lower() in ("1", "true", "yes", "on"))
+        env=child_environment(spec), uid=spec.uid, nproc_limit=nproc, gpu_devices=gpus)
 
 
 def _own_process_count() -> int:

@@ -13,6 +13,7 @@ import weakref
 import pytest
 import torch
 
+import actorbox
 from actorbox import SerializationError
 from actorbox._tensors import CUDA_IPC_FIELDS, CudaKeepAlive, cuda_ipc_enabled, import_cuda_ipc, import_tensor
 
@@ -114,3 +115,30 @@ def test_receiver_never_hands_torch_the_senders_counter_name(monkeypatch: pytest
     assert len(seen) == 1
     assert seen[0][4] == tensors._NO_COUNTER and seen[0][5] == 0
     assert not os.path.exists("/dev/shm" + tensors._NO_COUNTER.decode())
+
+
+class EnvProbe:
+    def flags(self) -> list[str | None]:
+        return [os.environ.get("ACTORBOX_ENABLE_CUDA_IPC"), os.environ.get("ACTORBOX_SANDBOXED")]
+
+
+@actorbox.actor(sandbox="disabled")
+class TrustedEnvProbe(EnvProbe):
+    pass
+
+
+@pytest.mark.anyio
+async def test_cuda_ipc_reaches_unsandboxed_actors_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA driver passes IPC handles through a file in the sender's /dev/shm that only
+    its user can open: the host uses IPC only towards unsandboxed actors, and a sandboxed
+    actor never gets the switch (the CUDA tensors it sends are copied)."""
+    monkeypatch.setenv("ACTORBOX_ENABLE_CUDA_IPC", "1")
+    async with actorbox.Runtime() as rt:
+        boxed = await rt.start(EnvProbe)
+        trusted = await rt.start(TrustedEnvProbe)
+        assert await boxed.flags() == [None, "1"]
+        assert await trusted.flags() == ["1", None]
+        assert not rt.cuda_ipc_reaches(boxed.actor_id) and rt.cuda_ipc_reaches(trusted.actor_id)
+        assert not rt.cuda_ipc_reaches_all()
+        await boxed.stop()
+        assert rt.cuda_ipc_reaches_all()
