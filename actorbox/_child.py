@@ -269,6 +269,8 @@ class ActorProcess(Caller):
             self.label = spec["label"]
             self.max_concurrency = spec["max_concurrency"]
             self.conn.max_frame = spec.get("max_frame", self.conn.max_frame)  # the host's limit, both ways
+            if spec.get("retention") is not None:  # how long CUDA tensors shared by IPC are held
+                self.codec.cuda_keepalive.retention = spec["retention"]
             _configure_logging(self, spec["label"])
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
         except BaseException as exc:

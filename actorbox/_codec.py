@@ -168,6 +168,8 @@ class Codec:
         ``ipc``: whether the receiver can open CUDA IPC handles of this process (it shares
         this process's user and /dev/shm); else CUDA tensors go through CPU memory.
         """
+        if self.cuda_keepalive:  # an actor has no sweeper: what is due goes at its next send
+            self.cuda_keepalive.expire()
         sink = FdSink(self.segments)
         sink.ipc = ipc
         self._tls.sink = sink

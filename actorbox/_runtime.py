@@ -336,7 +336,8 @@ class Runtime:
         label = name or f"{short}#{entry.actor_id}"
         entry.label = label
         spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
-                                 "max_concurrency": opts.max_concurrency, "max_frame": self.max_frame_size})
+                                 "max_concurrency": opts.max_concurrency, "max_frame": self.max_frame_size,
+                                 "retention": self.codec.cuda_keepalive.retention})
         sup = ActorSupervisor(self, entry.actor_id, label, name, cls_name, init_payload(paths, spec),
                               tuple(module_paths), opts, requirements)
         self._supervisors[entry.actor_id] = sup

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+
+def print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     """Print a markdown table with padded columns."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
