@@ -87,8 +87,12 @@ class Caller:
         return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps))
 
     def ipc_reaches(self, actor_id: int) -> bool:
-        """Whether actor ``actor_id`` can open this process's CUDA IPC handles."""
-        return True  # an actor can't tell; a sandboxed receiver refuses them with the reason
+        """Whether actor ``actor_id`` can open this process's CUDA IPC handles, and takes them."""
+        return False  # actors take CUDA IPC tensors from the host only
+
+    def ipc_from(self, actor_id: int) -> bool:
+        """Whether a result from actor ``actor_id`` may hold CUDA IPC tensors."""
+        return False
 
     def _settled(self, value: Any, label: str, method: str) -> Any:
         """A finished Future argument is replaced by its value (or fails the call at once)."""
@@ -109,7 +113,7 @@ class Caller:
     def _submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...],
                 deps: tuple[int, ...], parent: int | None) -> Future[Any]:
         lid = next(self._local_ids)
-        fut: Future[Any] = Future(self, lid, label, method)
+        fut: Future[Any] = Future(self, lid, label, method, actor_id)
         self.pending[lid] = fut
         try:
             self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, fds=fds))
@@ -139,7 +143,7 @@ class Caller:
             try:
                 if not reply.payload:
                     return None
-                return self.codec.loads_fds(reply.payload, reply.trusted, reply.fds)
+                return self.codec.loads_fds(reply.payload, reply.trusted, reply.fds, ipc=self.ipc_from(fut.actor_id))
             except _errors.SerializationError as exc:
                 return _Raise(exc)
         if status == env.Status.ERROR:

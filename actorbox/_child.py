@@ -67,6 +67,10 @@ class _Job(NamedTuple):
 # several back to back) after a whole interval get a reader and a writer beside
 # them. It parks after this long without inline calls.
 _WATCH_INTERVAL = 0.005
+# CUDA IPC tensors are taken from the host only, and only outside a sandbox: inside one,
+# the driver can't open them (it needs the sender's /dev/shm and user), and its
+# counter-file protocol has no business with an untrusted process.
+_IPC_IN = os.environ.get("ACTORBOX_SANDBOXED") != "1"
 _WATCH_PARK_AFTER = 0.05
 
 
@@ -502,9 +506,10 @@ class ActorProcess(Caller):
     def _run_sync(self, job: _Job, token: _SyncCall) -> None:
         call = job.call
         try:
-            args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved)
+            args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved,
+                                                     ipc=call.trusted and _IPC_IN)
             result = job.func(*args, **kwargs)
-            payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
+            payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result, ipc=call.trusted)
             reply = env.Reply(call.call_id, env.Status.OK, payload, fds=out)
         except BaseException as exc:
             reply = env.Reply(call.call_id, env.Status.ERROR, self._encode_exc(exc))
@@ -525,9 +530,10 @@ class ActorProcess(Caller):
         else:
             self.begun.add(cid)
             try:
-                args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved)
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved,
+                                                     ipc=call.trusted and _IPC_IN)
                 result = await job.func(*args, **kwargs)
-                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result)
+                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result, ipc=call.trusted)
                 reply = env.Reply(cid, env.Status.OK, payload, fds=out)
             except asyncio.CancelledError:
                 reply = env.Reply(cid, env.Status.CANCELLED)

@@ -255,6 +255,11 @@ class Codec:
                     return import_tensor(fields, self.segments, source)
                 return import_ndarray(fields, self.segments, source)
             if code == EXT_CUDA_IPC:
+                if not getattr(self._tls, "ipc_in", False):
+                    raise SerializationError(
+                        "refused a CUDA IPC tensor: this process accepts them only from the host (in an "
+                        "unsandboxed actor) or from an unsandboxed actor it called (in the host); pass CUDA "
+                        "tensors between actors through the host, or unset ACTORBOX_ENABLE_CUDA_IPC")
                 fields = self.loads(data, trusted)
                 if type(fields) is not list or len(fields) != CUDA_IPC_FIELDS:
                     raise SerializationError("malformed CUDA IPC tensor")
@@ -278,14 +283,21 @@ class Codec:
 
         return hook
 
-    def loads_fds(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int]) -> Any:
-        """Decode a payload that came with descriptors; takes ownership of all of them."""
+    def loads_fds(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int], *,
+                  ipc: bool = False) -> Any:
+        """Decode a payload that came with descriptors; takes ownership of all of them.
+
+        ``ipc``: CUDA IPC tensors are accepted (the producer is one whose handles this
+        process can open, and which is trusted code); else they are refused.
+        """
         source = FdSource(fds)
         self._tls.source = source
+        self._tls.ipc_in = ipc
         try:
             return self.loads(data, trusted)
         finally:
             self._tls.source = None
+            self._tls.ipc_in = False
             source.close_unused()
 
     def loads(self, data: bytes, trusted: bool) -> Any:
@@ -310,9 +322,12 @@ class Codec:
             self._depth.n = depth
 
     def decode_call(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int] = (),
-                    resolved: tuple[tuple[int, bytes, bool, int], ...] = ()) -> tuple[list[Any], dict[str, Any]]:
+                    resolved: tuple[tuple[int, bytes, bool, int], ...] = (), *,
+                    ipc: bool = False) -> tuple[list[Any], dict[str, Any]]:
         """Decode call arguments; ``resolved`` are the results of Future arguments (the
-        scheduler's), whose descriptors follow the call's own in ``fds``."""
+        scheduler's), whose descriptors follow the call's own in ``fds``. ``ipc``: CUDA
+        IPC tensors are accepted in the call's own arguments (see ``loads_fds``), never
+        in forwarded results."""
         if not data and not resolved and not fds:  # a no-argument call
             return [], {}
         own = len(fds) - sum(r[3] for r in resolved)
@@ -335,7 +350,7 @@ class Codec:
             return [], {}
         self._tls.resolved = values
         try:
-            obj = self.loads_fds(data, trusted, fds[:own])
+            obj = self.loads_fds(data, trusted, fds[:own], ipc=ipc)
         finally:
             self._tls.resolved = None
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not list or type(obj[1]) is not dict:

@@ -34,13 +34,14 @@ class Future(Generic[T]):
     """The result of ``handle.method(...)``: ``await`` it (or, in an actor's worker
     thread, call ``result()``)."""
 
-    __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "_waiters", "actor", "call_id",
-                 "method")
+    __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "_waiters", "actor", "actor_id",
+                 "call_id", "method")
 
-    def __init__(self, caller: Caller, call_id: int, actor: str, method: str) -> None:
+    def __init__(self, caller: Caller, call_id: int, actor: str, method: str, actor_id: int = -1) -> None:
         self._caller = caller
         self.call_id = call_id
         self.actor = actor
+        self.actor_id = actor_id
         self.method = method
         self._reply: Reply | None = None
         self._value: Any = _PENDING

@@ -98,6 +98,9 @@ class HostEndpoint(Endpoint, Caller):
     def ipc_reaches(self, actor_id: int) -> bool:
         return self.rt.cuda_ipc_reaches(actor_id)
 
+    def ipc_from(self, actor_id: int) -> bool:
+        return self.rt.cuda_ipc_reaches(actor_id)  # unsandboxed: trusted code, whose handles open here
+
     async def get_object(self, object_id: str) -> Any:
         return self.rt.object_store.get(object_id)
 
@@ -144,8 +147,7 @@ class HostEndpoint(Endpoint, Caller):
                     result = await func(*args, **kwargs)
                 else:
                     result = await self._in_thread(func, args, kwargs)
-                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(
-                    result, ipc=not call.trusted and self.rt.cuda_ipc_reaches_all())
+                payload, out = (b"", ()) if result is None else self.codec.dumps_fds(result, ipc=False)
                 reply = env.Reply(call.call_id, env.Status.OK, payload, fds=out)
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:

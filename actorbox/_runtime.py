@@ -216,6 +216,7 @@ class Runtime:
             if self._recorder is not None:
                 self._recorder.close()
             self.object_store.close()
+            self.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
             self.codec.segments.drain_pool()
             self._spawner.shutdown(wait=True)
             if self._host is not None:

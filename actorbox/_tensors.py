@@ -21,10 +21,11 @@ retention time, and a tensor received that way is cloned before it is re-shared
 from __future__ import annotations
 
 import os
+import re
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from ._errors import SerializationError
@@ -301,58 +302,53 @@ def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any
 # -- CUDA IPC ----------------------------------------------------------------------
 
 CUDA_IPC_FIELDS = 14
-# A shared-memory name no process creates: what receivers hand torch as the counter file.
-_NO_COUNTER = f"/actorbox-no-ipc-counter-{os.urandom(8).hex()}".encode()
+_CUDA_IPC_HANDLE = 64  # bytes of a cudaIpcMemHandle_t / cudaIpcEventHandle_t
+# torch's counter files (at::NewProcessWideShmHandle) and their int64 slots: the
+# receiver decrements one when it frees the tensor, so only such a name and slot pass.
+_TORCH_COUNTER = re.compile(rb"/torch_\d{1,10}_\d{1,20}_\d{1,20}")
+_TORCH_COUNTER_SLOTS = 10000
 
 
 def cuda_ipc_enabled() -> bool:
     return os.environ.get("ACTORBOX_ENABLE_CUDA_IPC", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _release_ipc_counter(ref: tuple[bytes, int]) -> None:
-    """Count one receiver's reference to a storage shared by IPC as dropped (best effort)."""
-    import torch
-
-    try:
-        torch.UntypedStorage._release_ipc_counter_cuda(*ref)  # type: ignore[attr-defined]
-    except (RuntimeError, AttributeError, TypeError):
-        pass  # a torch without CUDA, or a counter file already gone: nothing left to count
-
-
 class CudaKeepAlive:
     """Holds shared CUDA storages for ``retention`` seconds, so a sender dropping its
     tensor right after a call can't free memory the receiver is about to open.
 
-    torch frees a storage shared by IPC only once every receiver has decremented its
-    reference counter, a file in the sender's /dev/shm. A sandboxed receiver has its
-    own /dev/shm, and a receiver must never open a file a peer named, so receivers
-    leave the counter alone and the sender decrements it itself when the retention
-    ends: from then on the block is the sender's again (freed once it drops it too).
+    After that, torch's own protocol keeps the memory: a block shared by IPC is freed
+    only once each receiver has counted its reference down (in a counter file of the
+    sender's /dev/shm, which a receiver in the same /dev/shm opens by name).
+    Used from several threads in an actor (worker threads encode results): locked.
     """
 
-    def __init__(self, retention: float = 30.0,
-                 release: Callable[[tuple[bytes, int]], None] = _release_ipc_counter) -> None:
+    def __init__(self, retention: float = 30.0) -> None:
         self.retention = retention
-        self._release = release
-        self._held: deque[tuple[float, Any, tuple[bytes, int] | None]] = deque()
+        self._held: deque[tuple[float, Any]] = deque()
+        self._lock = threading.Lock()
 
-    def hold(self, storage: Any, ref: tuple[bytes, int] | None = None) -> None:
-        """Keep ``storage`` for the retention time; ``ref`` is its IPC counter (handle, offset)."""
+    def hold(self, storage: Any) -> None:
         now = time.monotonic()
-        self.expire(now)
-        self._held.append((now + self.retention, storage, ref))
+        with self._lock:
+            self._expire(now)
+            self._held.append((now + self.retention, storage))
 
     def expire(self, now: float | None = None) -> int:
-        """Release every storage whose retention has passed; returns how many."""
-        now = time.monotonic() if now is None else now
+        """Drop every storage whose retention has passed; returns how many."""
+        with self._lock:
+            return self._expire(time.monotonic() if now is None else now)
+
+    def _expire(self, now: float) -> int:
         n = 0
         while self._held and self._held[0][0] <= now:
-            _, storage, ref = self._held.popleft()
-            if ref is not None:
-                self._release(ref)  # before the storage goes: torch then frees it at once
-            del storage
+            self._held.popleft()
             n += 1
         return n
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held.clear()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -365,12 +361,11 @@ def export_cuda_ipc(t: Any, keepalive: CudaKeepAlive) -> list[Any]:
     storage = t.untyped_storage()
     (device, handle, size_bytes, offset_bytes, ref_handle, ref_offset, event_handle,
      event_sync) = storage._share_cuda_()
-    keepalive.hold(storage, (bytes(ref_handle), int(ref_offset)) if ref_handle is not None else None)
+    keepalive.hold(storage)
     dtype = str(t.dtype).removeprefix("torch.")
     return [dtype, list(t.shape), list(t.stride()), t.storage_offset(), int(device), bytes(handle),
-            int(size_bytes), int(offset_bytes), bytes(ref_handle) if ref_handle is not None else None,
-            int(ref_offset), bytes(event_handle) if event_handle is not None else None, bool(event_sync),
-            bool(t.requires_grad), "ipc"]
+            int(size_bytes), int(offset_bytes), bytes(ref_handle), int(ref_offset), bytes(event_handle),
+            bool(event_sync), bool(t.requires_grad), "ipc"]
 
 
 def import_cuda_ipc(fields: list[Any]) -> Any:
@@ -382,10 +377,11 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
     if tag != "ipc" or type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
         raise SerializationError(f"refused CUDA tensor dtype {dtype_name!r}")
     shape, strides, offset = check_layout(shape, strides, offset)
-    if not (type(device) is int and device >= 0 and type(handle) is bytes and type(size_bytes) is int
-            and size_bytes >= 0 and type(offset_bytes) is int and offset_bytes >= 0
-            and (ref_handle is None or type(ref_handle) is bytes) and type(ref_offset) is int
-            and (event_handle is None or type(event_handle) is bytes) and type(event_sync) is bool
+    if not (type(device) is int and device >= 0 and type(handle) is bytes and len(handle) == _CUDA_IPC_HANDLE
+            and type(size_bytes) is int and size_bytes >= 0 and type(offset_bytes) is int and offset_bytes >= 0
+            and type(ref_handle) is bytes and _TORCH_COUNTER.fullmatch(ref_handle)
+            and type(ref_offset) is int and 0 <= ref_offset < _TORCH_COUNTER_SLOTS
+            and type(event_handle) is bytes and len(event_handle) == _CUDA_IPC_HANDLE and type(event_sync) is bool
             and type(requires_grad) is bool):
         raise SerializationError("malformed CUDA IPC tensor")
     if not torch.cuda.is_available():
@@ -399,22 +395,14 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
         raise SerializationError("a CUDA tensor's view reaches past the end of its allocation")
     try:
         torch.cuda._lazy_init()  # type: ignore[no-untyped-call]
-        # The sender's counter file is never opened here (see CudaKeepAlive): a name that
-        # exists nowhere makes torch's release on free a no-op.
-        storage = torch.UntypedStorage._new_shared_cuda(device, handle, size_bytes, offset_bytes, _NO_COUNTER,
-                                                        0, event_handle if event_handle is not None else b"",
-                                                        event_sync)
+        storage = torch.UntypedStorage._new_shared_cuda(device, handle, size_bytes, offset_bytes, ref_handle,
+                                                        ref_offset, event_handle, event_sync)
         t = torch.empty(0, dtype=dtype, device=f"cuda:{device}").set_(storage, offset, shape, strides)
     except (RuntimeError, TypeError, ValueError) as exc:
-        sandboxed = os.environ.get("ACTORBOX_SANDBOXED") == "1"
-        why = ("this actor is sandboxed, and the CUDA driver hands IPC handles over through a file in the "
-               "sender's /dev/shm that only the sender's user can open" if sandboxed else
-               "check that both processes see the same GPU, run as the same user with the same /dev/shm, "
-               "and run the same torch and driver")
         raise SerializationError(
-            f"cannot open a CUDA IPC tensor ({str(exc).splitlines()[0]}): {why}. Unset "
-            "ACTORBOX_ENABLE_CUDA_IPC in the sender to copy through CPU memory, or start the receiving "
-            "actor unsandboxed (sandbox='disabled') if you trust it with that GPU memory") from None
+            f"cannot open a CUDA IPC tensor ({str(exc).splitlines()[0]}): check that both processes see the "
+            "same GPU, run as the same user with the same /dev/shm, and run the same torch and driver; or "
+            "unset ACTORBOX_ENABLE_CUDA_IPC to copy through CPU memory") from None
     t._actorbox_ipc = True  # type: ignore[attr-defined]  # re-sharing it must clone (see export_cuda_ipc)
     if requires_grad:
         t.requires_grad_(True)

@@ -114,6 +114,15 @@ async def run_checks(size_mb: int, results: Results, timings: list[tuple[str, ..
 
         await check(results, "IPC on: a new CUDA result comes back to the host by IPC", result_by_ipc)
 
+        async def outlives_retention() -> tuple[bool, str]:
+            kept = await ipc.double(t)  # the actor's block, which it stops holding after 1 s
+            await anyio.sleep(1.5)
+            for _ in range(5):  # the actor allocates again: it must not reuse the block the host still maps
+                await ipc.double(torch.full_like(t, 7.0))
+            return torch.equal(kept, t * 2), ""
+
+        await check(results, "IPC on: a received tensor stays intact after the sender's retention", outlives_retention)
+
         async def reshare() -> tuple[bool, str]:
             back = await ipc.echo(t)  # received by IPC in the host
             again = await ipc.echo(back)  # the host must clone it to share it again

@@ -8,6 +8,9 @@ name. benchmarks/cuda_ipc.py checks the real round trips on a GPU machine.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 import weakref
 
 import pytest
@@ -20,7 +23,7 @@ from actorbox._tensors import CUDA_IPC_FIELDS, CudaKeepAlive, cuda_ipc_enabled, 
 
 def ipc_fields(**over: object) -> list[object]:
     base = {"dtype": "float32", "shape": [4], "strides": [1], "offset": 0, "device": 0, "handle": b"h" * 64,
-            "size": 16, "storage_offset": 0, "ref_handle": b"r", "ref_offset": 0, "event": None,
+            "size": 16, "storage_offset": 0, "ref_handle": b"/torch_12_345_0", "ref_offset": 0, "event": b"e" * 64,
             "sync": False, "grad": False, "tag": "ipc"}
     base.update(over)
     return list(base.values())
@@ -49,6 +52,11 @@ def test_receiver_without_cuda_refuses_with_the_remedy() -> None:
 @pytest.mark.parametrize("bad", [
     {"dtype": "object"}, {"tag": "pickle"}, {"shape": [-1]}, {"strides": [1, 2]}, {"device": -1},
     {"handle": "not-bytes"}, {"size": -5}, {"event": 3}, {"sync": 1}, {"grad": "yes"},
+    {"handle": b"h" * 63}, {"event": None}, {"event": b"e" * 65},
+    # The counter is a file the receiver opens and writes when it frees the tensor:
+    # only torch's own counter names, and a slot inside such a file, pass.
+    {"ref_handle": b"r"}, {"ref_handle": b"/torch_1_2"}, {"ref_handle": b"/torch_1_2_3/../x"},
+    {"ref_handle": b"/dev/shm/torch_1_2_3"}, {"ref_handle": None}, {"ref_offset": -1}, {"ref_offset": 10000},
 ])
 def test_malformed_ipc_fields_are_refused(bad: dict[str, object]) -> None:
     """Every field of an IPC tensor is type-checked before torch sees any of it."""
@@ -75,46 +83,53 @@ def test_keepalive_holds_storages_for_the_retention_time() -> None:
     assert len(CudaKeepAlive(retention=60.0)) == 0
 
 
-def test_keepalive_releases_the_ipc_counter_before_dropping_the_storage() -> None:
-    """At the end of the retention the sender counts the receiver's reference as dropped
-    (torch would otherwise keep the block for ever), while it still holds the storage."""
-    released: list[tuple[tuple[bytes, int], bool]] = []
+def test_keepalive_never_drops_a_storage_before_its_time() -> None:
+    """Actors encode results on several worker threads at once: a storage is never
+    released before its retention has passed, however the threads interleave."""
+    keep = CudaKeepAlive(retention=0.002)
+    early: list[float] = []
 
     class Storage:
         pass
 
-    s = Storage()
-    alive = weakref.ref(s)
-    keep = CudaKeepAlive(retention=0.0, release=lambda ref: released.append((ref, alive() is not None)))
-    keep.hold(s, (b"/torch_1_2", 3))
-    del s
-    assert alive() is not None  # held
-    assert keep.expire() == 1
-    assert released == [((b"/torch_1_2", 3), True)]
-    assert alive() is None and len(keep) == 0
-    keep.hold(Storage())  # a storage without a counter is just dropped
-    assert keep.expire() == 1 and len(released) == 1
+    def worker() -> None:
+        for _ in range(2000):
+            s = Storage()
+            due = time.monotonic() + keep.retention
+            weakref.finalize(s, lambda due=due: early.append(due) if time.monotonic() < due else None)
+            keep.hold(s)
+            del s
+            keep.expire()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show at once
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert early == []
+    keep.clear()
+    assert len(keep) == 0
 
 
-def test_receiver_never_hands_torch_the_senders_counter_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The counter file named in the wire form is a peer's choice: the receiver gives torch
-    a name that exists nowhere instead, so nothing a peer names is ever opened or written."""
-    import actorbox._tensors as tensors
+def test_cuda_ipc_tensors_are_taken_only_where_the_receiver_allows_them() -> None:
+    """A payload with a CUDA IPC tensor is refused unless its decoder was told the producer
+    may send them (the host, for unsandboxed actors; an unsandboxed actor, from the host)."""
+    import msgpack
 
-    seen: list[tuple[object, ...]] = []
+    from actorbox._codec import EXT_CUDA_IPC, Codec
 
-    def fake_open(*args: object) -> torch.UntypedStorage:
-        seen.append(args)
-        return torch.UntypedStorage(16)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "_lazy_init", lambda: None)
-    monkeypatch.setattr(torch.UntypedStorage, "_new_shared_cuda", staticmethod(fake_open))
-    with pytest.raises(SerializationError):  # the CPU build can't place it on cuda:0, after opening
-        import_cuda_ipc(ipc_fields(ref_handle=b"/torch_host_refcounts", ref_offset=10**9))
-    assert len(seen) == 1
-    assert seen[0][4] == tensors._NO_COUNTER and seen[0][5] == 0
-    assert not os.path.exists("/dev/shm" + tensors._NO_COUNTER.decode())
+    codec = Codec(allow_pickle=False, handle_type=actorbox.ActorHandle, make_handle=lambda *a: None)
+    data = msgpack.packb(msgpack.ExtType(EXT_CUDA_IPC, codec.dumps(ipc_fields())))
+    with pytest.raises(SerializationError, match="refused a CUDA IPC tensor"):
+        codec.loads_fds(data, False, ())
+    with pytest.raises(SerializationError) as allowed:  # on to torch: no CUDA here, or a fake handle
+        codec.loads_fds(data, False, (), ipc=True)
+    assert "refused a CUDA IPC tensor" not in str(allowed.value)
 
 
 class EnvProbe:
