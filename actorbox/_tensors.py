@@ -302,10 +302,10 @@ def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any
 # -- CUDA IPC ----------------------------------------------------------------------
 
 CUDA_IPC_FIELDS = 14
-_CUDA_IPC_HANDLE = 64  # bytes of a cudaIpcMemHandle_t / cudaIpcEventHandle_t
+_CUDA_IPC_HANDLE_MAX = 256  # torch's handles: a cudaIpcMemHandle_t (64 bytes) with a small header
 # torch's counter files (at::NewProcessWideShmHandle) and their int64 slots: the
 # receiver decrements one when it frees the tensor, so only such a name and slot pass.
-_TORCH_COUNTER = re.compile(rb"/torch_\d{1,10}_\d{1,20}_\d{1,20}")
+_TORCH_COUNTER = re.compile(rb"/torch_[0-9_]{1,64}")
 _TORCH_COUNTER_SLOTS = 10000
 
 
@@ -377,11 +377,11 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
     if tag != "ipc" or type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
         raise SerializationError(f"refused CUDA tensor dtype {dtype_name!r}")
     shape, strides, offset = check_layout(shape, strides, offset)
-    if not (type(device) is int and device >= 0 and type(handle) is bytes and len(handle) == _CUDA_IPC_HANDLE
+    if not (type(device) is int and device >= 0 and type(handle) is bytes and 0 < len(handle) <= _CUDA_IPC_HANDLE_MAX
             and type(size_bytes) is int and size_bytes >= 0 and type(offset_bytes) is int and offset_bytes >= 0
             and type(ref_handle) is bytes and _TORCH_COUNTER.fullmatch(ref_handle)
             and type(ref_offset) is int and 0 <= ref_offset < _TORCH_COUNTER_SLOTS
-            and type(event_handle) is bytes and len(event_handle) == _CUDA_IPC_HANDLE and type(event_sync) is bool
+            and type(event_handle) is bytes and len(event_handle) <= _CUDA_IPC_HANDLE_MAX and type(event_sync) is bool
             and type(requires_grad) is bool):
         raise SerializationError("malformed CUDA IPC tensor")
     if not torch.cuda.is_available():

@@ -52,10 +52,10 @@ def test_receiver_without_cuda_refuses_with_the_remedy() -> None:
 @pytest.mark.parametrize("bad", [
     {"dtype": "object"}, {"tag": "pickle"}, {"shape": [-1]}, {"strides": [1, 2]}, {"device": -1},
     {"handle": "not-bytes"}, {"size": -5}, {"event": 3}, {"sync": 1}, {"grad": "yes"},
-    {"handle": b"h" * 63}, {"event": None}, {"event": b"e" * 65},
+    {"handle": b""}, {"handle": b"h" * 257}, {"event": None}, {"event": b"e" * 257},
     # The counter is a file the receiver opens and writes when it frees the tensor:
     # only torch's own counter names, and a slot inside such a file, pass.
-    {"ref_handle": b"r"}, {"ref_handle": b"/torch_1_2"}, {"ref_handle": b"/torch_1_2_3/../x"},
+    {"ref_handle": b"r"}, {"ref_handle": b"/torch_"}, {"ref_handle": b"/torch_1_2_3/../x"},
     {"ref_handle": b"/dev/shm/torch_1_2_3"}, {"ref_handle": None}, {"ref_offset": -1}, {"ref_offset": 10000},
 ])
 def test_malformed_ipc_fields_are_refused(bad: dict[str, object]) -> None:
