@@ -636,10 +636,12 @@ def _configure_logging(proc: ActorProcess, label: str) -> None:
     )
 
 
-async def _main(fd: int) -> None:
+async def _main(fd: int, max_frame: int | None = None) -> None:
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
     proc = ActorProcess(sock)
+    if max_frame is not None:  # the Runtime's limit, for INIT too (INIT repeats it for older hosts)
+        proc.conn.max_frame = max_frame
     process_caller.set(proc)
     await proc.serve()
 
@@ -656,10 +658,11 @@ def _load_entry(module: str, qualname: str) -> type:
 
 def main() -> None:
     faulthandler.enable()
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        print("usage: python -m actorbox._child FD  (started by actorbox.Runtime, not by hand)", file=sys.stderr)
+    if len(sys.argv) not in (2, 3) or not all(a.isdigit() for a in sys.argv[1:]):
+        print("usage: python -m actorbox._child FD [MAX_FRAME]  (started by actorbox.Runtime, not by hand)",
+              file=sys.stderr)
         sys.exit(2)
-    asyncio.run(_main(int(sys.argv[1])))
+    asyncio.run(_main(*(int(a) for a in sys.argv[1:])))
     sys.stdout.flush()
     sys.stderr.flush()
     # Worker threads may still be inside user code; don't wait for them.

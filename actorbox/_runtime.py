@@ -23,7 +23,7 @@ from scheduler import envelope as env
 from ._codec import Codec
 from ._context import process_caller
 from ._control import ControlServer
-from ._errors import ActorboxError, ActorNotFoundError, NameTakenError
+from ._errors import ActorboxError, ActorNotFoundError, NameTakenError, SerializationError
 from ._extensions import LoadedExtension, extension_folders, read_extension, sandbox_for
 from ._handle import ActorHandle
 from ._host import HostEndpoint, Resident
@@ -61,6 +61,9 @@ class ActorInfo:
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
+
+# Bytes an INIT frame adds to its payload (kind, ids, the name table): generous.
+_INIT_ENVELOPE = 64 << 10
 
 class Runtime:
     """Runs actors: ``async with actorbox.Runtime() as rt: h = await rt.start(Cls)``.
@@ -339,7 +342,17 @@ class Runtime:
         spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
                                  "max_concurrency": opts.max_concurrency, "max_frame": self.max_frame_size,
                                  "retention": self.codec.cuda_keepalive.retention})
-        sup = ActorSupervisor(self, entry.actor_id, label, name, cls_name, init_payload(paths, spec),
+        payload = init_payload(paths, spec)
+        if len(payload) + _INIT_ENVELOPE > self.max_frame_size:
+            self.scheduler.detach(entry.actor_id, env.Status.STOPPED,
+                                  {"message": f"actor {label!r} failed to start: constructor arguments too big"},
+                                  keep_queue=False)
+            self.scheduler.remove_actor(entry.actor_id)
+            raise SerializationError(
+                f"cannot start {label!r}: its constructor arguments take {len(payload)} bytes, over the frame "
+                f"limit of {self.max_frame_size} bytes; pass big data as torch tensors or numpy arrays (shared "
+                "memory), or raise Runtime(max_frame_size=...)")
+        sup = ActorSupervisor(self, entry.actor_id, label, name, cls_name, payload,
                               tuple(module_paths), opts, requirements)
         self._supervisors[entry.actor_id] = sup
         try:

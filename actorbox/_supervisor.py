@@ -118,7 +118,7 @@ class ActorSupervisor:
                     launch_env.python, launch_env.path, (launch_env.code_dir,), launch_env.bind_paths)
                 extra = {sandbox.HOST_PACKAGES_VAR: launch_env.packages_dir}
             spec = sandbox.LaunchSpec(
-                python=python, module="actorbox._child", args=(str(child.fileno()),),
+                python=python, module="actorbox._child", args=(str(child.fileno()), str(self.rt.max_frame_size)),
                 env=os.environ, pass_fds=(child.fileno(),), import_paths=import_paths,
                 code_paths=binds, module_paths=self.module_paths, venv_path=venv, extra_env=extra,
                 label=self.label, sandboxed=mode == "required", policy=policy,

@@ -118,3 +118,30 @@ async def test_a_raised_limit_reaches_the_actor():
         h = await rt.start(Sized)
         assert await call(h.size(b"c" * n)) == n
         assert len(await call(h.make(n))) == n
+
+
+class Holder:
+    def __init__(self, blob):
+        self.n = len(blob)
+
+    def size(self):
+        return self.n
+
+
+async def test_constructor_arguments_past_the_default_limit_reach_a_raised_limit():
+    """The actor reads its INIT under the Runtime's limit (given on its command line),
+    not the 64 MiB default: with max_frame_size raised, a 70 MB constructor argument works."""
+    n = 70 * 10**6
+    async with actorbox.Runtime(max_frame_size=80 * MiB) as rt:
+        h = await rt.start(Holder, b"i" * n)
+        assert await call(h.size()) == n
+
+
+async def test_constructor_arguments_over_the_limit_fail_the_start_clearly():
+    """Constructor arguments over the limit fail rt.start() with what to do, before any process waits on them."""
+    async with actorbox.Runtime(max_frame_size=LIMIT) as rt:
+        with pytest.raises(actorbox.ActorboxError, match="max_frame_size"):
+            with anyio.fail_after(CALL_TIMEOUT):
+                await rt.start(Holder, b"i" * (2 * LIMIT), name="holder")
+        h = await rt.start(Holder, b"ok", name="holder")  # the name was not kept
+        assert await call(h.size()) == 2
