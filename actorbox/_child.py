@@ -272,7 +272,6 @@ class ActorProcess(Caller):
             spec = pickle.loads(pickled)
             self.label = spec["label"]
             self.max_concurrency = spec["max_concurrency"]
-            self.conn.max_frame = spec.get("max_frame", self.conn.max_frame)  # the host's limit, both ways
             if spec.get("retention") is not None:  # how long CUDA tensors shared by IPC are held
                 self.codec.cuda_keepalive.retention = spec["retention"]
             _configure_logging(self, spec["label"])
@@ -640,7 +639,7 @@ async def _main(fd: int, max_frame: int | None = None) -> None:
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
     proc = ActorProcess(sock)
-    if max_frame is not None:  # the Runtime's limit, for INIT too (INIT repeats it for older hosts)
+    if max_frame is not None:  # the Runtime's limit, both ways, from INIT on
         proc.conn.max_frame = max_frame
     process_caller.set(proc)
     await proc.serve()

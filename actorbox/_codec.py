@@ -162,7 +162,7 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value: {exc}") from exc
 
-    def dumps_fds(self, obj: Any, *, ipc: bool = True) -> tuple[bytes, tuple[int, ...]]:
+    def dumps_fds(self, obj: Any, *, ipc: bool = False) -> tuple[bytes, tuple[int, ...]]:
         """Encode ``obj``; tensors and arrays in it add descriptors, which the caller then owns.
 
         ``ipc``: whether the receiver can open CUDA IPC handles of this process (it shares
@@ -183,7 +183,7 @@ class Codec:
         return data, tuple(sink.fds)
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    deps: list[Any] | None = None, *, ipc: bool = True) -> tuple[bytes, tuple[int, ...]]:
+                    deps: list[Any] | None = None, *, ipc: bool = False) -> tuple[bytes, tuple[int, ...]]:
         """Encode call arguments. Futures among the top-level arguments become
         placeholders, their Futures appended to ``deps`` (when given)."""
         if not args and not kwargs:

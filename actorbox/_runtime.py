@@ -180,10 +180,6 @@ class Runtime:
         sup = self._supervisors.get(actor_id)
         return sup is not None and not sup.sandboxed
 
-    def cuda_ipc_reaches_all(self) -> bool:
-        """Whether every running actor can open the host's CUDA IPC handles."""
-        return not any(sup.sandboxed and sup.state not in ("stopped", "dead") for sup in self._supervisors.values())
-
     async def _expire_objects(self) -> None:
         store = self.object_store
         while True:
@@ -340,7 +336,7 @@ class Runtime:
         label = name or f"{short}#{entry.actor_id}"
         entry.label = label
         spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
-                                 "max_concurrency": opts.max_concurrency, "max_frame": self.max_frame_size,
+                                 "max_concurrency": opts.max_concurrency,
                                  "retention": self.codec.cuda_keepalive.retention})
         payload = init_payload(paths, spec)
         if len(payload) + _INIT_ENVELOPE > self.max_frame_size:

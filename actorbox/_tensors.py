@@ -51,7 +51,7 @@ class FdSink:
         # storage address -> (fd index, first byte copied, bytes copied) of fresh torch copies
         self.storages: dict[int, tuple[int, int, int]] = {}
         self.keep: list[Any] = []
-        self.ipc = True  # the receiver can open CUDA IPC handles (see Codec.dumps_fds)
+        self.ipc = False  # the receiver can open CUDA IPC handles (see Codec.dumps_fds)
 
     def add_owned(self, fd: int) -> int:
         """Add a descriptor this payload owns outright (a fresh copy nobody else maps)."""
