@@ -188,7 +188,7 @@ def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> A
         t = torch.empty_strided(shape, strides, dtype=dtype)
     else:
         mm, _ = source.map(table, index, nbytes)
-        itemsize = torch.empty(0, dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if n * itemsize > nbytes:
             raise SerializationError("a tensor's view reaches past the end of its shared memory")
         flat = torch.frombuffer(mm, dtype=dtype, count=nbytes // itemsize)
@@ -390,7 +390,7 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
             "ACTORBOX_ENABLE_CUDA_IPC in the sender (tensors then travel through CPU memory), or give "
             "this actor a GPU (SandboxPolicy(allow_gpu=True))")
     dtype = getattr(torch, dtype_name)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if extent(shape, strides, offset) * itemsize > size_bytes:
         raise SerializationError("a CUDA tensor's view reaches past the end of its allocation")
     try:
