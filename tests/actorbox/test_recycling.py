@@ -28,6 +28,7 @@ import errno
 import fcntl
 import mmap
 import os
+import signal
 import socket
 import time
 
@@ -253,6 +254,13 @@ class Keeper:
     def reused(self):
         return process_caller.get().codec.segments.spares.reused
 
+    def inode(self, t, keep=False):
+        """The memory file ``t`` arrived in (kept when ``keep``)."""
+        if keep:
+            self.kept.append(t)
+        fd, _ = process_caller.get().codec.segments.lookup(t.untyped_storage().data_ptr())
+        return os.fstat(fd).st_ino
+
 
 async def call(aw):
     with anyio.fail_after(CALL_TIMEOUT):
@@ -317,3 +325,27 @@ def test_a_kernel_that_does_not_count_descriptions_turns_recycling_off(table, mo
         seen.add(inode(fd))
         os.close(fd)
     assert len(seen) == 3 and not table.spares.recycling and table.spares.held_fds() == set()
+
+
+@pytest.mark.anyio
+async def test_a_killed_actors_segments_are_reused():
+    """What a SIGKILLed actor held is reclaimed: the kernel closed its descriptions, and the
+    host's next fresh copies go into that memory again."""
+    n = N // 4
+    async with actorbox.Runtime() as rt:
+        victim = await rt.start(Keeper)
+        other = await rt.start(Keeper)
+        held = await call(victim.inode(torch.full((n,), 1.0), keep=True))
+        seen = {await call(other.inode(torch.full((n,), 2.0))) for _ in range(5)}
+        assert held not in seen, "a memory file the actor keeps was reused"
+        (pid,) = [a.pid for a in rt.actors() if a.label == victim.label]
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(actorbox.ActorDiedError):
+            await call(victim.sums())
+        seen = set()
+        for _ in range(50):
+            seen.add(await call(other.inode(torch.full((n,), 3.0))))
+            if held in seen:
+                break
+            await anyio.sleep(0.02)
+        assert held in seen, "the dead actor's memory file was never reused"
