@@ -16,15 +16,12 @@ stay inside it.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
-import functools
 import mmap
 import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -112,38 +109,17 @@ class SegmentTable:
             self._exported.add(fd)
 
     def copy_fresh(self, address: int, nbytes: int) -> int:
-        """A sealed segment holding a copy of ``nbytes`` at ``address``; returns a descriptor
-        of it that the caller owns (to send). The copy goes into memory whose pages exist
-        when there is some (a plain memcpy): a segment sent before that the kernel says
-        nobody else holds any more, or a spare made ready in the background. Else it
-        goes into a new segment."""
+        """A new sealed segment holding a copy of ``nbytes`` at ``address``; returns its fd
+        (the caller owns it). The copy goes into a spare segment when one of a fitting size
+        is ready (no page to allocate: a plain memcpy), else into a new one."""
         self.created += 1
-        spares = self.spares
-        slot = spares.take(nbytes)
-        if slot is None:
-            data = memoryview((ctypes.c_char * nbytes).from_address(address))
-            slot = spares.new_slot(nbytes, data) if spares.recycles(nbytes) else None
-            if slot is None:
-                return write_segment(data)
-        else:
-            try:
-                slot.fill(address, nbytes)
-            except OSError:  # its mapping failed (out of memory or map count): a new segment
-                spares.discard(slot)
-                return write_segment(memoryview((ctypes.c_char * nbytes).from_address(address)))
-        if not spares.recycling:  # the kernel can't tell us when it is free: send it, use it once
-            if slot.base:
-                spares.retire(slot.base, slot.size)
-            return slot.fd
-        try:
-            sent = _reopen(slot.fd)
-        except OSError:
-            spares.recycling = False
-            if slot.base:
-                spares.retire(slot.base, slot.size)
-            return slot.fd
-        spares.lend(slot)
-        return sent
+        spare = self.spares.take(nbytes)
+        if spare is None:
+            return write_segment(memoryview((ctypes.c_char * nbytes).from_address(address)))
+        fd, base, size = spare
+        ctypes.memmove(base, address, nbytes)
+        self.spares.retire(base, size)
+        return fd
 
     def drain_pool(self) -> None:
         self.spares.close()
@@ -247,9 +223,15 @@ def write_segment(data: memoryview) -> int:
     The copy goes through write(2), not a mapping: the kernel fills fresh pages
     directly, which costs about half of faulting them in through a mapping first.
     """
-    fd = _new_memfd(data.nbytes, _SEALS)
+    nbytes = data.nbytes
+    fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        _pwrite_all(fd, data.cast("B"))
+        os.ftruncate(fd, nbytes)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        view = data.cast("B")
+        done = 0
+        while done < nbytes:
+            done += os.pwrite(fd, view[done:], done)
     except BaseException:
         os.close(fd)
         raise
@@ -265,18 +247,11 @@ def _address(mm: mmap.mmap) -> int:
         del view
 
 
-# -- spare and recycled segments ---------------------------------------------------------
+# -- spare segments ---------------------------------------------------------------------
 
 # Below this a spare does not pay: a 1 MB copy back to back with calls measured ~15%
 # slower with spares (their making competes for the CPU) and no faster with pauses.
 SPARE_MIN = 2 << 20
-# From this size on a fresh copy's segment is kept after it is sent, and reused once the
-# kernel says no other process holds it: below it a new segment costs about as much as
-# checking and reopening one.
-RECYCLE_MIN = 64 << 10
-_RECYCLE_PROBES = 4  # sent segments of a size checked per copy, oldest first
-_RECYCLE_PER_SIZE = 16  # sent segments kept per size at most ...
-_RECYCLE_SLOTS = 256  # ... and in all (each holds a descriptor)
 _SPARE_IDLE = 30.0  # seconds a size goes unasked before its spares are freed
 _SPARE_SIZES = 32  # sizes tracked at most; the least recently asked is dropped
 _SPARE_STALE = 2.0  # seconds unasked after which a size's spares may make room for another's
@@ -284,9 +259,6 @@ _SPARE_STALE = 2.0  # seconds unasked after which a size's spares may make room 
 # range can hold a CPU for milliseconds before the kernel lets a woken thread run.
 _STEP = 256 << 10
 _ZEROS = bytes(_STEP)
-# A recycled segment is sealed against growing as well: a peer that held it must not be
-# able to make it bigger (memory we would keep) or hide bytes past its end for the next.
-_RECYCLE_SEALS = _SEALS | fcntl.F_SEAL_GROW
 
 
 def spare_size(nbytes: int) -> int:
@@ -312,156 +284,55 @@ def default_spare_bytes() -> int:
     return min(1 << 30, _physical_memory() // 16)
 
 
-def _reopen(fd: int) -> int:
-    """A new open file description of the memory file ``fd`` refers to (not a dup: the
-    kernel counts descriptions, which is how a recycled segment is known to be free)."""
-    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-
-
-@functools.cache
-def _descriptions_counted() -> bool:
-    """Whether this kernel grants a write lease on a memory file's description exactly when
-    no other description of it is open (what recycling relies on), checked once per
-    process on a scratch file: held by a second description (read-only, the weakest), a
-    lease must be refused; alone, granted."""
-    try:
-        fd = _new_memfd(mmap.PAGESIZE, _RECYCLE_SEALS)
-    except OSError:
-        return False
-    try:
-        own = _reopen(fd)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-    def lease() -> bool:
-        try:
-            fcntl.fcntl(own, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        except OSError:
-            return False
-        fcntl.fcntl(own, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return True
-
-    try:
-        other = os.open(f"/proc/self/fd/{own}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            refused = not lease()
-        finally:
-            os.close(other)
-        return refused and lease()
-    except OSError:
-        return False
-    finally:
-        os.close(own)
-
-
-class Slot:
-    """A segment kept for fresh copies: its own description ``fd`` (never sent: what goes
-    out is a reopened one), its mapping here (``base``, 0 until first reused), its
-    ``size``, and how many bytes from the start may hold data (``dirty``)."""
-
-    __slots__ = ("base", "dirty", "fd", "size")
-
-    def __init__(self, fd: int, base: int, size: int, dirty: int) -> None:
-        self.fd = fd
-        self.base = base
-        self.size = size
-        self.dirty = dirty
-
-    def fill(self, address: int, nbytes: int) -> None:
-        """Copy ``nbytes`` at ``address`` to the start; zero what an earlier, longer copy
-        left past it, so a receiver that maps the whole file sees nothing of it."""
-        if not self.base:
-            self.base = _map(self.fd, self.size, populate=True)
-        ctypes.memmove(self.base, address, nbytes)
-        if self.dirty > nbytes:
-            ctypes.memset(self.base + nbytes, 0, self.dirty - nbytes)
-        self.dirty = nbytes
-
-    def free(self) -> None:
-        if self.base:
-            _munmap(self.base, self.size)
-            self.base = 0
-        os.close(self.fd)
-
-
 class Spares:
-    """Segments for fresh copies whose pages already exist, so the copy is a plain memcpy.
+    """Segments made ahead of time, off the sending thread, for fresh copies.
 
     Copying a fresh tensor into a new memfd costs more than the copy itself: the
     kernel allocates every page on the way (a 100 MB copy takes about 1.5x a
-    ``clone()`` here, and shmem never gets huge pages). Two sources avoid that:
+    ``clone()`` here, and shmem never gets huge pages). Once a size has been sent, a
+    background thread makes a segment of that size ready -- its pages written and
+    mapped -- so the next fresh copy of a similar size is a plain memcpy. A spare is
+    used once: after its descriptor is sent it is never reused, since nothing can
+    prove that a peer stopped mapping it (an actor could keep a mapping and read the
+    next tensor that went into it). Not even the kernel: a write lease on the
+    sender's own open file description is granted once no other description of the
+    file is left, but a peer can keep the pages without one -- an ``O_PATH`` handle
+    (reopened read-write through /proc later), or the pages spliced into a pipe --
+    and an ``open()`` while the lease is held sends the sender SIGIO, which kills it.
+    Up to ``limit`` bytes are kept ready; a size not
+    asked for in 30 s is freed. A used spare is also unmapped on that thread.
 
-    *Recycled segments.* A fresh copy of ``RECYCLE_MIN`` bytes or more goes out as a
-    new open file description of a segment this process keeps (``lend``). The kernel
-    counts the descriptions of a file, and every descriptor or mapping of one, in any
-    process or in flight in a socket, holds its description. So once the only
-    description left is our own -- checked with a write lease, which the kernel grants
-    only then (``_unused``) -- no peer can read or write the segment any more, however
-    it was forwarded, and the next copy of that size reuses it. Where leases or
-    ``/proc/self/fd`` are not available, ``recycling`` turns off and each segment is
-    used once.
-
-    *Spares.* Once a size of ``SPARE_MIN`` or more has been sent, a background thread
-    makes a segment of that size ready -- its pages written and mapped -- for when no
-    recycled one is free (the receiver still holds the last one).
-
-    Up to ``limit`` bytes are kept, ready and sent together; a size not asked for in
-    30 s is freed. The thread runs at idle priority and makes its system calls
-    through ctypes, which releases the GIL: Python's own ``mmap`` holds the GIL while
-    the kernel populates or tears down a mapping, which would stall the event loop.
+    The thread runs at idle priority and makes its system calls through ctypes, which
+    releases the GIL: Python's own ``mmap`` holds the GIL while the kernel populates
+    or tears down a mapping, which would stall the event loop for the whole time.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.recycling = True
         self._cond = threading.Condition(threading.Lock())
         self._ready: dict[int, list[tuple[int, int]]] = {}  # size -> [(fd, base address of its mapping)]
         self._asked: dict[int, float] = {}  # size -> when last asked for (monotonic), oldest first
-        self._lent: dict[int, deque[Slot]] = {}  # size -> segments sent, oldest first
-        self._lent_used: dict[int, float] = {}  # size -> when a segment of it was last sent
         self._retired: list[tuple[int, int]] = []  # (base, size) of used spares' mappings
-        self._dropped: list[Slot] = []  # segments to free on the thread
         self._ready_bytes = 0
-        self._lent_bytes = 0
-        self._lent_count = 0
         self._thread: threading.Thread | None = None
         self._gen = 0  # bumped by close(): a thread of an older generation stops and keeps nothing
         self.hits = 0
         self.misses = 0
-        self.reused = 0  # fresh copies that went into a recycled segment
 
     @property
     def ready_bytes(self) -> int:
         return self._ready_bytes
 
-    @property
-    def lent_bytes(self) -> int:
-        return self._lent_bytes
-
-    def recycles(self, nbytes: int) -> bool:
-        """Whether a fresh copy of ``nbytes`` goes into a segment kept for reuse."""
-        if not (self.recycling and nbytes >= RECYCLE_MIN and 0 < spare_size(nbytes) <= self.limit):
-            return False
-        if not _descriptions_counted():
-            self.recycling = False
-        return self.recycling
-
-    def take(self, nbytes: int) -> Slot | None:
-        """A segment for a fresh copy of ``nbytes`` whose pages exist: a recycled one no
-        one else holds, else a ready spare; None if neither. The size is noted, so a
-        spare of it is made for next time. The caller fills it, then hands it back with
-        :meth:`lend` (or, when not recycling, unmaps it with :meth:`retire`)."""
-        if nbytes < RECYCLE_MIN or self.limit <= 0:
+    def take(self, nbytes: int) -> tuple[int, int, int] | None:
+        """A ready spare for ``nbytes`` as (fd, base address, size), or None; either way the
+        size is noted, so a spare of it is made for next time. Once filled, the caller
+        hands the mapping back with :meth:`retire`."""
+        if nbytes < SPARE_MIN or self.limit <= 0:
             return None
         size = spare_size(nbytes)
         if size > self.limit:
             return None
         with self._cond:
-            slot = self._reclaim(size) if self.recycling else None
-            if slot is not None or nbytes < SPARE_MIN:
-                return slot
             self._asked.pop(size, None)
             self._asked[size] = time.monotonic()
             while len(self._asked) > _SPARE_SIZES:
@@ -473,67 +344,20 @@ class Spares:
                 self.hits += 1
             else:
                 self.misses += 1
-            if not self._start_thread():
-                self.limit = 0  # no thread to be had (a process limit): copy as before
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, args=(self._gen,), name="actorbox-shm-spares",
+                                          daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had (a process limit): copy as before
+                    self.limit = 0
+                    return None
+                self._thread = thread
             self._cond.notify()
-        if got is None:
-            return None
-        return Slot(got[0], got[1], size, 0)
-
-    def new_slot(self, nbytes: int, data: memoryview) -> Slot | None:
-        """A new segment of ``nbytes``' size holding ``data``, to be kept after it is sent;
-        None (and recycling off) where a memory file can't be reopened."""
-        size = spare_size(nbytes)
-        fd = _new_memfd(size, _RECYCLE_SEALS)
-        try:
-            own = _reopen(fd)
-        except OSError:  # no /proc: nothing to count descriptions with
-            self.recycling = False
-            os.close(fd)
-            return None
-        os.close(fd)
-        try:
-            _pwrite_all(own, data.cast("B"))
-        except BaseException:
-            os.close(own)
-            raise
-        return Slot(own, 0, size, nbytes)
-
-    def lend(self, slot: Slot) -> None:
-        """Keep a segment whose new description was just made to be sent: it is reused
-        when that description is gone everywhere. Beyond the budget, it is freed here
-        (its receivers keep the memory until they let go)."""
-        now = time.monotonic()
-        with self._cond:
-            size = slot.size
-            group = self._lent.get(size)
-            if (self.limit > 0 and (group is None or len(group) < _RECYCLE_PER_SIZE)
-                    and self._lent_count < _RECYCLE_SLOTS):
-                self._dropped += self._evict(size, now)
-                if self._ready_bytes + self._lent_bytes + size <= self.limit and self._start_thread():
-                    if not self._lent_bytes:
-                        self._cond.notify()  # the thread now has something to expire: wake it to time it
-                    if group is None:
-                        group = self._lent[size] = deque()
-                    group.append(slot)
-                    self._lent_bytes += size
-                    self._lent_count += 1
-                    self._lent_used[size] = now
-                    return
-            if self._thread is not None:
-                self._dropped.append(slot)
-                self._cond.notify()
-                return
-        slot.free()
+        return None if got is None else (got[0], got[1], size)
 
     def held_fds(self) -> set[int]:
-        """Descriptors of the segments kept here now (ready or sent)."""
-        with self._cond:
-            return ({fd for group in self._ready.values() for fd, _ in group}
-                    | {slot.fd for group in self._lent.values() for slot in group})
-
-    def ready_fds(self) -> set[int]:
-        """Descriptors of the spares ready now (never sent)."""
+        """Descriptors of the spares ready now."""
         with self._cond:
             return {fd for group in self._ready.values() for fd, _ in group}
 
@@ -546,18 +370,8 @@ class Spares:
                 return
         _munmap(base, size)
 
-    def discard(self, slot: Slot) -> None:
-        """Free a segment taken but not sent (on the background thread when there is one)."""
-        with self._cond:
-            if self._thread is not None:
-                self._dropped.append(slot)
-                self._cond.notify()
-                return
-        slot.free()
-
     def close(self) -> None:
-        """Free every spare and kept segment, and stop the thread (they come back when
-        sizes are asked again).
+        """Free every spare and stop the thread (spares come back when sizes are asked again).
 
         Called on the host's event loop (Runtime exit): it waits for the thread briefly
         only. A thread starved of CPU (it runs at idle priority) stops when it next runs,
@@ -575,73 +389,15 @@ class Spares:
                     os.close(fd)
             for base, size in self._retired:
                 _munmap(base, size)
-            for slot in [s for group in self._lent.values() for s in group] + self._dropped:
-                slot.free()
             self._ready.clear()
             self._asked.clear()
             self._retired.clear()
-            self._lent.clear()
-            self._lent_used.clear()
-            self._dropped.clear()
-            self._ready_bytes = self._lent_bytes = self._lent_count = 0
-
-    def _start_thread(self) -> bool:
-        if self._thread is None:
-            thread = threading.Thread(target=self._run, args=(self._gen,), name="actorbox-shm-spares", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:
-                return False
-            self._thread = thread
-        return True
-
-    def _unused(self, fd: int) -> bool:
-        """Whether ``fd``'s description is the only one of its memory file left anywhere:
-        the kernel grants a write lease only then (and counts mappings and descriptors in
-        flight too). The lease is dropped at once."""
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EBUSY):
-                self.recycling = False  # no leases on this kernel or file system: use segments once
-            return False
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return True
-
-    def _reclaim(self, size: int) -> Slot | None:
-        """A sent segment of ``size`` that no one else holds any more, if one of the oldest is."""
-        group = self._lent.get(size)
-        if not group:
-            return None
-        for _ in range(min(_RECYCLE_PROBES, len(group))):
-            if self._unused(group[0].fd):
-                slot = group.popleft()
-                self._lent_bytes -= size
-                self._lent_count -= 1
-                self.reused += 1
-                self._lent_used[size] = time.monotonic()
-                return slot
-            group.rotate(-1)
-        return None
-
-    def _evict(self, size: int, now: float) -> list[Slot]:
-        """Sent segments of other sizes, unused for a while, that make room for one of ``size``."""
-        out: list[Slot] = []
-        for other, used in sorted(self._lent_used.items(), key=lambda kv: kv[1]):
-            if self._ready_bytes + self._lent_bytes + size <= self.limit:
-                break
-            group = self._lent.get(other)
-            if other != size and group and now - used > _SPARE_STALE:
-                del self._lent[other]
-                self._lent_bytes -= other * len(group)
-                self._lent_count -= len(group)
-                out += group
-        return out
+            self._ready_bytes = 0
 
     def _wanted(self) -> int | None:
         """The most recently asked size short of a spare, if the budget allows one more."""
         for size in reversed(self._asked):
-            if not self._ready.get(size) and self._ready_bytes + self._lent_bytes + size <= self.limit:
+            if not self._ready.get(size) and self._ready_bytes + size <= self.limit:
                 return size
         return None
 
@@ -650,12 +406,12 @@ class Spares:
         spares of sizes not asked for lately (oldest first); returns them as (fd, base, size).
         Sizes asked for at about the same time keep theirs: no two sizes evict each other."""
         want = next((s for s in reversed(self._asked) if not self._ready.get(s)), None)
-        if want is None or self._ready_bytes + self._lent_bytes + want <= self.limit:
+        if want is None or self._ready_bytes + want <= self.limit:
             return []
         now = time.monotonic()
         out: list[tuple[int, int, int]] = []
         for size, asked in list(self._asked.items()):  # oldest first
-            if self._ready_bytes + self._lent_bytes + want <= self.limit:
+            if self._ready_bytes + want <= self.limit:
                 break
             if size != want and now - asked > _SPARE_STALE and self._ready.get(size):
                 group = self._ready.pop(size)
@@ -664,8 +420,7 @@ class Spares:
         return out
 
     def _expired(self) -> list[tuple[int, int, int]]:
-        """Forget sizes not asked for lately; returns their spares as (fd, base, size) and
-        moves their sent segments to ``_dropped``."""
+        """Forget sizes not asked for lately; returns their spares as (fd, base, size)."""
         now = time.monotonic()
         for size, asked in list(self._asked.items()):
             if now - asked > _SPARE_IDLE:
@@ -675,13 +430,6 @@ class Spares:
             group = self._ready.pop(size)
             self._ready_bytes -= size * len(group)
             out.extend((fd, base, size) for fd, base in group)
-        for size, used in list(self._lent_used.items()):
-            if now - used > _SPARE_IDLE:
-                del self._lent_used[size]
-                slots = self._lent.pop(size, ())
-                self._lent_bytes -= size * len(slots)
-                self._lent_count -= len(slots)
-                self._dropped += slots
         return out
 
     def _run(self, gen: int) -> None:
@@ -698,30 +446,25 @@ class Spares:
                     freed += self._expired()
                     freed += self._make_room()
                     size = self._wanted()
-                    if self._retired or self._dropped or freed or size is not None:
+                    if self._retired or freed or size is not None:
                         break
-                    idle = self._ready or self._lent
-                    self._cond.wait(timeout=_SPARE_IDLE if idle else None)  # (then look for idle sizes)
+                    self._cond.wait(timeout=_SPARE_IDLE if self._ready else None)  # (then look for idle sizes)
                 retired, self._retired = self._retired, []
-                dropped, self._dropped = self._dropped, []
             for base, n in retired:
                 _munmap(base, n)
-            for slot in dropped:
-                slot.free()
             for fd, base, n in freed:
                 _munmap(base, n)
                 os.close(fd)
             if size is None:
                 continue
             try:
-                fd, base = _make_spare(size, lambda: self._gen != gen, reopen=self.recycling)
+                fd, base = _make_spare(size, lambda: self._gen != gen)
             except OSError:  # out of memory or descriptors: senders make their own segments
                 with self._cond:
                     self._asked.pop(size, None)
                 continue
             with self._cond:
-                if (self._gen == gen and size in self._asked
-                        and self._ready_bytes + self._lent_bytes + size <= self.limit):
+                if self._gen == gen and size in self._asked and self._ready_bytes + size <= self.limit:
                     self._ready.setdefault(size, []).append((fd, base))
                     self._ready_bytes += size
                     continue
@@ -747,44 +490,13 @@ def _munmap(base: int, size: int) -> None:
         _libc.munmap(base + at, min(_STEP, size - at))
 
 
-def _map(fd: int, size: int, *, populate: bool) -> int:
-    """Map ``size`` bytes of ``fd`` shared, read-write, with the GIL released; the base address.
-    ``populate``: fill the page tables now (the pages exist), so the first copy takes no faults."""
-    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0x8000) if populate else 0)
-    base = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
-    if base is None or base == _MAP_FAILED:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(base)
-
-
-def _new_memfd(size: int, seals: int) -> int:
+def _make_spare(size: int, stop: Callable[[], bool]) -> tuple[int, int]:
+    """A sealed segment of ``size`` bytes whose pages exist and are mapped here: (fd, base).
+    Gives up (OSError) as soon as ``stop()`` is true, so closing never waits for a big one."""
     fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _pwrite_all(fd: int, view: memoryview, start: int = 0) -> None:
-    done = 0
-    while done < view.nbytes:
-        done += os.pwrite(fd, view[done:], start + done)
-
-
-def _make_spare(size: int, stop: Callable[[], bool], *, reopen: bool = False) -> tuple[int, int]:
-    """A sealed segment of ``size`` bytes whose pages exist and are mapped here: (fd, base).
-    ``reopen``: ``fd`` is a description of its own, so it can be recycled once sent.
-    Gives up (OSError) as soon as ``stop()`` is true, so closing never waits for a big one."""
-    fd = _new_memfd(size, _RECYCLE_SEALS if reopen else _SEALS)
-    try:
-        if reopen:  # (never lend the memfd's first description: the kernel doesn't count it)
-            own = _reopen(fd)
-            os.close(fd)
-            fd = own
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
         # Writing zeros allocates the pages without the clearing a first fault does, and
         # populating the mapping then only fills page tables: about 40% cheaper than faulting in.
         zeros = memoryview(_ZEROS)
@@ -793,7 +505,10 @@ def _make_spare(size: int, stop: Callable[[], bool], *, reopen: bool = False) ->
             if stop():
                 raise InterruptedError("spare segments closed")
             done += os.pwrite(fd, zeros[:min(len(zeros), size - done)], done)
-        base = _map(fd, size, populate=False)
+        base = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        if base is None or base == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
         for at in range(0, size, _STEP):
             if _libc.madvise(base + at, min(_STEP, size - at), _MADV_POPULATE_WRITE) != 0:
                 break  # an older kernel: the first copy into it faults the rest in

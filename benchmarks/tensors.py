@@ -11,12 +11,11 @@ In one run, for each size (a uint8 tensor of that many bytes; 1 MB, 100 MB and
     segment's fd goes out and comes back, nothing is copied;
 (b) a fresh tensor (a new ``torch.ones`` each repeat, made outside the timed
     region): the host copies it once into a segment, the actor returns that
-    segment as is. From the second sample of a size on, the copy goes into the
-    segment an earlier sample went out in, once the kernel says neither side holds
-    it any more (recycled), or into a spare segment the host made ready in the
-    background (pages allocated and mapped); the row below it, measured in the same
-    rounds, turns both off (``ACTORBOX_SHM_SPARE_BYTES=0`` in effect: a new memfd
-    whose pages the copy allocates), which is how every fresh copy went before;
+    segment as is. From the second sample of a size on, the copy goes into a
+    spare segment the host made ready in the background (pages allocated and
+    mapped); the row below it, measured in the same rounds, turns spares off
+    (``ACTORBOX_SHM_SPARE_BYTES=0`` in effect: a new memfd whose pages the copy
+    allocates), which is how every fresh copy went before spares;
 (c) a pickled copy: ``pickle.dumps(t)`` on the host (torch's default reduction
     copies the data into the pickle), the bytes through actorbox, ``pickle.loads``
     and ``pickle.dumps`` in the actor, ``pickle.loads`` of the reply on the host;
@@ -39,7 +38,7 @@ there, pre-faulting a new segment, and freeing one.
 
 The host's torch waits passively for work (``OMP_WAIT_POLICY=PASSIVE`` unless set
 otherwise), as actors do: spinning OpenMP workers on 2 cores starve the actor.
-Modes alternate within each round (shared x10, fresh, fresh with nothing kept,
+Modes alternate within each round (shared x10, fresh, fresh without spares,
 pickled, clone, copy_) so
 drift on this noisy machine hits all of them; each mode is warmed up once per size.
 Sizes under 20 MB take several samples of each mode per round (up to 20); sizes of
@@ -142,7 +141,7 @@ class SizeSamples:
     # Host minor page faults per sample, by mode (a first touch of a 4 KiB page is one).
     faults: dict[str, list[int]] = field(default_factory=dict)
     chunked: bool = False
-    spare_stats: tuple[int, int, int] = (0, 0, 0)  # host recycled, spare hits, misses: whole run (last size)
+    spare_stats: tuple[int, int] = (0, 0)  # host spare hits and misses over the whole run (last size only)
     floor_ms: float = 0.0  # the round-trip floor, measured once per run (floor_ms())
 
 
@@ -220,7 +219,7 @@ async def measure_size(h: actorbox.ActorHandle, spares: Any, nbytes: int, repeat
 
         for _ in range(k):
             await _fresh_sample(h, nbytes, s, "fresh", s.fresh)
-        spares.limit = 0  # the fresh path as it was before recycled and spare segments
+        spares.limit = 0  # the fresh path as it was before spare segments
         for _ in range(k):
             await _fresh_sample(h, nbytes, s, "fresh_nospare", s.fresh_nospare)
         spares.limit = limit
@@ -367,8 +366,7 @@ async def measure(sizes: list[tuple[str, int]], repeats: int, sandbox: str,
         for label, nbytes in sizes:
             progress(f"measuring {label} ...")
             out.append(await measure_size(h, rt.codec.segments.spares, nbytes, repeats))
-        sp = rt.codec.segments.spares
-        out[-1].spare_stats = (sp.reused, sp.hits, sp.misses)
+        out[-1].spare_stats = (rt.codec.segments.spares.hits, rt.codec.segments.spares.misses)
         for s in out:
             s.floor_ms = floor
         await h.stop()
@@ -403,16 +401,15 @@ def report(sizes: list[tuple[str, int]], results: list[SizeSamples], breakdowns:
         pickled = "(c) pickled copy" + (f", in {CHUNK >> 20} MiB calls" if s.chunked else "")
         for name, key, xs in (("(a) round trip, already shared", "shared", s.shared),
                               ("(b) round trip, fresh tensor", "fresh", s.fresh),
-                              ("(b) the same, no kept segments", "fresh_nospare", s.fresh_nospare),
+                              ("(b) the same, spare segments off", "fresh_nospare", s.fresh_nospare),
                               (pickled, "pickled", s.pickled), ("(d) memcpy: t.clone()", "clone", s.clone),
                               ("(d) memcpy: dst.copy_(t), dst touched", "copy", s.copy)):
             med = statistics.median(xs)
             rows.append((label, name, _fmt(med), _fmt(min(xs)), _fmt(max(xs)), _gbps(nbytes, med),
                          f"{statistics.median(s.faults[key]):,.0f}"))
     print_table(("size", "measurement", "median", "min", "max", "GB/s (median)", "host faults"), rows)
-    reused, hits, misses = results[-1].spare_stats
-    print(f"host segments for fresh copies: {reused} went into a recycled segment, {hits} into a ready spare, "
-          f"{misses} into a new one (of 2 MiB or more)")
+    hits, misses = results[-1].spare_stats
+    print(f"host spare segments: {hits} fresh copies went into a ready spare, {misses} did not")
     print()
 
     ok = True
@@ -444,9 +441,9 @@ def report(sizes: list[tuple[str, int]], results: list[SizeSamples], breakdowns:
         trows.append(("(b) - (a), freshness alone / memcpy: vs clone()", label,
                       f"{extra / statistics.median(s.clone):.2f}x", "(information)"))
     for (label, _), s in zip(sizes, results, strict=True):
-        trows.append(("fresh, no kept segments / memcpy: vs clone()", label,
+        trows.append(("fresh without spares / memcpy: vs clone()", label,
                       f"{statistics.median(s.fresh_nospare) / statistics.median(s.clone):.2f}x",
-                      "(information: before recycled and spare segments)"))
+                      "(information: before spares)"))
     print_table(("target", "size", "measured", "verdict"), trows)
     print()
 

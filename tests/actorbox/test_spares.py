@@ -2,9 +2,7 @@
 
 A fresh tensor or array of 2 MiB or more is copied into a segment whose pages a
 background thread already allocated and mapped, so the copy is a plain memcpy.
-Segments sent before are reused once no one holds them (tests/actorbox/test_recycling.py);
-the unit tests here turn that off, as where the kernel can't tell, to see spares
-alone. What must hold, and is checked here with real memfds, real threads and real
+What must hold, and is checked here with real memfds, real threads and real
 (sandboxed) actors:
 
 - a spare is used once: every fresh copy goes out in a memory file no other copy
@@ -77,7 +75,6 @@ def read_fd(fd: int, start: int, stop: int) -> bytes:
 def table():
     t = _shm.SegmentTable()
     t.spares.limit = 64 * MiB
-    t.spares.recycling = False  # spares alone (as on a kernel without leases on memory files)
     yield t
     t.drain_pool()
 
@@ -242,16 +239,9 @@ def test_a_bad_limit_is_a_clear_error(monkeypatch, value):
 class Inodes:
     """Reports which memory file each received tensor lives in, and makes fresh ones."""
 
-    def __init__(self):
-        self.kept = []
-
-    def keep(self, t):
-        self.kept.append(t)
+    def inode(self, t):
         fd, _ = process_caller.get().codec.segments.lookup(t.untyped_storage().data_ptr())
         return os.fstat(fd).st_ino, float(t.double().sum())
-
-    def kept_sums(self):
-        return [float(t.double().sum()) for t in self.kept]
 
     def make(self, n, value):
         return torch.full((n,), float(value), dtype=torch.float32)
@@ -264,9 +254,8 @@ class Inodes:
 
 @pytest.mark.anyio
 async def test_fresh_tensors_to_and_from_an_actor_use_spares_and_never_share_memory():
-    """Host -> actor: each fresh tensor the actor keeps arrives in a memory file of its own,
-    bit-exact, and the host's spares are used; actor -> host: results the host keeps come
-    from the actor's spares, and values arrive exact."""
+    """Host -> actor: each fresh tensor arrives in a memory file of its own, bit-exact, and the
+    host's spares are used; actor -> host: the actor's spares are used and values arrive exact."""
     n = 600_000  # 2.4 MB of float32
     async with actorbox.Runtime() as rt:
         box = await rt.start(Inodes)
@@ -274,24 +263,20 @@ async def test_fresh_tensors_to_and_from_an_actor_use_spares_and_never_share_mem
         for i in range(8):
             t = torch.full((n,), float(i))
             with anyio.fail_after(CALL_TIMEOUT):
-                ino, total = await box.keep(t)
+                ino, total = await box.inode(t)
             assert total == float(i) * n
             seen.add(ino)
             await anyio.sleep(0.05)  # time for the next spare to be made
-        assert len(seen) == 8, "two fresh tensors the actor holds shared one memory file"
+        assert len(seen) == 8, "two fresh tensors shared one memory file"
         assert rt.codec.segments.spares.hits >= 6
-        with anyio.fail_after(CALL_TIMEOUT):
-            assert await box.kept_sums() == [float(i) * n for i in range(8)]
-        results = []
         for i in range(8):
             with anyio.fail_after(CALL_TIMEOUT):
-                results.append(await box.make(n, i))
-            await anyio.sleep(0.05)
-        for i, r in enumerate(results):
+                r = await box.make(n, i)
             assert torch.equal(r, torch.full((n,), float(i)))
+            del r
+            await anyio.sleep(0.05)
         with anyio.fail_after(CALL_TIMEOUT):
             assert (await box.spares())["hits"] >= 6
-        del results, r
     assert rt.codec.segments.spares.held_fds() == set()
 
 
