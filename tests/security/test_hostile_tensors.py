@@ -127,6 +127,23 @@ async def test_sealed_segment_cannot_be_shrunk_under_the_host(rt, actors):
     await assert_host_serves(rt, healthy)
 
 
+async def test_a_segment_once_sent_never_carries_another_tensor(rt, actors):
+    """An actor keeps ways back to a segment it received that no descriptor count sees (an
+    O_PATH handle reopened later, the pages spliced into a pipe); the host's later fresh
+    tensors of that size, sent to another actor, never land in that memory."""
+    healthy, saboteur = actors
+    n = 1 << 20
+    assert await call(saboteur.keep_a_way_back(torch.full((n,), 0x11, dtype=torch.uint8))) == 4096
+    for _ in range(20):  # the same size, fresh each time, let go at once
+        r = await call(healthy.echo(torch.full((n,), 0x22, dtype=torch.uint8)))
+        assert bool((r == 0x22).all())
+        del r
+    through_file, through_pipe = await call(saboteur.look_back())
+    assert through_file == b"\x11" * 4096, "a later tensor went into memory an actor can still reach"
+    assert through_pipe == b"\x11" * 4096, "a later tensor went into pages an actor spliced away"
+    await assert_host_serves(rt, healthy)
+
+
 async def test_host_fd_count_does_not_grow_across_all_attempts(rt, actors):
     """Three rounds of every attack leave the host's open descriptor count where it was."""
     healthy, saboteur = actors

@@ -146,6 +146,7 @@ class ShmSaboteur:
     def __init__(self):
         self.kept_fd = None
         self.truncate_outcome = None
+        self.handles = None
 
     def ping(self):
         return "pong"
@@ -197,3 +198,30 @@ class ShmSaboteur:
         """Write ``value`` into every byte of the segment it sent (shared memory: the host sees it)."""
         os.pwrite(self.kept_fd, bytes([value]) * os.fstat(self.kept_fd).st_size, 0)
         return True
+
+    def keep_a_way_back(self, t):
+        """Keep a way to the segment ``t`` arrived in that holds no open file description a
+        sender could count: an O_PATH handle, and its first page spliced into a pipe.
+        The tensor itself (descriptor and mapping) is let go when this call returns."""
+        from actorbox._context import process_caller
+
+        fd, _ = process_caller.get().codec.segments.lookup(t.untyped_storage().data_ptr())
+        path = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        r, w = os.pipe()
+        spliced = os.splice(fd, w, 4096, offset_src=0)
+        self.handles = (path, r, w)
+        return spliced
+
+    def look_back(self):
+        """What the kept ways show now: the file reopened read-write, and the spliced page."""
+        path, r, _ = self.handles
+        fd = os.open(f"/proc/self/fd/{path}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            through_file = os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+        through_pipe = os.read(r, 4096)
+        for h in self.handles:
+            os.close(h)
+        self.handles = None
+        return through_file, through_pipe
