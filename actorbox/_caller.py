@@ -45,6 +45,11 @@ class Caller:
         (a sync call running inline on the loop); False where it is not."""
         return False
 
+    def pumps_here(self) -> bool:
+        """Whether this thread is the loop thread blocked in a sync call running inline, so a
+        Future awaited here (in a nested event loop) must read its own reply with :meth:`pump`."""
+        return False
+
     def get_actor(self, name: str) -> Any:
         raise NotImplementedError
 

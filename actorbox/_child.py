@@ -457,6 +457,9 @@ class ActorProcess(Caller):
             _exit_now()
             raise  # not reached
 
+    def pumps_here(self) -> bool:
+        return bool(self.inline_depth) and threading.get_ident() == self.loop_thread
+
     def pump(self, fut: Any, timeout: float | None) -> bool:
         """``fut.result()`` inside an inline call: read frames here until its reply comes."""
         if not self.inline_depth or threading.get_ident() != self.loop_thread:

@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import anyio.to_thread
 import sniffio
 
 from . import _errors
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _PENDING = object()
+_TEVENT_LOCK = threading.Lock()
+_PUMP_NAP = 0.0002  # seconds between reads while a nested loop waits on the loop thread
 
 
 class Future(Generic[T]):
@@ -89,6 +92,11 @@ class Future(Generic[T]):
 
     async def _wait(self) -> T:
         if self._reply is None:
+            caller = self._caller
+            if not caller.on_loop_thread():
+                return await self._wait_from_thread()
+            if caller.pumps_here():
+                return await self._wait_pumping()
             try:
                 loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
             except RuntimeError:
@@ -113,6 +121,44 @@ class Future(Generic[T]):
                 raise
         return self._outcome()
 
+    async def _wait_pumping(self) -> T:
+        """Awaited in an event loop of its own (``asyncio.run`` or ``anyio.run``) inside a sync
+        method running inline on the actor's loop thread: that loop is blocked under this one
+        and can't read the reply, so read it here, letting this loop's other tasks run between
+        reads."""
+        try:
+            while self._reply is None:
+                self._caller.pump(self, 0)
+                if self._reply is None:
+                    await anyio.sleep(_PUMP_NAP)
+        except BaseException:
+            if self._reply is None:
+                self._caller.cancel(self)
+            raise
+        return self._outcome()
+
+    async def _wait_from_thread(self) -> T:
+        """Awaited in an event loop of another thread (``asyncio.run`` inside a sync method on a
+        worker thread): the reply is resolved on the loop thread, which can't wake a foreign
+        loop's futures safely, so a helper thread of this loop waits for it instead."""
+        ev = self._thread_event()
+        try:
+            if self._reply is None:
+                await anyio.to_thread.run_sync(ev.wait, abandon_on_cancel=True)
+        except BaseException:
+            if self._reply is None:
+                self._caller.cancel(self)  # resolves the Future: the abandoned helper's wait ends
+            raise
+        return self._outcome()
+
+    def _thread_event(self) -> threading.Event:
+        """The event _resolve sets for waiting threads: one per Future, however many wait."""
+        with _TEVENT_LOCK:
+            ev = self._tevent
+            if ev is None:
+                ev = self._tevent = threading.Event()
+        return ev
+
     def result(self, timeout: float | None = None) -> T:
         """Block until the call finishes (for sync methods running in an actor's worker thread)."""
         if self._reply is None:
@@ -124,7 +170,7 @@ class Future(Generic[T]):
                 if self._reply is None:
                     raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")
                 return self._outcome()
-            ev = self._tevent = threading.Event()
+            ev = self._thread_event()
             if self._reply is None and not ev.wait(timeout):
                 raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")
         return self._outcome()

@@ -10,7 +10,8 @@ hand-off. What must still hold, with real (sandboxed) actor processes:
 - while one inline call runs long, the actor still sees the host: a queued call
   can be cancelled, and ``stop()`` ends the actor at once, not after the grace period;
 - errors, crashes and pipelined calls behave as on worker threads;
-- user code sees no running event loop (asyncio.run() inside a sync method works),
+- user code sees no running event loop (asyncio.run() inside a sync method works, and
+  can await calls to other actors, inline or on a worker thread),
   a thread the call starts can send a call bigger than the socket buffer, a backlog
   of short calls still sees cancellations, and a re-entrant call does not inherit
   the waiting call's context variables.
@@ -38,10 +39,54 @@ def where():
     return "loop" if threading.current_thread() is threading.main_thread() else "worker"
 
 
+def _await_in_own_loop(self, backend="asyncio"):
+    """asyncio.run() / anyio.run() inside a sync method, awaiting calls to the host's 'svc':
+    one, two at once, and one that calls back into this actor."""
+    svc = actorbox.get_actor("svc")
+
+    async def main():
+        out = [await svc.double(4)]
+        if backend == "asyncio":
+            import asyncio
+
+            out += await asyncio.gather(svc.double(1), svc.double(2))
+        else:
+            got = {}
+
+            async def double(i):
+                got[i] = await svc.double(i)
+
+            async with anyio.create_task_group() as tg:
+                for i in (1, 2):
+                    tg.start_soon(double, i)
+            out += [got[1], got[2]]
+        out.append(await svc.call_back(10))
+        return out
+
+    return anyio.run(main, backend=backend)
+
+
+def _time_out_in_own_loop(self):
+    """A deadline inside the nested loop: the wait ends, the remote call is cancelled."""
+    svc = actorbox.get_actor("svc")
+
+    async def main():
+        t0 = time.monotonic()
+        with anyio.move_on_after(0.2):
+            await svc.slow(1)
+            return None
+        return time.monotonic() - t0
+
+    return anyio.run(main)
+
+
 @actorbox.actor
 class SyncOnly:
     def where(self):
         return where()
+
+    await_in_own_loop = _await_in_own_loop
+    time_out_in_own_loop = _time_out_in_own_loop
 
     def sleep(self, seconds):
         time.sleep(seconds)
@@ -102,6 +147,12 @@ class SyncOnly:
 class Mixed:
     def where(self):
         return where()
+
+    def echo(self, x):
+        return x
+
+    await_in_own_loop = _await_in_own_loop
+    time_out_in_own_loop = _time_out_in_own_loop
 
     async def nothing(self):
         return None
@@ -256,6 +307,32 @@ async def test_user_code_in_an_inline_call_sees_no_running_loop():
         assert await call(h.run_asyncio()) == 42
         assert await call(h.run_asyncio()) == 42
         assert await call(h.echo("after")) == "after"
+
+
+@pytest.mark.parametrize("cls", [SyncOnly, Mixed], ids=["inline", "worker thread"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_a_sync_method_can_await_actor_calls_in_an_event_loop_of_its_own(cls, backend):
+    """asyncio.run()/anyio.run() in a sync method awaiting handles used to hang for good: on
+    the loop thread the actor's loop can't read the replies under it, and on a worker
+    thread the reply can't wake a foreign loop."""
+    async with actorbox.Runtime() as rt:
+        svc = Service()
+        rt.register("svc", svc)
+        h = await rt.start(cls)
+        svc.actor = h
+        assert await call(h.await_in_own_loop(backend), timeout=15) == [8, 2, 4, 11]
+
+
+@pytest.mark.parametrize("cls", [SyncOnly, Mixed], ids=["inline", "worker thread"])
+async def test_a_deadline_in_a_sync_methods_own_loop_cancels_the_call(cls):
+    async with actorbox.Runtime() as rt:
+        rt.register("svc", Service())
+        h = await rt.start(cls)
+        took = await call(h.time_out_in_own_loop(), timeout=15)
+        assert took is not None and 0.15 < took < 2
+        with anyio.fail_after(5):
+            while any(c.method == "slow" for c in rt.pending_calls()):
+                await anyio.sleep(0.02)
 
 
 async def test_a_thread_of_an_inline_call_can_send_a_call_bigger_than_the_socket_buffer():
