@@ -249,7 +249,8 @@ class Codec:
             if code == EXT_TENSOR or code == EXT_NDARRAY:
                 source = getattr(self._tls, "source", None)
                 fields = self.loads(data, trusted)
-                if source is None or type(fields) is not list or len(fields) != 8:
+                if source is None or type(fields) is not list or not (
+                        len(fields) == 8 or (len(fields) == 9 and code == EXT_TENSOR)):
                     raise SerializationError("malformed shared tensor (or one outside a call payload)")
                 if code == EXT_TENSOR:
                     return import_tensor(fields, self.segments, source)

@@ -116,15 +116,45 @@ def is_ndarray(obj: Any) -> bool:
 
 
 def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
-    """Wire fields of ``t``; its memory's descriptor goes into ``sink``."""
+    """Wire fields of ``t``; its memory's descriptor goes into ``sink``. A quantized tensor
+    has a ninth field, its quantization (``_quantization``): its integer storage is shared
+    like any other."""
+    if t.is_quantized:
+        quant = _quantization(t)
+        return [*_export_dense(t, table, sink), quant]
+    return _export_dense(t, table, sink)
+
+
+# A quantized dtype -> the integer dtype of its storage. Packed sub-byte ones (quint4x2,
+# quint2x4) have no strided element of their own and are refused.
+_QUANTIZED = {"quint8": "uint8", "qint8": "int8", "qint32": "int32"}
+_ZERO_POINTS = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-(2**31), 2**31 - 1)}  # their valid range
+
+
+def _quantization(t: Any) -> list[Any]:
     import torch
 
-    if t.layout != torch.strided or t.is_quantized or t.is_sparse:
+    name = str(t.dtype).removeprefix("torch.")
+    scheme = t.qscheme()
+    if name not in _QUANTIZED or t.device.type != "cpu" or scheme not in (
+            torch.per_tensor_affine, torch.per_channel_affine):
         raise SerializationError(
-            f"cannot share a {t.layout} tensor{' (quantized)' if t.is_quantized else ''}: send a dense tensor "
-            "(quantized: t.dequantize(), or t.int_repr() with its scale and zero point)")
+            f"cannot share a quantized {t.device.type} tensor of dtype {t.dtype} with scheme {scheme}: shared are "
+            "CPU quint8, qint8 and qint32 tensors, per-tensor or per-channel affine; send t.dequantize(), or "
+            "t.int_repr() with its scale and zero point")
+    if scheme == torch.per_tensor_affine:
+        return ["per_tensor", float(t.q_scale()), int(t.q_zero_point())]
+    return ["per_channel", int(t.q_per_channel_axis()), t.q_per_channel_scales().tolist(),
+            t.q_per_channel_zero_points().tolist()]
+
+
+def _export_dense(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
+    import torch
+
+    if t.layout != torch.strided or t.is_sparse:
+        raise SerializationError(f"cannot share a {t.layout} tensor: send a dense tensor (t.to_dense())")
     dtype = str(t.dtype).removeprefix("torch.")
-    if dtype not in _TORCH_DTYPES:
+    if dtype not in _TORCH_DTYPES and dtype not in _QUANTIZED:
         raise SerializationError(f"tensors of dtype {t.dtype} can't be shared")
     device = str(t.device)
     if t.device.type == "meta":
@@ -174,12 +204,20 @@ def _base(t: Any) -> int:
 def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> Any:
     import torch
 
-    dtype_name, shape, strides, offset, index, nbytes, requires_grad, device = fields
-    if type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
+    quant = fields[8] if len(fields) == 9 else None
+    dtype_name, shape, strides, offset, index, nbytes, requires_grad, device = fields[:8]
+    if quant is not None:
+        if type(dtype_name) is not str or dtype_name not in _QUANTIZED or requires_grad is not False \
+                or device != "cpu":
+            raise SerializationError(f"refused quantized tensor ({dtype_name!r}, {device!r})")
+        storage_dtype = getattr(torch, _QUANTIZED[dtype_name])
+    elif type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
         raise SerializationError(f"refused tensor dtype {dtype_name!r}")
+    else:
+        storage_dtype = getattr(torch, dtype_name)
     if type(requires_grad) is not bool or type(device) is not str:
         raise SerializationError("malformed tensor flags")
-    dtype = getattr(torch, dtype_name)
+    dtype = storage_dtype
     shape, strides, offset = check_layout(shape, strides, offset)
     n = extent(shape, strides, offset)
     if index == -1:
@@ -193,6 +231,8 @@ def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> A
             raise SerializationError("a tensor's view reaches past the end of its shared memory")
         flat = torch.frombuffer(mm, dtype=dtype, count=nbytes // itemsize)
         t = flat.as_strided(shape, strides, offset)
+    if quant is not None:
+        return _quantized(t, dtype_name, shape, strides, offset, quant)
     if device != "cpu":
         t = _to_device(t, device)
     if requires_grad:
@@ -200,6 +240,42 @@ def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> A
             raise SerializationError("requires_grad is only valid for floating point and complex tensors")
         t.requires_grad_(True)
     return t
+
+
+def _quantized(t: Any, dtype_name: str, shape: list[int], strides: list[int], offset: int, quant: Any) -> Any:
+    """A quantized tensor on ``t``'s storage (no copy), after checking a peer's parameters."""
+    import math
+
+    import torch
+
+    qdtype = getattr(torch, dtype_name)
+    low, high = _ZERO_POINTS[dtype_name]
+    ok = type(quant) is list and len(quant) >= 1
+    kind = quant[0] if ok else None
+    try:
+        if kind == "per_tensor" and len(quant) == 3:
+            scale, zero_point = quant[1], quant[2]
+            if type(scale) not in (float, int) or not (math.isfinite(scale) and scale > 0) \
+                    or type(zero_point) is not int or not low <= zero_point <= high:
+                raise SerializationError("malformed quantization (scale, zero point)")
+            q = torch._empty_affine_quantized([0], scale=float(scale), zero_point=zero_point, dtype=qdtype)
+        elif kind == "per_channel" and len(quant) == 4:
+            axis, scales, zero_points = quant[1], quant[2], quant[3]
+            if not (type(axis) is int and 0 <= axis < len(shape) and type(scales) is list
+                    and type(zero_points) is list and len(scales) == len(zero_points) == shape[axis]
+                    and all(type(v) in (float, int) and math.isfinite(v) and v > 0 for v in scales)
+                    and all(type(v) is int and low <= v <= high for v in zero_points)):
+                raise SerializationError("malformed per-channel quantization (axis, scales, zero points)")
+            q = torch._empty_per_channel_affine_quantized(
+                [0], scales=torch.tensor(scales, dtype=torch.double),
+                zero_points=torch.tensor(zero_points, dtype=torch.long), axis=axis, dtype=qdtype)
+        else:
+            raise SerializationError(f"refused quantization {kind!r}")
+        return q.set_(t.untyped_storage(), offset, shape, strides)
+    except SerializationError:
+        raise
+    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:  # torch's own checks
+        raise SerializationError(f"refused quantized tensor: {exc}") from None
 
 
 def _to_device(t: Any, device: str) -> Any:

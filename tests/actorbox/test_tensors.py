@@ -7,8 +7,10 @@ their shape and strides (and, when already shared, their storage offset),
 zero-size and 0-dim tensors, requires_grad, nested containers, shared-write
 semantics both ways, no second copy of a tensor already in shared memory,
 sending leaves the sender's own tensors working (views stay views of their base,
-autograd and inference tensors still work), refused kinds (quantized, sparse,
-object arrays, meta), no descriptor, segment or mapping leaks on either side
+autograd and inference tensors still work), quantized tensors (quint8, qint8,
+qint32, per-tensor and per-channel: their integer storage shared, their
+parameters checked), refused kinds (packed quantized, sparse, object arrays,
+meta), no descriptor, segment or mapping leaks on either side
 after thousands of transfers, and an actor killed while holding tensors the host
 also maps.
 
@@ -103,9 +105,43 @@ def memfd_mappings() -> int:
 
 
 def quantized() -> torch.Tensor:
+    """A quantized tensor that can't be shared: packed 4-bit values have no strided element."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized creation functions are deprecated in this torch
-        return torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8)
+        return torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.quint4x2)
+
+
+QUANTIZED_KINDS = ["quint8", "qint8", "qint32", "per_channel", "view", "empty"]
+
+
+def quantized_sample(kind: str) -> torch.Tensor:
+    """A quantized tensor of ``kind`` with reproducible contents."""
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind in ("quint8", "qint8", "qint32"):
+            return torch.quantize_per_tensor(x, 0.05, 3, getattr(torch, kind))
+        if kind == "per_channel":
+            scales = torch.linspace(0.01, 0.2, 6, dtype=torch.double)
+            return torch.quantize_per_channel(x, scales, torch.arange(-3, 3), 1, torch.qint8)
+        if kind == "view":
+            return torch.quantize_per_tensor(x, 0.05, 3, torch.quint8).t()[1:, ::2]
+        return torch.quantize_per_tensor(torch.randn(0, 3), 0.05, 3, torch.quint8)
+
+
+def quantization(q: torch.Tensor) -> list[Any]:
+    """Everything that makes ``q`` what it is: dtype, layout, integer values, parameters."""
+    if q.qscheme() == torch.per_tensor_affine:
+        params: list[Any] = [q.q_scale(), q.q_zero_point()]
+    else:
+        params = [q.q_per_channel_axis(), q.q_per_channel_scales().tolist(), q.q_per_channel_zero_points().tolist()]
+    return [str(q.dtype), list(q.shape), list(q.stride()), q.int_repr().flatten().tolist(), str(q.qscheme()), params]
+
+
+def integers_of(q: torch.Tensor) -> torch.Tensor:
+    """The integer tensor on ``q``'s own storage (int_repr() is a copy)."""
+    base = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.qint32: torch.int32}[q.dtype]
+    return torch.empty(0, dtype=base).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
 def sparse(kind: str) -> torch.Tensor:
@@ -155,6 +191,15 @@ class TensorBox:
 
     def fill(self, x, v):
         x.fill(v) if isinstance(x, np.ndarray) else x.fill_(v)
+
+    def quantization(self, q):
+        return quantization(q)
+
+    def make_quantized(self, kind):
+        return quantized_sample(kind)
+
+    def write_integers(self, q, v):
+        integers_of(q).fill_(v)
 
     def write_first_read_second(self, a, b):
         """Write a[0] = 42; report b[0] and whether a and b share memory."""
@@ -639,9 +684,33 @@ async def test_inference_mode_tensor_can_be_sent(box):
 # -- refused kinds ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", QUANTIZED_KINDS)
+async def test_quantized_tensors_round_trip_with_their_quantization(box, kind):
+    """quint8, qint8, qint32, per-tensor and per-channel, views and empty: the actor sees the
+    same integers, layout and parameters, and both directions come back bit-exact."""
+    q = quantized_sample(kind)
+    assert await call(box.quantization(q)) == quantization(q)
+    assert quantization(await call(box.echo(q))) == quantization(q)
+    assert quantization(await call(box.make_quantized(kind))) == quantization(q)
+
+
+async def test_a_quantized_tensor_is_shared_memory_both_ways(rt, box):
+    """Its integer storage is a segment like any other: an in-place write on either side is
+    seen by the other, and sending it again copies nothing."""
+    q = await call(box.make_quantized("qint8"))
+    created = rt.codec.segments.created
+    await call(box.write_integers(q, 5))
+    assert q.int_repr().eq(5).all(), "the actor's write is not seen by the host"
+    assert (q.q_scale(), q.q_zero_point()) == (0.05, 3)
+    integers_of(q).fill_(-2)
+    assert (await call(box.quantization(q)))[3] == [-2] * q.numel(), "the host's write is not seen by the actor"
+    assert rt.codec.segments.created == created, "the host copied a tensor that was already shared"
+
+
 @pytest.mark.parametrize("kind", ["quantized", "coo", "csr"])
 async def test_quantized_and_sparse_tensors_are_refused_with_a_remedy(box, kind):
-    """Quantized and sparse tensors fail with a SerializationError saying what to send instead, both directions."""
+    """Packed quantized (quint4x2) and sparse tensors fail with a SerializationError saying
+    what to send instead, both directions."""
     t = quantized() if kind == "quantized" else sparse(kind)
     remedy = "dequantize" if kind == "quantized" else "dense"
     with pytest.raises(actorbox.SerializationError, match=remedy):

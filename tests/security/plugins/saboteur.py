@@ -35,7 +35,7 @@ class Ext:
 
 
 def pack(obj):
-    """A minimal msgpack writer (nil, bool, int, str, bin, array, map, ext)."""
+    """A minimal msgpack writer (nil, bool, int, float, str, bin, array, map, ext)."""
     if obj is None:
         return b"\xc0"
     if obj is True:
@@ -45,7 +45,11 @@ def pack(obj):
     if isinstance(obj, int):
         if 0 <= obj < 128:
             return bytes([obj])
+        if obj >= 2**63:
+            return b"\xcf" + struct.pack(">Q", obj)
         return b"\xd3" + struct.pack(">q", obj)
+    if isinstance(obj, float):
+        return b"\xcb" + struct.pack(">d", obj)
     if isinstance(obj, str):
         raw = obj.encode()
         return b"\xdb" + struct.pack(">I", len(raw)) + raw

@@ -38,6 +38,11 @@ def tensor(dtype="float32", shape=(16,), strides=(1,), offset=0, index=0, nbytes
     return [dtype, list(shape), list(strides), offset, index, nbytes, grad, device]
 
 
+def _q(quantization, dtype="quint8"):
+    """A quantized tensor's fields: 16 one-byte elements, then ``quantization``."""
+    return [*tensor(dtype, nbytes=16), quantization]
+
+
 def _pipe():
     r, w = os.pipe()
     os.write(w, b"x" * 64)
@@ -115,6 +120,27 @@ ATTACKS = {
     "fd_index with no fds": lambda: (EXT_TENSOR, tensor(index=0), []),
     "fd_index not an int": lambda: (EXT_TENSOR, tensor(index="0"), [memfd(64)]),
     "non-empty tensor without memory": lambda: (EXT_TENSOR, tensor(index=-1), [memfd(64)]),
+    # quantization (a ninth field): parameters a real quantized tensor can't have
+    "quantized scale zero": lambda: (EXT_TENSOR, _q(["per_tensor", 0.0, 0]), [memfd(64)]),
+    "quantized scale nan": lambda: (EXT_TENSOR, _q(["per_tensor", float("nan"), 0]), [memfd(64)]),
+    "quantized scale a string": lambda: (EXT_TENSOR, _q(["per_tensor", "0.1", 0]), [memfd(64)]),
+    "quantized zero point out of range": lambda: (EXT_TENSOR, _q(["per_tensor", 0.1, 1000]), [memfd(64)]),
+    "quantized zero point huge": lambda: (EXT_TENSOR, _q(["per_tensor", 0.1, 2**63]), [memfd(64)]),
+    "quantized per channel, wrong count": lambda: (
+        EXT_TENSOR, _q(["per_channel", 0, [0.1] * 3, [0] * 3]), [memfd(64)]),
+    "quantized per channel, axis out of range": lambda: (
+        EXT_TENSOR, _q(["per_channel", 1, [0.1] * 16, [0] * 16]), [memfd(64)]),
+    "quantized per channel, negative scale": lambda: (
+        EXT_TENSOR, _q(["per_channel", 0, [-0.1] * 16, [0] * 16]), [memfd(64)]),
+    "quantized, unknown scheme": lambda: (EXT_TENSOR, _q(["symmetric", 0.1, 0]), [memfd(64)]),
+    "quantized, not a list": lambda: (EXT_TENSOR, _q({"scale": 0.1}), [memfd(64)]),
+    "quantized float32": lambda: (EXT_TENSOR, [*tensor(), ["per_tensor", 0.1, 0]], [memfd(64)]),
+    "quantized packed 4-bit": lambda: (EXT_TENSOR, _q(["per_tensor", 0.1, 0], "quint4x2"), [memfd(64)]),
+    "quantized requiring grad": lambda: (
+        EXT_TENSOR, [*tensor("quint8", nbytes=16, grad=True), ["per_tensor", 0.1, 0]], [memfd(64)]),
+    "quantized on cuda": lambda: (
+        EXT_TENSOR, [*tensor("quint8", nbytes=16, device="cuda:0"), ["per_tensor", 0.1, 0]], [memfd(64)]),
+    "quantized array": lambda: (EXT_NDARRAY, [*tensor("|u1", nbytes=16), ["per_tensor", 0.1, 0]], [memfd(64)]),
 }
 
 # Not necessarily refused, but must be harmless: the host refuses or maps them safely.
