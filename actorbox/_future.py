@@ -93,10 +93,8 @@ class Future(Generic[T]):
     async def _wait(self) -> T:
         if self._reply is None:
             caller = self._caller
-            if not caller.on_loop_thread():
-                return await self._wait_from_thread()
-            if caller.pumps_here():
-                return await self._wait_pumping()
+            if not caller.on_loop_thread() or caller.pumps_here():
+                return await self._wait_off_loop()
             try:
                 loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
             except RuntimeError:
@@ -121,33 +119,30 @@ class Future(Generic[T]):
                 raise
         return self._outcome()
 
-    async def _wait_pumping(self) -> T:
-        """Awaited in an event loop of its own (``asyncio.run`` or ``anyio.run``) inside a sync
-        method running inline on the actor's loop thread: that loop is blocked under this one
-        and can't read the reply, so read it here, letting this loop's other tasks run between
-        reads."""
-        try:
-            while self._reply is None:
-                self._caller.pump(self, 0)
-                if self._reply is None:
-                    await anyio.sleep(_PUMP_NAP)
-        except BaseException:
-            if self._reply is None:
-                self._caller.cancel(self)
-            raise
-        return self._outcome()
+    async def _wait_off_loop(self) -> T:
+        """Awaited where this process's loop can't wake the awaiting task:
 
-    async def _wait_from_thread(self) -> T:
-        """Awaited in an event loop of another thread (``asyncio.run`` inside a sync method on a
-        worker thread): the reply is resolved on the loop thread, which can't wake a foreign
-        loop's futures safely, so a helper thread of this loop waits for it instead."""
-        ev = self._thread_event()
+        - in an event loop of its own (``asyncio.run`` or ``anyio.run``) inside a sync method
+          running inline on the actor's loop thread: that loop is blocked under this one and
+          can't read the reply, so read it here, letting this loop's other tasks run between
+          reads;
+        - in an event loop of another thread (``asyncio.run`` inside a sync method on a worker
+          thread): the reply is resolved on the loop thread, which can't wake a foreign loop's
+          futures safely, so a helper thread of this loop waits for it instead.
+        """
         try:
-            if self._reply is None:
-                await anyio.to_thread.run_sync(ev.wait, abandon_on_cancel=True)
+            if self._caller.on_loop_thread():
+                while self._reply is None:
+                    self._caller.pump(self, 0)
+                    if self._reply is None:
+                        await anyio.sleep(_PUMP_NAP)
+            else:
+                ev = self._thread_event()
+                if self._reply is None:
+                    await anyio.to_thread.run_sync(ev.wait, abandon_on_cancel=True)
         except BaseException:
             if self._reply is None:
-                self._caller.cancel(self)  # resolves the Future: the abandoned helper's wait ends
+                self._caller.cancel(self)  # resolves the Future: an abandoned helper's wait ends too
             raise
         return self._outcome()
 
