@@ -125,8 +125,8 @@ class Codec:
             if sink is None:
                 raise SerializationError("tensors and arrays travel only as call arguments and results")
             if is_tensor(obj):
-                if (obj.device.type == "cuda" and sink.ipc and cuda_ipc_enabled()
-                        and obj.untyped_storage().nbytes()):
+                if (obj.device.type == "cuda" and sink.ipc and cuda_ipc_enabled() and not obj.is_quantized
+                        and str(obj.layout) == "torch.strided" and obj.untyped_storage().nbytes()):
                     return msgpack.ExtType(EXT_CUDA_IPC, self.dumps(export_cuda_ipc(obj, self.cuda_keepalive)))
                 return msgpack.ExtType(EXT_TENSOR, self.dumps(export_tensor(obj, self.segments, sink)))
             return msgpack.ExtType(EXT_NDARRAY, self.dumps(export_ndarray(obj, self.segments, sink)))

@@ -210,14 +210,13 @@ def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> A
         if type(dtype_name) is not str or dtype_name not in _QUANTIZED or requires_grad is not False \
                 or device != "cpu":
             raise SerializationError(f"refused quantized tensor ({dtype_name!r}, {device!r})")
-        storage_dtype = getattr(torch, _QUANTIZED[dtype_name])
+        dtype = getattr(torch, _QUANTIZED[dtype_name])  # its storage's
     elif type(dtype_name) is not str or dtype_name not in _TORCH_DTYPES or not hasattr(torch, dtype_name):
         raise SerializationError(f"refused tensor dtype {dtype_name!r}")
     else:
-        storage_dtype = getattr(torch, dtype_name)
+        dtype = getattr(torch, dtype_name)
     if type(requires_grad) is not bool or type(device) is not str:
         raise SerializationError("malformed tensor flags")
-    dtype = storage_dtype
     shape, strides, offset = check_layout(shape, strides, offset)
     n = extent(shape, strides, offset)
     if index == -1:
