@@ -30,7 +30,9 @@ T = TypeVar("T")
 
 _PENDING = object()
 _TEVENT_LOCK = threading.Lock()
-_PUMP_NAP = 0.0002  # seconds between reads while a nested loop waits on the loop thread
+# Seconds between reads while a nested loop waits on the loop thread: from the first, doubling
+# up to the last.
+_PUMP_NAP, _PUMP_NAP_MAX = 0.0002, 0.005
 
 
 class Future(Generic[T]):
@@ -132,10 +134,12 @@ class Future(Generic[T]):
         """
         try:
             if self._caller.on_loop_thread():
+                nap = _PUMP_NAP
                 while self._reply is None:
                     self._caller.pump(self, 0)
                     if self._reply is None:
-                        await anyio.sleep(_PUMP_NAP)
+                        await anyio.sleep(nap)
+                        nap = min(2 * nap, _PUMP_NAP_MAX)  # a long call costs few wake-ups
             else:
                 ev = self._thread_event()
                 if self._reply is None:
