@@ -337,9 +337,11 @@ class ActorProcess(Caller):
             else:
                 self.loop.call_soon_threadsafe(self._launch, job)
             return
-        if self.inline_ok and not on_loop:
+        if self.inline_ok and not on_loop and not job.call.reentrant:
             # Read by the watchdog as an inline run ends: run it on the loop thread too, so an
-            # inline actor's calls keep to one thread.
+            # inline actor's calls keep to one thread. Not a re-entrant call: the inline call
+            # under the loop waits for its chain, so it runs on a worker now (as one a pump
+            # reads does), or never.
             self.loop.call_soon_threadsafe(self._launch, job)
             return
         token = self.running[cid] = _SyncCall()

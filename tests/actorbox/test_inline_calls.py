@@ -142,6 +142,17 @@ class SyncOnly:
         """host -> this actor (inline) -> svc -> this actor again (re-entrant) -> svc."""
         return actorbox.get_actor("svc").call_back(x).result(timeout=CALL_TIMEOUT)
 
+    def call_back_in_own_loop(self, x, after):
+        """The same chain awaited in an event loop of this call's own, ``after`` seconds into
+        the call (past 5 ms the watchdog reads frames while the nested loop naps)."""
+        svc = actorbox.get_actor("svc")
+
+        async def main():
+            time.sleep(after)
+            return await svc.call_back(x)
+
+        return anyio.run(main)
+
 
 @actorbox.actor
 class Mixed:
@@ -228,6 +239,19 @@ async def test_a_re_entrant_chain_through_an_inline_call_completes():
         h = await rt.start(SyncOnly)
         svc.actor = h
         assert await call(h.ask_host_to_call_back(1)) == 2
+
+
+async def test_a_re_entrant_call_the_watchdog_reads_runs_at_once():
+    """Past 5 ms an inline call's frames are read by the watchdog, which hands ordinary calls
+    to the loop thread; a re-entrant one can't wait for it (the loop runs the call that waits
+    for the chain): it runs on a worker, as one a pump reads does. It used to hang."""
+    async with actorbox.Runtime() as rt:
+        svc = Service()
+        rt.register("svc", svc)
+        h = await rt.start(SyncOnly)
+        svc.actor = h
+        for i in range(5):
+            assert await call(h.call_back_in_own_loop(i, 0.05), timeout=15) == i + 1
 
 
 async def test_a_nested_call_timeout_inside_an_inline_call_raises():
