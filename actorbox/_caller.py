@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from scheduler import envelope as env
@@ -38,6 +39,10 @@ class Caller:
         raise NotImplementedError
 
     def on_loop_thread(self) -> bool:
+        raise NotImplementedError
+
+    def soon_on_loop(self, func: Callable[[], None]) -> None:
+        """Run ``func`` on the loop thread soon (called from any other thread)."""
         raise NotImplementedError
 
     def pump(self, fut: Future[Any], timeout: float | None) -> bool:

@@ -74,10 +74,22 @@ class Future(Generic[T]):
         return self._reply is not None
 
     def _resolve(self, reply: Reply) -> None:
-        """Called once, on the event loop thread of this process."""
+        """Called once the reply is in: on this process's loop thread, or on another one (a
+        cancel from a worker thread, a reply read while an inline call holds the loop)."""
         if self._reply is not None:
             return
         self._reply = reply
+        tev = self._tevent
+        if tev is not None:
+            tev.set()
+        if self._caller.on_loop_thread():
+            self._wake()
+        else:
+            # The loop's awaiters are woken on the loop, and always: one may be joining now.
+            self._caller.soon_on_loop(self._wake)
+
+    def _wake(self) -> None:
+        """Wake the tasks of this process's loop that await this Future (on the loop)."""
         if self._waiters is not None:
             for w in self._waiters:
                 if not w.done():  # a cancelled awaiter's waiter is done already
@@ -85,9 +97,6 @@ class Future(Generic[T]):
             self._waiters = None
         if self._event is not None:
             self._event.set()
-        tev = self._tevent
-        if tev is not None:
-            tev.set()
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._wait().__await__()

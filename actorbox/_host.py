@@ -8,18 +8,22 @@ sync methods on the Runtime's own worker threads.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
+import sniffio
 
 from scheduler import Endpoint, Scheduler
 from scheduler import envelope as env
@@ -32,6 +36,7 @@ from ._objects import ObjectRef
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
+T = TypeVar("T")
 
 @dataclass(slots=True)
 class Resident:
@@ -54,6 +59,7 @@ class HostEndpoint(Endpoint, Caller):
         self.scopes: dict[int, anyio.CancelScope] = {}
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="actorbox-host")
         self.token = anyio.lowlevel.current_token()
+        self.library = sniffio.current_async_library()
         self.loop_thread = threading.get_ident()
 
     # -- Caller --------------------------------------------------------------------
@@ -65,23 +71,49 @@ class HostEndpoint(Endpoint, Caller):
     def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.on_loop_thread():
             return Caller.call(self, actor_id, label, method, args, kwargs)
-        ctx = contextvars.copy_context()  # keeps current_call: the parent of this call
-        return anyio.from_thread.run_sync(ctx.run, Caller.call, self, actor_id, label, method, args, kwargs,
-                                          token=self.token)
+        return self._on_loop(Caller.call, self, actor_id, label, method, args, kwargs)
 
     def submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...] = (),
                deps: tuple[int, ...] = ()) -> Any:
         parent = current_call.get()
         if self.on_loop_thread():
             return self._submit(actor_id, label, method, payload, fds, deps, parent)
-        return anyio.from_thread.run_sync(self._submit, actor_id, label, method, payload, fds, deps, parent,
-                                          token=self.token)
+        return self._on_loop(self._submit, actor_id, label, method, payload, fds, deps, parent)
 
     def cancel(self, fut: Any) -> None:
         if self.on_loop_thread():
             Caller.cancel(self, fut)
         else:
-            anyio.from_thread.run_sync(Caller.cancel, self, fut, token=self.token)
+            self._on_loop(Caller.cancel, self, fut)
+
+    def _on_loop(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func`` on the loop thread, in this thread's context (it holds current_call:
+        the parent of a call made here), and wait for its result.
+
+        Not anyio.from_thread: trio's refuses a thread that runs an event loop of its own,
+        as a sync method inside ``anyio.run()`` does."""
+        ctx = contextvars.copy_context()
+        ctx.run(sniffio.current_async_library_cvar.set, self.library)
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(ctx.run(func, *args))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        try:
+            self.soon_on_loop(run)
+        except RuntimeError as exc:  # asyncio's closed loop, trio's RunFinishedError
+            raise ActorboxError("the Runtime has exited; start a new one to call actors") from exc
+        return done.result()
+
+    def soon_on_loop(self, func: Callable[[], None]) -> None:
+        native = self.token.native_token
+        if isinstance(native, asyncio.AbstractEventLoop):
+            native.call_soon_threadsafe(func)
+        else:
+            native.run_sync_soon(func)  # type: ignore[attr-defined]  # trio.lowlevel.TrioToken
 
     def _send_call(self, call: env.Call) -> None:
         self.scheduler.submit(self, call)
@@ -165,9 +197,10 @@ class HostEndpoint(Endpoint, Caller):
         done = anyio.Event()
         box: list[tuple[bool, Any]] = []
         token = self.token
-        import contextvars
-
         ctx = contextvars.copy_context()
+        # The copy would say the host's async library runs in the worker thread: anyio.run()
+        # there would refuse to start, and a nested loop's helpers would pick the wrong library.
+        ctx.run(sniffio.current_async_library_cvar.set, None)
 
         def work() -> None:
             try:

@@ -142,6 +142,15 @@ class SyncOnly:
         """host -> this actor (inline) -> svc -> this actor again (re-entrant) -> svc."""
         return actorbox.get_actor("svc").call_back(x).result(timeout=CALL_TIMEOUT)
 
+    def leave_a_call_back_running(self):
+        """host -> this actor (inline) -> svc, which calls back into this actor (re-entrant,
+        so on a worker) and returns without waiting for it: the call back outlives this call."""
+        actorbox.get_actor("svc").start_slow_where().result(timeout=CALL_TIMEOUT)
+
+    def slow_where(self):
+        time.sleep(0.5)
+        return where()
+
     def call_back_in_own_loop(self, x, after):
         """The same chain awaited in an event loop of this call's own, ``after`` seconds into
         the call (past 5 ms the watchdog reads frames while the nested loop naps)."""
@@ -198,6 +207,9 @@ class Service:
 
     async def call_back(self, x):
         return await self.actor.echo(x + 1)
+
+    async def start_slow_where(self):
+        self.later = self.actor.slow_where()
 
 
 async def call(fut, timeout=CALL_TIMEOUT):
@@ -423,6 +435,22 @@ async def test_init_and_calls_share_one_thread():
             assert got["db"] == "ok" and got["local"] is True, got
 
 
+async def test_a_call_queued_behind_a_re_entrant_call_still_runs_on_the_loop_thread():
+    """A re-entrant call runs on a worker thread and can outlive the inline call it came
+    from; the call queued behind it must not inherit its thread (an inline actor's calls
+    keep to one thread, where its __init__ ran)."""
+    async with actorbox.Runtime() as rt:
+        svc = Service()
+        rt.register("svc", svc)
+        h = await rt.start(SyncOnly)
+        svc.actor = h
+        await call(h.leave_a_call_back_running())
+        queued = h.where()  # waits for the call back's slot
+        assert await call(svc.later) == "worker"
+        assert await call(queued) == "loop"
+        assert await call(h.where()) == "loop"
+
+
 @actorbox.actor
 class ThreadBound:
     def __init__(self):
@@ -440,3 +468,85 @@ class ThreadBound:
             db = f"{type(exc).__name__}: {exc}"
         return {"db": db, "local": getattr(self.local, "ready", None)}
 
+
+
+class Relay:
+    """A host-resident object whose sync methods (run on the host's worker threads) await
+    actor calls in an event loop of their own."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def gather_in_own_loop(self, backend):
+        async def main():
+            out = [await self.actor.echo(1)]
+            async with anyio.create_task_group() as tg:
+                for i in (2, 3):
+                    tg.start_soon(lambda i=i: self._append(out, i))
+            return sorted(out)
+
+        return anyio.run(main, backend=backend)
+
+    async def _append(self, out, i):
+        out.append(await self.actor.echo(i))
+
+    def time_out_in_own_loop(self, backend):
+        async def main():
+            t0 = time.monotonic()
+            with anyio.move_on_after(0.2):
+                await self.actor.sleep(5)
+                return None
+            return time.monotonic() - t0
+
+        return anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_a_host_resident_sync_method_can_await_actor_calls_in_an_event_loop_of_its_own(backend):
+    """The host runs a resident's sync method on a worker thread in a copy of the caller's
+    context: the copy must not claim that the host's async library already runs there
+    (anyio.run() refused: "Already running asyncio in this thread"), nor make the nested
+    loop's thread helpers take the host's library for its own."""
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(SyncOnly)
+        relay = rt.register("relay", Relay(h))
+        assert await call(relay.gather_in_own_loop(backend), timeout=15) == [1, 2, 3]
+        took = await call(relay.time_out_in_own_loop(backend), timeout=15)
+        assert took is not None and 0.15 < took < 2
+        with anyio.fail_after(5):
+            while any(c.method == "sleep" for c in rt.pending_calls()):
+                await anyio.sleep(0.02)
+        assert await call(h.echo("after")) == "after"
+
+
+@actorbox.actor(max_concurrency=2)
+class CancelsFromAThread:
+    """Sync methods run on worker threads (the class has an async method)."""
+
+    def start_slow(self):
+        self.slow = actorbox.get_actor("svc").slow(1)
+
+    async def await_slow(self):
+        t0 = time.monotonic()
+        try:
+            await self.slow
+        except actorbox.CallCancelledError:
+            return time.monotonic() - t0
+        return None
+
+    def cancel_slow(self):
+        return self.slow.cancel()
+
+
+async def test_a_call_cancelled_from_a_worker_thread_wakes_its_awaiter_on_the_loop_at_once():
+    """Cancelling resolves the Future on the cancelling thread: a task awaiting it on the
+    actor's loop must still be woken there, not when the loop next happens to wake."""
+    async with actorbox.Runtime() as rt:
+        rt.register("svc", Service())
+        h = await rt.start(CancelsFromAThread)
+        await call(h.start_slow())
+        waiting = h.await_slow()
+        await anyio.sleep(0.3)  # the actor's loop is idle, its task parked on the Future
+        assert await call(h.cancel_slow()) is True
+        took = await call(waiting, timeout=10)
+        assert took is not None and took < 1.0, took
