@@ -37,6 +37,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import msgpack
@@ -201,6 +202,12 @@ class ActorProcess(Caller):
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.loop_thread
+
+    def soon_on_loop(self, func: Callable[[], None]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(func)
+        except RuntimeError:
+            pass  # the loop has closed: the process is exiting and nothing awaits there
 
     def get_actor(self, name: str) -> ActorHandle:
         aid = self.names.get(name)
@@ -501,7 +508,9 @@ class ActorProcess(Caller):
             nxt = self._next()
             if nxt is None:
                 return
-            if nxt.is_async:
+            if nxt.is_async or (self.inline_ok and not nxt.call.reentrant):
+                # An inline actor's call queued behind a re-entrant one (run here, on a
+                # worker) still runs on the loop thread, where its other calls run.
                 self.loop.call_soon_threadsafe(self._launch, nxt)
                 return
             job = nxt
