@@ -129,6 +129,13 @@ def export_tensor(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
 # quint2x4) have no strided element of their own and are refused.
 _QUANTIZED = {"quint8": "uint8", "qint8": "int8", "qint32": "int32"}
 _ZERO_POINTS = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-(2**31), 2**31 - 1)}  # their valid range
+# Scales torch's kernels can compute with: they work in float32, where a larger scale is
+# infinite and a smaller one is subnormal or zero (torch accepts both and yields inf or nan).
+_SCALES = (2.0**-126, float.fromhex("0x1.fffffep+127"))
+
+
+def _good_scale(v: Any) -> bool:
+    return type(v) in (float, int) and _SCALES[0] <= v <= _SCALES[1]  # (refuses nan)
 
 
 def _quantization(t: Any) -> list[Any]:
@@ -142,10 +149,20 @@ def _quantization(t: Any) -> list[Any]:
             f"cannot share a quantized {t.device.type} tensor of dtype {t.dtype} with scheme {scheme}: shared are "
             "CPU quint8, qint8 and qint32 tensors, per-tensor or per-channel affine; send t.dequantize(), or "
             "t.int_repr() with its scale and zero point")
+    quant: list[Any]
     if scheme == torch.per_tensor_affine:
-        return ["per_tensor", float(t.q_scale()), int(t.q_zero_point())]
-    return ["per_channel", int(t.q_per_channel_axis()), t.q_per_channel_scales().tolist(),
-            t.q_per_channel_zero_points().tolist()]
+        scales = [float(t.q_scale())]
+        quant = ["per_tensor", scales[0], int(t.q_zero_point())]
+    else:
+        scales = t.q_per_channel_scales().tolist()
+        quant = ["per_channel", int(t.q_per_channel_axis()), scales, t.q_per_channel_zero_points().tolist()]
+    bad = [v for v in scales if not _good_scale(v)]
+    if bad:
+        raise SerializationError(
+            f"cannot share a quantized tensor with scale {bad[0]!r}: torch computes in float32, where it is "
+            f"infinite, zero or subnormal (its values dequantize to inf or nan); requantize it with a scale "
+            f"between {_SCALES[0]:.3g} and {_SCALES[1]:.3g}")
+    return quant
 
 
 def _export_dense(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
@@ -223,6 +240,7 @@ def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> A
         if n != 0:
             raise SerializationError("a non-empty tensor came without memory")
         t = torch.empty_strided(shape, strides, dtype=dtype)
+        offset = 0  # nothing to offset into (a quantized one is built on t's empty storage)
     else:
         mm, _ = source.map(table, index, nbytes)
         itemsize = dtype.itemsize
@@ -243,8 +261,6 @@ def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> A
 
 def _quantized(t: Any, dtype_name: str, shape: list[int], strides: list[int], offset: int, quant: Any) -> Any:
     """A quantized tensor on ``t``'s storage (no copy), after checking a peer's parameters."""
-    import math
-
     import torch
 
     qdtype = getattr(torch, dtype_name)
@@ -254,15 +270,14 @@ def _quantized(t: Any, dtype_name: str, shape: list[int], strides: list[int], of
     try:
         if kind == "per_tensor" and len(quant) == 3:
             scale, zero_point = quant[1], quant[2]
-            if type(scale) not in (float, int) or not (math.isfinite(scale) and scale > 0) \
-                    or type(zero_point) is not int or not low <= zero_point <= high:
+            if not _good_scale(scale) or type(zero_point) is not int or not low <= zero_point <= high:
                 raise SerializationError("malformed quantization (scale, zero point)")
             q = torch._empty_affine_quantized([0], scale=float(scale), zero_point=zero_point, dtype=qdtype)
         elif kind == "per_channel" and len(quant) == 4:
             axis, scales, zero_points = quant[1], quant[2], quant[3]
             if not (type(axis) is int and 0 <= axis < len(shape) and type(scales) is list
                     and type(zero_points) is list and len(scales) == len(zero_points) == shape[axis]
-                    and all(type(v) in (float, int) and math.isfinite(v) and v > 0 for v in scales)
+                    and all(_good_scale(v) for v in scales)
                     and all(type(v) is int and low <= v <= high for v in zero_points)):
                 raise SerializationError("malformed per-channel quantization (axis, scales, zero points)")
             q = torch._empty_per_channel_affine_quantized(

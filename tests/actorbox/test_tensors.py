@@ -707,6 +707,16 @@ async def test_a_quantized_tensor_is_shared_memory_both_ways(rt, box):
     assert rt.codec.segments.created == created, "the host copied a tensor that was already shared"
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e-40])
+async def test_a_quantized_tensor_whose_scale_float32_cannot_hold_is_refused_with_a_remedy(box, scale):
+    """torch accepts such a scale and dequantizes to inf or nan; the sender is told to
+    requantize, and the receiver refuses one a peer forged (tests/security)."""
+    q = torch._empty_affine_quantized([4], scale=scale, zero_point=0, dtype=torch.quint8)
+    with pytest.raises(actorbox.SerializationError, match="requantize"):
+        await call(box.echo(q))
+    assert await call(box.echo("still fine")) == "still fine"
+
+
 @pytest.mark.parametrize("kind", ["quantized", "coo", "csr"])
 async def test_quantized_and_sparse_tensors_are_refused_with_a_remedy(box, kind):
     """Packed quantized (quint4x2) and sparse tensors fail with a SerializationError saying

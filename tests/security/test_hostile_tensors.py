@@ -102,6 +102,9 @@ async def test_odd_descriptors_are_refused_or_harmless(rt, actors, attack):
         pass
     else:
         for v in value if isinstance(value, list) else [value]:
+            if getattr(v, "is_quantized", False):
+                assert v.storage_offset() == 0 or v.numel() > 0, "an empty tensor kept a forged offset"
+                v = v.int_repr()
             assert v.sum() is not None  # every element readable
         del value, v
     assert host_fds() <= fds0, "the host kept descriptors it does not use"

@@ -124,12 +124,16 @@ ATTACKS = {
     "quantized scale zero": lambda: (EXT_TENSOR, _q(["per_tensor", 0.0, 0]), [memfd(64)]),
     "quantized scale nan": lambda: (EXT_TENSOR, _q(["per_tensor", float("nan"), 0]), [memfd(64)]),
     "quantized scale a string": lambda: (EXT_TENSOR, _q(["per_tensor", "0.1", 0]), [memfd(64)]),
+    "quantized scale infinite in float32": lambda: (EXT_TENSOR, _q(["per_tensor", 1e300, 0]), [memfd(64)]),
+    "quantized scale subnormal in float32": lambda: (EXT_TENSOR, _q(["per_tensor", 1e-40, 0]), [memfd(64)]),
     "quantized zero point out of range": lambda: (EXT_TENSOR, _q(["per_tensor", 0.1, 1000]), [memfd(64)]),
     "quantized zero point huge": lambda: (EXT_TENSOR, _q(["per_tensor", 0.1, 2**63]), [memfd(64)]),
     "quantized per channel, wrong count": lambda: (
         EXT_TENSOR, _q(["per_channel", 0, [0.1] * 3, [0] * 3]), [memfd(64)]),
     "quantized per channel, axis out of range": lambda: (
         EXT_TENSOR, _q(["per_channel", 1, [0.1] * 16, [0] * 16]), [memfd(64)]),
+    "quantized per channel, one scale infinite in float32": lambda: (
+        EXT_TENSOR, _q(["per_channel", 0, [0.1] * 15 + [1e39], [0] * 16]), [memfd(64)]),
     "quantized per channel, negative scale": lambda: (
         EXT_TENSOR, _q(["per_channel", 0, [-0.1] * 16, [0] * 16]), [memfd(64)]),
     "quantized, unknown scheme": lambda: (EXT_TENSOR, _q(["symmetric", 0.1, 0]), [memfd(64)]),
@@ -151,6 +155,8 @@ ODD_BUT_HARMLESS = {
     "64 fds, one used": lambda: (EXT_TENSOR, tensor(), [memfd(64) for _ in range(64)]),
     "empty tensor with a huge shape and offset": lambda: (
         EXT_TENSOR, tensor(shape=(0, 2**62), strides=(1, 1), offset=2**62, index=-1, nbytes=0), []),
+    "empty quantized tensor with a huge offset": lambda: (
+        EXT_TENSOR, [*tensor("quint8", shape=(0,), offset=2**62, index=-1, nbytes=0), ["per_tensor", 0.1, 0]], []),
     "empty array with a huge shape": lambda: (
         EXT_NDARRAY, tensor("<f8", shape=(0, 2**62), strides=(1, 1), offset=2**62, index=-1, nbytes=0), []),
 }
