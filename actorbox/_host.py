@@ -226,6 +226,15 @@ class HostEndpoint(Endpoint, Caller):
             return value
         raise value
 
+    def fail_pending(self) -> None:
+        """The Runtime is exiting: the host's calls still unanswered fail now, so no task or
+        thread (a host-resident method waiting in a worker) waits for them for ever."""
+        pending, self.pending = self.pending, {}
+        for lid, fut in pending.items():
+            fut._resolve(env.Reply(lid, env.Status.STOPPED, detail={"message": (
+                f"the Runtime exited before {fut.actor}.{fut.method}() [call {lid}] finished; keep the "
+                "'async with Runtime()' block open until the calls you wait for are done")}))
+
     def close(self, timeout: float) -> None:
         """Stop the worker threads, waiting at most ``timeout`` s in all for host-resident
         methods still running in them (runs once, at Runtime exit)."""

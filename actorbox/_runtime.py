@@ -203,6 +203,8 @@ class Runtime:
                 # The task group is exited even if stopping the actors failed; that failure
                 # then propagates (no return in this finally, so it is never swallowed).
                 self._tg.cancel_scope.cancel()
+                if self._host is not None:
+                    self._host.fail_pending()  # nothing will answer them now
                 if e is not None and not isinstance(e, anyio.get_cancelled_exc_class()):
                     # The body's own exception propagates as itself, not in an ExceptionGroup.
                     await self._tg_cm.__aexit__(None, None, None)

@@ -402,6 +402,41 @@ async def test_call_in_flight_when_actor_stops_fails_with_actor_stopped(how):
     assert ei.value.actor == "m" and ei.value.method == "slow"
 
 
+class _Sleeper:
+    async def slow(self):
+        await anyio.sleep(60)
+
+
+class _WaitsInAThread:
+    def __init__(self):
+        self.saw = None
+
+    def wait_for_sleeper(self):
+        try:
+            actorbox.get_actor("sleeper").slow().result()
+        except Exception as exc:
+            self.saw = exc
+            raise
+
+
+async def test_calls_between_host_resident_objects_fail_when_the_runtime_exits():
+    """A host-resident call nobody answers once the Runtime exits, and the host-resident
+    sync method waiting for it in a worker thread, used to wait for ever (and the
+    interpreter hung at exit, joining that thread): both fail with ActorStoppedError."""
+    waiter = _WaitsInAThread()
+    t0 = time.monotonic()
+    async with actorbox.Runtime(grace_period=5.0) as rt:
+        rt.register("sleeper", _Sleeper())
+        outer = rt.register("waiter", waiter).wait_for_sleeper()
+        await anyio.sleep(0.3)
+    assert time.monotonic() - t0 < 3.0, "the Runtime waited out the grace period for a call nobody answers"
+    with anyio.fail_after(5):
+        with pytest.raises(actorbox.ActorStoppedError, match=r"Runtime exited before waiter\.wait_for_sleeper"):
+            await outer
+    assert await _poll(lambda: waiter.saw is not None, timeout=5.0)
+    assert isinstance(waiter.saw, actorbox.ActorStoppedError) and "sleeper.slow()" in str(waiter.saw)
+
+
 @pytest.mark.parametrize("method", ["block_loop", "swallow_cancel", "sync_sleep"])
 async def test_actor_ignoring_stop_is_killed_after_grace_period(method):
     """An actor still busy when the Runtime exits is killed after the grace period; nothing is left behind."""
