@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
-import anyio.from_thread
 import anyio.lowlevel
 import sniffio
 
@@ -31,12 +30,15 @@ from scheduler import envelope as env
 from ._caller import Caller, current_call
 from ._dispatch import resolve_method
 from ._errors import ActorboxError
+from ._future import Future
 from ._objects import ObjectRef
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
 T = TypeVar("T")
+
+_LOOP_CHECK = 0.5  # s between checks that the loop a thread waits on still runs
 
 @dataclass(slots=True)
 class Resident:
@@ -60,6 +62,7 @@ class HostEndpoint(Endpoint, Caller):
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="actorbox-host")
         self.token = anyio.lowlevel.current_token()
         self.library = sniffio.current_async_library()
+        self.closed = False  # set as the Runtime exits: calls fail from then on
         self.loop_thread = threading.get_ident()
 
     # -- Caller --------------------------------------------------------------------
@@ -101,12 +104,24 @@ class HostEndpoint(Endpoint, Caller):
                 done.set_result(ctx.run(func, *args))
             except BaseException as exc:
                 done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt, SystemExit: the loop's to handle too
 
+        gone = ActorboxError("the Runtime has exited, so no call can be made from this thread; start a new "
+                             "Runtime, or keep it open until the threads that call actors are done")
         try:
             self.soon_on_loop(run)
         except RuntimeError as exc:  # asyncio's closed loop, trio's RunFinishedError
-            raise ActorboxError("the Runtime has exited; start a new one to call actors") from exc
-        return done.result()
+            raise gone from exc
+        while True:
+            try:
+                return done.result(timeout=_LOOP_CHECK)
+            except TimeoutError:
+                # An asyncio loop that stopped (not closed yet) took the callback and will
+                # never run it; trio runs every callback it accepts.
+                native = self.token.native_token
+                if self.closed and isinstance(native, asyncio.AbstractEventLoop) and not native.is_running():
+                    raise gone from None
 
     def soon_on_loop(self, func: Callable[[], None]) -> None:
         native = self.token.native_token
@@ -196,7 +211,6 @@ class HostEndpoint(Endpoint, Caller):
     async def _in_thread(self, func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
         done = anyio.Event()
         box: list[tuple[bool, Any]] = []
-        token = self.token
         ctx = contextvars.copy_context()
         # The copy would say the host's async library runs in the worker thread: anyio.run()
         # there would refuse to start, and a nested loop's helpers would pick the wrong library.
@@ -208,7 +222,7 @@ class HostEndpoint(Endpoint, Caller):
             except BaseException as exc:
                 box.append((False, exc))
             try:
-                anyio.from_thread.run_sync(done.set, token=token)
+                self.soon_on_loop(done.set)  # not waiting: a loop that stopped would never run it
             except RuntimeError:
                 pass  # the Runtime's loop is gone; nobody waits for this result
 
@@ -227,13 +241,28 @@ class HostEndpoint(Endpoint, Caller):
         raise value
 
     def fail_pending(self) -> None:
-        """The Runtime is exiting: the host's calls still unanswered fail now, so no task or
-        thread (a host-resident method waiting in a worker) waits for them for ever."""
+        """The Runtime is exiting and nothing will answer calls now: those unanswered fail,
+        and so does any call made from now on (a host-resident method still running in a
+        worker may make one), so no task or thread waits for one for ever."""
+        self.closed = True
         pending, self.pending = self.pending, {}
         for lid, fut in pending.items():
             fut._resolve(env.Reply(lid, env.Status.STOPPED, detail={"message": (
                 f"the Runtime exited before {fut.actor}.{fut.method}() [call {lid}] finished; keep the "
                 "'async with Runtime()' block open until the calls you wait for are done")}))
+
+    def _submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...],
+                deps: tuple[int, ...], parent: int | None) -> Future[Any]:
+        if not self.closed:
+            return Caller._submit(self, actor_id, label, method, payload, fds, deps, parent)
+        for fd in fds:
+            os.close(fd)
+        lid = next(self._local_ids)
+        fut: Future[Any] = Future(self, lid, label, method, actor_id)
+        fut._resolve(env.Reply(lid, env.Status.STOPPED, detail={"message": (
+            f"{label}.{method}() [call {lid}] can't run: the Runtime has exited; make calls inside the "
+            "'async with Runtime()' block, or start a new Runtime")}))
+        return fut
 
     def close(self, timeout: float) -> None:
         """Stop the worker threads, waiting at most ``timeout`` s in all for host-resident

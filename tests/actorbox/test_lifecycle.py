@@ -437,6 +437,86 @@ async def test_calls_between_host_resident_objects_fail_when_the_runtime_exits()
     assert isinstance(waiter.saw, actorbox.ActorStoppedError) and "sleeper.slow()" in str(waiter.saw)
 
 
+class _CallsLate:
+    """Takes a handle, then calls it once the Runtime is already exiting."""
+
+    def __init__(self):
+        self.saw = None
+
+    def call_late(self, delay):
+        h = actorbox.get_actor("sleeper")
+        time.sleep(delay)
+        try:
+            h.slow().result(timeout=10)
+        except Exception as exc:
+            self.saw = exc
+
+
+async def test_a_call_made_while_the_runtime_exits_fails_at_once():
+    """A host-resident sync method still running as the Runtime exits calls a handle it
+    holds: nothing would answer (the call used to wait for ever, and hang the interpreter
+    at exit); it fails with ActorStoppedError."""
+    late = _CallsLate()
+    async with actorbox.Runtime(grace_period=2.0) as rt:
+        rt.register("sleeper", _Sleeper())
+        rt.register("late", late).call_late(0.5)
+        await anyio.sleep(0.1)
+    assert await _poll(lambda: late.saw is not None, timeout=5.0)
+    assert isinstance(late.saw, actorbox.ActorStoppedError), repr(late.saw)
+    assert "Runtime has exited" in str(late.saw) and "sleeper.slow()" in str(late.saw)
+
+
+async def test_a_handle_called_after_the_runtime_exited_fails_with_actor_stopped():
+    async with actorbox.Runtime() as rt:
+        resident = rt.register("sleeper", _Sleeper())
+        actor = await rt.start(Mortal)
+    for h, method in ((resident, "slow"), (actor, "ping")):
+        with anyio.fail_after(5), pytest.raises(actorbox.ActorStoppedError, match="Runtime has exited"):
+            await getattr(h, method)()
+
+
+_STOPPED_LOOP = """
+import asyncio, threading, time
+import actorbox
+
+class Late:
+    def __init__(self):
+        self.saw = None
+
+    def go(self):
+        h = actorbox.get_actor("late")
+        time.sleep(1.0)  # the loop has stopped by now, and is not closed yet
+        try:
+            h.go()
+        except actorbox.ActorboxError as exc:
+            self.saw = exc
+
+late = Late()
+
+async def main():
+    async with actorbox.Runtime(grace_period=0.1) as rt:
+        rt.register("late", late).go()
+        await asyncio.sleep(0.1)
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(main())
+time.sleep(2.0)
+loop.close()
+print("saw:", type(late.saw).__name__, late.saw)
+"""
+
+
+def test_a_thread_calling_through_a_stopped_loop_fails_and_the_interpreter_exits():
+    """asyncio's loop.run_until_complete() returns with the loop stopped, not closed: a
+    host-resident method's call from its worker thread then went to a loop that never
+    runs it, and the interpreter hung at exit joining that thread."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _STOPPED_LOOP], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "saw: ActorboxError the Runtime has exited" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("method", ["block_loop", "swallow_cancel", "sync_sleep"])
 async def test_actor_ignoring_stop_is_killed_after_grace_period(method):
     """An actor still busy when the Runtime exits is killed after the grace period; nothing is left behind."""
