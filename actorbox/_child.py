@@ -340,7 +340,7 @@ class ActorProcess(Caller):
         if job.is_async:
             self.inline_ok = False  # the loop must stay free for it (and for any like it)
             if on_loop:
-                self.running[cid] = job.ctx.run(self.loop.create_task, self._run_async(job))
+                self._start_task(job)
             else:
                 self.loop.call_soon_threadsafe(self._launch, job)
             return
@@ -351,7 +351,7 @@ class ActorProcess(Caller):
             # reads does), or never.
             self.loop.call_soon_threadsafe(self._launch, job)
             return
-        token = self.running[cid] = _SyncCall()
+        token = self._token(cid)
         if self.inline_ok and on_loop and not self.inline_depth and len(self.running) == 1:
             # Not now: this runs under the connection's read lock, which the call must not
             # hold (its nested calls and the watchdog read frames while it runs).
@@ -360,6 +360,22 @@ class ActorProcess(Caller):
                 self.loop.call_soon(self._run_deferred)
         else:
             self.executor.submit(self._sync_worker, job, token)
+
+    def _token(self, cid: int) -> _SyncCall:
+        """The running entry of a sync call about to run: the one _next() made, which a
+        cancel may have marked on the call's way here, or a new one."""
+        token = self.running.get(cid)
+        if not isinstance(token, _SyncCall):
+            token = self.running[cid] = _SyncCall()
+        return token
+
+    def _start_task(self, job: _Job) -> None:
+        """Start an async call's task (loop thread)."""
+        cid = job.call.call_id
+        handed = self.running.get(cid)
+        if isinstance(handed, _SyncCall) and handed.cancelled:  # cancelled on its way here
+            self.cancelled_early.add(cid)
+        self.running[cid] = job.ctx.run(self.loop.create_task, self._run_async(job))
 
     def _run_deferred(self) -> None:
         init, self._deferred_init = self._deferred_init, None
@@ -390,10 +406,10 @@ class ActorProcess(Caller):
                     return
                 if nxt.is_async:
                     self.inline_ok = False
-                    self.running[nxt.call.call_id] = nxt.ctx.run(self.loop.create_task, self._run_async(nxt))
+                    self._start_task(nxt)
                     return
                 job = nxt
-                token = self.running[job.call.call_id] = _SyncCall()
+                token = self._token(job.call.call_id)
         finally:
             self.inline_token = None
             self.inline_depth -= 1
@@ -493,10 +509,13 @@ class ActorProcess(Caller):
         return True
 
     def _next(self) -> _Job | None:
-        """A call finished: the next queued call to run in its slot, if any."""
+        """A call finished: the next queued call to run in its slot, if any. It is in
+        ``running`` from here on, so a cancel finds it on its way to a thread."""
         with self.lock:
             if self.waiting and self.active <= self.max_concurrency:
-                return self.waiting.popleft()
+                job = self.waiting.popleft()
+                self.running[job.call.call_id] = _SyncCall()
+                return job
             self.active -= 1
             return None
 
@@ -514,10 +533,15 @@ class ActorProcess(Caller):
                 self.loop.call_soon_threadsafe(self._launch, nxt)
                 return
             job = nxt
-            token = self.running[job.call.call_id] = _SyncCall()
+            token = self._token(job.call.call_id)
 
     def _run_sync(self, job: _Job, token: _SyncCall) -> None:
         call = job.call
+        if token.cancelled:  # cancelled before it started: it never does
+            self.running.pop(call.call_id, None)
+            _close_all(call.fds)
+            self._send(env.Reply(call.call_id, env.Status.CANCELLED))
+            return
         try:
             args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved,
                                                      ipc=call.trusted and _IPC_IN)
