@@ -188,8 +188,8 @@ class HostEndpoint(Endpoint, Caller):
                 if res is None:
                     raise ActorboxError(f"host-resident actor {call.target} is gone")
                 func, is_async = resolve_method(res.obj, call.method, res.name, call.call_id)
-                args, kwargs = self.codec.decode_call(call.payload, call.trusted, fds or (), call.resolved)
-                fds = None
+                fds = None  # decode_call owns them now, and closes them if it fails
+                args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved)
                 if is_async:
                     result = await func(*args, **kwargs)
                 else:

@@ -30,7 +30,7 @@ import actorbox
 
 from ._support import CALL_TIMEOUT, assert_host_serves, start_actors
 from .plugins.healthy import Healthy
-from .plugins.shm_saboteur import ATTACKS, ODD_BUT_HARMLESS, TWO_SIZES, ShmSaboteur
+from .plugins.shm_saboteur import ATTACKS, NOT_ARGS, ODD_BUT_HARMLESS, TWO_SIZES, ShmSaboteur
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +86,26 @@ async def test_forged_tensor_reply_fails_that_call_with_serialization_error(rt, 
     with pytest.raises(actorbox.SerializationError):
         await call(saboteur.forged_tensor_reply(attack))
     assert host_fds() <= fds0, "the host kept a descriptor of a refused tensor"
+    assert await call(saboteur.ping()) == "pong"
+    await assert_host_serves(rt, healthy)
+
+
+class Resident:
+    def ping(self, *args):
+        return "pong"
+
+
+async def test_forged_tensor_arguments_to_a_host_resident_object_fail_that_call_alone(rt, actors):
+    """An actor's call to a host-resident object whose argument is a forged tensor fails
+    with SerializationError; the host closed the descriptors twice before (EBADF out of the
+    call's task took the Runtime down, and a reused number closed another file)."""
+    healthy, saboteur = actors
+    if "resident" not in rt.named_actors():
+        rt.register("resident", Resident())
+    fds0 = host_fds()
+    for attack in [*ATTACKS, NOT_ARGS]:
+        assert await call(saboteur.forged_call("resident", attack)) == "SerializationError", attack
+    assert host_fds() <= fds0, "the host kept a descriptor of a refused argument"
     assert await call(saboteur.ping()) == "pong"
     await assert_host_serves(rt, healthy)
 

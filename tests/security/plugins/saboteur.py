@@ -91,8 +91,8 @@ def reply_body(call_id, status, payload, detail=None, trusted=True):
     return pack([REPLY, call_id, status, payload, detail, trusted, 0])
 
 
-def call_body(call_id, target, method, payload, parent=None, trusted=True, reentrant=False):
-    return pack([CALL, call_id, target, method, payload, parent, trusted, reentrant, [], [], 0])
+def call_body(call_id, target, method, payload, parent=None, trusted=True, reentrant=False, nfds=0):
+    return pack([CALL, call_id, target, method, payload, parent, trusted, reentrant, [], [], nfds])
 
 
 def _conn():
@@ -127,13 +127,22 @@ def send_with_fds(data, fds):
                 select.select([], [conn.sock], [], 5.0)
 
 
-async def raw_call(target, method, payload, **flags):
-    """Send a hand-made CALL frame and wait for its reply like a normal call."""
+async def raw_call(target, method, payload, fds=(), **flags):
+    """Send a hand-made CALL frame (``fds`` attached, then closed here) and wait for its
+    reply like a normal call."""
     proc = process_caller.get()
     lid = next(proc._local_ids)
     fut = actorbox.Future(proc, lid, f"actor {target}", method)
     proc.pending[lid] = fut
-    send_body(call_body(lid, target, method, payload, **flags))
+    body = call_body(lid, target, method, payload, nfds=len(fds), **flags)
+    try:
+        if fds:
+            send_with_fds(frame(body, len(fds)), list(fds))
+        else:
+            send_body(body)
+    finally:
+        for fd in fds:
+            os.close(fd)
     return await fut
 
 

@@ -16,7 +16,7 @@ import socket
 import actorbox
 from actorbox._caller import current_call
 
-from .saboteur import OK, REPLY, Ext, frame, pack, send_body, send_with_fds
+from .saboteur import OK, REPLY, Ext, frame, pack, raw_call, send_body, send_with_fds
 
 EXT_TENSOR, EXT_NDARRAY = 10, 11
 F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h; not exported by Python's fcntl
@@ -161,6 +161,7 @@ ODD_BUT_HARMLESS = {
         EXT_NDARRAY, tensor("<f8", shape=(0, 2**62), strides=(1, 1), offset=2**62, index=-1, nbytes=0), []),
 }
 TWO_SIZES = "one fd, two tensors claiming different sizes"
+NOT_ARGS = "a genuine tensor as the whole call payload, not [args, kwargs]"
 
 
 def _reply(payload, fds):
@@ -200,6 +201,22 @@ class ShmSaboteur:
             for fd in fds:
                 os.close(fd)
         return "the genuine reply (must be ignored: the call already has its answer)"
+
+    async def forged_call(self, name, attack):
+        """Call the host-resident ``name``'s ``ping`` with the forged tensor ``attack`` as its
+        argument; "not [args, kwargs]": a genuine tensor as the whole payload. What the call
+        raised, as text."""
+        if attack == NOT_ARGS:
+            fields, fds = tensor(), [memfd(64)]
+            payload = pack(Ext(EXT_TENSOR, pack(fields)))
+        else:
+            code, fields, fds = ATTACKS[attack]()
+            payload = pack([[Ext(code, pack(fields))], {}])
+        target = actorbox.get_actor(name).actor_id
+        try:
+            return f"returned {await raw_call(target, 'ping', payload, fds):.60}"
+        except Exception as exc:
+            return type(exc).__name__
 
     def sealed_then_truncate(self, nbytes):
         """Answer with a valid sealed uint8 segment (byte i = i % 251), then try to shrink and punch it."""
