@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 _PENDING = object()
 _TEVENT_LOCK = threading.Lock()
+_DECODE_LOCK = threading.RLock()
 # Seconds between reads while a nested loop waits on the loop thread: from the first, doubling
 # up to the last.
 _PUMP_NAP, _PUMP_NAP_MAX = 0.0002, 0.005
@@ -192,7 +193,9 @@ class Future(Generic[T]):
 
     def _outcome(self) -> T:
         if self._value is _PENDING:
-            self._value = self._caller.outcome(self, self._reply)  # type: ignore[arg-type]
+            with _DECODE_LOCK:  # decoded once: the reply's descriptors belong to one decode
+                if self._value is _PENDING:
+                    self._value = self._caller.outcome(self, self._reply)  # type: ignore[arg-type]
         v = self._value
         if isinstance(v, _Raise):
             raise v.exc

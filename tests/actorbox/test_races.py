@@ -212,3 +212,42 @@ async def test_cancelled_host_resident_sync_call_keeps_its_slot_until_it_returns
         with anyio.fail_after(5):
             await h.slow()
         assert obj.peak == 1
+
+
+@actorbox.actor
+class TensorMaker:
+    def make(self):
+        import torch
+
+        return torch.arange(1 << 16, dtype=torch.int32)
+
+
+async def test_a_finished_future_read_by_two_threads_at_once_decodes_once():
+    """Both threads decoded the reply: the second closed the descriptor the first one's
+    mapping had registered, and that mapping's finalizer later closed whatever file took
+    the number."""
+    import os
+
+    async with actorbox.Runtime() as rt:
+        m = await rt.start(TensorMaker)
+        for _ in range(20):
+            fut = m.make()
+            with anyio.fail_after(10):
+                while not fut.done():
+                    await anyio.sleep(0.005)
+            fd = fut._reply.fds[0]
+            out, barrier = [], threading.Barrier(2)
+
+            def read(fut=fut, out=out, barrier=barrier):
+                barrier.wait()
+                out.append(fut.result())
+
+            threads = [threading.Thread(target=read) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            a, b = out
+            assert a is b
+            os.fstat(fd)  # still the mapping's: closed by a second decode before
+            del a, b, out, fut
