@@ -94,7 +94,8 @@ class Connection:
     def send(self, body: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
         """Queue one frame for sending (thread-safe, never blocks).
 
-        The fds are duplicated by the kernel on send; the caller keeps ownership.
+        The caller keeps ownership of the fds and may close them as soon as this returns:
+        a frame that can't go out now keeps duplicates of them until it does.
         """
         data = encode_header(len(body), len(fds)) + body
         with self._lock:
@@ -104,21 +105,21 @@ class Connection:
                 sent = self._try_send(memoryview(data), tuple(fds))
                 if sent == len(data):
                     return
-                self._pending.append((memoryview(data)[sent:], () if sent else tuple(fds)))
+                self._pending.append((memoryview(data)[sent:], () if sent else _dup_all(fds)))
                 self._pending_bytes = len(data) - sent
             else:
-                self._pending_bytes += len(data)
-                if self._pending_bytes > self.max_pending:
+                if self._pending_bytes + len(data) > self.max_pending:
                     # The peer stopped reading: hang up (its reader sees EOF, we see it die).
                     self.hangup_reason = f"it stopped reading: more than {self.max_pending} bytes were queued for it"
                     self._closed = True
-                    self._pending.clear()
+                    self._drop_pending()
                     try:
                         self.sock.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
                     raise ConnectionClosed(self.hangup_reason)
-                self._pending.append((memoryview(data), tuple(fds)))
+                self._pending.append((memoryview(data), _dup_all(fds)))
+                self._pending_bytes += len(data)
             first = len(self._pending) == 1
         if first:
             self._arm_writer()
@@ -148,9 +149,11 @@ class Connection:
                 try:
                     sent = self._try_send(view, fds)
                 except ConnectionClosed:
-                    self._pending.clear()
+                    self._drop_pending()
                     return True
                 self._pending_bytes -= sent
+                if sent and fds:  # the kernel has put them in the message: ours go
+                    _close_all(fds)
                 if sent == len(view):
                     self._pending.popleft()
                 elif sent == 0:
@@ -158,6 +161,12 @@ class Connection:
                 else:
                     self._pending[0] = (view[sent:], ())
             return True
+
+    def _drop_pending(self) -> None:
+        """Forget what was not sent, closing its fds (under _lock)."""
+        for _view, fds in self._pending:
+            _close_all(fds)
+        self._pending.clear()
 
     def _arm_writer(self) -> None:
         if self._loop is not None:
@@ -319,7 +328,7 @@ class Connection:
             if self._closed and self.sock.fileno() < 0:
                 return
             self._closed = True
-            self._pending.clear()
+            self._drop_pending()
         self._decoder.close()
         fd = self.sock.fileno()
         if fd >= 0:
@@ -343,3 +352,21 @@ class Connection:
         return self._closed
 
 
+def _dup_all(fds: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Duplicates of ``fds`` (close-on-exec) for a frame that waits to be sent."""
+    out: list[int] = []
+    try:
+        for fd in fds:
+            out.append(os.dup(fd))
+    except OSError:
+        _close_all(out)
+        raise
+    return tuple(out)
+
+
+def _close_all(fds: tuple[int, ...] | list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

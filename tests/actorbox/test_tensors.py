@@ -164,6 +164,12 @@ class TensorBox:
     def echo(self, value):
         return value
 
+    def first_after(self, t, padding, seconds):
+        import time
+
+        time.sleep(seconds)
+        return int(t.flatten()[0])
+
     def make(self, name, shape, seed=0):
         return sample(name, shape, seed)
 
@@ -734,6 +740,21 @@ async def test_meta_tensor_is_refused_with_serialization_error(box):
     """A tensor without data (device 'meta') fails the call with SerializationError, not another exception."""
     with pytest.raises(actorbox.SerializationError):
         await call(box.echo(torch.empty(3, device="meta")))
+
+
+async def test_tensors_sent_to_a_busy_actor_arrive_as_themselves(rt, box):
+    """Calls queued behind a full socket: each tensor's descriptor is the one it was sent
+    with, though the host closed its own and opened new files (here, put objects)
+    meanwhile. A queued call kept only the number, and delivered whatever file took it."""
+    padding = b"p" * (200 << 10)  # a few calls fill the socket's buffer
+    calls, puts = [], []
+    for i in range(24):
+        calls.append(box.first_after(torch.full((256,), i, dtype=torch.int64), padding, 0.01))
+        puts.append(await rt.put(torch.full((256,), 4242, dtype=torch.int64)))
+    with anyio.fail_after(60):
+        assert [await c for c in calls] == list(range(24))
+    for ref in puts:
+        await ref.release()
 
 
 # -- no leaks --------------------------------------------------------------------------------

@@ -161,6 +161,50 @@ async def test_large_frame_with_fd() -> None:
         os.close(w)
 
 
+async def test_a_queued_frame_carries_the_fds_it_was_sent_with_though_the_caller_closed_them() -> None:
+    """send() lets the caller close its fds at once. A frame queued behind a full socket
+    kept their numbers only: it then carried whatever file took a number next (another
+    actor's memory, a socket), or failed with EBADF and left the connection dead."""
+    async with connected() as (a, _, _b, b_in):
+        a.send(b"x" * (4 * 1024 * 1024))  # fills the socket: what follows is queued
+        meant = []
+        for i in range(3):
+            r, w = os.pipe()
+            os.write(w, b"meant %d" % i)
+            os.close(w)
+            a.send(b"frame %d" % i, (r,))
+            os.close(r)
+            meant.append(i)
+        others = [os.pipe() for _ in range(3)]  # take the numbers just freed
+        try:
+            for _r, w in others:
+                os.write(w, b"another file")
+            got = await b_in.wait_for(4)
+            for i, (body, fds) in zip(meant, got[1:4], strict=True):
+                assert body == b"frame %d" % i and len(fds) == 1
+                assert os.read(fds[0], 100) == b"meant %d" % i
+        finally:
+            for r, w in others:
+                os.close(r)
+                os.close(w)
+        assert not a.closed
+
+
+async def test_fds_of_frames_never_sent_are_closed_with_the_connection() -> None:
+    """Duplicates held for queued frames are released when the connection closes first."""
+    before = len(os.listdir("/proc/self/fd"))
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a = Connection(a_sock, Inbox())
+    with b_sock:
+        a.send(b"x" * (4 * 1024 * 1024))  # never read: stays queued
+        r, w = os.pipe()
+        a.send(b"with an fd", (r,))
+        os.close(r)
+        os.close(w)
+        a.close()
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
 async def test_send_before_run_is_flushed() -> None:
     """A large frame queued before run() starts is written once run() is serving."""
     a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
