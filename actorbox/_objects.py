@@ -9,6 +9,7 @@ time-based retention (default 30 s, ``Runtime(object_retention=...)`` or
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
@@ -67,6 +68,16 @@ class _Stored:
     expires: float | None
 
 
+def check_retention(value: Any, where: str) -> float | None:
+    """A retention in seconds (a finite number, 0 or more), or None: kept until released."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and type(value) is not bool and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ValueError(f"{where} must be a number of seconds (0 or more) or None (kept until released), "
+                     f"not {value!r}")
+
+
 class ObjectStore:
     """Objects the host holds for others, by id. Lives on the host's event loop."""
 
@@ -78,6 +89,7 @@ class ObjectStore:
         self.used = 0
 
     def put(self, obj: Any, retention: float | str | None = "default") -> str:
+        keep = self.retention if retention == "default" else check_retention(retention, "rt.put(retention=...)")
         payload, fds = self.codec.dumps_fds(obj, ipc=False)  # any process may read it, the host too
         nbytes = len(payload) + sum(os.fstat(fd).st_size for fd in fds)
         if self.used + nbytes > self.capacity:
@@ -87,10 +99,9 @@ class ObjectStore:
                 f"putting {nbytes} bytes would exceed the object store's capacity ({self.used} of "
                 f"{self.capacity} bytes used); release objects (await ref.release()) or pass a larger "
                 "Runtime(object_store_capacity=...)", capacity=self.capacity, used=self.used, requested=nbytes)
-        keep = self.retention if retention == "default" else retention
         now = time.monotonic()
         object_id = secrets.token_hex(16)
-        self._objects[object_id] = _Stored(payload, fds, nbytes, now, None if keep is None else now + float(keep))
+        self._objects[object_id] = _Stored(payload, fds, nbytes, now, None if keep is None else now + keep)
         self.used += nbytes
         log.info("object.put", object_id=object_id, bytes=nbytes, retention_s=keep)
         return object_id
@@ -100,9 +111,9 @@ class ObjectStore:
         s = self._objects.get(object_id)
         if s is None:
             raise ObjectNotFoundError(
-                f"no object {object_id} in the store: it was released or expired (retention "
-                f"{self.retention} s); put it with a longer retention (rt.put(obj, retention=...)) or "
-                "use it sooner", object_id=object_id)
+                f"no object {object_id} in the store: it was released or expired (the store keeps objects "
+                f"{self.retention} s unless put with another retention); put it with a longer retention "
+                "(rt.put(obj, retention=...)) or use it sooner", object_id=object_id)
         return self.codec.loads_fds(s.payload, True, tuple(os.dup(fd) for fd in s.fds))
 
     def release(self, object_id: str, *, event: str = "object.released") -> bool:

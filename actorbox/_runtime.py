@@ -28,7 +28,7 @@ from ._extensions import LoadedExtension, extension_folders, read_extension, san
 from ._handle import ActorHandle
 from ._host import HostEndpoint, Resident
 from ._inspect import ProcessSampler
-from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore
+from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore, check_retention
 from ._options import ActorOptions, options_of
 from ._supervisor import _CODE_PATHS, ActorSupervisor, init_payload
 from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
@@ -114,7 +114,14 @@ class Runtime:
                            make_ref=lambda object_id: ObjectRef(self._host, object_id))
         if object_retention == "default":
             env_value = os.environ.get("ACTORBOX_OBJECT_RETENTION")
-            object_retention = float(env_value) if env_value else 30.0
+            try:
+                object_retention = float(env_value) if env_value else 30.0
+            except ValueError:
+                raise ValueError(f"ACTORBOX_OBJECT_RETENTION must be a number of seconds, not {env_value!r}; "
+                                 "set it to one (e.g. 30) or unset it") from None
+            object_retention = check_retention(object_retention, "ACTORBOX_OBJECT_RETENTION")
+        else:
+            object_retention = check_retention(object_retention, "Runtime(object_retention=...)")
         capacity = object_store_capacity if object_store_capacity is not None else psutil.virtual_memory().total // 2
         self.object_store = ObjectStore(self.codec, retention=object_retention,  # type: ignore[arg-type]
                                         capacity=capacity)

@@ -255,6 +255,32 @@ async def test_retention_env_var_sets_the_default(monkeypatch):
         assert rt.object_store.stats()["retention_s"] == 5.0
 
 
+BAD_RETENTIONS = ["soon", float("nan"), float("inf"), -1, True, [30]]
+
+
+@pytest.mark.parametrize("bad", BAD_RETENTIONS, ids=repr)
+async def test_a_bad_retention_is_refused_at_once_and_leaks_nothing(bad):
+    """A put's retention, the Runtime's and the environment variable's are checked before
+    anything is made: a put made the object's segments first and leaked them, a Runtime
+    took "forever" and its expiry loop crashed later, NaN never expired."""
+    async with actorbox.Runtime() as rt:
+        fds0 = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(ValueError, match=r"retention=\.\.\.\) must be a number of seconds"):
+            await rt.put(sample((1000,)), retention=bad)
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= fds0
+        assert rt.object_store.stats()["objects"] == 0
+    with pytest.raises(ValueError, match=r"object_retention=\.\.\.\) must be a number of seconds"):
+        actorbox.Runtime(object_retention=bad)
+
+
+@pytest.mark.parametrize("bad", ["soon", "nan", "-5"])
+def test_a_bad_retention_environment_variable_is_refused_with_the_remedy(monkeypatch, bad):
+    monkeypatch.setenv("ACTORBOX_OBJECT_RETENTION", bad)
+    with pytest.raises(ValueError, match="ACTORBOX_OBJECT_RETENTION"):
+        actorbox.Runtime()
+
+
 async def test_retention_none_keeps_objects_until_released():
     """``Runtime(object_retention=None)`` never expires objects: only release (or exit) drops them."""
     async with actorbox.Runtime(object_retention=None) as rt:
