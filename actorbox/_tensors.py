@@ -193,9 +193,11 @@ def _export_dense(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     # shared memory in place through its own unsealed /dev/shm files, and a peer holding
     # such a file could truncate it under us (SIGBUS). To share writes, allocate in shared
     # memory from the start (actorbox.shared_empty / actorbox.share) or use a received tensor.
-    # One copy per storage and payload: views of one fresh storage sent together arrive
-    # as views of one memory. A small storage is copied whole; a big one only as far as
-    # this view reaches (other views of it then get their own copy).
+    # Only what this view reaches is copied: the receiver (an untrusted plugin, perhaps)
+    # sees none of the rest of the storage (sending batch[0] shows it no other row).
+    # Views of one fresh storage sent together arrive as views of one memory when each
+    # lies within the span of one sent before it (the whole tensor, then views of it);
+    # others get their own copy.
     key = storage.data_ptr()
     copied = sink.storages.get(key)
     if copied is not None:
@@ -203,10 +205,8 @@ def _export_dense(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
         at = offset * itemsize
         if start <= at and n * itemsize <= start + nbytes and (at - start) % itemsize == 0:
             return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
-    whole = storage.nbytes()
-    start = 0 if whole <= 4 * (n - offset) * itemsize else offset * itemsize
-    end = whole if start == 0 else n * itemsize
-    nbytes = end - start
+    start = offset * itemsize
+    nbytes = n * itemsize - start
     # By address, not through .numpy(): torch may be installed without numpy.
     index = sink.add_owned(table.copy_fresh(storage.data_ptr() + start, nbytes))
     sink.storages[key] = (index, start, nbytes)

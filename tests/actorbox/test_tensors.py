@@ -343,6 +343,16 @@ async def test_fresh_view_copies_only_the_span_it_reaches(box):
     assert y.untyped_storage().nbytes() == 10 * 2
 
 
+@pytest.mark.parametrize("row", [0, 1, 3])
+async def test_a_row_of_a_small_batch_shows_the_receiver_no_other_row(box, row):
+    """A storage up to 4x the view was copied whole: sending batch[row] to an actor showed
+    it the other rows. Only the view's own span is copied, whatever the storage's size."""
+    batch = torch.arange(4 * 1000, dtype=torch.float32).reshape(4, 1000)
+    y = await call(box.echo(batch[row]))
+    assert torch.equal(y, batch[row])
+    assert y.untyped_storage().nbytes() == 1000 * 4
+
+
 SHARED_VIEWS = {
     "block": lambda s: s[10:20, 30:40],
     "step slices": lambda s: s[::3, 1::7],
