@@ -58,6 +58,12 @@ class Caller:
     def get_actor(self, name: str) -> Any:
         raise NotImplementedError
 
+    def hold_result(self, fut: Future[Any]) -> None:
+        """A result carrying shared memory arrived and waits to be read."""
+
+    def result_read(self, fut: Future[Any]) -> None:
+        """That result was read (any thread)."""
+
     async def get_object(self, object_id: str) -> Any:
         """The value of an ObjectRef (outside the host: fetched from the host's store)."""
         from ._objects import SERVICE_NAME
@@ -141,6 +147,8 @@ class Caller:
         fut = self.pending.pop(reply.call_id, None)
         if fut is not None and reply.status == env.Status.OK:
             fut._resolve(reply)  # the Future owns the reply's fds until it is decoded (or dropped)
+            if reply.fds:
+                self.hold_result(fut)
             return
         for fd in reply.fds:  # only a result may carry descriptors
             _close(fd)

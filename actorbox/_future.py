@@ -196,10 +196,30 @@ class Future(Generic[T]):
             with _DECODE_LOCK:  # decoded once: the reply's descriptors belong to one decode
                 if self._value is _PENDING:
                     self._value = self._caller.outcome(self, self._reply)  # type: ignore[arg-type]
+                    if self._reply.fds:  # type: ignore[union-attr]
+                        self._caller.result_read(self)
         v = self._value
         if isinstance(v, _Raise):
             raise v.exc
         return v  # type: ignore[no-any-return]
+
+
+    def _expire(self, message: str) -> bool:
+        """Release an unread result's shared memory; reading it raises ObjectNotFoundError
+        with ``message`` from now on. False when it was read (or never came) after all."""
+        import os
+
+        with _DECODE_LOCK:
+            reply = self._reply
+            if self._value is not _PENDING or reply is None:
+                return False
+            for fd in reply.fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._value = _Raise(_errors.ObjectNotFoundError(message, object_id=None))
+            return True
 
 
 class _Raise:

@@ -142,6 +142,12 @@ class HostEndpoint(Endpoint, Caller):
     def get_actor(self, name: str) -> Any:
         return self.rt.get_actor(name)
 
+    def hold_result(self, fut: Future[Any]) -> None:
+        self.rt.object_store.hold_result(fut)  # results held for the host's code expire too
+
+    def result_read(self, fut: Future[Any]) -> None:
+        self.rt.object_store.result_read(fut)
+
     def ipc_reaches(self, actor_id: int) -> bool:
         return self.rt.cuda_ipc_reaches(actor_id)
 

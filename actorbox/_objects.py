@@ -5,6 +5,10 @@ segments, and held as (payload, descriptors): every process that gets it maps th
 same memory, nothing is copied again. Objects are held for others, so they have a
 time-based retention (default 30 s, ``Runtime(object_retention=...)`` or
 ``ACTORBOX_OBJECT_RETENTION``) plus explicit release, and the store has a capacity.
+
+Results of the host's calls that carry shared memory are held too until read: one not
+read within the retention has its memory released, and reading it then raises
+ObjectNotFoundError (a result read, or whose Future is dropped, is not held any more).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import os
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +92,22 @@ class ObjectStore:
         self.capacity = capacity
         self._objects: dict[str, _Stored] = {}
         self.used = 0
+        # Results with shared memory nobody has read: id(Future) -> (expiry, the Future),
+        # in arrival order (so in expiry order). Entries leave when read or dropped.
+        self._unread: dict[int, tuple[float, weakref.ref[Any]]] = {}
+
+    def hold_result(self, fut: Any) -> None:
+        """A result carrying shared memory arrived for the host (loop thread)."""
+        if self.retention is None:
+            return
+        key = id(fut)
+        unread = self._unread
+        self._unread[key] = (time.monotonic() + self.retention,
+                             weakref.ref(fut, lambda _ref: unread.pop(key, None)))
+
+    def result_read(self, fut: Any) -> None:
+        """It was read (any thread): its memory is the reader's now."""
+        self._unread.pop(id(fut), None)
 
     def put(self, obj: Any, retention: float | str | None = "default") -> str:
         keep = self.retention if retention == "default" else check_retention(retention, "rt.put(retention=...)")
@@ -130,12 +151,32 @@ class ObjectStore:
         return True
 
     def expire(self, now: float | None = None) -> int:
-        """Drop every object past its retention; returns how many."""
+        """Drop every object, and the memory of every unread result, past its retention;
+        returns how many."""
         now = time.monotonic() if now is None else now
         due = [k for k, s in self._objects.items() if s.expires is not None and s.expires <= now]
         for k in due:
             self.release(k, event="object.expired")
-        return len(due)
+        return len(due) + self._expire_results(now)
+
+    def _expire_results(self, now: float) -> int:
+        n = 0
+        while self._unread:
+            try:
+                key, (expires, ref) = next(iter(self._unread.items()))
+            except RuntimeError:  # changed by another thread meanwhile: look again
+                continue
+            if expires > now:
+                break
+            self._unread.pop(key, None)
+            fut = ref()
+            if fut is not None and fut._expire(
+                    f"the result of {fut.actor}.{fut.method}() [call {fut.call_id}] was not read within the "
+                    f"object retention ({self.retention} s), so its shared memory was released; read results "
+                    "sooner, or give Runtime(object_retention=...) more seconds (None keeps them until read)"):
+                n += 1
+                log.info("object.expired", result_of=f"{fut.actor}.{fut.method}()", call_id=fut.call_id)
+        return n
 
     def stats(self) -> dict[str, Any]:
         """Counts, bytes, capacity and the oldest object (id and age in seconds)."""
@@ -146,6 +187,7 @@ class ObjectStore:
             "bytes": self.used,
             "capacity": self.capacity,
             "retention_s": self.retention,
+            "unread_results": len(self._unread),
             "oldest": None if oldest is None else {"object_id": oldest[0],
                                                     "age_s": round(now - oldest[1].created, 3),
                                                     "bytes": oldest[1].nbytes},

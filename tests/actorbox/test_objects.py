@@ -55,6 +55,12 @@ def fd_count() -> int:
 class Holder:
     """Inspects, writes and resolves what it is given."""
 
+    def make(self, n, seed=0):
+        return sample((n,), seed)
+
+    def plain(self, x):
+        return x
+
     def describe(self, x):
         """Type name, dtype, shape and raw bytes of a received tensor."""
         return [type(x).__name__, str(x.dtype), list(x.shape), bits(x)]
@@ -229,6 +235,60 @@ async def test_object_expires_after_the_runtimes_retention_unless_put_with_none(
     assert expired[0]["bytes"] >= 400
 
 
+async def _done(fut):
+    with anyio.fail_after(CALL_TIMEOUT):
+        while not fut.done():
+            await anyio.sleep(0.01)
+
+
+async def test_a_result_with_shared_memory_not_read_within_the_retention_is_released():
+    """Results held for the host's code are held for others too: one left unread past the
+    retention has its memory released (object.expired) and reading it raises
+    ObjectNotFoundError saying why; one read in time, or one without shared memory, stays."""
+    with capture_logs() as logs:
+        async with actorbox.Runtime(object_retention=0.5) as rt:
+            h = await rt.start(Holder)
+            fds0 = len(os.listdir("/proc/self/fd"))
+            unread, read, plain = h.make(100_000), h.make(100_000, 1), h.plain([1, 2])
+            for f in (unread, read, plain):
+                await _done(f)
+            assert rt.object_store.stats()["unread_results"] == 2
+            kept = await read
+            assert rt.object_store.stats()["unread_results"] == 1
+            await anyio.sleep(1.2)
+            assert rt.object_store.stats()["unread_results"] == 0
+            with pytest.raises(actorbox.ObjectNotFoundError, match=r"Holder#\d+\.make\(\) \[call \d+\] was not read"):
+                await unread
+            assert torch.equal(kept, sample((100_000,), 1))
+            assert await plain == [1, 2]
+            del kept, read
+            gc.collect()
+            assert len(os.listdir("/proc/self/fd")) <= fds0, "the unread result's memory was not released"
+    expired = [e for e in logs if e["event"] == "object.expired"]
+    assert len(expired) == 1 and expired[0]["result_of"].startswith("Holder#"), expired
+    assert expired[0]["result_of"].endswith(".make()") and expired[0]["call_id"] == unread.call_id
+
+
+async def test_with_retention_none_an_unread_result_is_kept_until_read():
+    async with actorbox.Runtime(object_retention=None) as rt:
+        h = await rt.start(Holder)
+        fut = h.make(1000)
+        await _done(fut)
+        assert rt.object_store.expire(time.monotonic() + 1e6) == 0
+        assert torch.equal(await fut, sample((1000,)))
+
+
+async def test_a_dropped_unread_result_is_not_held():
+    async with actorbox.Runtime(object_retention=30) as rt:
+        h = await rt.start(Holder)
+        fut = h.make(1000)
+        await _done(fut)
+        assert rt.object_store.stats()["unread_results"] == 1
+        del fut
+        gc.collect()
+        assert rt.object_store.stats()["unread_results"] == 0
+
+
 async def test_per_put_retention_overrides_the_default():
     """``rt.put(x, retention=0.2)`` expires that object even though the Runtime keeps others 30 s."""
     async with actorbox.Runtime(object_retention=30) as rt:
@@ -321,10 +381,12 @@ async def test_put_past_capacity_raises_a_clear_error_and_fits_after_release():
 
 
 async def test_stats_report_counts_bytes_capacity_and_the_oldest_object():
-    """stats() gives object count, bytes held, capacity, retention and the oldest object's id, age and size."""
+    """stats() gives object count, bytes held, capacity, retention, unread results with shared
+    memory and the oldest object's id, age and size."""
     async with actorbox.Runtime(object_store_capacity=64 * MB, object_retention=30) as rt:
         s = rt.object_store.stats()
-        assert s == {"objects": 0, "bytes": 0, "capacity": 64 * MB, "retention_s": 30, "oldest": None}
+        assert s == {"objects": 0, "bytes": 0, "capacity": 64 * MB, "retention_s": 30, "unread_results": 0,
+                     "oldest": None}
         first = await rt.put(torch.zeros(MB // 4))
         await anyio.sleep(0.2)
         second = await rt.put(np.zeros(2 * MB, dtype=np.uint8))
