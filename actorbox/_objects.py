@@ -135,7 +135,15 @@ class ObjectStore:
                 f"no object {object_id} in the store: it was released or expired (the store keeps objects "
                 f"{self.retention} s unless put with another retention); put it with a longer retention "
                 "(rt.put(obj, retention=...)) or use it sooner", object_id=object_id)
-        return self.codec.loads_fds(s.payload, True, tuple(os.dup(fd) for fd in s.fds))
+        dups: list[int] = []
+        try:
+            for fd in s.fds:
+                dups.append(os.dup(fd))
+        except OSError:  # out of descriptors: give back those made, keep nothing
+            for fd in dups:
+                os.close(fd)
+            raise
+        return self.codec.loads_fds(s.payload, True, tuple(dups))
 
     def release(self, object_id: str, *, event: str = "object.released") -> bool:
         s = self._objects.pop(object_id, None)

@@ -341,6 +341,36 @@ def test_a_bad_retention_environment_variable_is_refused_with_the_remedy(monkeyp
         actorbox.Runtime()
 
 
+async def test_a_get_that_runs_out_of_descriptors_leaks_none():
+    """The store hands each reader duplicates of an object's descriptors: one failing
+    part-way (EMFILE) gave back none of those already made."""
+    import resource
+
+    async with actorbox.Runtime() as rt:
+        ref = await rt.put([sample((10,)), sample((10,), 1), sample((10,), 2)])
+        gc.collect()
+        fds0 = len(os.listdir("/proc/self/fd"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        fillers = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+        try:
+            while True:  # take every free number below the limit...
+                try:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            os.close(fillers.pop())  # ...but one: room for one duplicate of three
+            with pytest.raises(OSError):
+                rt.object_store.get(ref.object_id)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert len(os.listdir("/proc/self/fd")) <= fds0
+        assert len(await call(ref)) == 3
+
+
 async def test_retention_none_keeps_objects_until_released():
     """``Runtime(object_retention=None)`` never expires objects: only release (or exit) drops them."""
     async with actorbox.Runtime(object_retention=None) as rt:
