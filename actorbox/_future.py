@@ -203,7 +203,6 @@ class Future(Generic[T]):
             raise v.exc
         return v  # type: ignore[no-any-return]
 
-
     def _expire(self, message: str) -> bool:
         """Release an unread result's shared memory; reading it raises ObjectNotFoundError
         with ``message`` from now on. False when it was read (or never came) after all."""

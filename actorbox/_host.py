@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 _LOOP_CHECK = 0.5  # s between checks that the loop a thread waits on still runs
 
+
 @dataclass(slots=True)
 class Resident:
     name: str
