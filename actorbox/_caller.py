@@ -160,6 +160,7 @@ class Caller:
         if status == env.Status.OK:
             try:
                 if not reply.payload:
+                    _close_all(reply.fds)  # no value to own them (a forged reply may send some)
                     return None
                 return self.codec.loads_fds(reply.payload, reply.trusted, reply.fds, ipc=self.ipc_from(fut.actor_id))
             except _errors.SerializationError as exc:

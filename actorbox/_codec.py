@@ -150,8 +150,9 @@ class Codec:
                 return base(obj)
         raise SerializationError(
             f"cannot send a {t.__module__}.{t.__qualname__} from an actor: only builtin values, "
-            "exceptions and actor handles cross the boundary; convert it to one of those "
-            "(for example a dict)"
+            "exceptions, actor handles, torch tensors and numpy arrays cross the boundary; convert it to "
+            "one of those (a numpy scalar: x.item(); an ndarray subclass such as np.memmap or a masked "
+            "array: np.asarray(x); an object: a dict)"
         )
 
     def dumps(self, obj: Any) -> bytes:
@@ -338,7 +339,12 @@ class Codec:
             for _status, payload, dep_trusted, nfds in resolved:
                 dep_fds, pos = fds[pos : pos + nfds], pos + nfds
                 # Each result is decoded with its own producer's trust, not this call's.
-                values.append(self.loads_fds(payload, dep_trusted, dep_fds) if payload else None)
+                if payload:
+                    values.append(self.loads_fds(payload, dep_trusted, dep_fds))
+                else:  # no value to own them (a forged result may send some)
+                    for fd in dep_fds:
+                        os.close(fd)
+                    values.append(None)
         except BaseException:
             for fd in fds[:own]:
                 os.close(fd)

@@ -90,6 +90,23 @@ async def test_forged_tensor_reply_fails_that_call_with_serialization_error(rt, 
     await assert_host_serves(rt, healthy)
 
 
+async def test_descriptors_on_a_reply_with_no_value_are_closed(rt, actors):
+    """An OK reply with an empty payload but descriptors attached: nothing decodes them, and
+    the host kept every one (an actor could fill the host's descriptor table)."""
+    healthy, saboteur = actors
+    assert await call(saboteur.ping()) == "pong"
+    fds0 = host_fds()
+    for _ in range(20):
+        assert await call(saboteur.empty_reply_with_fds(8)) is None
+    assert host_fds() <= fds0, "the host kept descriptors of replies with no value"
+    # The same reply as a Future argument: the scheduler forwards it to the next call.
+    n0 = await call(saboteur.fd_count())
+    for _ in range(10):
+        assert await call(saboteur.take(saboteur.empty_reply_with_fds(8))) is None
+    assert await call(saboteur.fd_count()) <= n0, "an argument with no value kept its descriptors"
+    await assert_host_serves(rt, healthy)
+
+
 class Resident:
     def ping(self, *args):
         return "pong"

@@ -187,6 +187,9 @@ class ShmSaboteur:
     def fd_count(self):
         return len(os.listdir("/proc/self/fd"))
 
+    def take(self, value):
+        return value
+
     def forged_tensor_reply(self, attack):
         """Answer this call with the forged tensor ``attack`` (its descriptors attached), then return normally."""
         if attack == TWO_SIZES:
@@ -201,6 +204,16 @@ class ShmSaboteur:
             for fd in fds:
                 os.close(fd)
         return "the genuine reply (must be ignored: the call already has its answer)"
+
+    def empty_reply_with_fds(self, n):
+        """Answer this call OK with no payload but ``n`` memfds attached (no value owns them)."""
+        fds = [memfd(4096) for _ in range(n)]
+        try:
+            _reply(b"", fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return "the genuine reply (ignored)"
 
     async def forged_call(self, name, attack):
         """Call the host-resident ``name``'s ``ping`` with the forged tensor ``attack`` as its
