@@ -66,6 +66,7 @@ class SegmentTable:
         self._exported: set[int] = set()  # fds of segments whose descriptor left this process
         self._pool: dict[int, list[int]] = {}  # nbytes -> fds
         self.pool_bytes = 0
+        self._drained = False  # the pool was freed for good (drain_pool)
         self.pool_limit = 1 << 30
         # A peer's segment larger than this machine's memory can't be real data: a sparse
         # memfd claiming terabytes would only exhaust memory once touched.
@@ -94,7 +95,7 @@ class SegmentTable:
                 del self._by_inode[inode]
             exported = fd in self._exported
             self._exported.discard(fd)
-            if poolable and not exported and self.pool_bytes + nbytes <= self.pool_limit:
+            if poolable and not exported and not self._drained and self.pool_bytes + nbytes <= self.pool_limit:
                 self._pool.setdefault(nbytes, []).append(fd)
                 self.pool_bytes += nbytes
                 return
@@ -122,8 +123,11 @@ class SegmentTable:
         return fd
 
     def drain_pool(self) -> None:
+        """Free the pool, for good: a segment dropped later (a tensor that outlived the
+        Runtime) is closed, not pooled."""
         self.spares.close()
         with self._lock:
+            self._drained = True
             pool, self._pool = self._pool, {}
             fds = [fd for group in list(pool.values()) for fd in group]
             self.pool_bytes = 0

@@ -317,8 +317,12 @@ def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     import mmap
 
 
-    if a.dtype.kind not in _NUMPY_KINDS or not a.dtype.isnative:
+    if a.dtype.kind not in _NUMPY_KINDS:
         raise SerializationError(f"numpy arrays of dtype {a.dtype} can't be shared; convert to a numeric dtype")
+    if not a.dtype.isnative:
+        raise SerializationError(
+            f"numpy arrays in non-native byte order ({a.dtype.str}) can't be shared; convert with "
+            "a.astype(a.dtype.newbyteorder('='))")
     itemsize = a.dtype.itemsize
     if any(st < 0 or st % itemsize for st in a.strides):
         a = a.copy()  # negative or unaligned strides: send a compact copy
@@ -378,6 +382,16 @@ def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any
     """An uninitialised tensor allocated in a (pooled) shared-memory segment."""
     import torch
 
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"shared_empty(): dtype must be a torch.dtype, not {dtype!r}")
+    name = str(dtype).removeprefix("torch.")
+    if name not in _TORCH_DTYPES:
+        raise TypeError(
+            f"shared_empty() can't allocate {dtype} in shared memory: allocate its integer storage "
+            f"(e.g. {_QUANTIZED.get(name, 'uint8')}) and quantize from it, or send the tensor (a quantized "
+            "CPU tensor of quint8, qint8 or qint32 is shared when sent)")
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"shared_empty(): the shape must be non-negative ints, not {shape!r}")
     t = torch.empty(0, dtype=dtype)
     n = 1
     for d in shape:

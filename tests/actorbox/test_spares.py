@@ -289,3 +289,21 @@ async def test_the_limit_reaches_sandboxed_actors(monkeypatch):
         box = await rt.start(Inodes)
         with anyio.fail_after(CALL_TIMEOUT):
             assert (await box.spares())["limit"] == 0
+
+
+def test_a_segment_dropped_after_the_pool_was_drained_is_freed_not_pooled():
+    """At Runtime exit the pool is drained; a shared_empty tensor that outlived the Runtime
+    went into the pool when dropped later, and its memory and descriptor were never freed."""
+    import gc
+
+    import torch
+
+    t = _shm.SegmentTable()
+    mm, _ = t.allocate(1 * MiB)
+    x = torch.frombuffer(mm, dtype=torch.uint8)
+    fds0 = len(os.listdir("/proc/self/fd"))
+    t.drain_pool()
+    del x, mm
+    gc.collect()
+    assert t.pool_bytes == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds0 - 1, "the dropped segment's descriptor was kept"

@@ -575,6 +575,11 @@ async def test_numpy_non_numeric_dtypes_are_refused_from_the_host(box, kind):
     assert await call(box.echo(1)) == 1
 
 
+async def test_a_big_endian_array_is_refused_with_the_conversion_to_make(box):
+    with pytest.raises(actorbox.SerializationError, match=r"newbyteorder\('='\)"):
+        await call(box.echo(np.arange(3, dtype=">f8")))
+
+
 @pytest.mark.parametrize("kind", ["object", "structured", "big-endian"])
 async def test_numpy_non_numeric_dtypes_are_refused_from_the_actor(box, kind):
     """An actor returning an object, structured or non-native-byteorder array fails the call with SerializationError."""
@@ -648,6 +653,26 @@ async def test_fresh_host_tensor_is_copied_once_and_stays_private(rt, box):
     await call(box.fill(t, 3.0))
     assert rt.codec.segments.created == created + 1
     assert torch.equal(t, torch.zeros(6)), "documented: sending does not move the sender's tensor to shared memory"
+
+
+@pytest.mark.parametrize("dtype", [torch.quint8, torch.qint8, torch.qint32, torch.quint4x2])
+async def test_shared_empty_and_share_refuse_quantized_dtypes_with_a_remedy(rt, dtype):
+    """They made torch read the pool's memory as a quantized tensor, which crashed the
+    process (SIGSEGV); sending a quantized tensor shares it already."""
+    with pytest.raises(TypeError, match="quantize from it"):
+        actorbox.shared_empty(4, dtype=dtype)
+    if dtype is not torch.quint4x2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch 2.13 deprecates quantized creation
+            q = torch.quantize_per_tensor(torch.rand(4), 0.1, 0, dtype)
+        with pytest.raises(TypeError, match="quantize from it"):
+            actorbox.share(q)
+
+
+@pytest.mark.parametrize("shape", [(-1, 4), (2.5,)])
+async def test_shared_empty_refuses_a_bad_shape_clearly(rt, shape):
+    with pytest.raises(ValueError, match="non-negative ints"):
+        actorbox.shared_empty(*shape)
 
 
 async def test_shared_empty_tensor_is_sent_uncopied_and_shares_writes_both_ways(rt, box):
