@@ -45,6 +45,7 @@ import structlog
 
 from scheduler import Connection, ConnectionClosed
 from scheduler import envelope as env
+from scheduler._framing import too_many_fds
 
 from ._caller import Caller, current_call
 from ._codec import Codec
@@ -166,13 +167,14 @@ class ActorProcess(Caller):
             if self.stopped.is_set() and type(msg) is env.Reply:
                 return  # stopping: the host fails these calls as stopped, not cancelled
             body, send_fds = env.encode(msg), fds
-            if len(body) > self.conn.max_frame:
+            too_many = too_many_fds(len(fds), "a call's arguments" if type(msg) is env.Call else "the result")
+            if too_many is not None or len(body) > self.conn.max_frame:
                 # The host would refuse the frame and hang up: fail this message alone.
-                exc = SerializationError(
+                exc = SerializationError(too_many or (
                     f"{'a call' if type(msg) is env.Call else 'the result'} encodes to {len(body)} bytes, over "
                     f"the host's frame limit of {self.conn.max_frame} bytes; pass big data as torch tensors or "
                     "numpy arrays (they travel in shared memory, not in the frame), or raise "
-                    "Runtime(max_frame_size=...)")
+                    "Runtime(max_frame_size=...)"))
                 t = type(msg)
                 if t is env.Reply:
                     body = env.encode(env.Reply(msg.call_id, env.Status.ERROR, self._encode_exc(exc)))  # type: ignore[union-attr]

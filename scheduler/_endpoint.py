@@ -14,6 +14,7 @@ import structlog
 
 from . import _envelope as env
 from ._connection import Connection, ConnectionClosed
+from ._framing import too_many_fds
 
 if TYPE_CHECKING:
     from ._router import Scheduler
@@ -133,6 +134,10 @@ class ConnectionEndpoint(Endpoint):
 
         The actor would refuse the frame and drop the connection, dying with every call
         it holds; refusing here fails this one message instead."""
+        what = "its arguments" if type(msg) is env.Call else "its result"
+        too_many = too_many_fds(len(msg.fds), what)
+        if too_many is not None:
+            return too_many
         limit = self.conn.max_frame
         if type(msg) is env.Call:
             size = len(msg.payload) + len(msg.method) + sum(len(r[1]) for r in msg.resolved)  # type: ignore[union-attr]
@@ -143,7 +148,6 @@ class ConnectionEndpoint(Endpoint):
         body = env.encode(msg)
         if len(body) <= limit:
             return None
-        what = "its arguments" if type(msg) is env.Call else "its result"
         return (f"{what} encode to {len(body)} bytes, over the {limit}-byte frame limit of actor {self.label}; "
                 "pass big data as torch tensors or numpy arrays (they travel in shared memory, not in the "
                 "frame), or raise Runtime(max_frame_size=...)")

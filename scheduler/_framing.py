@@ -19,6 +19,16 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_FDS_PER_FRAME = 64
 
 
+def too_many_fds(nfds: int, what: str) -> str | None:
+    """Why a message whose ``what`` carries ``nfds`` descriptors can't be sent, if so: the
+    peer would refuse the frame and hang up, so the sender fails that message instead."""
+    if nfds <= MAX_FDS_PER_FRAME:
+        return None
+    verb = "hold" if what.endswith("s") else "holds"
+    return (f"{what} {verb} {nfds} tensors or arrays, over the {MAX_FDS_PER_FRAME} one message can carry (each "
+            "travels as a descriptor); stack them into fewer (torch.stack, np.stack) or send them in several calls")
+
+
 class FrameError(Exception):
     """The peer broke the framing rules; the connection cannot continue."""
 

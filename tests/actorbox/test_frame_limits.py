@@ -48,9 +48,35 @@ class Sized:
             return [type(exc).__name__, str(exc)]
 
 
+    def count(self, tensors):
+        return len(tensors)
+
+    def make_tensors(self, n):
+        import torch
+
+        return [torch.full((4,), i) for i in range(n)]
+
+    def send_tensors(self, n):
+        """Calls the host-resident 'sink' with n tensors; its result or the error's type and text."""
+        import torch
+
+        try:
+            return actorbox.get_actor("sink").count([torch.zeros(4) for _ in range(n)]).result(timeout=CALL_TIMEOUT)
+        except actorbox.ActorboxError as exc:
+            return [type(exc).__name__, str(exc)]
+
+
 class Sink:
     def size(self, b):
         return len(b)
+
+    def count(self, tensors):
+        return len(tensors)
+
+    def make_tensors(self, n):
+        import torch
+
+        return [torch.full((4,), i) for i in range(n)]
 
     def make(self, n):
         return b"y" * n
@@ -108,6 +134,31 @@ async def test_a_reply_to_an_actor_over_the_limit_is_refused():
         assert kind == "CallRefusedError" and "its result encode" in msg and "max_frame_size" in msg
         assert await call(h.call_sink("make", 10)) == b"y" * 10
         assert await call(h.pid()) == pid
+
+
+async def test_more_tensors_than_one_message_carries_fail_that_call_alone_every_way():
+    """Each tensor or array travels as a descriptor, and a message carries at most 64: a call
+    with 65 killed the actor that received it (the frame was refused, with every call it
+    held); past 253 the sender failed with a raw OSError. Now the call fails, with a remedy."""
+    import torch
+
+    async with actorbox.Runtime() as rt:
+        rt.register("sink", Sink())
+        h = await rt.start(Sized)
+        pid = await call(h.pid())
+        assert await call(h.count([torch.zeros(4) for _ in range(64)])) == 64
+        for n in (65, 300):
+            with pytest.raises(actorbox.CallRefusedError, match=rf"hold {n} tensors or arrays.*torch\.stack"):
+                await call(h.count([torch.zeros(4) for _ in range(n)]))
+        with pytest.raises(actorbox.SerializationError, match=r"the result holds 65 tensors"):
+            await call(h.make_tensors(65))
+        kind, msg = await call(h.send_tensors(65))
+        assert kind == "SerializationError" and "arguments hold 65 tensors" in msg
+        kind, msg = await call(h.call_sink("make_tensors", 65))
+        assert kind == "CallRefusedError" and "its result holds 65 tensors" in msg
+        assert len(await call(h.make_tensors(64))) == 64
+        assert await call(h.pid()) == pid, "the actor was killed"
+        assert rt.pending_calls() == []
 
 
 @pytest.mark.slow
