@@ -118,6 +118,10 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._actor_ids = itertools.count(1)
         self.calls: dict[int, CallEntry] = {}
+        # Calls whose dependencies have all finished, to release one after another: a
+        # failure passed down a chain of Futures releases each link in turn, not a call deeper.
+        self._to_release: deque[CallEntry] = deque()
+        self._releasing = False
         self.actors: dict[int, ActorEntry] = {}
         self.names: dict[str, int] = {}
         self.log_calls = log_calls
@@ -255,10 +259,24 @@ class Scheduler:
             a = self.actors.get(dep.actor_id)
             who = {"dep_actor": a.label if a else str(dep.actor_id), "dep_method": dep.method,
                    "dep_caller_call_id": dep.caller_local_id}
-            d.results[dep.call_id] = (reply.status, reply.payload, reply.detail, trusted,
-                                      tuple(os.dup(fd) for fd in reply.fds), who)
+            try:
+                fds = _dup_all(reply.fds)
+            except OSError as exc:  # out of descriptors: this dependent fails, the reply goes on
+                d.results[dep.call_id] = (env.Status.REFUSED, b"", {"message": (
+                    f"the host could not hand this result on ({exc.strerror}); close files it holds or "
+                    "raise its descriptor limit (ulimit -n)")}, True, (), who)
+            else:
+                d.results[dep.call_id] = (reply.status, reply.payload, reply.detail, trusted, fds, who)
             if all(g in d.results for g in d.deps):
-                self._release(d)
+                self._to_release.append(d)
+        if self._releasing:
+            return  # the release loop below, further up this stack, takes them
+        self._releasing = True
+        try:
+            while self._to_release:
+                self._release(self._to_release.popleft())
+        finally:
+            self._releasing = False
 
     def _release(self, d: CallEntry) -> None:
         """All of ``d``'s dependencies finished: fail it with the first failure, or admit it."""
@@ -278,7 +296,7 @@ class Scheduler:
         seen: set[int] = set()
         fdsets: list[tuple[int, ...]] = []
         for g, r in zip(d.deps, results, strict=True):
-            fdsets.append(tuple(os.dup(fd) for fd in r[4]) if g in seen else r[4])
+            fdsets.append(_dup_all(r[4]) if g in seen else r[4])
             seen.add(g)
         d.call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                           trusted=call.trusted,
@@ -461,3 +479,16 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def _dup_all(fds: tuple[int, ...]) -> tuple[int, ...]:
+    """Duplicates of ``fds``; none are left open if one can't be made."""
+    out: list[int] = []
+    try:
+        for fd in fds:
+            out.append(os.dup(fd))
+    except OSError:
+        for fd in out:
+            _close(fd)
+        raise
+    return tuple(out)

@@ -223,6 +223,27 @@ async def test_failed_dependency_fails_the_call_with_the_error_chained(producer,
     assert await call(consumer.count()) == before
 
 
+async def test_a_long_chain_of_futures_fails_link_by_link_without_recursing(rt, producer, consumer):
+    """A failure passed down a chain of 600 dependent calls: each link failed the next one
+    a call deeper, until the recursion limit killed the actor whose reply started it and
+    left the chain hanging. Every link now fails with DependencyFailedError."""
+    before = await call(consumer.count())
+    head = producer.fail("root", 0.2)
+    links = [consumer.echo(head)]
+    for _ in range(599):
+        links.append(consumer.echo(links[-1]))
+    with pytest.raises(actorbox.DependencyFailedError):
+        await call(links[-1])
+    with pytest.raises(KeyError):
+        await call(head)
+    for link in links[::50]:
+        with pytest.raises(actorbox.DependencyFailedError):
+            await call(link)
+    assert await call(consumer.count()) == before
+    assert await call(producer.value(5)) == 5, "the producer was killed"
+    assert rt.pending_calls() == []
+
+
 @actorbox.actor
 class Doomed:
     async def die(self, delay=0.0):
