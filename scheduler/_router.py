@@ -170,6 +170,10 @@ class Scheduler:
             while a.queue:
                 entry = a.queue.popleft()
                 self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+            # Calls to it still waiting for Futures passed to them would only fail once
+            # those finish (or never, if one never does): they fail now, as a queued one does.
+            for entry in [e for e in self.calls.values() if e.actor_id == actor_id and e.state == WAITING]:
+                self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
         if old is not None:
             self.forget_caller(old)
 

@@ -285,6 +285,20 @@ async def test_dead_dependencys_error_names_the_dead_actor_and_method(rt, consum
     assert doomed.label in str(ei.value)
 
 
+async def test_a_call_waiting_for_a_future_fails_at_once_when_its_actor_stops(rt, producer):
+    """Stopping the actor a call waits to run on failed queued calls at once, but one still
+    waiting for a Future argument only failed once that finished (or never)."""
+    with anyio.fail_after(CALL_TIMEOUT):
+        target = await rt.start(Consumer)
+    slow = producer.value(1, 3.0)
+    waiting = target.echo(slow)
+    await anyio.sleep(0.2)
+    await call(target.stop())
+    with anyio.fail_after(1.5), pytest.raises(actorbox.ActorStoppedError):
+        await waiting
+    assert await call(slow) == 1
+
+
 async def test_cancelled_dependency_fails_the_waiting_call(rt, producer, consumer):
     """Cancelling A's call while B waits on it fails B with DependencyFailedError caused by CallCancelledError."""
     before = await call(consumer.count())
