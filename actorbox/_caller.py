@@ -183,6 +183,12 @@ class Caller:
 
     def _dependency_failed(self, fut: Future[Any], reply: env.Reply) -> BaseException:
         d = reply.detail or {}
+        through = 0
+        while not reply.payload and d.get("dep_status") == "DEP_FAILED":
+            # The argument's call was itself not run, for one of its own arguments: the
+            # cause is the first failure down the chain (its detail, one "dep_" deeper).
+            d = {k.removeprefix("dep_"): v for k, v in d.items() if k.startswith("dep_")}
+            through += 1
         dep_status = str(d.get("dep_status", "ERROR"))
         cause: BaseException
         if reply.payload:
@@ -197,9 +203,10 @@ class Caller:
             call_id = d.get("dep_caller_call_id")
             cause = error_for(dep_status, dep_detail, str(d.get("dep_actor", "?")), str(d.get("dep_method", "?")),
                               call_id if type(call_id) is int else 0)
+        via = f" (through {through} call{'s' if through > 1 else ''} that waited for it)" if through else ""
         failure = _errors.DependencyFailedError(
             f"{fut.actor}.{fut.method}() [call {fut.call_id}] was not run: a Future passed to it as an "
-            f"argument failed with {type(cause).__name__}: {cause}",
+            f"argument failed{via} with {type(cause).__name__}: {cause}",
             actor=fut.actor, method=fut.method, call_id=fut.call_id)
         failure.__cause__ = cause
         return failure

@@ -299,6 +299,23 @@ async def test_a_call_waiting_for_a_future_fails_at_once_when_its_actor_stops(rt
     assert await call(slow) == 1
 
 
+async def test_a_death_passed_down_a_chain_arrives_as_the_death(rt, consumer):
+    """A dies; B waited on A and C on B: C's cause was "CallRefusedError ... dep_failed",
+    now it is A's ActorDiedError, as B's is."""
+    with anyio.fail_after(CALL_TIMEOUT):
+        doomed = await rt.start(Doomed)
+    fa = doomed.die(0.2)
+    fb = consumer.echo(fa)
+    fc = consumer.echo(fb)
+    for f in (fb, fc):
+        with pytest.raises(actorbox.DependencyFailedError) as ei:
+            await call(f)
+        cause = ei.value.__cause__
+        assert isinstance(cause, actorbox.ActorDiedError), repr(cause)
+        assert (cause.actor, cause.method) == (doomed.label, "die")
+    assert "through 1 call that waited for it" in str(ei.value)
+
+
 async def test_cancelled_dependency_fails_the_waiting_call(rt, producer, consumer):
     """Cancelling A's call while B waits on it fails B with DependencyFailedError caused by CallCancelledError."""
     before = await call(consumer.count())
