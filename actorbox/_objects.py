@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from scheduler._connection import dup_all
+
 from ._errors import ObjectNotFoundError, ObjectStoreFullError
 
 if TYPE_CHECKING:
@@ -135,15 +137,7 @@ class ObjectStore:
                 f"no object {object_id} in the store: it was released or expired (the store keeps objects "
                 f"{self.retention} s unless put with another retention); put it with a longer retention "
                 "(rt.put(obj, retention=...)) or use it sooner", object_id=object_id)
-        dups: list[int] = []
-        try:
-            for fd in s.fds:
-                dups.append(os.dup(fd))
-        except OSError:  # out of descriptors: give back those made, keep nothing
-            for fd in dups:
-                os.close(fd)
-            raise
-        return self.codec.loads_fds(s.payload, True, tuple(dups))
+        return self.codec.loads_fds(s.payload, True, dup_all(s.fds))
 
     def release(self, object_id: str, *, event: str = "object.released") -> bool:
         s = self._objects.pop(object_id, None)

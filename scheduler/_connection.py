@@ -105,7 +105,7 @@ class Connection:
                 sent = self._try_send(memoryview(data), tuple(fds))
                 if sent == len(data):
                     return
-                self._pending.append((memoryview(data)[sent:], () if sent else _dup_all(fds)))
+                self._pending.append((memoryview(data)[sent:], () if sent else dup_all(fds)))
                 self._pending_bytes = len(data) - sent
             else:
                 if self._pending_bytes + len(data) > self.max_pending:
@@ -118,7 +118,7 @@ class Connection:
                     except OSError:
                         pass
                     raise ConnectionClosed(self.hangup_reason)
-                self._pending.append((memoryview(data), _dup_all(fds)))
+                self._pending.append((memoryview(data), dup_all(fds)))
                 self._pending_bytes += len(data)
             first = len(self._pending) == 1
         if first:
@@ -352,8 +352,8 @@ class Connection:
         return self._closed
 
 
-def _dup_all(fds: tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """Duplicates of ``fds`` (close-on-exec) for a frame that waits to be sent."""
+def dup_all(fds: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Duplicates of ``fds`` (close-on-exec); none are left open if one can't be made."""
     out: list[int] = []
     try:
         for fd in fds:

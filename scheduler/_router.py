@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from . import _envelope as env
+from ._connection import dup_all
 from ._endpoint import Endpoint
 
 log = structlog.get_logger("actorbox")
@@ -264,7 +265,7 @@ class Scheduler:
             who = {"dep_actor": a.label if a else str(dep.actor_id), "dep_method": dep.method,
                    "dep_caller_call_id": dep.caller_local_id}
             try:
-                fds = _dup_all(reply.fds)
+                fds = dup_all(reply.fds)
             except OSError as exc:  # out of descriptors: this dependent fails, the reply goes on
                 d.results[dep.call_id] = (env.Status.REFUSED, b"", {"message": (
                     f"the host could not hand this result on ({exc.strerror}); close files it holds or "
@@ -300,7 +301,7 @@ class Scheduler:
         seen: set[int] = set()
         fdsets: list[tuple[int, ...]] = []
         for g, r in zip(d.deps, results, strict=True):
-            fdsets.append(_dup_all(r[4]) if g in seen else r[4])
+            fdsets.append(dup_all(r[4]) if g in seen else r[4])
             seen.add(g)
         d.call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                           trusted=call.trusted,
@@ -477,22 +478,8 @@ class Scheduler:
 
 
 def _close(fd: int) -> None:
-    import os
 
     try:
         os.close(fd)
     except OSError:
         pass
-
-
-def _dup_all(fds: tuple[int, ...]) -> tuple[int, ...]:
-    """Duplicates of ``fds``; none are left open if one can't be made."""
-    out: list[int] = []
-    try:
-        for fd in fds:
-            out.append(os.dup(fd))
-    except OSError:
-        for fd in out:
-            _close(fd)
-        raise
-    return tuple(out)
