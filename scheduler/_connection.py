@@ -218,8 +218,15 @@ class Connection:
                     os.close(fd)
                 return False
             self.bytes_in += nread
-            for body, ffds in self._decoder.feed(memoryview(buf)[:nread], fds):
-                self._on_frame(body, ffds)
+            frames = self._decoder.feed(memoryview(buf)[:nread], fds)  # (on a FrameError it closed them all)
+            for i, (body, ffds) in enumerate(frames):
+                try:
+                    self._on_frame(body, ffds)  # owns ffds from here, even when it raises
+                except BaseException:
+                    # The connection ends here: the frames behind this one are never handled.
+                    for _, later in frames[i + 1:]:
+                        _close_all(later)
+                    raise
             if nread < _RECV_SIZE:
                 return True
 

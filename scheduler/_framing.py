@@ -52,7 +52,13 @@ class FrameDecoder:
         self.max_frame = max_frame
 
     def feed(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> list[tuple[bytes, list[int]]]:
-        """Add received bytes and fds; return the frames now complete, in order."""
+        """Add received bytes and fds; return the frames now complete, in order.
+
+        Every descriptor fed ends up in exactly one place: in a returned frame (its
+        owner's now), held for the one incomplete frame that claims it, or closed. On a
+        FrameError nothing is returned: the frames complete before the bad one are
+        dropped with it (the connection ends) and every descriptor is closed, theirs too.
+        """
         if not self._buf and not self._fds and len(data) >= 8:
             # The common read: exactly one whole frame, nothing left over (no buffering).
             body_len, nfds = HEADER.unpack_from(data, 0)
@@ -60,9 +66,20 @@ class FrameDecoder:
                 return [(bytes(data[8:]), list(fds))]
         if fds:
             self._fds.extend(fds)
+        frames: list[tuple[bytes, list[int]]] = []
+        try:
+            self._parse(data, frames)
+        except FrameError:
+            for _body, frame_fds in frames:
+                _close_all(frame_fds)
+            self._buf.clear()
+            self.close()
+            raise
+        return frames
+
+    def _parse(self, data: bytes | memoryview, frames: list[tuple[bytes, list[int]]]) -> None:
         buf = self._buf
         buf += data
-        frames: list[tuple[bytes, list[int]]] = []
         pos = 0
         n = len(buf)
         hsize = HEADER.size
@@ -84,15 +101,32 @@ class FrameDecoder:
             pos = end
         if pos:
             del buf[:pos]
-        # Descriptors arrive with their frame's first byte, so what is left over can
-        # only belong to one incomplete frame: more means fds sent outside any frame.
-        if len(self._fds) > MAX_FDS_PER_FRAME:
-            raise FrameError(f"{len(self._fds)} file descriptors arrived that no frame claims")
-        return frames
+        # The kernel hands over descriptors with the read holding the first byte of the
+        # frame they were sent with, so what is left can only belong to the one incomplete
+        # frame at the buffer's start: exactly as many as its header claims once the header
+        # is in, none when nothing is buffered. Any other descriptor was sent outside a frame
+        # (an actor could fill our descriptor table that way): never held, the peer is cut off.
+        left = len(self._fds)
+        if not left:
+            return
+        claimed = HEADER.unpack_from(buf, 0)[1] if len(buf) >= hsize else (0 if not buf else MAX_FDS_PER_FRAME)
+        if left > claimed:
+            raise FrameError(f"{left - claimed} file descriptors arrived that no frame claims")
+        if len(buf) >= hsize and left < claimed:
+            raise FrameError(f"frame claims {claimed} file descriptors but {left} arrived")
 
     def close(self) -> None:
+        """Close the descriptors held for an incomplete frame (idempotent)."""
         while self._fds:
             try:
                 os.close(self._fds.popleft())
             except OSError:
                 pass
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -349,3 +349,73 @@ async def test_close_releases_fds_of_partial_frame() -> None:
         os.close(w)
         if r >= 0:
             os.close(r)
+
+
+def _read_end_is_open(w: int) -> bool:
+    """Whether a read end of the pipe whose write end is ``w`` is still open anywhere."""
+    try:
+        os.write(w, b"x")
+    except BrokenPipeError:
+        return False
+    return True
+
+
+async def test_fds_of_good_frames_sharing_a_read_with_a_bad_one_are_closed() -> None:
+    """A good frame with an fd and an oversize header in one read: run() raises and the good frame's fd is
+    closed at once, not dropped open (an actor left 1.5 GiB of memfds in the host that way)."""
+    r, w = os.pipe()
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    inbox = Inbox()
+    conn = Connection(b_sock, inbox, max_frame=1024)
+    try:
+        socket.send_fds(a_sock, [encode_header(4, 1) + b"good" + encode_header(1025, 0)], [r])
+        os.close(r)
+        err = await _run_expecting(conn, FrameError)
+        assert "exceeds the limit" in str(err)
+        assert inbox.frames == []
+        assert not _read_end_is_open(w), "the good frame's descriptor was left open"
+    finally:
+        conn.close()
+        a_sock.close()
+        os.close(w)
+
+
+async def test_fds_of_frames_behind_one_the_handler_refuses_are_closed() -> None:
+    """When on_frame raises, the frames read with it but not yet handled have their fds closed."""
+    r, w = os.pipe()
+
+    def on_frame(body: bytes, fds: list[int]) -> None:
+        raise ValueError(body)
+
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(b_sock, on_frame)
+    try:
+        socket.send_fds(a_sock, [encode_header(3, 0) + b"bad" + encode_header(4, 1) + b"next"], [r])
+        os.close(r)
+        await _run_expecting(conn, ValueError)
+        assert not _read_end_is_open(w), "the unhandled frame's descriptor was left open"
+    finally:
+        conn.close()
+        a_sock.close()
+        os.close(w)
+
+
+async def test_fds_no_frame_claims_are_closed_before_the_connection_is() -> None:
+    """fds sent with a frame claiming none end run() with FrameError and are already closed (60 of them
+    used to stay open until the actor died, under the 64 that made the host hang up)."""
+    pipes = [os.pipe() for _ in range(60)]
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    inbox = Inbox()
+    conn = Connection(b_sock, inbox)
+    try:
+        socket.send_fds(a_sock, [encode_header(3, 0) + b"log"], [r for r, _ in pipes])
+        for r, _ in pipes:
+            os.close(r)
+        err = await _run_expecting(conn, FrameError)
+        assert "60 file descriptors arrived that no frame claims" in str(err)
+        assert not any(_read_end_is_open(w) for _, w in pipes)
+    finally:
+        conn.close()
+        a_sock.close()
+        for _, w in pipes:
+            os.close(w)

@@ -151,10 +151,10 @@ def test_max_fds_accepted() -> None:
     assert FrameDecoder().feed(frame(b"k", MAX_FDS_PER_FRAME), fds) == [(b"k", fds)]
 
 
-def test_fewer_fds_than_claimed_raises() -> None:
+def test_fewer_fds_than_claimed_raises(pipe_fds: list[int]) -> None:
     """A complete frame whose claimed descriptors did not all arrive raises FrameError."""
     with pytest.raises(FrameError, match="2 file descriptors but 1 arrived"):
-        FrameDecoder().feed(frame(b"body", 2), [5])
+        FrameDecoder().feed(frame(b"body", 2), [pipe_fds[0]])
 
 
 def test_close_closes_undelivered_fds(pipe_fds: list[int]) -> None:
@@ -186,7 +186,64 @@ def test_close_is_idempotent(pipe_fds: list[int]) -> None:
     """close() twice is harmless: the second call finds nothing left to close."""
     r1 = pipe_fds[0]
     dec = FrameDecoder()
-    dec.feed(b"", [r1])
+    dec.feed(frame(b"x", 1)[:3], [r1])
     dec.close()
     dec.close()
     assert not is_open(r1)
+
+
+def test_good_frames_fds_are_closed_when_a_later_frame_in_the_read_is_bad(pipe_fds: list[int]) -> None:
+    """Frames complete before a bad header in the same read are dropped with their fds closed, not leaked."""
+    r1, _, r2, _, r3, _ = pipe_fds
+    dec = FrameDecoder(max_frame=64)
+    data = frame(b"one", 1) + frame(b"two", 2) + encode_header(65, 0)
+    with pytest.raises(FrameError, match="exceeds the limit"):
+        dec.feed(data, [r1, r2, r3])
+    assert not any(is_open(fd) for fd in (r1, r2, r3))
+
+
+def test_fds_are_closed_when_a_frame_claims_more_than_arrived(pipe_fds: list[int]) -> None:
+    """A shortfall on a later frame closes the fds of the complete frames before it and the ones left over."""
+    r1, _, r2, _, _, _ = pipe_fds
+    dec = FrameDecoder()
+    with pytest.raises(FrameError, match="3 file descriptors but 1 arrived"):
+        dec.feed(frame(b"one", 1) + frame(b"two", 3), [r1, r2])
+    assert not is_open(r1) and not is_open(r2)
+
+
+def test_fds_no_frame_claims_are_closed_at_once(pipe_fds: list[int]) -> None:
+    """fds arriving with whole frames that claim none are closed at once (FrameError), not held for later."""
+    r1, w1, r2, _, _, _ = pipe_fds
+    dec = FrameDecoder()
+    with pytest.raises(FrameError, match="2 file descriptors arrived that no frame claims"):
+        dec.feed(frame(b"log"), [r1, r2])
+    assert not is_open(r1) and not is_open(r2)
+    assert is_open(w1)
+
+
+def test_fds_beyond_what_an_incomplete_frame_claims_are_closed_at_once(pipe_fds: list[int]) -> None:
+    """An incomplete frame whose header is in keeps exactly the fds it claims; more is refused and all closed."""
+    r1, _, r2, _, r3, _ = pipe_fds
+    dec = FrameDecoder()
+    with pytest.raises(FrameError, match="2 file descriptors arrived that no frame claims"):
+        dec.feed(frame(b"payload", 1)[:10], [r1, r2, r3])
+    assert not any(is_open(fd) for fd in (r1, r2, r3))
+
+
+def test_fds_of_an_incomplete_frame_whose_header_is_in_must_all_be_there(pipe_fds: list[int]) -> None:
+    """Once a frame's header is in, its fds have arrived (they come with its first byte): fewer is refused at once."""
+    r1 = pipe_fds[0]
+    dec = FrameDecoder()
+    with pytest.raises(FrameError, match="2 file descriptors but 1 arrived"):
+        dec.feed(frame(b"payload", 2)[:10], [r1])
+    assert not is_open(r1)
+
+
+def test_fds_held_for_a_partial_header_stay_bounded(pipe_fds: list[int]) -> None:
+    """Before a frame's header is complete its fds are held (up to one frame's worth) and delivered with it."""
+    r1, _, r2, _, _, _ = pipe_fds
+    dec = FrameDecoder()
+    data = frame(b"payload", 2)
+    assert dec.feed(data[:3], [r1, r2]) == []
+    assert is_open(r1) and is_open(r2)
+    assert dec.feed(data[3:]) == [(b"payload", [r1, r2])]
