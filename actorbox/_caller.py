@@ -15,7 +15,7 @@ from typing import Any
 from scheduler import envelope as env
 
 from . import _errors
-from ._codec import Codec
+from ._codec import Codec, attribute_error
 from ._future import Future, _Raise, error_for
 
 # The call this code is running on behalf of (its id as known to the scheduler),
@@ -174,9 +174,7 @@ class Caller:
             if not isinstance(error, BaseException):
                 error = _errors.ProtocolError(
                     f"{fut.actor}.{fut.method}() replied with an error that is not an exception", actor=fut.actor)
-            if isinstance(error, _errors.RemoteError):
-                error.actor, error.method = fut.actor, fut.method  # type: ignore[attr-defined]
-            return _Raise(error)
+            return _Raise(attribute_error(error, fut.actor, fut.method, fut.call_id))
         if status == env.Status.DEP_FAILED:
             return _Raise(self._dependency_failed(fut, reply))
         return _Raise(error_for(status.name, reply.detail, fut.actor, fut.method, fut.call_id))

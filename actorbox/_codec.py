@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from sandbox import escape_controls
+
 from . import _errors
 from ._errors import SerializationError
 from ._shm import SegmentTable
@@ -374,7 +376,9 @@ class Codec:
         if not (type(module) is str and type(qualname) is str and type(args) is list
                 and type(message) is str and type(tb) is str and type(context) is dict):
             raise SerializationError("malformed exception")
-        exc = rebuild_exception(module, qualname, args, message, context)
+        exc = rebuild_exception(module, qualname, args, message, context, trusted=trusted)
+        if not trusted:  # display text an actor chose: no terminal escape sequences in it
+            tb = escape_controls(tb, newlines=True)
         exc.remote_traceback = tb  # type: ignore[attr-defined]
         if tb:
             exc.add_note("Remote traceback:\n" + tb.rstrip())
@@ -396,41 +400,116 @@ def _is_plain(v: Any) -> bool:
 
 
 def rebuild_exception(module: str, qualname: str, args: list[Any], message: str,
-                      context: dict[str, Any]) -> BaseException:
+                      context: dict[str, Any], *, trusted: bool = False) -> BaseException:
     """Rebuild a remote exception as its own type where that is safe, else RemoteError.
 
     Safe means: a builtin ``Exception`` subclass, an actorbox error, or an
     ``Exception`` subclass whose module the receiver has *already* imported --
     nothing is imported and no ``__init__`` of a non-builtin class runs on the
-    strength of what a peer sent.
+    strength of what a peer sent. And the type must not let the sender pass for
+    someone else: control-flow exceptions (``StopIteration``, cancellation, anyio's
+    and trio's stream signals) would steer the receiver's own code, so they always
+    arrive as RemoteError; actorbox's errors keep their type only when the host sent
+    them (``trusted``), since from an actor they would pass for the host's own
+    (``ActorDiedError`` naming another actor); ``attribute_error`` restores the few
+    an actor may say about the call it answers.
     """
-    if module == "builtins":
-        cls = _SAFE_BUILTIN_EXCEPTIONS.get(qualname)
-        if cls is not None:
+    cls = _exception_type(module, qualname)
+    foreign = cls is None or _is_control_flow(cls) or (not trusted and issubclass(cls, _errors.ActorboxError))
+    if cls is not None and not foreign:
+        if module == "builtins":
             try:
                 return cls(*args)
             except Exception:
                 pass
-    elif module == "actorbox._errors":
-        ab = _ACTORBOX_ERRORS.get(qualname)
-        if ab is not None:
-            fields = set(ab.fields)
+        elif module == "actorbox._errors":
+            fields = set(cls.fields)
             ctx = {k: v for k, v in context.items() if k in fields}
             try:
-                return ab(message if not args else str(args[0]), **ctx)
+                return cls(message if not args else str(args[0]), **ctx)
             except Exception:
                 pass
-    else:
-        cls2 = _lookup_imported(module, qualname)
-        if cls2 is not None:
+        else:
             try:
-                exc = cls2.__new__(cls2)
+                exc = cls.__new__(cls)
                 exc.args = tuple(args)
                 str(exc)  # a type whose __str__ needs __init__'s attributes can't be rebuilt this way
                 return exc
             except Exception:
                 pass
-    return _errors.RemoteError(message, type_name=f"{module}.{qualname}" if module != "builtins" else qualname)
+    type_name = f"{module}.{qualname}" if module != "builtins" else qualname
+    if module == "actorbox._errors":
+        type_name = f"actorbox.{qualname}"
+    claimed_method = None
+    if cls is _errors.RemoteError and type(context.get("type_name")) is str:
+        # Passed on from further away: still foreign, still named by its original type.
+        type_name = context["type_name"]
+    elif cls is not None and issubclass(cls, _errors.ActorboxError) and type(context.get("method")) is str:
+        claimed_method = context["method"]  # what attribute_error checks; replaced there by the truth
+    if not trusted:
+        type_name, message = escape_controls(type_name), escape_controls(message, newlines=True)
+    return _errors.RemoteError(message, type_name=type_name, method=claimed_method)
+
+
+# What an actor may say about the call it was asked to run, and so keeps its type from
+# an actor (restated with the call's true identity): that it has no such method, that
+# the method is private, that a value could not be sent.
+_VERDICTS: dict[str, type[_errors.ActorboxError]] = {
+    "actorbox.MethodNotFoundError": _errors.MethodNotFoundError,
+    "actorbox.PrivateMethodError": _errors.PrivateMethodError,
+    "actorbox.SerializationError": _errors.SerializationError,
+}
+
+
+def attribute_error(error: BaseException, actor: str, method: str, call_id: int) -> BaseException:
+    """The error that answered ``actor``'s call ``method``, attributed to that actor.
+
+    A RemoteError gets the answering actor's label and the call's method (whatever
+    the actor claimed). The actor's verdict on this very call (no such method, a
+    private name, an unsendable value: ``_VERDICTS``) becomes that actorbox error
+    again, with the call's identity, never the one the actor wrote.
+    """
+    if not isinstance(error, _errors.RemoteError):
+        return error
+    claimed = error.method  # type: ignore[attr-defined]
+    error.actor, error.method = actor, method  # type: ignore[attr-defined]
+    cls = _VERDICTS.get(error.type_name)  # type: ignore[attr-defined]
+    if cls is None or (cls is not _errors.SerializationError and claimed != method):
+        return error
+    verdict: _errors.ActorboxError
+    if cls is _errors.SerializationError:
+        verdict = cls(error.message)
+    else:
+        verdict = cls(error.message, actor=actor, method=method, call_id=call_id)
+    verdict.remote_traceback = getattr(error, "remote_traceback", "")  # type: ignore[attr-defined]
+    for note in getattr(error, "__notes__", ()):
+        verdict.add_note(note)
+    return verdict
+
+
+def _exception_type(module: str, qualname: str) -> type[Exception] | None:
+    """The Exception subclass a peer names, found without importing anything; None if there is none."""
+    if module == "builtins":
+        return _SAFE_BUILTIN_EXCEPTIONS.get(qualname)
+    if module == "actorbox._errors":
+        return _ACTORBOX_ERRORS.get(qualname)
+    return _lookup_imported(module, qualname)
+
+
+# Exceptions by which concurrency libraries steer their callers (end of stream, closed or
+# broken resource, would block, cancelled, too slow): raised by a peer they would end a
+# loop or a task of the receiver's. Any class defined by these modules, or derived from one.
+_CONTROL_FLOW_MODULES = ("anyio", "trio", "asyncio", "concurrent.futures", "sniffio", "outcome")
+
+
+def _is_control_flow(cls: type[BaseException]) -> bool:
+    if issubclass(cls, (StopIteration, StopAsyncIteration)) or not issubclass(cls, Exception):
+        return True  # BaseException types (SystemExit, KeyboardInterrupt, GeneratorExit, ...) too
+    for base in cls.__mro__:
+        mod = getattr(base, "__module__", "") or ""
+        if any(mod == m or mod.startswith(m + ".") for m in _CONTROL_FLOW_MODULES):
+            return True
+    return False
 
 
 def _lookup_imported(module: str, qualname: str) -> type[Exception] | None:

@@ -140,16 +140,21 @@ class NameTakenError(ActorboxError, ValueError):
 
 
 class RemoteError(ActorboxError):
-    """An exception whose type cannot be rebuilt here (not allow-listed or not importable).
+    """An exception raised in an actor whose type is not rebuilt here.
 
-    ``type_name`` is the remote type's qualified name, ``remote_traceback`` the remote
-    traceback text.
+    That is: a type that is not allow-listed or not importable, a control-flow
+    exception (StopIteration, cancellation, anyio's stream signals) and any actorbox
+    error an actor sends, so that none passes for one the host raised. ``type_name``
+    is the remote type's qualified name (``actorbox.ActorDiedError``),
+    ``remote_traceback`` the remote traceback text, ``actor`` and ``method`` the call
+    it answered (the host's record, never what the actor wrote).
     """
 
     fields = ("type_name", "remote_traceback", "actor", "method")
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}"  # type: ignore[attr-defined]
+        who = f" from actor {self.actor!r}" if self.actor else ""  # type: ignore[attr-defined]
+        return f"{self.type_name}{who}: {self.message}"  # type: ignore[attr-defined]
 
 
 class SerializationError(ActorboxError, TypeError):
