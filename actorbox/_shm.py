@@ -9,8 +9,10 @@ to leak.
 
 Trust: a segment an actor sends is only mapped after checking that the fd is a
 memfd sealed against shrinking (so the sender can't truncate it under us and
-fault the receiver with SIGBUS) and that the tensor's shape, strides and offset
-stay inside it.
+fault the receiver with SIGBUS), that its size is what the tensor's description
+says (the sender's own export makes it so), that it is not sparse (every page
+the receiver may touch was allocated, and paid for, by the sender), and that the
+tensor's shape, strides and offset stay inside it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class SegmentTable:
         # tensor goes: the next allocation of the same size maps them again, with no
         # page faults to pay (up to ``pool_limit`` bytes are kept).
         self._exported: set[int] = set()  # fds of segments whose descriptor left this process
+        # Segments allocated here whose pages may not all exist yet (a shared_empty tensor
+        # written in part): filled before their descriptor first leaves, since a receiver
+        # refuses a sparse segment. fd -> nbytes.
+        self._unfilled: dict[int, int] = {}
         self._pool: dict[int, list[int]] = {}  # nbytes -> fds
         self.pool_bytes = 0
         self._drained = False  # the pool was freed for good (drain_pool)
@@ -99,15 +105,20 @@ class SegmentTable:
                 self._pool.setdefault(nbytes, []).append(fd)
                 self.pool_bytes += nbytes
                 return
+            self._unfilled.pop(fd, None)
         try:
             os.close(fd)
         except OSError:
             pass
 
     def exported(self, fd: int) -> None:
-        """The segment's descriptor is being sent: others may map it, so it is never pooled."""
+        """The segment's descriptor is being sent: others may map it, so it is never pooled.
+        One allocated here is filled first if sparse: receivers refuse holes (see ``attach``)."""
         with self._lock:
             self._exported.add(fd)
+            nbytes = self._unfilled.pop(fd, 0)
+        if nbytes and os.fstat(fd).st_blocks * 512 < nbytes:
+            os.posix_fallocate(fd, 0, nbytes)  # zero pages where none were written: the contents stay
 
     def copy_fresh(self, address: int, nbytes: int) -> int:
         """A new sealed segment holding a copy of ``nbytes`` at ``address``; returns its fd
@@ -131,6 +142,8 @@ class SegmentTable:
             pool, self._pool = self._pool, {}
             fds = [fd for group in list(pool.values()) for fd in group]
             self.pool_bytes = 0
+            for fd in fds:
+                self._unfilled.pop(fd, None)
         for fd in fds:
             os.close(fd)
 
@@ -153,6 +166,7 @@ class SegmentTable:
             if fd >= 0:
                 self.pool_bytes -= nbytes
         flags = mmap.MAP_SHARED
+        fresh = False
         if fd < 0:
             fd = os.memfd_create("actorbox", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             try:
@@ -162,6 +176,7 @@ class SegmentTable:
                 os.close(fd)
                 raise
             self.created += 1
+            fresh = True
         else:
             flags |= mmap.MAP_POPULATE  # its pages exist: map them all now, no faults later
         try:
@@ -171,6 +186,9 @@ class SegmentTable:
             raise
         base = _address(mm)
         st = os.fstat(fd)
+        if fresh:
+            with self._lock:
+                self._unfilled[fd] = nbytes
         self._register(fd, mm, nbytes, base, (st.st_dev, st.st_ino), poolable=True)
         return mm, base
 
@@ -204,6 +222,23 @@ class SegmentTable:
             raise SerializationError(
                 f"a shared memory file of {size} bytes is larger than this machine's memory "
                 f"({self.max_segment} bytes); refused")
+        if size > spare_size(nbytes):
+            # The sender's own export never makes a segment bigger than this (an exact copy,
+            # or a spare rounded up by at most an eighth): the rest would be pages nobody reads.
+            os.close(fd)
+            raise SerializationError(
+                f"a shared tensor of {nbytes} bytes came in a {size}-byte memory file (at most "
+                f"{spare_size(nbytes)} expected for it); refused: send the tensor itself, not a view into a "
+                "larger memory file")
+        if st.st_blocks * 512 < size:
+            # Sparse: a hole costs the sender nothing, and the host would allocate its pages
+            # when reading them. Checked on the count of pages the file holds (fstat, O(1));
+            # SEEK_HOLE would find the same at O(pages) (~4 ms per GiB).
+            os.close(fd)
+            raise SerializationError(
+                f"a shared memory file of {size} bytes holds only {st.st_blocks * 512} bytes of pages (it is "
+                "sparse: its holes were never paid for by the sender); refused: a tensor sent by actorbox is "
+                "always written in full; fill a hand-made one first (os.posix_fallocate)")
         try:
             mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError) as exc:

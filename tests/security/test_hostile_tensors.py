@@ -216,3 +216,51 @@ def test_segment_larger_than_memory_is_refused() -> None:
         table.attach(fd, 4096)
     with pytest.raises(OSError):
         os.fstat(fd)  # the refused descriptor was closed
+
+
+def test_a_sparse_segment_is_refused_and_its_descriptor_closed() -> None:
+    """A sealed memfd with holes (pages the sender never allocated) is refused before it is mapped, naming why."""
+    import fcntl
+
+    from actorbox._shm import SegmentTable
+
+    fd = os.memfd_create("sparse", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 1 << 20)
+    os.pwrite(fd, b"x" * 4096, 0)  # one page of 256
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    with pytest.raises(actorbox.SerializationError, match="sparse"):
+        SegmentTable().attach(fd, 1 << 20)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_segment_bigger_than_its_tensor_is_refused() -> None:
+    """A dense segment far larger than the bytes its tensor claims is refused (the sender's export never makes one)."""
+    import fcntl
+
+    from actorbox._shm import SegmentTable, spare_size
+
+    fd = os.memfd_create("big", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 1 << 20)
+    os.posix_fallocate(fd, 0, 1 << 20)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    assert spare_size(4096) < 1 << 20
+    with pytest.raises(actorbox.SerializationError, match="1048576-byte memory file"):
+        SegmentTable().attach(fd, 4096)
+
+
+def test_a_shared_empty_tensor_written_in_part_is_filled_before_it_is_sent() -> None:
+    """A tensor allocated in shared memory and written in part (sparse) is filled when exported, so a
+    receiver that refuses sparse segments maps it, with the written values and zeros elsewhere."""
+    from actorbox._shm import SegmentTable
+    from actorbox._tensors import FdSink, FdSource, export_tensor, import_tensor, shared_empty
+
+    sender, receiver = SegmentTable(), SegmentTable()
+    t = shared_empty(sender, (1 << 18,), torch.float32)  # 1 MiB, no page touched yet
+    t[:1024] = 3.0
+    sink = FdSink(sender)
+    fields = export_tensor(t, sender, sink)
+    assert os.fstat(sink.fds[0]).st_blocks * 512 >= 1 << 20
+    got = import_tensor(fields, receiver, FdSource(sink.fds))
+    assert float(got[:1024].sum()) == 3072.0 and float(got[1024:].abs().sum()) == 0.0
+    del got, t

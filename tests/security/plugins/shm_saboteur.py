@@ -23,12 +23,15 @@ F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h; not exported by Python's fcntl
 SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 
-def memfd(nbytes, seals=SEALED, *, allow_sealing=True, content=b""):
-    """A memfd of ``nbytes`` with ``content`` at its start and ``seals`` added."""
+def memfd(nbytes, seals=SEALED, *, allow_sealing=True, content=b"", sparse=False):
+    """A memfd of ``nbytes`` with ``content`` at its start and ``seals`` added; every page
+    allocated (zeros after ``content``) unless ``sparse``."""
     fd = os.memfd_create("shm-saboteur", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if allow_sealing else 0))
     os.ftruncate(fd, nbytes)
     if content:
         os.pwrite(fd, content, 0)
+    if nbytes and not sparse:
+        os.posix_fallocate(fd, 0, nbytes)
     if seals:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     return fd
@@ -73,8 +76,28 @@ def _read_only_reopen():
         os.close(fd)
 
 
+def _hole_hidden_by_pages_past_the_end(nbytes):
+    """A memfd of ``nbytes`` with no page inside it but as many allocated past its end
+    (fallocate with FALLOC_FL_KEEP_SIZE): its page count matches its size."""
+    import ctypes
+
+    fd = memfd(nbytes, 0, sparse=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fallocate(fd, 1, ctypes.c_long(nbytes), ctypes.c_long(nbytes)) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALED)
+    return fd
+
+
 # attack name -> () -> (extension code, wire fields, descriptors to attach)
 ATTACKS = {
+    # segments whose pages the sender never paid for, or bigger than what they carry
+    "sparse segment, 2 GiB": lambda: (EXT_TENSOR, tensor("uint8", shape=(2**31,), nbytes=2**31),
+                                      [memfd(2**31, sparse=True)]),
+    "sparse segment, a small view": lambda: (EXT_TENSOR, tensor(), [memfd(1 << 20, content=b"x" * 64, sparse=True)]),
+    "array on a sparse segment": lambda: (EXT_NDARRAY, tensor("|u1", shape=(1 << 20,), nbytes=1 << 20),
+                                          [memfd(1 << 20, sparse=True)]),
+    "segment far bigger than its tensor": lambda: (EXT_TENSOR, tensor(), [memfd(1 << 20)]),
     # descriptors that are not a memfd sealed against shrinking
     "unsealed memfd": lambda: (EXT_TENSOR, tensor(), [memfd(64, 0, allow_sealing=False)]),
     "sealable memfd, no seals": lambda: (EXT_TENSOR, tensor(), [memfd(64, 0)]),
@@ -153,6 +176,10 @@ ODD_BUT_HARMLESS = {
     "memfd sealed against future writes": lambda: (EXT_TENSOR, tensor(), [memfd(64, SEALED | F_SEAL_FUTURE_WRITE)]),
     "memfd reopened read-only": lambda: (EXT_TENSOR, tensor(), [_read_only_reopen()]),
     "64 fds, one used": lambda: (EXT_TENSOR, tensor(), [memfd(64) for _ in range(64)]),
+    # its page count matches its size, so it passes; the host's reads allocate what the actor
+    # also allocated, no more (a 2x bound, documented in docs/security.md)
+    "hole hidden by pages past the end": lambda: (
+        EXT_TENSOR, tensor("uint8", shape=(1 << 16,), nbytes=1 << 16), [_hole_hidden_by_pages_past_the_end(1 << 16)]),
     "empty tensor with a huge shape and offset": lambda: (
         EXT_TENSOR, tensor(shape=(0, 2**62), strides=(1, 1), offset=2**62, index=-1, nbytes=0), []),
     "empty quantized tensor with a huge offset": lambda: (
