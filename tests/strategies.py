@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgpack
@@ -173,3 +174,114 @@ def same(a: Any, b: Any) -> bool:
         keys_b = {k: k for k in b}
         return all(same(k, keys_b[k]) and same(v, b[k]) for k, v in a.items())
     return a == b  # type: ignore[no-any-return]
+
+
+# -- hostile input: frames and payloads as an attacker writes them ---------------------
+#
+# The fuzz suite (tests/security/test_fuzz_frames.py, benchmarks/chaos_soak.py) feeds
+# these to the host's and the actor's decoders. A frame is drawn as (wire bytes, number
+# of descriptors sent with it); the header may lie about either.
+
+_HEADER = struct.Struct("<II")
+
+
+def frame(body: bytes, nfds: int = 0) -> bytes:
+    """A frame as it goes on the wire: the header (body length, fd count) then the body."""
+    return _HEADER.pack(len(body), nfds) + body
+
+
+@st.composite
+def envelope_bodies(draw: st.DrawFn) -> tuple[bytes, int]:
+    """An envelope body and the descriptors it claims: valid, damaged, or any bytes."""
+    how = draw(st.sampled_from(["valid", "mutated", "mutated", "bytes", "msgpack"]))
+    if how == "valid":
+        msg = draw(messages)
+        return env.encode(msg), len(getattr(msg, "fds", ()))
+    if how == "mutated":
+        return draw(mutated_envelopes()), draw(st.integers(0, 3))
+    if how == "bytes":
+        return draw(st.binary(max_size=96)), draw(st.integers(0, 2))
+    return msgpack.packb(draw(any_values), use_bin_type=True), 0
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> tuple[bytes, int]:
+    """One frame as a hostile peer writes it: (bytes, descriptors attached). The header's
+    length or fd count may lie, and the number of descriptors really sent may differ."""
+    body, claimed = draw(envelope_bodies())
+    how = draw(st.sampled_from(["honest", "honest", "honest", "fd-lie", "length-lie", "huge-header"]))
+    if how == "honest":
+        return frame(body, claimed), claimed
+    if how == "fd-lie":
+        return frame(body, draw(st.integers(0, 80))), draw(st.integers(0, 4))
+    if how == "length-lie":
+        return _HEADER.pack(draw(st.integers(0, len(body) + 16)), claimed) + body, claimed
+    return _HEADER.pack(draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1))) + body, claimed
+
+
+@st.composite
+def frame_streams(draw: st.DrawFn) -> list[tuple[bytes, int]]:
+    """Several hostile frames cut into reads at arbitrary points: [(bytes read, fds with them)].
+
+    Each frame's descriptors ride on the read that holds its first byte (what the kernel
+    does), or, now and then, on some other read (a peer calling sendmsg at odd places).
+    """
+    frames = draw(st.lists(hostile_frames(), min_size=1, max_size=6))
+    stream = b"".join(f for f, _ in frames)
+    cuts = sorted(draw(st.sets(st.integers(1, max(len(stream) - 1, 1)), max_size=6)) | {0, len(stream)})
+    reads = [[stream[a:b], 0] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] or [[b"", 0]]
+    starts, pos = [], 0
+    for f, _ in frames:
+        starts.append(pos)
+        pos += len(f)
+    for (_, nfds), start in zip(frames, starts, strict=True):
+        i = next(k for k in range(len(cuts) - 1) if cuts[k] <= start < cuts[k + 1]) if start < len(stream) else -1
+        if draw(st.integers(0, 9)) == 0:
+            i = draw(st.integers(0, len(reads) - 1))
+        reads[i][1] += nfds
+    return [(bytes(b), n) for b, n in reads]
+
+
+# Payload values as an actor may encode them: msgpack data with extension values of any
+# code, holding more payload or raw bytes; tensors and arrays with plausible fields that
+# point at descriptors by index (the decoder must check every field).
+_ext_codes = st.sampled_from(range(1, 15)) | st.integers(0, 127)
+_tensor_fields = st.tuples(
+    st.sampled_from(["float32", "uint8", "int64", "bool", "<f4", "|u1", "complex64", "object", "qint8", "x" * 9]),
+    st.lists(st.integers(-1, 5), max_size=3) | any_values,
+    st.lists(st.integers(-2, 8), max_size=3) | any_values,
+    st.integers(-2, 64) | any_values,
+    st.integers(-1, 3) | any_values,
+    st.integers(-1, 8192) | any_values,
+    st.booleans() | any_values,
+    st.sampled_from(["cpu", "cuda", "meta", ""]),
+).map(list)
+
+
+def _ext_of(children: st.SearchStrategy[Any]) -> st.SearchStrategy[msgpack.ExtType]:
+    return (st.builds(msgpack.ExtType, _ext_codes, children.map(lambda v: msgpack.packb(v, use_bin_type=True)))
+            | st.builds(msgpack.ExtType, _ext_codes, st.binary(max_size=24))
+            | st.builds(msgpack.ExtType, st.sampled_from([10, 11]),
+                        _tensor_fields.map(lambda v: msgpack.packb(v, use_bin_type=True))))
+
+
+hostile_values: st.SearchStrategy[Any] = st.recursive(
+    _plain_leaves,
+    lambda children: (st.lists(children, max_size=4) | st.dictionaries(_any_keys, children, max_size=3)
+                      | _ext_of(children)),
+    max_leaves=10,
+)
+
+
+@st.composite
+def hostile_payloads(draw: st.DrawFn) -> bytes:
+    """A call payload (``[args, kwargs]``) or reply value as an attacker encodes it."""
+    how = draw(st.sampled_from(["call", "call", "value", "bytes"]))
+    if how == "call":
+        obj = [draw(st.lists(hostile_values, max_size=3)),
+               draw(st.dictionaries(st.text(max_size=5) | msgpack_ints, hostile_values, max_size=2))]
+    elif how == "value":
+        obj = draw(hostile_values)
+    else:
+        return draw(st.binary(max_size=64))
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
