@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from sandbox import escape_controls
+
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
@@ -89,38 +91,44 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
 
 
 def _dash(v: Any) -> str:
-    return "-" if v is None else str(v)
+    return "-" if v is None else _text(v)
+
+
+def _text(v: Any) -> str:
+    # Labels, class and method names come from actors' extensions (and the snapshot from
+    # another process): escaped, so no cell can carry a terminal escape sequence.
+    return escape_controls(str(v))
 
 
 def format_snapshot(snap: dict[str, Any]) -> str:
     """A Runtime's snapshot as text: a header line, the actors table and the calls table."""
     rt = snap.get("runtime", {})
     store = snap.get("object_store") or {}
-    head = f"Runtime pid {rt.get('pid')}: {rt.get('program', '?')}"
+    head = f"Runtime pid {_text(rt.get('pid'))}: {_text(rt.get('program', '?'))}"
     mib = (store.get("bytes") or 0) / (1 << 20)
-    head += f"\n  object store: {store.get('objects', 0)} object(s), {mib:.1f} MiB"
+    head += f"\n  object store: {_text(store.get('objects', 0))} object(s), {mib:.1f} MiB"
     if rt.get("trace_file"):
-        head += f"; recording events to {rt['trace_file']}"
+        head += f"; recording events to {_text(rt['trace_file'])}"
     names = snap.get("names") or {}
     if names:
-        head += "\n  named actors: " + ", ".join(sorted(names))
+        head += "\n  named actors: " + ", ".join(sorted(_text(n) for n in names))
     out = [head, ""]
     actors = snap.get("actors") or []
     rows = []
     for a in actors:
         rss = a.get("rss")
-        rows.append([str(a.get("actor_id")), str(a.get("label")), str(a.get("cls")), _dash(a.get("pid")),
-                     str(a.get("state")), str(a.get("restarts")),
+        rows.append([_text(a.get("actor_id")), _text(a.get("label")), _text(a.get("cls")), _dash(a.get("pid")),
+                     _text(a.get("state")), _text(a.get("restarts")),
                      "-" if rss is None else f"{rss / (1 << 20):.1f}", _dash(a.get("cpu_percent")),
-                     str(a.get("queued")), str(a.get("running"))])
+                     _text(a.get("queued")), _text(a.get("running"))])
     out += ["  " + line for line in _table(["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS MiB", "CPU %",
                                             "QUEUED", "RUNNING"], rows, {0, 3, 5, 6, 7, 8, 9})]
     if not actors:
         out.append("  (no actors)")
     out.append("")
     calls = snap.get("calls") or []
-    rows = [[str(c.get("call_id")), str(c.get("actor")), str(c.get("method")), str(c.get("caller")),
-             _dash(c.get("parent_call_id")), str(c.get("state")), f"{c.get('age_s', 0):.3f}s"] for c in calls]
+    rows = [[_text(c.get("call_id")), _text(c.get("actor")), _text(c.get("method")), _text(c.get("caller")),
+             _dash(c.get("parent_call_id")), _text(c.get("state")), f"{c.get('age_s', 0):.3f}s"] for c in calls]
     if calls:
         out += ["  " + line for line in _table(["CALL", "ACTOR", "METHOD", "CALLER", "PARENT", "STATE", "AGE"],
                                                rows, {0, 4, 6})]

@@ -225,8 +225,12 @@ class ActorSupervisor:
 
     def _forward_log(self, msg: env.Log) -> None:
         level = msg.level if msg.level in _LEVELS else "info"
-        fields = {(f"actor_{k}" if k in _RESERVED else k): v for k, v in msg.fields.items()}
-        getattr(self.rt.actor_log, level)(msg.event, actor=self.label, pid=self.pid, **fields)
+        # The actor chose every string here, and a console renderer prints them raw: escape
+        # control characters (nested values are rendered with repr(), which escapes them).
+        esc = sandbox.escape_controls
+        fields = {esc(f"actor_{k}" if k in _RESERVED else k): esc(v) if type(v) is str else v
+                  for k, v in msg.fields.items()}
+        getattr(self.rt.actor_log, level)(esc(msg.event), actor=self.label, pid=self.pid, **fields)
 
     # -- supervision -----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from ._launcher import launch as launch
 from ._policy import PolicyError as PolicyError
 from ._policy import SandboxPolicy as SandboxPolicy
 from ._policy import validate_path as validate_path
+from ._text import escape_controls as escape_controls
 
 __all__ = [
     "ENV_ALLOWLIST",
@@ -51,6 +52,7 @@ __all__ = [
     "child_environment",
     "decode_exit",
     "detect_restriction_model",
+    "escape_controls",
     "find_actor_pid",
     "kill_group",
     "launch",

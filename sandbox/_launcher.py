@@ -29,6 +29,7 @@ import psutil
 from ._bwrap import build_bwrap_command
 from ._detect import RestrictionModel, detect_restriction_model
 from ._policy import SandboxPolicy
+from ._text import escape_controls
 
 # Environment variables an actor process inherits from the host; everything
 # else is dropped so host secrets never reach plugin code.
@@ -160,7 +161,8 @@ class OutputTail:
             self.closed.set()
 
     def _line(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").rstrip("\r")
+        # Kept and echoed escaped: the actor chose these bytes, and both reach a terminal.
+        text = escape_controls(raw.decode("utf-8", "replace").rstrip("\r"))
         self.lines.append(text)
         if text.startswith("Fatal Python error"):
             self.fatal, self._fatal_room = [], 20

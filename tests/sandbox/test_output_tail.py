@@ -24,3 +24,24 @@ def test_without_a_crash_the_last_lines_are_quoted() -> None:
     for i in range(30):
         tail._line(f"line {i}".encode())
     assert tail.text(3) == "line 27\nline 28\nline 29"
+
+
+def test_lines_are_kept_and_echoed_with_controls_escaped() -> None:
+    """Escape sequences in a line are escaped where it is kept and where it is echoed; tabs and Unicode stay."""
+    import io
+
+    echo = io.StringIO()
+    tail = OutputTail("(a)", echo)
+    tail._line("\x1b[2Jcleared\x07\tünïcode \x9b31m\r".encode())
+    assert tail.text() == "\\x1b[2Jcleared\\x07\tünïcode \\x9b31m"
+    assert echo.getvalue() == "(a) \\x1b[2Jcleared\\x07\tünïcode \\x9b31m\n"
+
+
+def test_escape_controls_keeps_newlines_only_when_asked() -> None:
+    """escape_controls escapes C0, DEL and C1 (and newlines unless asked to keep them), and is idempotent."""
+    from sandbox import escape_controls
+
+    assert escape_controls("a\nb\x00\x7f") == "a\\x0ab\\x00\\x7f"
+    assert escape_controls("a\nb\x1b", newlines=True) == "a\nb\\x1b"
+    once = escape_controls("\x1b[1m ok é 漢")
+    assert once == "\\x1b[1m ok é 漢" and escape_controls(once) == once
