@@ -83,10 +83,11 @@ class Caller:
     futures_as_args = False
 
     def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Future[Any]:
-        """Encode the arguments and submit the call (the path of ``handle.method(...)``)."""
+             kwargs: dict[str, Any], token: bytes = b"") -> Future[Any]:
+        """Encode the arguments and submit the call (the path of ``handle.method(...)``);
+        ``token``: the target's reference token, from the handle."""
         if not args and not kwargs:  # the common no-argument call: nothing to settle or encode
-            return self.submit(actor_id, label, method, b"")
+            return self.submit(actor_id, label, method, b"", token=token)
         args = tuple(self._settled(a, label, method) for a in args)
         kwargs = {k: self._settled(v, label, method) for k, v in kwargs.items()}
         deps: list[Future[Any]] = []
@@ -100,7 +101,7 @@ class Caller:
             _close_all(fds)
             raise _errors.SerializationError(
                 f"{label}.{method}(): a Future from another process or Runtime can't be an argument; await it first")
-        return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps))
+        return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps), token)
 
     def ipc_reaches(self, actor_id: int) -> bool:
         """Whether actor ``actor_id`` can open this process's CUDA IPC handles, and takes them."""
@@ -123,16 +124,16 @@ class Caller:
         return value
 
     def submit(self, actor_id: int, label: str, method: str, payload: bytes,
-               fds: tuple[int, ...] = (), deps: tuple[int, ...] = ()) -> Future[Any]:
-        return self._submit(actor_id, label, method, payload, fds, deps, current_call.get())
+               fds: tuple[int, ...] = (), deps: tuple[int, ...] = (), token: bytes = b"") -> Future[Any]:
+        return self._submit(actor_id, label, method, payload, fds, deps, current_call.get(), token)
 
     def _submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...],
-                deps: tuple[int, ...], parent: int | None) -> Future[Any]:
+                deps: tuple[int, ...], parent: int | None, token: bytes = b"") -> Future[Any]:
         lid = next(self._local_ids)
         fut: Future[Any] = Future(self, lid, label, method, actor_id)
         self.pending[lid] = fut
         try:
-            self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, fds=fds))
+            self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, token=token, fds=fds))
         except BaseException:
             del self.pending[lid]  # never sent: nothing will answer it
             raise

@@ -128,9 +128,9 @@ class ActorProcess(Caller):
         self.loop_thread = threading.get_ident()
         self.conn = Connection(sock, self._on_frame)
         self.codec = Codec(allow_pickle=False, handle_type=ActorHandle,
-                           make_handle=lambda aid, name, label: ActorHandle(self, aid, name, label),
+                           make_handle=lambda aid, name, label, token: ActorHandle(self, aid, name, label, token),
                            make_ref=lambda object_id: ObjectRef(self, object_id))
-        self.names: dict[str, int] = {}
+        self.names: dict[str, tuple[int, bytes]] = {}  # name -> (actor id, reference token)
         self.label = "actor"
         self.instance: Any = None
         # Resolved (bound method, is_async) by name; only successful lookups are kept.
@@ -212,15 +212,15 @@ class ActorProcess(Caller):
             pass  # the loop has closed: the process is exiting and nothing awaits there
 
     def get_actor(self, name: str) -> ActorHandle:
-        aid = self.names.get(name)
-        if aid is None:
+        ref = self.names.get(name)
+        if ref is None:
             known = ", ".join(sorted(self.names)) or "none"
             raise ActorNotFoundError(
                 f"no actor named {name!r} is registered with the host (registered: {known}); "
                 f"register it first (a name registered later reaches running actors too): "
                 f"rt.register({name!r}, obj) or "
                 f"rt.start(Cls, name={name!r})", name=name)
-        return ActorHandle(self, aid, name, name)
+        return ActorHandle(self, ref[0], name, name, ref[1])
 
     async def stop_actor(self, actor_id: int) -> None:
         raise ActorboxError("only the host can stop actors; return a value and let the host call handle.stop()")

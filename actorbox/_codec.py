@@ -77,8 +77,8 @@ class Codec:
     """Encodes and decodes call payloads for one process.
 
     ``allow_pickle``: this process is the host and may pickle what msgpack cannot
-    carry (host -> actor only). ``make_handle(actor_id, name, label)`` builds an
-    ActorHandle bound to this process's caller.
+    carry (host -> actor only). ``make_handle(actor_id, name, label, token)`` builds an
+    ActorHandle bound to this process's caller (the host's refuses a forged token).
     """
 
     def __init__(
@@ -86,7 +86,7 @@ class Codec:
         *,
         allow_pickle: bool,
         handle_type: type[ActorHandle],
-        make_handle: Callable[[int, str | None, str], Any],
+        make_handle: Callable[[int, str | None, str, bytes], Any],
         segments: SegmentTable | None = None,
         make_ref: Callable[[str], Any] | None = None,
     ) -> None:
@@ -138,7 +138,7 @@ class Codec:
             raise SerializationError(
                 "a Future can be passed only as a top-level argument of a call; await it to send its value")
         if isinstance(obj, self._handle_type):
-            return msgpack.ExtType(EXT_HANDLE, self.dumps([obj.actor_id, obj.name, obj.label]))
+            return msgpack.ExtType(EXT_HANDLE, self.dumps([obj.actor_id, obj.name, obj.label, obj._token]))
         if isinstance(obj, BaseException):
             return msgpack.ExtType(EXT_EXCEPTION, self._encode_exception(obj))
         if self.allow_pickle:
@@ -243,10 +243,14 @@ class Codec:
                     raise SerializationError("integer too large")
                 return int(data.decode("ascii"))
             if code == EXT_HANDLE:
-                actor_id, name, label = self.loads(data, trusted)
-                if type(actor_id) is not int or not _opt_str(name) or type(label) is not str:
+                fields = self.loads(data, trusted)
+                if type(fields) is not list or len(fields) != 4:
                     raise SerializationError("malformed actor handle")
-                return self._make_handle(actor_id, name, label)
+                actor_id, name, label, token = fields
+                if (type(actor_id) is not int or not _opt_str(name) or type(label) is not str
+                        or type(token) is not bytes or len(token) > 64):
+                    raise SerializationError("malformed actor handle")
+                return self._make_handle(actor_id, name, label, token)
             if code == EXT_EXCEPTION:
                 return self._decode_exception(data, trusted)
             if code == EXT_TENSOR or code == EXT_NDARRAY:

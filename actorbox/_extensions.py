@@ -33,7 +33,7 @@ from sandbox import SandboxPolicy
 
 from ._errors import ExtensionError, InvalidRequirementError
 from ._handle import ActorHandle
-from ._options import ActorOptions
+from ._options import ActorOptions, check_name
 
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "sandbox"}
@@ -107,6 +107,11 @@ def read_extension(path: str) -> Extension:
     name = table.get("name", project["name"])
     if not isinstance(name, str) or not name:
         raise ExtensionError(f"{where}: [tool.actorbox] name must be a non-empty string, got {name!r}", path=path)
+    for key, value in (("[project] name", project["name"]), ("[tool.actorbox] name", name)):
+        try:
+            check_name(value, f"{where}: {key}")
+        except ValueError as exc:  # an extension taking a service's name would answer for the service
+            raise ExtensionError(str(exc), path=path) from None
     try:
         reqs, ignored = sandbox.validate_requirements(deps, base_dir=folder)
         request = _sandbox_request(table.get("sandbox"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._context import process_caller
 from ._errors import PrivateMethodError
 
 if TYPE_CHECKING:
@@ -15,14 +16,17 @@ class ActorHandle:
     """Call an actor's public methods: ``await handle.method(*args, **kwargs)``.
 
     Every call goes through the host's scheduler. Handles can be passed as call
-    arguments and arrive as working handles in the receiving process.
+    arguments and arrive as working handles in the receiving process. A handle is a
+    capability: it carries the actor's random reference token, and an actor's call is
+    served only with the token, so an actor reaches only actors whose handle reached it.
     """
 
-    __slots__ = ("_caller", "_methods", "actor_id", "label", "name")
+    __slots__ = ("_caller", "_methods", "_token", "actor_id", "label", "name")
 
-    def __init__(self, caller: Caller, actor_id: int, name: str | None, label: str) -> None:
+    def __init__(self, caller: Caller, actor_id: int, name: str | None, label: str, token: bytes = b"") -> None:
         self._caller = caller
         self._methods: dict[str, _Method] = {}
+        self._token = token
         self.actor_id = actor_id
         self.name = name
         self.label = label
@@ -35,6 +39,11 @@ class ActorHandle:
 
     def __hash__(self) -> int:
         return hash(("ActorHandle", self.actor_id))
+
+    def __reduce__(self) -> tuple[Any, tuple[int, str | None, str, bytes]]:
+        # Pickled host -> actor only (constructor arguments travel cloudpickled): rebuilt
+        # there bound to that process's caller, token and all, never with the host's.
+        return (_rebuild, (self.actor_id, self.name, self.label, self._token))
 
     def __getattr__(self, method: str) -> _Method:
         if method.startswith("_"):
@@ -50,7 +59,7 @@ class ActorHandle:
             raise PrivateMethodError(
                 f"{method!r} is private: only public methods of an actor can be called",
                 actor=self.label, method=method, call_id=None)
-        return self._caller.call(self.actor_id, self.label, method, args, kwargs)
+        return self._caller.call(self.actor_id, self.label, method, args, kwargs, self._token)
 
     async def stop(self) -> None:
         """Stop the actor (idempotent): graceful first, killed after the grace period."""
@@ -66,7 +75,11 @@ class _Method:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Future[Any]:
         h = self._handle
-        return h._caller.call(h.actor_id, h.label, self._name, args, kwargs)
+        return h._caller.call(h.actor_id, h.label, self._name, args, kwargs, h._token)
 
     def __repr__(self) -> str:
         return f"<actor method {self._handle.label}.{self._name}>"
+
+
+def _rebuild(actor_id: int, name: str | None, label: str, token: bytes) -> ActorHandle:
+    return ActorHandle(process_caller.get(), actor_id, name, label, token)

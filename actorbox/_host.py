@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +31,7 @@ from scheduler import envelope as env
 
 from ._caller import Caller, current_call
 from ._dispatch import resolve_method
-from ._errors import ActorboxError
+from ._errors import ActorboxError, MethodNotFoundError, PrivateMethodError
 from ._future import Future
 from ._objects import ObjectRef
 
@@ -45,6 +47,50 @@ _LOOP_CHECK = 0.5  # s between checks that the loop a thread waits on still runs
 class Resident:
     name: str
     obj: Any
+    methods: frozenset[str]  # what callers may call (exposed_methods)
+
+
+def exposed_methods(obj: Any, methods: Iterable[str] | None, name: str) -> frozenset[str]:
+    """The methods of host-resident ``obj`` that callers may call.
+
+    ``methods`` given: exactly those, each a public method of ``obj``'s class. Else the
+    public methods whose definition (the one a call would run) is on a class outside
+    the standard library: what the application wrote, not what it inherited from
+    ``dict``, ``UserDict`` or ``MutableMapping`` (``pop``, ``clear``, ...), which would
+    hand an actor the object's whole state.
+    """
+    cls = type(obj)
+    if methods is None:
+        return frozenset(m for m in dir(cls) if not m.startswith("_") and _is_method(cls, m)
+                         and not _from_stdlib(cls, m))
+    if isinstance(methods, str):
+        raise TypeError(f"methods= takes a list of method names, not the string {methods!r}; write [{methods!r}]")
+    out = frozenset(methods)
+    for m in sorted(out):
+        if not isinstance(m, str):
+            raise TypeError(f"methods= takes method names (strings), got {m!r}")
+        if m.startswith("_"):
+            raise PrivateMethodError(f"register({name!r}, methods=...): {m!r} is private; names starting with "
+                                     "'_' cannot be exposed", actor=name, method=m, call_id=None)
+        if not _is_method(cls, m):
+            public = sorted(n for n in dir(cls) if not n.startswith("_") and _is_method(cls, n))
+            raise MethodNotFoundError(f"register({name!r}, methods=...): {cls.__qualname__} has no method {m!r}; "
+                                      f"its public methods are: {', '.join(public) or '(none)'}",
+                                      actor=name, method=m, call_id=None)
+    return out
+
+
+def _is_method(cls: type, name: str) -> bool:
+    attr = inspect.getattr_static(cls, name, None)  # the same rule as resolve_method
+    return attr is not None and (inspect.isfunction(attr) or isinstance(attr, (staticmethod, classmethod)))
+
+
+def _from_stdlib(cls: type, name: str) -> bool:
+    """Whether the definition of ``name`` a call would run comes from the standard library (or builtins)."""
+    for c in cls.__mro__:
+        if name in c.__dict__:
+            return c.__module__.partition(".")[0] in sys.stdlib_module_names
+    return True
 
 
 class HostEndpoint(Endpoint, Caller):
@@ -72,13 +118,15 @@ class HostEndpoint(Endpoint, Caller):
 
     futures_as_args = True
 
-    def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # The host's own calls are trusted: the scheduler does not ask them for a token.
+    def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             token: bytes = b"") -> Any:
         if self.on_loop_thread():
             return Caller.call(self, actor_id, label, method, args, kwargs)
         return self._on_loop(Caller.call, self, actor_id, label, method, args, kwargs)
 
     def submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...] = (),
-               deps: tuple[int, ...] = ()) -> Any:
+               deps: tuple[int, ...] = (), token: bytes = b"") -> Any:
         parent = current_call.get()
         if self.on_loop_thread():
             return self._submit(actor_id, label, method, payload, fds, deps, parent)
@@ -194,6 +242,12 @@ class HostEndpoint(Endpoint, Caller):
             try:
                 if res is None:
                     raise ActorboxError(f"host-resident actor {call.target} is gone")
+                if call.method not in res.methods and not call.method.startswith("_"):
+                    raise MethodNotFoundError(
+                        f"{res.name} has no method {call.method!r} that callers may call; its callable methods "
+                        f"are: {', '.join(sorted(res.methods)) or '(none)'} (the host chooses them with "
+                        f"rt.register({res.name!r}, obj, methods=[...]))",
+                        actor=res.name, method=call.method, call_id=call.call_id)
                 func, is_async = resolve_method(res.obj, call.method, res.name, call.call_id)
                 fds = None  # decode_call owns them now, and closes them if it fails
                 args, kwargs = self.codec.decode_call(call.payload, call.trusted, call.fds, call.resolved)
@@ -259,7 +313,7 @@ class HostEndpoint(Endpoint, Caller):
                 "'async with Runtime()' block open until the calls you wait for are done")}))
 
     def _submit(self, actor_id: int, label: str, method: str, payload: bytes, fds: tuple[int, ...],
-                deps: tuple[int, ...], parent: int | None) -> Future[Any]:
+                deps: tuple[int, ...], parent: int | None, token: bytes = b"") -> Future[Any]:
         if not self.closed:
             return Caller._submit(self, actor_id, label, method, payload, fds, deps, parent)
         for fd in fds:

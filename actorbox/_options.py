@@ -7,11 +7,24 @@ from typing import Any, TypeVar, overload
 
 from sandbox import RequirementError, SandboxPolicy, validate_requirements
 
-from ._errors import InvalidRequirementError
+from ._errors import InvalidRequirementError, NameTakenError
 
 T = TypeVar("T", bound=type)
 
 _SANDBOX_MODES = (None, "required", "disabled")
+
+# actorbox's own services live under this prefix (the object store is "actorbox.objects"):
+# an actor, extension or registered object taking such a name would answer for the
+# service, so none may.
+RESERVED_PREFIX = "actorbox."
+
+
+def check_name(name: str, what: str) -> None:
+    """Raise NameTakenError when ``name`` is reserved for actorbox's own services."""
+    if name.startswith(RESERVED_PREFIX):
+        raise NameTakenError(
+            f"{what} {name!r} is reserved: names starting with {RESERVED_PREFIX!r} belong to actorbox's own "
+            "services (such as the object store); choose a name without that prefix", name=name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +40,8 @@ class ActorOptions:
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ValueError(f"actor name must be a non-empty string, got {self.name!r}")
+        if self.name is not None:
+            check_name(self.name, "actor name")
         if isinstance(self.dependencies, str) or not all(isinstance(d, str) for d in self.dependencies):
             raise TypeError("dependencies must be a sequence of requirement strings, e.g. ('numpy<2',)")
         object.__setattr__(self, "dependencies", tuple(self.dependencies))

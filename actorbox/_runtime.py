@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import os
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,10 +28,10 @@ from ._control import ControlServer
 from ._errors import ActorboxError, ActorNotFoundError, NameTakenError, SerializationError
 from ._extensions import LoadedExtension, extension_folders, read_extension, sandbox_for
 from ._handle import ActorHandle
-from ._host import HostEndpoint, Resident
+from ._host import HostEndpoint, Resident, exposed_methods
 from ._inspect import ProcessSampler
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore, check_retention
-from ._options import ActorOptions, options_of
+from ._options import ActorOptions, check_name, options_of
 from ._supervisor import _CODE_PATHS, ActorSupervisor, init_payload
 from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
 
@@ -241,9 +243,16 @@ class Runtime:
             return "required", opts.sandbox
         return opts.sandbox or self.sandbox, self.sandbox_policy
 
-    def _make_handle(self, actor_id: int, name: str | None, label: str) -> ActorHandle:
+    def _make_handle(self, actor_id: int, name: str | None, label: str, token: bytes) -> ActorHandle:
         assert self._host is not None
-        return ActorHandle(self._host, actor_id, name, label)
+        # The host's calls are trusted, so a handle it decodes must be one the scheduler
+        # issued: else an actor could make the host call an actor it was never given.
+        a = self.scheduler.actors.get(actor_id)
+        if a is None or not hmac.compare_digest(token, a.token):
+            raise SerializationError(
+                f"an actor handle ({label!r}, id {actor_id}) that is not a valid reference arrived: only handles "
+                "an actor was given (as an argument, a result or by name) can be passed on, never made up")
+        return ActorHandle(self._host, actor_id, name, label, a.token)
 
     def _require_running(self) -> HostEndpoint:
         if self._host is None or self.closing:
@@ -336,6 +345,8 @@ class Runtime:
     async def _start_actor(self, what: dict[str, Any], cls_name: str, short: str, args: tuple[Any, ...],
                            kwargs: dict[str, Any], name: str | None, opts: ActorOptions, paths: list[str],
                            module_paths: list[str], requirements: tuple[str, ...] | None) -> ActorHandle:
+        if name is not None:
+            check_name(name, "actor name")
         try:
             entry = self.scheduler.add_actor(name, name or f"{short}#?", opts.max_concurrency)
         except KeyError:
@@ -371,7 +382,7 @@ class Runtime:
             raise
         if name is not None:
             self._broadcast_names()
-        return ActorHandle(self._host, entry.actor_id, name, label)  # type: ignore[arg-type]
+        return ActorHandle(self._host, entry.actor_id, name, label, entry.token)  # type: ignore[arg-type]
 
     async def put(self, obj: Any, *, retention: float | str | None = "default") -> ObjectRef:
         """Store ``obj`` (its tensors and arrays in shared memory) for any actor; returns its ObjectRef.
@@ -381,24 +392,37 @@ class Runtime:
         """
         host = self._require_running()
         if SERVICE_NAME not in self.scheduler.names:
-            self.register(SERVICE_NAME, ObjectService(self.object_store), max_concurrency=64)
+            self._register(SERVICE_NAME, ObjectService(self.object_store), 64, None)
         return ObjectRef(host, self.object_store.put(obj, retention))
 
-    def register(self, name: str, obj: Any, *, max_concurrency: int = 1) -> ActorHandle:
-        """Register ``obj`` as a host-resident named actor (a singleton actors reach by name)."""
+    def register(self, name: str, obj: Any, *, max_concurrency: int = 1,
+                 methods: Iterable[str] | None = None) -> ActorHandle:
+        """Register ``obj`` as a host-resident named actor (a singleton actors reach by name).
+
+        ``methods``: the names callers may call, exactly; by default the public methods
+        ``obj``'s class defines itself or inherits from classes outside the standard
+        library (so a ``UserDict`` subclass does not answer ``pop`` or ``clear``).
+        Raises NameTakenError for a name in use or reserved (``actorbox.`` prefix) and
+        MethodNotFoundError (PrivateMethodError) for a listed name that is no public method.
+        """
+        check_name(name, "name")
+        return self._register(name, obj, max_concurrency, methods)
+
+    def _register(self, name: str, obj: Any, max_concurrency: int, methods: Iterable[str] | None) -> ActorHandle:
         host = self._require_running()
+        exposed = exposed_methods(obj, methods, name)
         try:
             entry = self.scheduler.add_actor(name, name, max_concurrency)
         except KeyError:
             raise NameTakenError(f"an actor named {name!r} already exists; choose another name",
                                  name=name) from None
-        host.residents[entry.actor_id] = Resident(name, obj)
+        host.residents[entry.actor_id] = Resident(name, obj, exposed)
         if self._recorder is not None:  # only the trace needs to know which tracks live in the host
             self._recorder.record("actorbox", "debug", "actor.registered",
                                   {"actor": name, "cls": type(obj).__qualname__})
         self.scheduler.attach(entry.actor_id, host)
         self._broadcast_names()
-        return ActorHandle(host, entry.actor_id, name, name)
+        return ActorHandle(host, entry.actor_id, name, name, entry.token)
 
     def unregister(self, name: str) -> None:
         """Remove a host-resident named actor; pending calls to it fail."""
@@ -425,7 +449,8 @@ class Runtime:
                 f"no actor named {name!r} (named actors: {known}); start it with "
                 f"rt.start(Cls, name={name!r}) or register one with rt.register({name!r}, obj) first",
                 name=name)
-        return ActorHandle(host, aid, name, self.scheduler.actors[aid].label)
+        a = self.scheduler.actors[aid]
+        return ActorHandle(host, aid, name, a.label, a.token)
 
     async def _stop_actor(self, actor_id: int) -> None:
         sup = self._supervisors.get(actor_id)

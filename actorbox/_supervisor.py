@@ -158,7 +158,7 @@ class ActorSupervisor:
         if self.stopping:
             sandbox.kill_group(proc.pid)  # stop() came while we launched; _supervise reports it
         else:
-            endpoint.send(env.Init(self.actor_id, self.name, self.init_payload, dict(self.rt.scheduler.names)))
+            endpoint.send(env.Init(self.actor_id, self.name, self.init_payload, self.rt.scheduler.name_table()))
         assert start.done is not None
         try:
             await start.done.wait()
@@ -383,7 +383,7 @@ class ActorSupervisor:
         # Also while starting: the actor may look names up from its constructor.
         if self.endpoint is not None and self._exited is not None and not self._exited.is_set():
             try:
-                self.endpoint.send(env.Names(dict(self.rt.scheduler.names)))
+                self.endpoint.send(env.Names(self.rt.scheduler.name_table()))
             except ConnectionClosed:
                 pass
 

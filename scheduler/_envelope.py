@@ -61,6 +61,9 @@ class Call:
     # their results in ``resolved`` as (status, payload, trusted, number of fds).
     deps: tuple[int, ...] = ()
     resolved: tuple[tuple[int, bytes, bool, int], ...] = ()
+    # The target's reference token, as its handle carries it (set by an actor's caller): the
+    # scheduler serves an actor's call only when it matches, so a guessed id reaches nothing.
+    token: bytes = b""
     # All descriptors: the call's own first, then each resolved result's, in order.
     fds: tuple[int, ...] = field(default=(), compare=False)
 
@@ -96,7 +99,7 @@ class Init:
     actor_id: int
     name: str | None
     payload: bytes
-    names: dict[str, int]
+    names: dict[str, tuple[int, bytes]]  # as Names
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +117,9 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    """Host -> actor: the current named-actor registry (name -> actor id)."""
+    """Host -> actor: the current named-actor registry (name -> (actor id, reference token))."""
 
-    names: dict[str, int]
+    names: dict[str, tuple[int, bytes]]
 
 
 Message = Call | Reply | Cancel | Log | Init | Ready | Stop | Names
@@ -164,7 +167,7 @@ def encode(msg: Message) -> bytes:
     if t is Call:
         c: Call = msg  # type: ignore[assignment]
         fields: list[Any] = [Kind.CALL, c.call_id, c.target, c.method, c.payload, c.parent_call_id, c.trusted,
-                             c.reentrant, list(c.deps), [list(r) for r in c.resolved], len(c.fds)]
+                             c.reentrant, list(c.deps), [list(r) for r in c.resolved], len(c.fds), c.token]
     elif t is Reply:
         r: Reply = msg  # type: ignore[assignment]
         fields = [Kind.REPLY, r.call_id, int(r.status), r.payload, r.detail, r.trusted, len(r.fds)]
@@ -216,19 +219,19 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
     n = len(obj)
     try:
         if kind == Kind.CALL:
-            _check(n == 11, "CALL has 11 fields")
-            _, cid, target, method, payload, parent, trusted, reentrant, deps, resolved, nfds = obj
+            _check(n == 12, "CALL has 12 fields")
+            _, cid, target, method, payload, parent, trusted, reentrant, deps, resolved, nfds, token = obj
             _check(type(cid) is int and type(target) is int and type(method) is str, "CALL field types")
             _check(type(payload) is bytes and _opt_int(parent) and type(trusted) is bool, "CALL field types")
-            _check(type(reentrant) is bool, "CALL field types")
+            _check(type(reentrant) is bool and type(token) is bytes and len(token) <= 64, "CALL field types")
             _check(type(deps) is list and type(resolved) is list and nfds == len(fds), "CALL field types")
             if deps or resolved:  # the common call has neither: skip the per-item checks
                 _check(len(deps) <= 64 and all(type(d) is int for d in deps), "CALL deps")
                 _check(len(resolved) <= 64 and all(_resolved(r) for r in resolved), "CALL resolved results")
                 _check(sum(r[3] for r in resolved) <= nfds, "CALL fd count mismatch")
                 return Call(cid, target, method, payload, parent, trusted, reentrant, tuple(deps),
-                            tuple(tuple(r) for r in resolved), tuple(fds))
-            return Call(cid, target, method, payload, parent, trusted, reentrant, (), (), tuple(fds))
+                            tuple(tuple(r) for r in resolved), token, tuple(fds))
+            return Call(cid, target, method, payload, parent, trusted, reentrant, (), (), token, tuple(fds))
         if kind == Kind.REPLY:
             _check(n == 7, "REPLY has 7 fields")
             _, cid, status, payload, detail, trusted, nfds = obj
@@ -247,8 +250,8 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
             return Log(obj[1], obj[2], obj[3])
         if kind == Kind.INIT:
             _check(n == 5 and type(obj[1]) is int and _opt_str(obj[2]) and type(obj[3]) is bytes, "INIT field types")
-            _check(_names(obj[4]), "INIT names must map names to actor ids")
-            return Init(obj[1], obj[2], obj[3], obj[4])
+            _check(_names(obj[4]), "INIT names must map names to [actor id, token]")
+            return Init(obj[1], obj[2], obj[3], _name_table(obj[4]))
         if kind == Kind.READY:
             _check(n == 3 and type(obj[1]) is int and (obj[2] is None or type(obj[2]) is bytes), "READY field types")
             return Ready(obj[1], obj[2])
@@ -256,8 +259,8 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
             _check(n == 1, "STOP has no fields")
             return Stop()
         if kind == Kind.NAMES:
-            _check(n == 2 and _names(obj[1]), "NAMES must map names to actor ids")
-            return Names(obj[1])
+            _check(n == 2 and _names(obj[1]), "NAMES must map names to [actor id, token]")
+            return Names(_name_table(obj[1]))
     except (ValueError, TypeError) as exc:  # EnvelopeError, a bad Status value, unhashable keys
         raise EnvelopeError(str(exc)) from None
     raise EnvelopeError(f"unknown envelope kind {kind}")
@@ -273,7 +276,12 @@ def _str_keys(v: Any) -> bool:
 
 
 def _names(v: Any) -> bool:
-    return _str_keys(v) and all(type(x) is int for x in v.values())
+    return _str_keys(v) and all(type(x) is list and len(x) == 2 and type(x[0]) is int and type(x[1]) is bytes
+                                for x in v.values())
+
+
+def _name_table(v: dict[str, list[Any]]) -> dict[str, tuple[int, bytes]]:
+    return {k: (x[0], x[1]) for k, x in v.items()}
 
 
 def _opt_str(v: Any) -> bool:

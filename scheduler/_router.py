@@ -20,8 +20,10 @@ queue like any other call.
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import os
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,6 +39,10 @@ log = structlog.get_logger("actorbox")
 
 # Longest parent chain followed when deciding re-entrancy (bounds the walk).
 _MAX_ANCESTRY = 1000
+
+# Bytes of an actor's reference token: random, so an actor holds a working reference
+# only if one reached it (guessing 128 bits is out of reach).
+TOKEN_BYTES = 16
 
 WAITING = "waiting"  # waiting for the results of calls passed to it as arguments (Futures)
 QUEUED = "queued"  # waiting in the scheduler for a free slot
@@ -76,6 +82,9 @@ class ActorEntry:
     name: str | None
     label: str
     max_concurrency: int
+    # What makes a reference to this actor unforgeable: its handles carry it, and a call
+    # from an untrusted endpoint is served only when it quotes it. Kept across restarts.
+    token: bytes = b""
     endpoint: Endpoint | None = None
     window: int = 1  # calls delivered at once: max_concurrency, plus prefetch if the endpoint queues
     queue: deque[CallEntry] = field(default_factory=deque)
@@ -135,11 +144,15 @@ class Scheduler:
     def add_actor(self, name: str | None, label: str, max_concurrency: int) -> ActorEntry:
         if name is not None and name in self.names:
             raise KeyError(name)
-        entry = ActorEntry(next(self._actor_ids), name, label, max_concurrency)
+        entry = ActorEntry(next(self._actor_ids), name, label, max_concurrency, secrets.token_bytes(TOKEN_BYTES))
         self.actors[entry.actor_id] = entry
         if name is not None:
             self.names[name] = entry.actor_id
         return entry
+
+    def name_table(self) -> dict[str, tuple[int, bytes]]:
+        """Every registered name with its actor id and token: what an actor needs to look one up."""
+        return {name: (aid, self.actors[aid].token) for name, aid in self.names.items()}
 
     def attach(self, actor_id: int, endpoint: Endpoint) -> None:
         """The actor is ready to serve through ``endpoint``; queued calls start."""
@@ -203,6 +216,10 @@ class Scheduler:
             if p is None or p.callee is not caller or p.state == QUEUED:
                 parent = None
         a = self.actors.get(call.target)
+        if a is not None and not caller.trusted and not hmac.compare_digest(call.token, a.token):
+            # A reference the caller was never given (a guessed id, a forged token) is
+            # answered exactly as an id that does not exist: it learns nothing either way.
+            a = None
         entry = CallEntry(gid, call.target, call.method, caller, call.call_id, parent, None, now)
         if call.call_id in caller.outgoing or (not caller.trusted and len(caller.outgoing) >= self.max_outgoing):
             # Over the in-flight limit, or reusing a live call id (which would orphan

@@ -58,6 +58,7 @@ calls = st.builds(
     deps=st.lists(msgpack_ints, max_size=3).map(tuple),
     resolved=st.lists(st.tuples(st.integers(0, 7), st.binary(max_size=16), st.booleans(), st.just(0)),
                       max_size=2).map(tuple),
+    token=st.binary(max_size=32),
     fds=fd_tuples,
 )
 replies = st.builds(
@@ -71,7 +72,7 @@ replies = st.builds(
 )
 cancels = st.builds(env.Cancel, call_id=msgpack_ints)
 logs = st.builds(env.Log, level=st.text(max_size=10), event=st.text(max_size=30), fields=str_maps)
-name_maps = st.dictionaries(st.text(max_size=10), msgpack_ints, max_size=4)
+name_maps = st.dictionaries(st.text(max_size=10), st.tuples(msgpack_ints, st.binary(max_size=16)), max_size=4)
 inits = st.builds(
     env.Init,
     actor_id=msgpack_ints,

@@ -23,7 +23,7 @@ from tests import strategies as s
 def make_codec(*, allow_pickle: bool) -> Codec:
     """A Codec wired like actorbox/_runtime.py and _child.py build theirs, with a trivial make_handle."""
     return Codec(allow_pickle=allow_pickle, handle_type=ActorHandle,
-                 make_handle=lambda actor_id, name, label: ActorHandle(None, actor_id, name, label))  # type: ignore[arg-type]
+                 make_handle=lambda actor_id, name, label, token: ActorHandle(None, actor_id, name, label, token))  # type: ignore[arg-type]
 
 
 HOST = make_codec(allow_pickle=True)
@@ -172,16 +172,18 @@ def test_malformed_call_payload(payload: bytes) -> None:
 
 
 def test_handle_round_trip() -> None:
-    """An ActorHandle is sent as (id, name, label) and rebuilt through make_handle."""
-    h = ActorHandle(None, 7, "svc", "svc#7")  # type: ignore[arg-type]
+    """An ActorHandle is sent as (id, name, label, token) and rebuilt through make_handle, token and all."""
+    h = ActorHandle(None, 7, "svc", "svc#7", b"k" * 16)  # type: ignore[arg-type]
     out = round_trip({"h": h})["h"]
     assert isinstance(out, ActorHandle)
-    assert (out.actor_id, out.name, out.label) == (7, "svc", "svc#7")
+    assert (out.actor_id, out.name, out.label, out._token) == (7, "svc", "svc#7", b"k" * 16)
 
 
-def test_malformed_handle_is_refused() -> None:
-    """A handle extension with ill-typed fields raises SerializationError."""
-    bad = msgpack.packb(msgpack.ExtType(EXT_HANDLE, msgpack.packb(["7", None, "x"])))
+@pytest.mark.parametrize("fields", [["7", None, "x", b""], [7, None, "x"], [7, None, "x", "tok"],
+                                    [7, None, "x", b"t" * 65], 7], ids=repr)
+def test_malformed_handle_is_refused(fields: Any) -> None:
+    """A handle extension with ill-typed fields, the wrong arity or an oversized token raises SerializationError."""
+    bad = msgpack.packb(msgpack.ExtType(EXT_HANDLE, msgpack.packb(fields)))
     with pytest.raises(actorbox.SerializationError, match="handle"):
         ACTOR.loads(bad, False)
 

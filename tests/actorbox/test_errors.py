@@ -72,7 +72,7 @@ class Faulty:
         # Bypasses the handle's client-side check, as a malicious actor could:
         # the host must refuse the call itself.
         h = actorbox.get_actor(name)
-        return await h._caller.submit(h.actor_id, h.label, method, b"")
+        return await h._caller.submit(h.actor_id, h.label, method, b"", token=h._token)
 
 
 @actorbox.actor

@@ -26,7 +26,8 @@ def _is_str_map(v: Any) -> bool:
 
 
 def _is_name_map(v: Any) -> bool:
-    return _is_str_map(v) and all(type(x) is int for x in v.values())
+    return _is_str_map(v) and all(type(x) is tuple and len(x) == 2 and type(x[0]) is int and type(x[1]) is bytes
+                                  for x in v.values())
 
 
 def assert_valid(msg: Any, fds: tuple[int, ...]) -> None:
@@ -36,7 +37,7 @@ def assert_valid(msg: Any, fds: tuple[int, ...]) -> None:
     if t is env.Call:
         assert _is_int(msg.call_id) and _is_int(msg.target) and type(msg.method) is str
         assert type(msg.payload) is bytes and (msg.parent_call_id is None or _is_int(msg.parent_call_id))
-        assert type(msg.trusted) is bool and type(msg.reentrant) is bool
+        assert type(msg.trusted) is bool and type(msg.reentrant) is bool and type(msg.token) is bytes
         assert msg.fds == fds
     elif t is env.Reply:
         assert _is_int(msg.call_id) and type(msg.status) is env.Status and type(msg.payload) is bytes
@@ -127,6 +128,9 @@ def test_encoding_omits_fd_numbers() -> None:
         pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, 1, False, 0], (), id="call-trusted-int"),
         pytest.param([env.Kind.CALL, True, 2, "m", b"", None, False, False, 0], (), id="call-id-bool"),
         pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, False, False], (), id="call-short"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, False, False, [], [], 0, "tok"], (), id="call-token-str"),
+        pytest.param([env.Kind.CALL, 1, 2, "m", b"", None, False, False, [], [], 0, b"t" * 65], (),
+                     id="call-token-long"),
         pytest.param([env.Kind.REPLY, 1, 99, b"", None, False, 0], (), id="reply-bad-status"),
         pytest.param([env.Kind.REPLY, 1, "OK", b"", None, False, 0], (), id="reply-status-str"),
         pytest.param([env.Kind.REPLY, 1, 0, b"", [1], False, 0], (), id="reply-detail-list"),
@@ -171,6 +175,8 @@ def test_envelope_error_is_a_value_error() -> None:
         pytest.param([env.Kind.REPLY, 1, 0, b"", {b"k": 1}, False, 0], id="reply-detail-bytes-key"),
         pytest.param([env.Kind.NAMES, {"a": "not-an-id"}], id="names-value-str"),
         pytest.param([env.Kind.INIT, 1, None, b"", {"a": [1]}], id="init-names-value-list"),
+        pytest.param([env.Kind.NAMES, {"a": 1}], id="names-value-id-without-token"),
+        pytest.param([env.Kind.NAMES, {"a": [1, "token"]}], id="names-token-str"),
     ],
 )
 def test_map_fields_are_type_checked(fields: list[Any]) -> None:

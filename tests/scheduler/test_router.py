@@ -46,6 +46,8 @@ class Recorder(Endpoint):
         if local is None:
             local = self._next_local
             self._next_local += 1
+        if not self.trusted and target in sched.actors:  # an actor quotes the token its handle carries
+            kw.setdefault("token", sched.actors[target].token)
         sched.submit(self, env.Call(local, target, method, b"args", parent, **kw))  # type: ignore[arg-type]
         return local
 
@@ -160,7 +162,8 @@ def test_a_reentrant_call_runs_at_once_and_its_end_frees_no_extra_slot(host: Rec
     host.call(sched, aid, "outer")
     outer = ep.calls[0]
     host.call(sched, aid, "waiting")
-    sched.submit(ep, env.Call(1, aid, "inner", b"", outer.call_id))  # A calls itself within outer
+    # A calls itself within outer.
+    sched.submit(ep, env.Call(1, aid, "inner", b"", outer.call_id, token=sched.actors[aid].token))
     states = {c.method: c.state for c in sched.pending_calls()}
     assert states == {"outer": "running", "waiting": "delivered", "inner": "running"}
     finish(sched, ep, ep.calls[2])  # inner ends: outer still holds the slot
@@ -557,7 +560,7 @@ def test_refused_and_unroutable_calls_close_their_fds(sched: Scheduler) -> None:
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     try:
-        sched.submit(client, env.Call(1, aid, "dup-id", b"", fds=(r1,)))
+        sched.submit(client, env.Call(1, aid, "dup-id", b"", token=sched.actors[aid].token, fds=(r1,)))
         sched.submit(client, env.Call(2, 999, "nobody", b"", fds=(r2,)))
         assert [r.status for r in client.replies] == [env.Status.REFUSED, env.Status.NO_ACTOR]
         for w in (w1, w2):
@@ -578,6 +581,42 @@ def test_unknown_target_gives_no_actor(sched: Scheduler, host: Recorder) -> None
     assert (reply.call_id, reply.status, reply.payload, reply.detail) == (
         local, env.Status.NO_ACTOR, b"", {"actor_id": 999})
     assert sched.pending_calls() == []
+
+
+@pytest.mark.parametrize("token", [b"", b"\x00" * 16, b"wrong"], ids=["none", "zeros", "short"])
+def test_an_actor_call_without_the_targets_token_is_answered_as_an_unknown_id(sched: Scheduler,
+                                                                              token: bytes) -> None:
+    """An untrusted call quoting a wrong or no token is never delivered and gets the reply a missing id gets."""
+    aid, ep = start_actor(sched, "A")
+    evil = Recorder("evil")
+    evil.call(sched, aid, "steal", token=token)
+    evil.call(sched, 10_000, "steal", token=token)
+    wrong, missing = evil.replies
+    assert ep.calls == [] and sched.pending_calls() == [] and evil.outgoing == {}
+    assert (wrong.status, missing.status) == (env.Status.NO_ACTOR, env.Status.NO_ACTOR)
+    assert wrong.detail == {"actor_id": aid} and missing.detail == {"actor_id": 10_000}  # the same, but the id
+    evil.call(sched, aid, "fine")  # the token, as a handle carries it
+    assert ep.methods() == ["fine"]
+    assert ep.calls[0].token == b""  # the callee is never shown the token
+
+
+def test_the_host_calls_without_a_token(sched: Scheduler, host: Recorder) -> None:
+    """A trusted endpoint (the host) is not asked for a token."""
+    aid, ep = start_actor(sched, "A")
+    host.call(sched, aid, "m", token=b"")
+    assert ep.methods() == ["m"]
+
+
+def test_tokens_are_random_per_actor_kept_across_restarts_and_named_in_the_table(sched: Scheduler) -> None:
+    """Each actor gets its own 16 random bytes, kept while it restarts; name_table pairs names with id and token."""
+    aid, ep = start_actor(sched, "A", name="svc")
+    other = sched.add_actor(None, "B", 1)
+    token = sched.actors[aid].token
+    assert len(token) == 16 and token != other.token
+    sched.detach(aid, env.Status.DIED, {}, keep_queue=True)
+    sched.attach(aid, ep)
+    assert sched.actors[aid].token == token
+    assert sched.name_table() == {"svc": (aid, token)}
 
 
 def test_removed_actor_gives_no_actor(sched: Scheduler, host: Recorder) -> None:

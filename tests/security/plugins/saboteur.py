@@ -91,8 +91,13 @@ def reply_body(call_id, status, payload, detail=None, trusted=True):
     return pack([REPLY, call_id, status, payload, detail, trusted, 0])
 
 
-def call_body(call_id, target, method, payload, parent=None, trusted=True, reentrant=False, nfds=0):
-    return pack([CALL, call_id, target, method, payload, parent, trusted, reentrant, [], [], nfds])
+def call_body(call_id, target, method, payload, parent=None, trusted=True, reentrant=False, nfds=0, token=b""):
+    return pack([CALL, call_id, target, method, payload, parent, trusted, reentrant, [], [], nfds, token])
+
+
+def token_of(target):
+    """The reference token of a named actor this actor may call (a raw frame must quote it, as a handle does)."""
+    return next((token for aid, token in process_caller.get().names.values() if aid == target), b"")
 
 
 def _conn():
@@ -134,6 +139,7 @@ async def raw_call(target, method, payload, fds=(), **flags):
     lid = next(proc._local_ids)
     fut = actorbox.Future(proc, lid, f"actor {target}", method)
     proc.pending[lid] = fut
+    flags.setdefault("token", token_of(target))
     body = call_body(lid, target, method, payload, nfds=len(fds), **flags)
     try:
         if fds:
@@ -205,7 +211,8 @@ class Saboteur:
         h = name_or_handle if isinstance(name_or_handle, actorbox.ActorHandle) else actorbox.get_actor(name_or_handle)
         evil = system_pickle(f"touch {marker_or_code}") if kind == "system" else exit_pickle(marker_or_code)
         try:
-            value = await raw_call(h.actor_id, method, pack([[Ext(EXT_PICKLE, evil)], {}]), trusted=True)
+            value = await raw_call(h.actor_id, method, pack([[Ext(EXT_PICKLE, evil)], {}]), trusted=True,
+                                   token=h._token)
         except Exception as exc:
             return _outcome_of(exc)
         return {"value": value}
@@ -214,7 +221,8 @@ class Saboteur:
         """Call another actor (or a host-resident one) with an argument nested ``depth`` tuples deep."""
         h = name_or_handle if isinstance(name_or_handle, actorbox.ActorHandle) else actorbox.get_actor(name_or_handle)
         try:
-            value = await raw_call(h.actor_id, method, pack([[Ext(EXT_TUPLE, b"\x91" + nested_tuples(depth - 1))], {}]))
+            value = await raw_call(h.actor_id, method, pack([[Ext(EXT_TUPLE, b"\x91" + nested_tuples(depth - 1))], {}]),
+                                   token=h._token)
         except Exception as exc:
             return _outcome_of(exc)
         return {"value": repr(value)[:100]}
@@ -245,7 +253,7 @@ class Saboteur:
         target = actorbox.get_actor(name).actor_id
         fd = os.open("/dev/null", os.O_RDONLY)
         for i in range(n):
-            body = pack([CALL, 50_000_000 + i, target, "ping", b"", None, False, False, [], [], 8])
+            body = pack([CALL, 50_000_000 + i, target, "ping", b"", None, False, False, [], [], 8, token_of(target)])
             send_with_fds(frame(body, 8), [fd] * 8)
         os.close(fd)
         return n
