@@ -58,6 +58,9 @@ class ActorInfo:
     rss: int | None = None  # resident memory in bytes (psutil); None when not an alive process
     cpu_percent: float | None = None  # since the previous actors() (the first time: since it started)
     running_calls: tuple[int, ...] = ()  # ids of the calls running now
+    # Descriptors (tensors, arrays) received from it that the host holds open now; None for
+    # host-resident actors and between processes. Bounded per actor (over it, calls fail).
+    open_fds: int | None = None
 
 
 def _env_flag(name: str) -> bool:
@@ -479,7 +482,8 @@ class Runtime:
                 out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
                                      sup.restarts, a.max_concurrency, len(a.queue) + len(a.unstarted),
                                      len(a.running) - len(a.unstarted), rss=rss, cpu_percent=cpu,
-                                     running_calls=tuple(c for c, e in a.running.items() if e.began)))
+                                     running_calls=tuple(c for c, e in a.running.items() if e.began),
+                                     open_fds=None if sup.endpoint is None else sup.endpoint.held_fds()))
             elif host is not None and aid in host.residents:
                 obj = host.residents[aid].obj
                 out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,

@@ -60,6 +60,12 @@ class Endpoint:
 _ENVELOPE_SLACK = 4096
 
 
+# Descriptors received from one actor that the host may hold at once (a received tensor
+# keeps its segment's descriptor open while it lives, a queued call its arguments'): an
+# actor must not fill the host's descriptor table, and no ordinary program holds this many.
+DEFAULT_MAX_HELD_FDS = 1024
+
+
 def _close_fds(fds: tuple[int, ...]) -> None:
     for fd in fds:
         try:
@@ -92,7 +98,42 @@ class ConnectionEndpoint(Endpoint):
         self.actor_id: int | None = None
         self.on_control = on_control
         self.debug_rpc = debug_rpc
+        self.max_held_fds = DEFAULT_MAX_HELD_FDS
+        # Descriptors received from this actor that may still be open in the host, each with
+        # the identity (st_dev, st_ino) of its file: a number closed and reused for another
+        # file no longer counts. Checked lazily (only near the limit, or when asked).
+        self._held: dict[int, tuple[int, int]] = {}
         self.conn = conn_factory(self._on_frame)
+
+    def held_fds(self) -> int:
+        """Descriptors received from this actor that the host holds open now."""
+        self._prune_held()
+        return len(self._held)
+
+    def _prune_held(self) -> None:
+        held = self._held
+        for fd, ident in list(held.items()):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                del held[fd]
+                continue
+            if (st.st_dev, st.st_ino) != ident:
+                del held[fd]
+
+    def _admit(self, fds: tuple[int, ...]) -> str | None:
+        """Count ``fds`` as held for this actor; why not, if that takes it over its limit."""
+        if len(self._held) + len(fds) > self.max_held_fds:
+            self._prune_held()
+            if len(self._held) + len(fds) > self.max_held_fds:
+                return (f"actor {self.label} sent {len(fds)} descriptors (tensors or arrays) while the host holds "
+                        f"{len(self._held)} it sent before, over the limit of {self.max_held_fds} per actor; "
+                        "release what you hold from it (drop its tensors and results, await or cancel its "
+                        "calls), or send fewer, larger tensors")
+        for fd in fds:
+            st = os.fstat(fd)
+            self._held[fd] = (st.st_dev, st.st_ino)
+        return None
 
     def _on_frame(self, body: bytes, fds: list[int]) -> None:
         try:
@@ -107,8 +148,18 @@ class ConnectionEndpoint(Endpoint):
             if msg.status not in _ACTOR_STATUSES or msg.detail is not None:  # type: ignore[union-attr]
                 _close_fds(msg.fds)  # type: ignore[union-attr]
                 raise env.EnvelopeError(f"an actor may not reply with status {msg.status.name}")  # type: ignore[union-attr]
+            why = self._admit(msg.fds) if msg.fds else None  # type: ignore[union-attr]
+            if why is not None:
+                # That result fails, refused like a call over a limit; the actor goes on.
+                _close_fds(msg.fds)  # type: ignore[union-attr]
+                msg = env.Reply(msg.call_id, env.Status.REFUSED, b"", {"message": why}, trusted=True)  # type: ignore[union-attr]
             self.scheduler.reply(self, msg)  # type: ignore[arg-type]
         elif t is env.Call:
+            why = self._admit(msg.fds) if msg.fds else None  # type: ignore[union-attr]
+            if why is not None:
+                _close_fds(msg.fds)  # type: ignore[union-attr]
+                self.deliver_reply(env.Reply(msg.call_id, env.Status.REFUSED, b"", {"message": why}, trusted=True))  # type: ignore[union-attr]
+                return
             self.scheduler.submit(self, msg)  # type: ignore[arg-type]
         elif t is env.Cancel:
             self.scheduler.cancel(self, msg.call_id)  # type: ignore[union-attr]
