@@ -75,8 +75,12 @@ def _unix_abstract(name):
         s.close()
 
 
-def _resolve(name):
-    return [ai[4][0] for ai in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)]
+def _lines(path):
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except OSError:
+        return None
 
 
 def _status_fields():
@@ -122,11 +126,21 @@ class Prober:
     def unix_connect(self, abstract_name):
         return _attempt(_unix_abstract, abstract_name)
 
-    def resolve(self, name):
-        return _attempt(_resolve, name)
-
     def interfaces(self):
         return [name for _, name in socket.if_nameindex()]
+
+    def network(self):
+        """The network namespace as the kernel describes it (read only: nothing is sent anywhere)."""
+        dev = _lines("/proc/net/dev")
+        route = _lines("/proc/net/route")
+        route6 = _lines("/proc/net/ipv6_route")
+        return {
+            "interfaces": [name for _, name in socket.if_nameindex()],
+            "dev": None if dev is None else [line.split(":")[0].strip() for line in dev[2:]],
+            "routes4": None if route is None else route[1:],  # past the header line
+            # [destination, prefix length, flags, device] per IPv6 route
+            "routes6": None if route6 is None else [[f[0], f[1], f[8], f[9]] for f in map(str.split, route6)],
+        }
 
     def processes(self):
         """Every process this actor can see: [pid, cmdline]."""
