@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ from ._options import ActorOptions, check_name
 
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "sandbox"}
+# The most of an extension's pyproject.toml that is read: metadata fits in a few KiB.
+MAX_PYPROJECT_BYTES = 1 << 20
 _POLICY_KEYS = {"network", "allow_gpu", "memory_limit", "max_processes", "max_open_files", "tmpfs_size"}
 
 
@@ -74,13 +77,7 @@ def read_extension(path: str) -> Extension:
     where = os.path.join(folder, "pyproject.toml")
     if not os.path.isdir(folder):
         raise ExtensionError(f"extension folder {path!r} does not exist (or is not a directory)", path=path)
-    try:
-        with open(where, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ExtensionError(f"{path!r} is not an extension: it has no pyproject.toml", path=path) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ExtensionError(f"cannot read {where}: {exc}", path=path) from None
+    data = _read_pyproject(where, path)
     project = data.get("project")
     if not isinstance(project, dict) or not isinstance(project.get("name"), str) or not project["name"]:
         raise ExtensionError(f"{where} has no [project] name; add name = \"my-extension\"", path=path)
@@ -108,6 +105,10 @@ def read_extension(path: str) -> Extension:
     if not isinstance(name, str) or not name:
         raise ExtensionError(f"{where}: [tool.actorbox] name must be a non-empty string, got {name!r}", path=path)
     for key, value in (("[project] name", project["name"]), ("[tool.actorbox] name", name)):
+        if not value.isprintable():  # it labels the actor in logs, errors and ps: no control characters
+            raise ExtensionError(f"{where}: {key} {value!r} holds control or invisible characters; use a plain "
+                                 "name", path=path)
+    for key, value in (("[project] name", project["name"]), ("[tool.actorbox] name", name)):
         try:
             check_name(value, f"{where}: {key}")
         except ValueError as exc:  # an extension taking a service's name would answer for the service
@@ -123,6 +124,47 @@ def read_extension(path: str) -> Extension:
     except (TypeError, ValueError) as exc:
         raise ExtensionError(f"{where}: {exc}", path=path) from None
     return Extension(folder, name, module, cls, reqs, ignored, options, request)
+
+
+def _read_pyproject(where: str, path: str) -> dict[str, Any]:
+    """The parsed ``where``; ExtensionError for a missing, special, oversized, undecodable or invalid file.
+
+    An extension's pyproject is the extension author's text: its size is bounded
+    before it is read (tomllib parses ~1 MB in a fraction of a second; a 300 MiB one
+    took 23 s) and any failure of the parser (a RecursionError from arrays nested
+    thousands deep, an over-long integer) is a typed error naming the file.
+    """
+    try:
+        # O_NONBLOCK: a FIFO planted as pyproject.toml must not block the open.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ExtensionError(f"{path!r} is not an extension: it has no pyproject.toml", path=path) from None
+    except OSError as exc:
+        raise ExtensionError(f"cannot read {where}: {exc}", path=path) from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ExtensionError(f"{where} is not a regular file; make it one", path=path)
+            raw = f.read(MAX_PYPROJECT_BYTES + 1)
+        except OSError as exc:
+            raise ExtensionError(f"cannot read {where}: {exc}", path=path) from None
+    if len(raw) > MAX_PYPROJECT_BYTES:
+        raise ExtensionError(
+            f"{where} is larger than {MAX_PYPROJECT_BYTES // (1 << 20)} MiB, the most actorbox reads of an "
+            "extension's pyproject.toml; keep data out of it (an extension's metadata fits in a few KiB)", path=path)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ExtensionError(f"{where} is not UTF-8 text ({exc}); save it as UTF-8", path=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ExtensionError(f"cannot read {where}: {exc}", path=path) from None
+    except RecursionError:
+        raise ExtensionError(f"cannot read {where}: its arrays or tables nest too deeply to parse; flatten them",
+                             path=path) from None
+    except (ValueError, MemoryError) as exc:  # e.g. an integer past CPython's 4300-digit limit
+        raise ExtensionError(f"cannot read {where}: {type(exc).__name__}: {exc}; fix that value",
+                             path=path) from None
 
 
 def _sandbox_request(value: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import cloudpickle
 import psutil
 import structlog
@@ -231,7 +232,9 @@ class Runtime:
             self.object_store.close()
             self.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
             self.codec.segments.drain_pool()
-            self._spawner.shutdown(wait=True)
+            with anyio.CancelScope(shield=True):
+                # Off the loop: a fork finishing now wakes its (cancelled) launch through the loop.
+                await anyio.to_thread.run_sync(self._spawner.shutdown)
             if self._host is not None:
                 self._host.close(self.grace_period)
             try:
@@ -293,7 +296,8 @@ class Runtime:
         Raises ExtensionError, InvalidRequirementError or ActorStartError.
         """
         self._require_running()
-        ext = read_extension(os.fspath(path))
+        # In a worker thread: parsing an extension's pyproject (up to 1 MiB) can take seconds.
+        ext = await anyio.to_thread.run_sync(read_extension, os.fspath(path))
         self._warn_ignored(ext.ignored, ext.name)
         mode, policy = self._sandbox_for(ActorOptions(sandbox=sandbox))
         opts = dataclasses.replace(ext.options, sandbox=sandbox_for(ext, policy) if mode == "required" else mode)

@@ -112,3 +112,80 @@ def test_extension_folders_lists_only_folders_with_a_pyproject(tmp_path: Path) -
         (tmp_path / name / "pyproject.toml").write_text("")
     (tmp_path / "file.txt").write_text("")
     assert [Path(p).name for p in extension_folders(str(tmp_path))] == ["a", "b"]
+
+
+# -- hostile pyproject files (issue 14, finding 10) ------------------------------------------
+
+GOOD = '[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\n'
+
+
+@pytest.mark.parametrize("body, match", [
+    ('a = ' + "[" * 5000 + "]" * 5000 + "\n", "nest too deeply"),
+    ("a = " + "1" * 5000 + "\n", "ValueError"),
+])
+def test_parser_failures_are_extension_errors(tmp_path: Path, body: str, match: str) -> None:
+    """Arrays nested thousands deep or an over-long integer give ExtensionError naming the file, not a bare error."""
+    with pytest.raises(actorbox.ExtensionError, match=match) as info:
+        read_extension(str(write(tmp_path, GOOD + body)))
+    assert "pyproject.toml" in str(info.value) and info.value.path == str(tmp_path)  # type: ignore[attr-defined]
+
+
+def test_an_oversized_or_undecodable_pyproject_is_refused_before_parsing(tmp_path: Path) -> None:
+    """A pyproject over 1 MiB is refused naming the limit; one that is not UTF-8 or not a file says so."""
+    import os
+    import time
+
+    from actorbox._extensions import MAX_PYPROJECT_BYTES
+
+    folder = write(tmp_path, GOOD)
+    with open(folder / "pyproject.toml", "a") as f:
+        f.write("# padding\n" * ((50 << 20) // 10))  # 50 MiB: parsed, this would take over a minute
+    t0 = time.monotonic()
+    with pytest.raises(actorbox.ExtensionError, match="larger than 1 MiB"):
+        read_extension(str(folder))
+    assert time.monotonic() - t0 < 1.0
+    (folder / "pyproject.toml").write_bytes(GOOD.encode() + b'a = "\xff"\n')
+    with pytest.raises(actorbox.ExtensionError, match="not UTF-8"):
+        read_extension(str(folder))
+    (folder / "pyproject.toml").unlink()
+    os.mkfifo(folder / "pyproject.toml")  # would block a plain open() for ever
+    with pytest.raises(actorbox.ExtensionError, match="not a regular file"):
+        read_extension(str(folder))
+    assert MAX_PYPROJECT_BYTES == 1 << 20
+
+
+@pytest.mark.parametrize("name", ["evil\x1b[2J", "tab\tbed", "bidi\u202egnp"])
+def test_names_with_control_characters_are_refused(tmp_path: Path, name: str) -> None:
+    """An extension name with control or invisible characters (it labels the actor everywhere) is refused."""
+    import json
+
+    toml = f'[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nname = {json.dumps(name)}\n'
+    with pytest.raises(actorbox.ExtensionError, match="control or invisible"):
+        read_extension(str(write(tmp_path, toml)))
+
+
+@pytest.mark.anyio
+async def test_load_extension_parses_off_the_event_loop(tmp_path: Path) -> None:
+    """rt.load_extension reads a large pyproject in a worker thread: the event loop keeps running meanwhile."""
+    import anyio
+
+    big = GOOD + "[tool.padding]\n" + "".join(f"k{i} = [1, 2, 3, 'abc']\n" for i in range(30000))
+    folder = write(tmp_path, big[: (1 << 20) - 200].rsplit("\n", 1)[0] + "\n")
+    (folder / "node.py").unlink()  # refused once parsed (no module to run): only the parse is timed
+    longest = 0.0
+    done = anyio.Event()
+
+    async def tick() -> None:
+        nonlocal longest
+        while not done.is_set():
+            t = anyio.current_time()
+            await anyio.sleep(0.01)
+            longest = max(longest, anyio.current_time() - t)
+
+    async with actorbox.Runtime() as rt, anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await anyio.sleep(0.05)  # the ticker is running
+        with pytest.raises(actorbox.ExtensionError, match="no node.py"):
+            await rt.load_extension(str(folder), name="big")
+        done.set()
+    assert longest < 0.3, longest  # parsed on the loop, it stalls ~0.5-2 s; in a thread, GIL switches
