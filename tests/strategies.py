@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -230,7 +231,7 @@ def frame_streams(draw: st.DrawFn) -> list[tuple[bytes, int]]:
     frames = draw(st.lists(hostile_frames(), min_size=1, max_size=6))
     stream = b"".join(f for f, _ in frames)
     cuts = sorted(draw(st.sets(st.integers(1, max(len(stream) - 1, 1)), max_size=6)) | {0, len(stream)})
-    reads = [[stream[a:b], 0] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] or [[b"", 0]]
+    reads = [[stream[a:b], 0] for a, b in itertools.pairwise(cuts) if b > a] or [[b"", 0]]
     starts, pos = [], 0
     for f, _ in frames:
         starts.append(pos)

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -265,7 +265,7 @@ async def rt(anyio_backend: str) -> Any:
 class Pair:
     """[healthy, sender] of a Runtime, started once per module (the sender restarts itself)."""
 
-    handles: dict[int, list[actorbox.ActorHandle]] = {}
+    handles: ClassVar[dict[int, list[actorbox.ActorHandle]]] = {}
 
 
 async def pair(rt: actorbox.Runtime) -> list[actorbox.ActorHandle]:

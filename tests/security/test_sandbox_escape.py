@@ -245,7 +245,7 @@ async def test_no_tcp_connection_reaches_the_host():
 
 
 async def test_no_udp_datagram_reaches_the_host():
-    """UDP sent to a host socket never arrives: the host's addresses are unreachable, the actor's loopback is its own."""
+    """UDP sent to a host socket never arrives: the host's addresses are unreachable, its loopback is the actor's."""
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("0.0.0.0", 0))
     receiver.setblocking(False)
