@@ -37,9 +37,6 @@ _RESERVED = {"event", "actor", "pid", "level"}
 _ACTORBOX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # actorbox's own packages, bound read-only into every sandbox (wherever they are installed).
 _CODE_PATHS = tuple(os.path.join(_ACTORBOX_ROOT, p) for p in ("actorbox", "scheduler", "sandbox"))
-# Sandboxed actors of a root host each run as their own uid, so per-uid limits
-# (processes) are per actor and actors cannot signal or ptrace each other.
-_UID_BASE = 200_000
 
 
 @dataclass(slots=True)
@@ -121,8 +118,7 @@ class ActorSupervisor:
                 python=python, module="actorbox._child", args=(str(child.fileno()), str(self.rt.max_frame_size)),
                 env=os.environ, pass_fds=(child.fileno(),), import_paths=import_paths,
                 code_paths=binds, module_paths=self.module_paths, venv_path=venv, extra_env=extra,
-                label=self.label, sandboxed=mode == "required", policy=policy,
-                uid=_UID_BASE + self.actor_id)
+                label=self.label, sandboxed=mode == "required", policy=policy)  # a uid of its own: leased
             self.sandboxed = mode == "required"
             self.policy = policy
             if mode == "disabled":

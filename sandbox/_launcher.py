@@ -8,6 +8,7 @@ the whole process group can be killed, with stdout/stderr captured by
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import signal
@@ -30,6 +31,7 @@ from ._bwrap import build_bwrap_command
 from ._detect import RestrictionModel, detect_restriction_model
 from ._policy import SandboxPolicy
 from ._text import escape_controls
+from ._uids import UidLease, lease_uid
 
 # Environment variables an actor process inherits from the host; everything
 # else is dropped so host secrets never reach plugin code.
@@ -65,7 +67,9 @@ class LaunchSpec:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     sandboxed: bool = True
     policy: SandboxPolicy = field(default_factory=SandboxPolicy)
-    uid: int = 65534  # the actor's uid when the host runs as root
+    # The actor's uid when the host runs as root; None: launch() leases one no other live
+    # actor of this machine has (so per-uid limits are per actor), held until it is reaped.
+    uid: int | None = None
 
 
 def child_environment(spec: LaunchSpec) -> dict[str, str]:
@@ -109,7 +113,8 @@ def build_command(spec: LaunchSpec, model: RestrictionModel | None = None) -> li
     return build_bwrap_command(
         spec.python, spec.module_paths, spec.venv_path, spec.pass_fds[0] if spec.pass_fds else None,
         spec.policy.allow_gpu, model, spec.policy, argv=argv, readonly_paths=spec.code_paths,
-        env=child_environment(spec), uid=spec.uid, nproc_limit=nproc, gpu_devices=gpus)
+        env=child_environment(spec), uid=spec.uid if spec.uid is not None else 65534, nproc_limit=nproc,
+        gpu_devices=gpus)
 
 
 def _own_process_count() -> int:
@@ -189,8 +194,9 @@ class ActorProcess:
     depends on which thread forked the process.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], lease: UidLease | None = None) -> None:
         self._popen = popen
+        self._lease = lease  # the actor's uid, held until the process is reaped
         self.pid = popen.pid
         self._pidfd = os.pidfd_open(popen.pid)
         self._wait_lock = anyio.Lock()
@@ -215,6 +221,8 @@ class ActorProcess:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+        if self._lease is not None and self._popen.poll() is not None:
+            self._lease.release()  # its processes are gone (the sandbox's die with the launcher)
 
 
 async def _chunks(pipe: Any) -> AsyncIterator[bytes]:
@@ -240,6 +248,20 @@ async def _chunks(pipe: Any) -> AsyncIterator[bytes]:
 
 
 async def launch(spec: LaunchSpec, spawner: Executor) -> ActorProcess:
+    """Start the actor process (see ``_launch``); a sandboxed one of a root host gets a uid of its own."""
+    lease = None
+    if spec.sandboxed and spec.uid is None and os.geteuid() == 0:
+        lease = lease_uid()
+        spec = dataclasses.replace(spec, uid=lease.uid)
+    try:
+        return await _launch(spec, spawner, lease)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+
+
+async def _launch(spec: LaunchSpec, spawner: Executor, lease: UidLease | None) -> ActorProcess:
     """Start the actor process in its own session (so its group can be killed).
 
     The fork happens on ``spawner``'s thread, which must outlive the actor: bwrap's
@@ -276,7 +298,7 @@ async def launch(spec: LaunchSpec, spawner: Executor) -> ActorProcess:
 
         fut.add_done_callback(reap)
         raise
-    return ActorProcess(fut.result())
+    return ActorProcess(fut.result(), lease)
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
