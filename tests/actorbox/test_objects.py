@@ -177,11 +177,15 @@ async def test_nested_ref_arrives_as_an_objectref_the_actor_can_await_and_releas
 
 
 async def test_actor_awaiting_a_released_ref_gets_object_not_found(shared_rt, holder):
-    """An actor awaiting a ref released in the host gets ObjectNotFoundError naming the object."""
+    """An actor awaiting a ref released in the host gets ObjectNotFoundError naming the object.
+
+    Let through, it reaches the host as the actor's error: a RemoteError naming it.
+    """
     ref = await shared_rt.put(sample((4,)))
     await ref.release()
-    with pytest.raises(actorbox.ObjectNotFoundError) as ei:
+    with pytest.raises(actorbox.RemoteError) as ei:
         await call(holder.await_nested([ref]))
+    assert ei.value.type_name == "actorbox.ObjectNotFoundError" and ei.value.actor == holder.label
     assert ref.object_id in str(ei.value)
 
 
