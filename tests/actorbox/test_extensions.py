@@ -185,7 +185,7 @@ async def test_load_extension_parses_off_the_event_loop(tmp_path: Path) -> None:
     async with actorbox.Runtime() as rt, anyio.create_task_group() as tg:
         tg.start_soon(tick)
         await anyio.sleep(0.05)  # the ticker is running
-        with pytest.raises(actorbox.ExtensionError, match="no node.py"):
+        with pytest.raises(actorbox.ExtensionError, match=r"no node\.py"):
             await rt.load_extension(str(folder), name="big")
         done.set()
     assert longest < 0.3, longest  # parsed on the loop, it stalls ~0.5-2 s; in a thread, GIL switches
