@@ -427,7 +427,7 @@ def rebuild_exception(module: str, qualname: str, args: list[Any], message: str,
             except Exception:
                 pass
         elif module == "actorbox._errors":
-            fields = set(cls.fields)
+            fields = set(_ACTORBOX_ERRORS[qualname].fields)
             ctx = {k: v for k, v in context.items() if k in fields}
             try:
                 return cls(message if not args else str(args[0]), **ctx)
