@@ -107,7 +107,7 @@ async def fuzz_end_to_end(seconds: float, rows: list[tuple[str, str]]) -> bool:
     def draw(frames: Any) -> None:
         batch.append(frames)
 
-    sent = untyped = 0
+    sent = untyped = left_waiting = 0
     end = time.monotonic() + seconds
     async with actorbox.Runtime() as rt:
         healthy, sender = await rt.start(Healthy), await rt.start(FrameSender)
@@ -119,12 +119,14 @@ async def fuzz_end_to_end(seconds: float, rows: list[tuple[str, str]]) -> bool:
                 if time.monotonic() >= end:
                     break
                 try:
-                    with anyio.fail_after(15):
+                    with anyio.fail_after(fuzz.SENDER_TIMEOUT):
                         await sender.send(frames)
+                except TimeoutError:
+                    left_waiting += 1  # it broke its own stream mid-frame; until_alive kills it
                 except Exception as exc:
                     untyped += not fuzz._remote(exc)
                 sent += len(frames)
-                await fuzz.until_alive(rt, sender)
+                await fuzz.until_alive(rt, sender, healthy)
             with anyio.fail_after(15):
                 assert await healthy.add(2, 3) == 5
         restarts = next(a.restarts for a in rt.actors() if a.label == sender.label)
@@ -133,7 +135,9 @@ async def fuzz_end_to_end(seconds: float, rows: list[tuple[str, str]]) -> bool:
                 await anyio.sleep(0.05)
         fds1 = _fds()
     rows += [("fuzz frames sent by an actor", f"{sent:,}"), ("  its disconnects (restarts)", f"{restarts:,}"),
-             ("  untyped errors at the caller", str(untyped)), ("  host fds before -> after", f"{fds0} -> {fds1}")]
+             ("  untyped errors at the caller", str(untyped)),
+             ("  own calls left unanswered (killed)", str(left_waiting)),
+             ("  host fds before -> after", f"{fds0} -> {fds1}")]
     return untyped == 0
 
 

@@ -22,6 +22,7 @@ import array
 import fcntl
 import gc
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -275,19 +276,37 @@ async def pair(rt: actorbox.Runtime) -> list[actorbox.ActorHandle]:
     return got
 
 
-async def until_alive(rt: actorbox.Runtime, handle: actorbox.ActorHandle) -> None:
-    """Wait for an actor the host disconnected to be restarted, then check it answers."""
-    with anyio.fail_after(CALL_TIMEOUT):
+# A frame whose header claims more bytes than the actor sends leaves the host waiting for
+# the rest, and the actor's later frames (its genuine reply) become that frame's body: its
+# own calls then go unanswered, like those of an actor that never replies. The caller's
+# deadline bounds them; nobody else's call is affected. Such an actor is killed (and so
+# restarted) to go on fuzzing with it.
+SENDER_TIMEOUT = 3.0
+
+
+async def until_alive(rt: actorbox.Runtime, handle: actorbox.ActorHandle,
+                      healthy: actorbox.ActorHandle | None = None) -> None:
+    """Wait for an actor the host disconnected to be restarted, then check it answers; one that
+    left its own stream mid-frame is killed (after checking the host still serves ``healthy``)."""
+    with anyio.fail_after(4 * CALL_TIMEOUT):
         while True:
-            state = next(a.state for a in rt.actors() if a.label == handle.label)
-            assert state in ("alive", "restarting", "dead"), state
-            assert state != "dead", "the actor was not restarted"
-            if state == "alive":
+            info = next(a for a in rt.actors() if a.label == handle.label)
+            assert info.state in ("alive", "restarting"), info.state  # "dead": it was not restarted
+            if info.state == "alive":
                 try:
-                    if await handle.ping() == "pong":
-                        return
+                    with anyio.fail_after(SENDER_TIMEOUT):
+                        if await handle.ping() == "pong":
+                            return
                 except actorbox.ActorDiedError:
                     pass
+                except TimeoutError:
+                    if healthy is not None:
+                        await assert_host_serves(rt, healthy)
+                    if info.pid:
+                        try:
+                            os.kill(info.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
             await anyio.sleep(0.02)
 
 
@@ -308,20 +327,36 @@ async def test_actor_frames_never_hurt_the_host(rt, streams):
     """Hypothesis frames written by a sandboxed actor: its call ends with a value or a typed error, the
     host keeps serving another actor, nothing stays pending and no descriptor stays open."""
     healthy, sender = await pair(rt)
-    await until_alive(rt, sender)
+    await until_alive(rt, sender, healthy)
     await assert_host_serves(rt, healthy)
     before = fd_count()
     for frames in streams:
         try:
-            with anyio.fail_after(CALL_TIMEOUT):
+            with anyio.fail_after(SENDER_TIMEOUT):
                 await sender.send(frames)
+        except TimeoutError:
+            await assert_host_serves(rt, healthy)  # it left only its own call waiting
         except Exception as exc:
             assert _remote(exc), f"an untyped error reached the host's caller: {exc!r}"
-        await until_alive(rt, sender)
+        await until_alive(rt, sender, healthy)
     await assert_host_serves(rt, healthy)
     with anyio.fail_after(CALL_TIMEOUT):
         while rt.pending_calls() or fd_count() > before:
             await anyio.sleep(0.02)  # the host closes what it reads as it reads it
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_frame_cut_short_leaves_only_that_actors_calls_waiting(rt):
+    """A header claiming more bytes than the actor sends swallows its later frames: its own call waits
+    (bounded by the caller's deadline), the host serves another actor meanwhile, a kill recovers it."""
+    healthy, sender = await pair(rt)
+    await until_alive(rt, sender, healthy)
+    with pytest.raises(TimeoutError), anyio.fail_after(SENDER_TIMEOUT):
+        await sender.send([(s.frame(b"\x91\x03")[:4].replace(b"\x02", b"\xff") + b"\0" * 4 + b"\x91", 0)])
+    await assert_host_serves(rt, healthy)
+    await until_alive(rt, sender, healthy)  # killed, restarted, answering
+    assert rt.pending_calls() == []
 
 
 # -- end to end: the host's frames at an actor's decoder ---------------------------------
@@ -360,18 +395,20 @@ async def test_host_frames_at_an_actor_fail_only_that_actor(rt, frames):
     """Hypothesis frames written at an actor's own decoder: it answers, or ends and is restarted
     (its pending call failing with ActorDiedError); the host and the other actor never notice."""
     healthy, sender = await pair(rt)
-    await until_alive(rt, sender)
+    await until_alive(rt, sender, healthy)
     before = fd_count()
     for data, nfds in frames:
         _raw_send(rt, sender, data, nfds)
     try:
-        with anyio.fail_after(CALL_TIMEOUT):
+        with anyio.fail_after(SENDER_TIMEOUT):
             assert await sender.ping() == "pong"
+    except TimeoutError:
+        pass  # the actor waits for the rest of a frame the host began: until_alive kills it
     except actorbox.ActorDiedError:
         pass  # the actor gave up on its connection: contained, and it is restarted
     except Exception as exc:  # a crafted call's answer may take the ping's call id
         assert _remote(exc), f"an untyped error reached the host's caller: {exc!r}"
-    await until_alive(rt, sender)
+    await until_alive(rt, sender, healthy)
     await assert_host_serves(rt, healthy)
     with anyio.fail_after(CALL_TIMEOUT):
         while rt.pending_calls() or fd_count() > before:
