@@ -50,6 +50,7 @@ from scheduler._framing import too_many_fds
 from ._caller import Caller, current_call
 from ._codec import Codec
 from ._context import process_caller
+from ._decode_limits import DecodeLimits
 from ._dispatch import resolve_method
 from ._errors import ActorboxError, ActorNotFoundError, SerializationError
 from ._handle import ActorHandle
@@ -283,6 +284,8 @@ class ActorProcess(Caller):
             self.max_concurrency = spec["max_concurrency"]
             if spec.get("retention") is not None:  # how long CUDA tensors shared by IPC are held
                 self.codec.cuda_keepalive.retention = spec["retention"]
+            if spec.get("decode_limits") is not None:  # the Runtime's, for what other actors send here
+                self.codec.limits = DecodeLimits(*spec["decode_limits"])
             _configure_logging(self, spec["label"])
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
         except BaseException as exc:

@@ -22,6 +22,7 @@ import msgpack
 from sandbox import escape_controls
 
 from . import _errors
+from ._decode_limits import EXT_COST, UNMETERED_BYTES, DecodeLimits, Meter
 from ._errors import SerializationError
 from ._shm import SegmentTable
 from ._tensors import (
@@ -103,10 +104,14 @@ class Codec:
         # the one being decoded (tensors and arrays travel as descriptors).
         self._tls = threading.local()
         self._depth = threading.local()  # extension nesting of the decode running on this thread
+        # What one message from an actor may decode to; the Runtime sets its own (and
+        # passes them to its actors, which decode what other actors send them).
+        self.limits = DecodeLimits()
         self._handle_type = handle_type
         self._make_handle = make_handle
         self._ext_trusted = self._ext_hook(True)
         self._ext_untrusted = self._ext_hook(False)
+        self._ext_metered = self._metered_ext_hook(self._ext_untrusted)
 
     # -- encoding ----------------------------------------------------------------
 
@@ -231,10 +236,12 @@ class Codec:
         def hook(code: int, data: bytes) -> Any:
             if code == EXT_TUPLE:
                 return tuple(self.loads(data, trusted))
-            if code == EXT_SET:
-                return set(self.loads(data, trusted))
-            if code == EXT_FROZENSET:
-                return frozenset(self.loads(data, trusted))
+            if code == EXT_SET or code == EXT_FROZENSET:
+                members = self.loads(data, trusted)
+                meter = getattr(self._tls, "meter", None)
+                if meter is not None and not trusted:  # colliding members cost a set what they cost a map
+                    meter.check_keys(members, "set", "members")
+                return set(members) if code == EXT_SET else frozenset(members)
             if code == EXT_COMPLEX:
                 re, im = self.loads(data, trusted)
                 return complex(float(re), float(im))
@@ -291,6 +298,15 @@ class Codec:
 
         return hook
 
+    def _metered_ext_hook(self, hook: Callable[[int, bytes], Any]) -> Callable[[int, bytes], Any]:
+        def metered(code: int, data: bytes) -> Any:
+            # Charged before it is decoded: each one re-enters msgpack (and a big
+            # integer's parse is quadratic in its digits).
+            self._tls.meter.charge(EXT_COST + (len(data) if code == EXT_BIGINT else 0))
+            return hook(code, data)
+
+        return metered
+
     def loads_fds(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int], *,
                   ipc: bool = False) -> Any:
         """Decode a payload that came with descriptors; takes ownership of all of them.
@@ -313,21 +329,35 @@ class Codec:
         if depth >= MAX_EXT_DEPTH:
             raise SerializationError(
                 f"payload nests tuples/sets/exceptions deeper than {MAX_EXT_DEPTH} levels; flatten it")
+        meter: Meter | None = getattr(self._tls, "meter", None)
+        # An actor's message is metered (see _decode_limits) unless it is too small to
+        # cost anything: every small call takes the hook-free path below.
+        opened = meter is None and not trusted and depth == 0 and len(data) > UNMETERED_BYTES
+        if opened:
+            meter = self._tls.meter = Meter(self.limits)
         self._depth.n = depth + 1
         try:
-            return msgpack.unpackb(
-                data,
-                ext_hook=self._ext_trusted if trusted else self._ext_untrusted,
-                raw=False,
-                strict_map_key=False,
-                use_list=True,
-            )
+            if meter is None or trusted:
+                return msgpack.unpackb(
+                    data,
+                    ext_hook=self._ext_trusted if trusted else self._ext_untrusted,
+                    raw=False,
+                    strict_map_key=False,
+                    use_list=True,
+                )
+            return msgpack.unpackb(data, ext_hook=self._ext_metered, raw=False, strict_map_key=False, use_list=True,
+                                   list_hook=meter.on_list, object_pairs_hook=meter.on_map,
+                                   **self.limits.unpack_options())
         except SerializationError:
             raise
         except Exception as exc:  # any decoder failure is the sender's fault
+            if meter is not None and type(exc) is ValueError and " exceeds max_" in str(exc):
+                raise meter.over() from None  # one container longer than the whole budget
             raise SerializationError(f"undecodable payload: {type(exc).__name__}: {exc}") from None
         finally:
             self._depth.n = depth
+            if opened:
+                self._tls.meter = None
 
     def decode_call(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int] = (),
                     resolved: tuple[tuple[int, bytes, bool, int], ...] = (), *,
@@ -338,6 +368,21 @@ class Codec:
         in forwarded results."""
         if not data and not resolved and not fds:  # a no-argument call
             return [], {}
+        if not resolved:
+            return self._decode_call(data, trusted, fds, resolved, ipc)
+        # The arguments and every forwarded result share one budget: a call is one message.
+        untrusted = (0 if trusted else len(data)) + sum(len(r[1]) for r in resolved if not r[2])
+        if untrusted <= UNMETERED_BYTES or getattr(self._tls, "meter", None) is not None:
+            return self._decode_call(data, trusted, fds, resolved, ipc)
+        self._tls.meter = Meter(self.limits)
+        try:
+            return self._decode_call(data, trusted, fds, resolved, ipc)
+        finally:
+            self._tls.meter = None
+
+    def _decode_call(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int],
+                     resolved: tuple[tuple[int, bytes, bool, int], ...],
+                     ipc: bool) -> tuple[list[Any], dict[str, Any]]:
         own = len(fds) - sum(r[3] for r in resolved)
         values: list[Any] = []
         pos = own

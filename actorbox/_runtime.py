@@ -26,6 +26,7 @@ from scheduler import envelope as env
 from ._codec import Codec
 from ._context import process_caller
 from ._control import ControlServer
+from ._decode_limits import DEFAULT_MAX_DECODED_ITEMS, DEFAULT_MAX_MAP_KEYS, DecodeLimits
 from ._errors import ActorboxError, ActorNotFoundError, NameTakenError, SerializationError
 from ._extensions import LoadedExtension, extension_folders, read_extension, sandbox_for
 from ._handle import ActorHandle
@@ -91,13 +92,22 @@ class Runtime:
     ``ACTORBOX_ENV_ROOT``, else ``~/.cache/actorbox/envs``). ``allow_source_builds``:
     let environments build packages that ship no wheel (off: a build runs the
     package's code on the host, unsandboxed).
+    ``max_decoded_items`` (default 1,000,000) and ``max_map_keys`` (default 100,000):
+    how much one message from an actor (a result, a host-resident call's arguments, an
+    error, and in an actor what another actor sent it) may decode to, checked as it is
+    decoded: values in all (each element, key and value; a container counts a few more,
+    a tuple, set or exception 16), and non-string keys in one map (members in one set).
+    Over either, that call fails with SerializationError naming the knob (the actor
+    lives on): decoding stays well under a second and ~100 MB whatever an actor sends.
+    Big data travels as numpy arrays or torch tensors, one value however large.
     """
 
     def __init__(self, *, sandbox: str = "required", sandbox_policy: SandboxPolicy | None = None,
                  grace_period: float = 5.0, log_calls: bool | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME, object_retention: float | str | None = "default",
                  object_store_capacity: int | None = None, env_root: str | os.PathLike[str] | None = None,
-                 allow_source_builds: bool = False) -> None:
+                 allow_source_builds: bool = False, max_decoded_items: int = DEFAULT_MAX_DECODED_ITEMS,
+                 max_map_keys: int = DEFAULT_MAX_MAP_KEYS) -> None:
         if sandbox not in ("required", "disabled"):
             raise ValueError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
@@ -142,6 +152,7 @@ class Runtime:
         self.env_root = os.fspath(env_root) if env_root is not None else None
         self._environments: EnvironmentManager | None = None
         self.allow_source_builds = allow_source_builds
+        self.codec.limits = DecodeLimits(max_decoded_items, max_map_keys)  # its actors get them in INIT
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -364,7 +375,8 @@ class Runtime:
         entry.label = label
         spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
                                  "max_concurrency": opts.max_concurrency,
-                                 "retention": self.codec.cuda_keepalive.retention})
+                                 "retention": self.codec.cuda_keepalive.retention,
+                                 "decode_limits": (self.codec.limits.max_items, self.codec.limits.max_map_keys)})
         payload = init_payload(paths, spec)
         if len(payload) + _INIT_ENVELOPE > self.max_frame_size:
             self.scheduler.detach(entry.actor_id, env.Status.STOPPED,

@@ -137,7 +137,7 @@ class ConnectionEndpoint(Endpoint):
 
     def _on_frame(self, body: bytes, fds: list[int]) -> None:
         try:
-            msg = env.decode(body, fds)
+            msg = env.decode(body, fds, from_actor=True)  # its kind first: see decode
         except env.EnvelopeError:
             _close_fds(tuple(fds))
             raise

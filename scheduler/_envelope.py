@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,14 +205,33 @@ def _opt_int(v: Any) -> bool:
     return v is None or (type(v) is int)
 
 
-def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
+def decode(body: bytes, fds: list[int] | tuple[int, ...] = (), *, from_actor: bool = False) -> Message:
     """Parse an envelope; raises EnvelopeError on anything malformed.
 
     Validation is strict on types so that code further on can trust field types
     without re-checking (an actor controls every byte of what it sends).
+
+    ``from_actor``: an actor sent it (the host's side). Its kind is read first and
+    nothing else is decoded unless an actor may send that kind; the rest is decoded
+    under limits that only a malformed envelope exceeds (``ACTOR_ENVELOPE_VALUES``
+    values, no maps but a LOG's fields, which must be scalars), so a frame of empty
+    containers or colliding keys costs the host nothing before it is refused.
     """
+    if from_actor:
+        kind = _kind(body)
+        if kind not in _ACTOR_KINDS:
+            raise EnvelopeError(f"an actor may not send a {Kind(kind).name} envelope" if kind in _KINDS
+                                else f"unknown envelope kind {kind}")
     try:
-        obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
+        if not from_actor:
+            obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
+        elif kind == Kind.LOG:
+            obj = _read_log(body)
+        else:  # a map only in a REPLY's detail, which an actor may not send
+            obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True, max_map_len=0,
+                                  max_array_len=64, list_hook=_counter(ACTOR_ENVELOPE_VALUES))
+    except EnvelopeError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise EnvelopeError(f"undecodable envelope: {type(exc).__name__}: {exc}") from None
     _check(type(obj) is list and len(obj) >= 1 and type(obj[0]) is int, "envelope is not a [kind, ...] array")
@@ -264,6 +284,74 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = ()) -> Message:
     except (ValueError, TypeError) as exc:  # EnvelopeError, a bad Status value, unhashable keys
         raise EnvelopeError(str(exc)) from None
     raise EnvelopeError(f"unknown envelope kind {kind}")
+
+
+# What an actor's envelope may decode to, besides its payload's bytes: a CALL with
+# 64 Future arguments is ~400 values; a LOG's fields are each one key and one scalar.
+ACTOR_ENVELOPE_VALUES = 4096
+MAX_LOG_FIELDS = 1024
+_ACTOR_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.CANCEL, Kind.LOG, Kind.READY})
+_KINDS = frozenset(int(k) for k in Kind)
+_SCALARS = frozenset((bool, int, float, str))  # what an actor's log forwarder sends (others as repr)
+_NOT_SCALAR = object()
+
+
+def _kind(body: bytes) -> int:
+    """The kind of an envelope, read from its first bytes; nothing else is decoded."""
+    if len(body) >= 2 and 0x91 <= body[0] <= 0x9F and body[1] < 0x80:  # fixarray, fixint: what encode() writes
+        return body[1]
+    # Any other header form (an array16/32, a wider int): read just those two items,
+    # with every container, string and extension length capped at zero.
+    u = msgpack.Unpacker(max_buffer_size=16, max_str_len=0, max_bin_len=0, max_array_len=0, max_map_len=0,
+                         max_ext_len=0)
+    try:
+        u.feed(body[:16])
+        kind = u.unpack() if u.read_array_header() >= 1 else None
+    except Exception as exc:  # not msgpack, or not an array, or a first item that is no small int
+        raise EnvelopeError(f"undecodable envelope: {type(exc).__name__}: {exc}") from None
+    if type(kind) is not int:
+        raise EnvelopeError("envelope is not a [kind, ...] array")
+    return kind
+
+
+def _counter(limit: int) -> Callable[[list[Any]], list[Any]]:
+    """A list hook for msgpack that refuses the envelope once its arrays hold ``limit`` values."""
+    left = limit
+
+    def count(value: list[Any]) -> list[Any]:
+        nonlocal left
+        left -= len(value) + 1
+        if left < 0:
+            raise EnvelopeError(f"envelope holds over {limit} values; refused")
+        return value
+
+    return count
+
+
+def _read_log(body: bytes) -> list[Any]:
+    """An actor's LOG envelope, item by item: its fields are scalars, so any container
+    in them is refused at its header, before anything in it is built."""
+    u = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1), max_array_len=0, max_map_len=0,
+                         max_ext_len=0)
+    u.feed(body)
+    _check(u.read_array_header() == 4, "LOG has 4 fields")
+    obj: list[Any] = [u.unpack(), u.unpack(), u.unpack()]
+    n = u.read_map_header()
+    _check(n <= MAX_LOG_FIELDS, f"LOG event has {n} fields, over the limit of {MAX_LOG_FIELDS}")
+    fields: dict[str, Any] = {}
+    for _ in range(n):
+        key = u.unpack()
+        _check(type(key) is str, "LOG fields must be a map with string keys")
+        try:
+            value = u.unpack()
+        except ValueError:  # a container (or extension value) over its zero cap: not read further
+            value = _NOT_SCALAR
+        _check(value is None or type(value) in _SCALARS,
+               f"LOG field {key[:64]!r} is not a scalar (the values an actor's logger sends); refused undecoded")
+        fields[key] = value
+    _check(u.tell() == len(body), "LOG envelope has trailing bytes")
+    obj.append(fields)
+    return obj
 
 
 def _resolved(r: Any) -> bool:
