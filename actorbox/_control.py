@@ -35,6 +35,11 @@ log = structlog.get_logger("actorbox")
 
 MAX_REQUEST = 4096  # bytes; a request is one short JSON line
 REQUEST_TIMEOUT_S = 5.0
+# accept() failing for want of descriptors (EMFILE, ENFILE) or kernel memory: the
+# connection stays queued and the socket stays readable, so retry after a pause that
+# grows from the first to the last value (seconds), instead of spinning or giving up.
+ACCEPT_BACKOFF_S = (0.1, 1.0)
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 COMMANDS = ("ping", "ps")
 # sockaddr_un's sun_path holds 108 bytes on Linux, the terminating NUL included.
 _MAX_PATH = 107
@@ -111,6 +116,35 @@ def _stale(path: str) -> bool:
     return False
 
 
+def _remove_stale(directory: str) -> None:
+    """Remove the sockets of hosts that died without removing them (SIGKILL, a crash).
+
+    Only a socket whose pid is gone *and* on which nobody listens: a live process may
+    have bound its socket and not yet listen on it, and a process of another pid
+    namespace sharing the directory still answers.
+    """
+    for pid, path in list_sockets(directory):
+        if pid == os.getpid() or _pid_alive(pid):
+            continue  # our own are handled by _bind
+        if _stale(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # another Runtime starting removed it first
+            else:
+                log.debug("control.stale_removed", path=path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _peer_uid(sock: socket.socket) -> int | None:
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -126,22 +160,64 @@ class ControlServer:
         self.rt = rt
         self.directory = control_dir()
         check_dir(self.directory, create=True)
+        _remove_stale(self.directory)
         self._sock, self.path = _bind(self.directory)
         self._ino = os.stat(self.path).st_ino
         self._listener: anyio.abc.SocketListener | None = None
 
     async def serve(self) -> None:
-        """Answer connections until cancelled; the socket file is removed on the way out."""
+        """Answer connections until cancelled; the socket file is removed on the way out.
+
+        Nothing that goes wrong here reaches the Runtime: an accept that fails for want
+        of descriptors is retried (logged once per episode), anything else ends the
+        control socket with an error event, never the Runtime.
+        """
         try:
             self._listener = await anyio.abc.SocketListener.from_socket(self._sock)
             async with self._listener, anyio.create_task_group() as tg:
                 while True:
-                    stream = await self._listener.accept()
+                    stream = await self._accept(self._listener)
                     tg.start_soon(self._answer, stream)
+        except Exception as exc:
+            log.error("control.failed", path=self.path, error=f"{type(exc).__name__}: {exc}",
+                      consequence="python -m actorbox ps cannot see this Runtime any more")
         finally:
             self.close()
 
+    async def _accept(self, listener: anyio.abc.SocketListener) -> anyio.abc.SocketStream:
+        """The next connection; waits out a shortage of descriptors instead of failing."""
+        delay, most = ACCEPT_BACKOFF_S
+        failing = False
+        while True:
+            try:
+                stream = await listener.accept()
+            except (OSError, anyio.BrokenResourceError) as exc:
+                # anyio reports accept()'s OSError as BrokenResourceError, the listener still open.
+                cause = exc if isinstance(exc, OSError) else exc.__cause__
+                code = cause.errno if isinstance(cause, OSError) else None
+                if code == errno.ECONNABORTED:  # the client gave up while queued
+                    continue
+                if code not in _OUT_OF_RESOURCES:
+                    raise
+                if not failing:
+                    log.warning("control.accept_failed", path=self.path, error=str(cause),
+                                consequence="ps waits until descriptors are free again; retrying")
+                    failing = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, most)
+                continue
+            if failing:
+                log.info("control.accept_resumed", path=self.path)
+            return stream
+
     async def _answer(self, stream: anyio.abc.SocketStream) -> None:
+        # One connection's failure is its own: never the control socket's or the Runtime's.
+        try:
+            await self._answer_one(stream)
+        except Exception as exc:
+            log.warning("control.request_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _answer_one(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
             uid = _peer_uid(stream.extra(anyio.abc.SocketAttribute.raw_socket))
             if uid != os.getuid():
@@ -159,14 +235,17 @@ class ControlServer:
     def _reply(self, request: bytes | None) -> dict[str, Any]:
         try:
             command = json.loads(request)["command"] if request else None
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # RecursionError: nested thousands deep
             command = None
         # Only the command's name is used, and only when it is one of ours.
         if command not in COMMANDS:
             return {"ok": False, "error": f"expected one JSON line {{\"command\": NAME}} with NAME in {COMMANDS}"}
         if command == "ping":
             return {"ok": True, "pid": os.getpid()}
-        return {"ok": True, "snapshot": snapshot(self.rt)}
+        try:
+            return {"ok": True, "snapshot": snapshot(self.rt)}
+        except Exception as exc:  # e.g. psutil failing for want of descriptors: answer all the same
+            return {"ok": False, "error": f"could not take a snapshot: {type(exc).__name__}: {exc}"}
 
     def close(self) -> None:
         """Close the socket and remove its file (if it is still ours); idempotent."""

@@ -145,6 +145,7 @@ class Runtime:
             self.codec.cuda_keepalive.retention = float(object_retention)
         self.closing = False
         self._supervisors: dict[int, ActorSupervisor] = {}
+        self._supervision: anyio.abc.TaskGroup | None = None  # where supervisors run (__aenter__)
         self._host: HostEndpoint | None = None
         self._tg: anyio.abc.TaskGroup = None  # type: ignore[assignment]
         self._tg_cm: Any = None
@@ -165,6 +166,8 @@ class Runtime:
         self._tg = await self._tg_cm.__aenter__()
         # Forks every actor process: must live as long as the actors (see sandbox.launch).
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actorbox-spawn")
+        with anyio.CancelScope(shield=True):  # (it starts at once) so __aexit__ always finds it
+            self._supervision = await self._tg.start(self._supervise_actors)
         self._host = HostEndpoint(self, self.scheduler, self._tg)
         self._ctx_token = process_caller.set(self._host)
         self._tg.start_soon(self._expire_objects)
@@ -178,6 +181,19 @@ class Runtime:
         else:
             self._tg.start_soon(self._control.serve)
         return self
+
+    async def _supervise_actors(self, *, task_status: anyio.abc.TaskStatus[anyio.abc.TaskGroup]) -> None:
+        """Hold the task group the actors' supervisors run in, until __aexit__ cancels it.
+
+        Shielded: whatever cancels the scope around ``async with Runtime()`` (a deadline,
+        a task-group cancel, Ctrl-C) must not cut supervision short, or the actors would
+        be left unreaped and stop() would wait for them for ever. __aexit__ stops every
+        actor first (bounded: grace period, kill, reap), then cancels this group.
+        """
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                task_status.started(tg)
+                await anyio.sleep_forever()
 
     def _start_recording(self, path: str) -> None:
         try:
@@ -218,12 +234,17 @@ class Runtime:
         try:
             suppress: bool | None = None
             try:
+                # Shielded and bounded: each stop() returns within the grace period plus 1 s.
                 with anyio.CancelScope(shield=True):
                     async with anyio.create_task_group() as tg:
                         for sup in list(self._supervisors.values()):
                             tg.start_soon(sup.stop, self.grace_period)
                     self._tg.cancel_scope.cancel()
             finally:
+                # Supervisors still running now belong to starts that failed or to stops that
+                # gave up: they kill and reap what is left when cancelled.
+                if self._supervision is not None:
+                    self._supervision.cancel_scope.cancel()
                 # The task group is exited even if stopping the actors failed; that failure
                 # then propagates (no return in this finally, so it is never swallowed).
                 self._tg.cancel_scope.cancel()

@@ -37,6 +37,12 @@ _RESERVED = {"event", "actor", "pid", "level"}
 _ACTORBOX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # actorbox's own packages, bound read-only into every sandbox (wherever they are installed).
 _CODE_PATHS = tuple(os.path.join(_ACTORBOX_ROOT, p) for p in ("actorbox", "scheduler", "sandbox"))
+# Seconds to wait for a SIGKILLed process to be reaped. It takes milliseconds unless
+# the kernel holds the process (uninterruptible I/O); then it is given up on.
+_REAP_S = 0.5
+# Seconds stop() waits, after the kill, for the supervision to finish: the reap, then
+# up to 0.3 s for the output pipes. Keeps a stop within its grace period plus 1 s.
+_AFTER_KILL_S = 0.9
 
 
 @dataclass(slots=True)
@@ -77,6 +83,7 @@ class ActorSupervisor:
         self._exited: anyio.Event | None = None  # set when the current process is gone
         self._start: _Start | None = None
         self._spawning = False  # a spawn() is in progress (launching or constructing)
+        self._spawn_scope: anyio.CancelScope | None = None
         self.start_failed = False  # the latest spawn() raised: its process must not be restarted
 
     # -- spawning ------------------------------------------------------------------
@@ -92,7 +99,14 @@ class ActorSupervisor:
         self._spawning = True
         self.start_failed = False
         try:
-            await self._spawn(t0)
+            # stop() cancels this scope while no process is there to be told to stop (the
+            # environment builds, the process launches): the start then ends as stopped.
+            with anyio.CancelScope() as self._spawn_scope:
+                await self._spawn(t0)
+            if self._spawn_scope.cancelled_caught:
+                if self._exited is None or self._exited.is_set():  # no process of ours will report it
+                    self._mark_stopped()
+                raise self._stopped_error("while it was starting")
         except BaseException:
             self.start_failed = True
             raise
@@ -138,6 +152,9 @@ class ActorSupervisor:
                 raise ActorStartError(
                     f"could not launch the process for actor {self.label!r}: {exc}; check that "
                     f"{python} runs", actor=self.label, cls=self.cls_name) from exc
+            except BaseException:  # cancelled while launching: launch() kills what it forked
+                parent.close()
+                raise
         finally:
             child.close()
         self.proc = proc
@@ -150,7 +167,8 @@ class ActorSupervisor:
         endpoint.actor_id = self.actor_id
         self.endpoint = endpoint
         self._exited = anyio.Event()
-        self.rt._tg.start_soon(self._supervise, proc, endpoint)
+        assert self.rt._supervision is not None  # set while the Runtime runs
+        self.rt._supervision.start_soon(self._supervise, proc, endpoint)
         if self.stopping:
             sandbox.kill_group(proc.pid)  # stop() came while we launched; _supervise reports it
         else:
@@ -235,44 +253,67 @@ class ActorSupervisor:
         err = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stderr)
         self._tails = (out, err)  # their prefix names the Python pid once it is known
         reason: BaseException | None = None
-        async with anyio.create_task_group() as pumps:
-            pumps.start_soon(out.pump, proc.stdout)
-            pumps.start_soon(err.pump, proc.stderr)
-            async with anyio.create_task_group() as watch:
-
-                async def conn() -> None:
-                    nonlocal reason
-                    try:
-                        await endpoint.conn.run()
-                    except Exception as exc:  # a bad frame: this actor is done
-                        reason = exc
-                    watch.cancel_scope.cancel()
-
-                async def exit_() -> None:
-                    await proc.wait()
-                    watch.cancel_scope.cancel()
-
-                watch.start_soon(conn)
-                watch.start_soon(exit_)
-            if reason is None and endpoint.conn.hangup_reason is not None:
-                reason = ProtocolError(endpoint.conn.hangup_reason, actor=self.label)
+        # Runs in the Runtime's actor task group, which the Runtime's own scope being
+        # cancelled never reaches: the Runtime ends supervision by stopping the actor. If
+        # this task is cancelled all the same, the process is still killed and reaped and
+        # `_exited` set (else stop() and spawn() would wait for it for ever).
+        try:
+            async with anyio.create_task_group() as pumps:
+                pumps.start_soon(out.pump, proc.stdout)
+                pumps.start_soon(err.pump, proc.stderr)
+                try:
+                    reason = await self._watch(proc, endpoint)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._end_process(proc, endpoint, reason, (out, err))
+                    pumps.cancel_scope.cancel()
+        finally:
             with anyio.CancelScope(shield=True):
-                endpoint.conn.close()
-                if proc.returncode is None and reason is None and not self.stopping:
-                    # EOF but still running: give it a moment to finish dying.
-                    with anyio.move_on_after(0.3):
-                        await proc.wait()
-                sandbox.kill_group(proc.pid)  # also sweeps any grandchildren
-                await proc.wait()
-                with anyio.move_on_after(0.3):
-                    await err.closed.wait()
-                    await out.closed.wait()
-                pumps.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await proc.aclose()  # closes the stdout/stderr pipes (trio keeps them open otherwise)
-        assert self._exited is not None
-        self._exited.set()
+                await proc.aclose()  # closes the stdout/stderr pipes (trio keeps them open otherwise)
+            assert self._exited is not None
+            self._exited.set()
         await self._after_exit(proc, endpoint, err, reason)
+
+    async def _watch(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint) -> BaseException | None:
+        """Serve the connection until it ends or the process exits; returns why it was cut, if it was."""
+        reason: BaseException | None = None
+        async with anyio.create_task_group() as watch:
+
+            async def conn() -> None:
+                nonlocal reason
+                try:
+                    await endpoint.conn.run()
+                except Exception as exc:  # a bad frame: this actor is done
+                    reason = exc
+                watch.cancel_scope.cancel()
+
+            async def exit_() -> None:
+                await proc.wait()
+                watch.cancel_scope.cancel()
+
+            watch.start_soon(conn)
+            watch.start_soon(exit_)
+        if reason is None and endpoint.conn.hangup_reason is not None:
+            reason = ProtocolError(endpoint.conn.hangup_reason, actor=self.label)
+        return reason
+
+    async def _end_process(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint,
+                           reason: BaseException | None, tails: tuple[sandbox.OutputTail, ...]) -> None:
+        """Kill what is left of the process and reap it; bounded (run shielded)."""
+        endpoint.conn.close()
+        if proc.returncode is None and reason is None and not self.stopping:
+            # EOF but still running: give it a moment to finish dying.
+            with anyio.move_on_after(0.3):
+                await proc.wait()
+        sandbox.kill_group(proc.pid)  # also sweeps any grandchildren
+        with anyio.move_on_after(_REAP_S):  # a killed process is reaped at once, unless the kernel holds it
+            await proc.wait()
+        if proc.returncode is None:
+            self.rt.log.error("actor.unreaped", actor=self.label, pid=proc.pid,
+                              reason=f"its process was not gone {_REAP_S} s after SIGKILL; it is left behind")
+        with anyio.move_on_after(0.3):  # a daemonised grandchild may hold the pipes open
+            for tail in tails:
+                await tail.closed.wait()
 
     async def _after_exit(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint,
                           err: sandbox.OutputTail, reason: BaseException | None) -> None:
@@ -319,6 +360,10 @@ class ActorSupervisor:
         try:
             await self.spawn()
         except Exception as exc:
+            if self.stopping:  # stop() ended the restart
+                if not self.finished.is_set():
+                    self._mark_stopped()
+                return
             self.state = "dead"
             sched.detach(self.actor_id, env.Status.DIED,
                          {**detail, "message": f"restart {self.restarts} failed: {exc}"}, keep_queue=False)
@@ -330,11 +375,11 @@ class ActorSupervisor:
     # -- stopping ------------------------------------------------------------------
 
     async def stop(self, grace: float) -> None:
-        """Graceful stop, then kill after ``grace`` seconds (idempotent)."""
+        """Graceful stop, then kill after ``grace`` seconds (idempotent); returns within ``grace`` + 1 s."""
         if self.finished.is_set():
             return
         if self.stopping:
-            await self.finished.wait()
+            await self.finished.wait()  # the first stop() sets it within its bound
             return
         self.stopping = True
         with anyio.CancelScope(shield=True):
@@ -349,11 +394,20 @@ class ActorSupervisor:
                 if not exited.is_set() and self.proc is not None:
                     self.rt.log.warning("actor.killed", actor=self.label, pid=self.pid,
                                         reason=f"did not stop within the grace period of {grace} s")
-                    sandbox.kill_group(self.proc.pid)
-            elif not self._spawning:
+                    _kill_unless_reaped(self.proc)
+            elif self._spawning:
+                # No process to tell (its environment builds, or it launches): end the spawn.
+                assert self._spawn_scope is not None
+                self._spawn_scope.cancel()
+            else:
                 self._mark_stopped()  # no process, and none coming
-            # Otherwise a spawn is launching a process: it sees `stopping` and ends it.
-            await self.finished.wait()
+            with anyio.move_on_after(_AFTER_KILL_S):
+                await self.finished.wait()
+            if not self.finished.is_set():
+                # Whatever holds it up, the stop is over: its calls fail, its Runtime may exit.
+                self.rt.log.error("actor.stop_incomplete", actor=self.label, pid=self.pid,
+                                  reason=f"its supervision did not end within {_AFTER_KILL_S} s of the kill")
+                self._mark_stopped()
         self.rt.log.info("actor.stopped", actor=self.label, pid=self.pid)
 
     async def _reaped(self) -> None:

@@ -291,10 +291,13 @@ async def _launch(spec: LaunchSpec, spawner: Executor, lease: UidLease | None) -
     try:
         await done.wait()
     except BaseException:
-        # Cancelled while forking: the process must not outlive this call.
+        # Cancelled while forking: the process must not outlive this call, nor stay a zombie.
         def reap(f: Any) -> None:
             if f.exception() is None:
-                kill_group(f.result().pid)
+                popen = f.result()
+                kill_group(popen.pid)
+                with popen:  # waits (a killed process is reaped at once) and closes the pipes
+                    pass
 
         fut.add_done_callback(reap)
         raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -246,3 +248,90 @@ async def test_connection_from_another_uid_is_closed_unanswered(runtime_dir: str
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == "b''"
     assert [e["peer_uid"] for e in logs if e["event"] == "control.refused"] == [65534]
+
+
+@pytest.mark.anyio
+async def test_a_deeply_nested_request_gets_an_error_answer_and_the_runtime_goes_on(runtime_dir: str) -> None:
+    """4,000 '[' (JSON nested past the decoder's recursion limit) is answered with an error; the Runtime,
+    its actors and its control socket go on."""
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(_Named)
+        path = _control.list_sockets()[0][1]
+
+        def raw(data: bytes) -> dict[str, object]:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(path)
+                s.sendall(data)
+                return json.loads(s.makefile("rb").readline())  # type: ignore[no-any-return]
+
+        reply = await anyio.to_thread.run_sync(raw, b"[" * 4000 + b"\n")
+        assert reply["ok"] is False and "command" in str(reply["error"])
+        assert await h.ping() == "pong"
+        assert (await anyio.to_thread.run_sync(_control.query, path, "ping"))["ok"] is True
+
+
+def _fill_descriptors() -> list[int]:
+    """Open descriptors until none is left (under a soft limit the caller lowered); returns them."""
+    held = []
+    try:
+        while True:
+            held.append(os.dup(0))
+    except OSError as exc:
+        assert exc.errno == errno.EMFILE
+    return held
+
+
+@pytest.mark.anyio
+async def test_accept_without_free_descriptors_is_retried_and_logged_once(runtime_dir: str) -> None:
+    """accept() failing with EMFILE neither ends nor hangs the Runtime: one control.accept_failed warning,
+    and the queued client is answered once descriptors are free again."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with capture_logs() as logs:
+        async with actorbox.Runtime() as rt:
+            h = await rt.start(_Named)
+            path = _control.list_sockets()[0][1]
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            held: list[int] = []
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+                held = _fill_descriptors()
+                client.connect(path)  # queued: the Runtime cannot accept it without a descriptor
+                await anyio.sleep(1.0)  # several tries at accept(), all failing
+            finally:
+                for fd in held:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+            def ask() -> dict[str, object]:
+                with client:
+                    client.settimeout(10)
+                    client.sendall(b'{"command": "ping"}\n')
+                    return json.loads(client.makefile("rb").readline())  # type: ignore[no-any-return]
+
+            assert await anyio.to_thread.run_sync(ask) == {"ok": True, "pid": os.getpid()}
+            assert await h.ping() == "pong"
+            out = await anyio.to_thread.run_sync(_ps, "--json")
+            assert out.returncode == 0 and len(json.loads(out.stdout)["runtimes"]) == 1
+    assert [e["event"] for e in logs if e["event"].startswith("control.accept")] == \
+        ["control.accept_failed", "control.accept_resumed"]
+    assert _control.list_sockets() == []
+
+
+@pytest.mark.anyio
+async def test_sockets_left_by_dead_processes_are_removed_when_a_runtime_starts(runtime_dir: str) -> None:
+    """A Runtime starting removes <pid>.sock files whose process is gone and nobody listens on;
+    a live process's socket is kept."""
+    d = os.path.join(runtime_dir, "actorbox")
+    os.mkdir(d, 0o700)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid, live_pid = int(gone.stdout), os.getppid()
+    paths = [os.path.join(d, f"{dead_pid}.sock"), os.path.join(d, f"{dead_pid}-2.sock"),
+             os.path.join(d, f"{live_pid}.sock")]
+    for path in paths:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(path)  # bound, never listening, then closed: what a SIGKILLed host leaves
+    async with actorbox.Runtime():
+        assert sorted(os.listdir(d)) == sorted([f"{os.getpid()}.sock", f"{live_pid}.sock"])
+    assert os.listdir(d) == [f"{live_pid}.sock"]
