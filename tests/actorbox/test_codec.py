@@ -6,6 +6,7 @@ import enum
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -482,3 +483,97 @@ def test_fuzz_decoded_exceptions_print(value: msgpack.ExtType) -> None:
     if isinstance(out, BaseException):
         assert isinstance(str(out), str)
         assert isinstance(repr(out), str)
+
+
+# -- decoding budgets (issue 14, findings 4 and 5) ---------------------------------------
+
+_PAD = "p" * 9000  # makes a payload bigger than UNMETERED_BYTES, so its decoding is metered
+_M = 2**61 - 1  # CPython hashes an int k to k mod this
+
+
+def _limited(max_items: int = 1_000_000, max_map_keys: int = 100_000) -> Codec:
+    from actorbox._decode_limits import DecodeLimits
+
+    codec = make_codec(allow_pickle=False)
+    codec.limits = DecodeLimits(max_items, max_map_keys)
+    return codec
+
+
+def _colliding(n: int) -> bytes:
+    """A map of n int keys with one hash value, as an actor's bytes (keys: big-integer extension values)."""
+    return ACTOR.dumps({msgpack.ExtType(5, str(k * _M + 7).encode()): 0 for k in range(1, n + 1)})
+
+
+@given(s.codec_values)
+def test_metered_decoding_gives_what_plain_decoding_gives(value: Any) -> None:
+    """An ordinary value decodes the same through the metered path (a payload over 8 KiB) as through the plain one."""
+    out = HOST.loads(ACTOR.dumps([value, _PAD]), False)
+    assert s.same(out, [value, _PAD])
+
+
+def test_a_payload_over_the_item_budget_fails_naming_the_knob() -> None:
+    """More values than max_decoded_items: SerializationError naming the limit and the Runtime knob."""
+    codec = _limited(max_items=5_000)
+    with pytest.raises(actorbox.SerializationError, match=r"more than 5000 values.*Runtime\(max_decoded_items="):
+        codec.loads(ACTOR.dumps(list(range(10_000))), False)
+    with pytest.raises(actorbox.SerializationError, match=r"max_decoded_items"):  # one array longer than it all
+        codec.loads(ACTOR.dumps([list(range(6_000))]), False)
+    assert codec.loads(ACTOR.dumps(list(range(1_000))), False) == list(range(1_000))
+
+
+@pytest.mark.parametrize("shape", [[{}], [[]], [()], [frozenset()]], ids=["maps", "lists", "tuples", "sets"])
+def test_empty_containers_are_charged_as_they_are_built(shape: list[Any]) -> None:
+    """A payload of small empty containers stops at the budget, with that budget's time and memory, not the
+    payload's: each container is charged when built (an extension value before it is decoded)."""
+    codec = _limited(max_items=10_000)
+    data = ACTOR.dumps(shape * 100_000)
+    t0 = time.perf_counter()
+    with pytest.raises(actorbox.SerializationError, match=r"max_decoded_items"):
+        codec.loads(data, False)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_colliding_keys_are_refused_whatever_the_budget() -> None:
+    """Keys whose hashes collide are refused before the map is built, in linear time, even under a raised budget."""
+    codec = _limited(max_items=10_000_000)
+    data = _colliding(20_000)  # ~5 s to build on this machine
+    t0 = time.perf_counter()
+    with pytest.raises(actorbox.SerializationError, match=r"collide in hash"):
+        codec.loads(data, False)
+    assert time.perf_counter() - t0 < 0.5
+    members = ACTOR.dumps({msgpack.ExtType(5, str(k * _M + 7).encode()) for k in range(1, 5_000)})
+    with pytest.raises(actorbox.SerializationError, match=r"set members collide in hash"):
+        codec.loads(members, False)
+
+
+def test_a_few_colliding_keys_are_ordinary() -> None:
+    """hash(-1) == hash(-2): maps holding such pairs decode (ordinary data has a pair now and then)."""
+    value = [{k: k for k in range(-20, 20)} for _ in range(100)] + [_PAD]
+    assert HOST.loads(ACTOR.dumps(value), False) == value
+
+
+def test_a_map_over_the_key_limit_fails_naming_the_knob() -> None:
+    """More non-string keys in one map than max_map_keys: SerializationError naming the knob; str keys don't count."""
+    codec = _limited(max_map_keys=1_000)
+    with pytest.raises(actorbox.SerializationError, match=r"4000 non-string keys.*Runtime\(max_map_keys="):
+        codec.loads(ACTOR.dumps({k: 0 for k in range(4_000)}), False)  # ~12 KB
+    strs = {str(k): 0 for k in range(4_000)}
+    assert codec.loads(ACTOR.dumps(strs), False) == strs
+
+
+def test_small_and_trusted_payloads_are_not_metered() -> None:
+    """Payloads up to 8 KiB (every small call) and the host's own (trusted) payloads take the hook-free path."""
+    codec = _limited(max_items=10)
+    assert codec.loads(ACTOR.dumps(list(range(1_000))), False) == list(range(1_000))  # ~2 KB
+    assert codec.loads(ACTOR.dumps(list(range(10_000))), True) == list(range(10_000))
+
+
+def test_a_call_and_its_forwarded_results_share_one_budget() -> None:
+    """A call's arguments and the Future results forwarded with it are one message: one budget for all of them."""
+    codec = _limited(max_items=25_000)
+    part = ACTOR.dumps(list(range(6_000)))  # ~18 KB, ~6,000 values each
+    resolved = tuple((0, part, False, 0) for _ in range(5))
+    payload, _ = ACTOR.encode_call((1,), {})
+    with pytest.raises(actorbox.SerializationError, match=r"max_decoded_items"):
+        codec.decode_call(payload, False, (), resolved)
+    assert len(codec.decode_call(payload, False, (), resolved[:3])[0]) == 1

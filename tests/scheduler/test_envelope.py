@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing
 from typing import Any
 
@@ -218,3 +219,75 @@ def test_huge_declared_length_is_refused_quickly() -> None:
     body = b"\x93\x06\x01\xc6\xff\xff\xff\xff" + b"x" * 8
     with pytest.raises(env.EnvelopeError):
         env.decode(body)
+
+
+# -- envelopes from actors: kind first, then bounded (issue 14, finding 5) -------------
+
+_ACTOR_SENDABLE = (env.Call, env.Reply, env.Cancel, env.Log, env.Ready)
+
+
+def _array32(*items: bytes) -> bytes:
+    """An array with a 32-bit length header, as a hand-written sender may write one."""
+    return b"\xdd" + len(items).to_bytes(4, "big") + b"".join(items)
+
+
+@pytest.mark.parametrize("cls", _ACTOR_SENDABLE, ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_from_actor_decodes_what_an_actor_sends(cls: type, data: st.DataObject) -> None:
+    """Every message an actor may send decodes the same with from_actor=True (LOG fields: scalars, as sent)."""
+    msg = data.draw(s.MESSAGES[cls])
+    if cls is env.Log:
+        msg = env.Log(msg.level, msg.event, {k: v for k, v in msg.fields.items()
+                                             if not isinstance(v, (list, dict, bytes))})
+    if cls is env.Reply:
+        msg = dataclasses.replace(msg, detail=None)
+    fds = getattr(msg, "fds", ())
+    assert env.decode(env.encode(msg), fds, from_actor=True) == msg
+
+
+@pytest.mark.parametrize("kind", [env.Kind.INIT, env.Kind.STOP, env.Kind.NAMES, 0, 9, 99, 127, 2**40])
+def test_from_actor_refuses_other_kinds_undecoded(kind: int) -> None:
+    """Host-only and unknown kinds are refused from their first bytes: a 30 MiB body of empty maps
+    behind them is never decoded."""
+    maps = b"\xdd" + (30 << 20).to_bytes(4, "big") + b"\x80" * (30 << 20)
+    head = msgpack.packb(kind)
+    for body in (bytes([0x92]) + head + maps, _array32(head, maps)):
+        t0 = time.perf_counter()
+        with pytest.raises(env.EnvelopeError, match=r"unknown envelope kind|may not send"):
+            env.decode(body, from_actor=True)
+        assert time.perf_counter() - t0 < 0.05
+
+
+def test_from_actor_accepts_any_array_header() -> None:
+    """An array32 header (not what encode() writes, but valid msgpack) is read like a fixarray."""
+    body = _array32(*(msgpack.packb(x) for x in [env.Kind.CANCEL, 7]))
+    assert env.decode(body, from_actor=True) == env.Cancel(7)
+
+
+@pytest.mark.parametrize("value", [b"\x80", b"\x90", b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x80" * (1 << 20),
+                                   b"\xd4\x01\x90", b"\xc4\x01x"], ids=["map", "list", "maps", "ext", "bytes"])
+def test_log_fields_from_an_actor_must_be_scalars(value: bytes) -> None:
+    """A LOG field holding anything but a scalar is refused at its header, before anything in it is built."""
+    body = b"\x94" + msgpack.packb(env.Kind.LOG) + msgpack.packb("info") + msgpack.packb("e") + b"\x81\xa1x" + value
+    with pytest.raises(env.EnvelopeError, match=r"LOG field 'x' is not a scalar"):
+        env.decode(body, from_actor=True)
+
+
+def test_log_fields_from_an_actor_are_bounded() -> None:
+    """A LOG event with more fields than MAX_LOG_FIELDS is refused, naming the limit."""
+    many = env.encode(env.Log("info", "e", {f"f{i}": i for i in range(env.MAX_LOG_FIELDS + 1)}))
+    with pytest.raises(env.EnvelopeError, match=rf"over the limit of {env.MAX_LOG_FIELDS}"):
+        env.decode(many, from_actor=True)
+
+
+def test_containers_in_an_actors_call_are_bounded() -> None:
+    """A CALL whose deps hold a tree of small arrays is refused once its arrays hold ACTOR_ENVELOPE_VALUES
+    values; no map is accepted in an actor's CALL or REPLY."""
+    tree = _array32(*[b"\x9f" + b"\x90" * 15] * 60)  # 60 arrays of 15 empty arrays: 960 containers
+    body = _array32(*(msgpack.packb(x) for x in [env.Kind.CALL, 1, 2, "m", b"", None, False, False]),
+                    _array32(*[tree] * 60), b"\x90", b"\x00", b"\xc4\x00")
+    with pytest.raises(env.EnvelopeError, match=r"over 4096 values"):
+        env.decode(body, from_actor=True)
+    reply = msgpack.packb([env.Kind.REPLY, 1, 0, b"", {"k": 1}, False, 0])
+    with pytest.raises(env.EnvelopeError, match=r"undecodable envelope"):
+        env.decode(reply, from_actor=True)
