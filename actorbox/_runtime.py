@@ -264,6 +264,9 @@ class Runtime:
             self.object_store.close()
             self.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
             self.codec.segments.drain_pool()
+            # Waited for without blocking the loop: a fork finishing now wakes its (cancelled)
+            # launch through the loop, and blocking it here would deadlock.
+            self._spawner.shutdown(wait=False)
             with anyio.CancelScope(shield=True):
                 # Off the loop: a fork finishing now wakes its (cancelled) launch through the loop.
                 await anyio.to_thread.run_sync(self._spawner.shutdown)
