@@ -268,8 +268,8 @@ class Runtime:
             # launch through the loop, and blocking it here would deadlock.
             self._spawner.shutdown(wait=False)
             with anyio.CancelScope(shield=True):
-                # Off the loop: a fork finishing now wakes its (cancelled) launch through the loop.
-                await anyio.to_thread.run_sync(self._spawner.shutdown)
+                while any(t.is_alive() for t in getattr(self._spawner, "_threads", ())):
+                    await anyio.sleep(0.005)
             if self._host is not None:
                 self._host.close(self.grace_period)
             try:
