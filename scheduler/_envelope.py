@@ -214,7 +214,7 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = (), *, from_actor: bo
     ``from_actor``: an actor sent it (the host's side). Its kind is read first and
     nothing else is decoded unless an actor may send that kind; the rest is decoded
     under limits that only a malformed envelope exceeds (``ACTOR_ENVELOPE_VALUES``
-    values, no maps but a LOG's fields, which must be scalars), so a frame of empty
+    values; no maps but a LOG's fields, which must be scalars), so a frame of empty
     containers or colliding keys costs the host nothing before it is refused.
     """
     if from_actor:
@@ -223,7 +223,8 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = (), *, from_actor: bo
             raise EnvelopeError(f"an actor may not send a {Kind(kind).name} envelope" if kind in _KINDS
                                 else f"unknown envelope kind {kind}")
     try:
-        if not from_actor:
+        if not from_actor or (len(body) <= ACTOR_ENVELOPE_VALUES and kind != Kind.LOG):
+            # (An actor's small envelope can't hold more values than it has bytes: nothing to bound.)
             obj = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
         elif kind == Kind.LOG:
             obj = _read_log(body)

@@ -282,12 +282,12 @@ def test_log_fields_from_an_actor_are_bounded() -> None:
 
 def test_containers_in_an_actors_call_are_bounded() -> None:
     """A CALL whose deps hold a tree of small arrays is refused once its arrays hold ACTOR_ENVELOPE_VALUES
-    values; no map is accepted in an actor's CALL or REPLY."""
+    values; no map is accepted in a big CALL or REPLY of an actor (a small one can't amplify)."""
     tree = _array32(*[b"\x9f" + b"\x90" * 15] * 60)  # 60 arrays of 15 empty arrays: 960 containers
     body = _array32(*(msgpack.packb(x) for x in [env.Kind.CALL, 1, 2, "m", b"", None, False, False]),
                     _array32(*[tree] * 60), b"\x90", b"\x00", b"\xc4\x00")
     with pytest.raises(env.EnvelopeError, match=r"over 4096 values"):
         env.decode(body, from_actor=True)
-    reply = msgpack.packb([env.Kind.REPLY, 1, 0, b"", {"k": 1}, False, 0])
+    reply = msgpack.packb([env.Kind.REPLY, 1, 0, b"x" * 8192, {"k": 1}, False, 0])
     with pytest.raises(env.EnvelopeError, match=r"undecodable envelope"):
         env.decode(reply, from_actor=True)
