@@ -8,6 +8,10 @@ from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
 from ._endpoint import ConnectionEndpoint as ConnectionEndpoint
 from ._endpoint import Endpoint as Endpoint
+from ._fds import MAX_FDS_PER_FRAME as MAX_FDS_PER_FRAME
+from ._fds import close_fds as close_fds
+from ._fds import dup_all as dup_all
+from ._fds import too_many_fds as too_many_fds
 from ._framing import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
 from ._framing import FrameDecoder as FrameDecoder
 from ._framing import FrameError as FrameError
@@ -17,6 +21,7 @@ from ._router import Scheduler as Scheduler
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MAX_FDS_PER_FRAME",
     "ActorEntry",
     "CallInfo",
     "Connection",
@@ -26,5 +31,8 @@ __all__ = [
     "FrameDecoder",
     "FrameError",
     "Scheduler",
+    "close_fds",
+    "dup_all",
     "envelope",
+    "too_many_fds",
 ]

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import sniffio
 
+from ._fds import close_fds, dup_all
 from ._framing import DEFAULT_MAX_FRAME, MAX_FDS_PER_FRAME, FrameDecoder, FrameError, encode_header
 
 _RECV_SIZE = 256 * 1024
@@ -153,7 +154,7 @@ class Connection:
                     return True
                 self._pending_bytes -= sent
                 if sent and fds:  # the kernel has put them in the message: ours go
-                    _close_all(fds)
+                    close_fds(fds)
                 if sent == len(view):
                     self._pending.popleft()
                 elif sent == 0:
@@ -165,7 +166,7 @@ class Connection:
     def _drop_pending(self) -> None:
         """Forget what was not sent, closing its fds (under _lock)."""
         for _view, fds in self._pending:
-            _close_all(fds)
+            close_fds(fds)
         self._pending.clear()
 
     def _arm_writer(self) -> None:
@@ -225,7 +226,7 @@ class Connection:
                 except BaseException:
                     # The connection ends here: the frames behind this one are never handled.
                     for _, later in frames[i + 1:]:
-                        _close_all(later)
+                        close_fds(later)
                     raise
             if nread < _RECV_SIZE:
                 return True
@@ -358,22 +359,3 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
-
-def dup_all(fds: tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """Duplicates of ``fds`` (close-on-exec); none are left open if one can't be made."""
-    out: list[int] = []
-    try:
-        for fd in fds:
-            out.append(os.dup(fd))
-    except OSError:
-        _close_all(out)
-        raise
-    return tuple(out)
-
-
-def _close_all(fds: tuple[int, ...] | list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

@@ -14,7 +14,7 @@ import structlog
 
 from . import _envelope as env
 from ._connection import Connection, ConnectionClosed
-from ._framing import too_many_fds
+from ._fds import close_fds, too_many_fds
 
 if TYPE_CHECKING:
     from ._router import Scheduler
@@ -64,14 +64,6 @@ _ENVELOPE_SLACK = 4096
 # keeps its segment's descriptor open while it lives, a queued call its arguments'): an
 # actor must not fill the host's descriptor table, and no ordinary program holds this many.
 DEFAULT_MAX_HELD_FDS = 1024
-
-
-def _close_fds(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 class ConnectionEndpoint(Endpoint):
@@ -139,25 +131,25 @@ class ConnectionEndpoint(Endpoint):
         try:
             msg = env.decode(body, fds, from_actor=True)  # its kind first: see decode
         except env.EnvelopeError:
-            _close_fds(tuple(fds))
+            close_fds(fds)
             raise
         if self.debug_rpc:
             _log_frame("in", self.label, msg, len(body))
         t = type(msg)
         if t is env.Reply:
             if msg.status not in _ACTOR_STATUSES or msg.detail is not None:  # type: ignore[union-attr]
-                _close_fds(msg.fds)  # type: ignore[union-attr]
+                close_fds(msg.fds)  # type: ignore[union-attr]
                 raise env.EnvelopeError(f"an actor may not reply with status {msg.status.name}")  # type: ignore[union-attr]
             why = self._admit(msg.fds) if msg.fds else None  # type: ignore[union-attr]
             if why is not None:
                 # That result fails, refused like a call over a limit; the actor goes on.
-                _close_fds(msg.fds)  # type: ignore[union-attr]
+                close_fds(msg.fds)  # type: ignore[union-attr]
                 msg = env.Reply(msg.call_id, env.Status.REFUSED, b"", {"message": why}, trusted=True)  # type: ignore[union-attr]
             self.scheduler.reply(self, msg)  # type: ignore[arg-type]
         elif t is env.Call:
             why = self._admit(msg.fds) if msg.fds else None  # type: ignore[union-attr]
             if why is not None:
-                _close_fds(msg.fds)  # type: ignore[union-attr]
+                close_fds(msg.fds)  # type: ignore[union-attr]
                 self.deliver_reply(env.Reply(msg.call_id, env.Status.REFUSED, b"", {"message": why}, trusted=True))  # type: ignore[union-attr]
                 return
             self.scheduler.submit(self, msg)  # type: ignore[arg-type]
@@ -178,7 +170,7 @@ class ConnectionEndpoint(Endpoint):
         except ConnectionClosed:
             pass  # the death handler fails whatever was in flight
         finally:
-            _close_fds(fds)
+            close_fds(fds)
 
     def _too_big(self, msg: env.Call | env.Reply) -> str | None:
         """Why ``msg`` can't go to this actor (its frame is over the actor's limit), if so.
@@ -206,7 +198,7 @@ class ConnectionEndpoint(Endpoint):
     def deliver_call(self, call: env.Call) -> None:
         why = self._too_big(call)
         if why is not None:
-            _close_fds(call.fds)
+            close_fds(call.fds)
             self.scheduler.reply(self, env.Reply(call.call_id, env.Status.REFUSED, b"", {"message": why}))
             return
         self._send_quietly(call, call.fds)
@@ -214,7 +206,7 @@ class ConnectionEndpoint(Endpoint):
     def deliver_reply(self, reply: env.Reply) -> None:
         why = self._too_big(reply)
         if why is not None:
-            _close_fds(reply.fds)
+            close_fds(reply.fds)
             reply = env.Reply(reply.call_id, env.Status.REFUSED, b"", {"message": why}, trusted=True)
         self._send_quietly(reply, reply.fds)
 

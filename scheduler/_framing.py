@@ -10,23 +10,14 @@ segment it was sent with, and we never split a header across two sends' fds).
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import deque
 
+from ._fds import MAX_FDS_PER_FRAME as MAX_FDS_PER_FRAME
+from ._fds import close_fds
+
 HEADER = struct.Struct("<II")
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
-MAX_FDS_PER_FRAME = 64
-
-
-def too_many_fds(nfds: int, what: str) -> str | None:
-    """Why a message whose ``what`` carries ``nfds`` descriptors can't be sent, if so: the
-    peer would refuse the frame and hang up, so the sender fails that message instead."""
-    if nfds <= MAX_FDS_PER_FRAME:
-        return None
-    verb = "hold" if what.endswith("s") else "holds"
-    return (f"{what} {verb} {nfds} tensors or arrays, over the {MAX_FDS_PER_FRAME} one message can carry (each "
-            "travels as a descriptor); stack them into fewer (torch.stack, np.stack) or send them in several calls")
 
 
 class FrameError(Exception):
@@ -71,7 +62,7 @@ class FrameDecoder:
             self._parse(data, frames)
         except FrameError:
             for _body, frame_fds in frames:
-                _close_all(frame_fds)
+                close_fds(frame_fds)
             self._buf.clear()
             self.close()
             raise
@@ -117,16 +108,6 @@ class FrameDecoder:
 
     def close(self) -> None:
         """Close the descriptors held for an incomplete frame (idempotent)."""
-        while self._fds:
-            try:
-                os.close(self._fds.popleft())
-            except OSError:
-                pass
+        fds, self._fds = self._fds, deque()
+        close_fds(fds)
 
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

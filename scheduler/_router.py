@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hmac
 import itertools
-import os
 import secrets
 import time
 from collections import deque
@@ -32,8 +31,8 @@ from typing import Any
 import structlog
 
 from . import _envelope as env
-from ._connection import dup_all
 from ._endpoint import Endpoint
+from ._fds import close_fds, dup_all
 
 log = structlog.get_logger("actorbox")
 
@@ -224,8 +223,7 @@ class Scheduler:
         if call.call_id in caller.outgoing or (not caller.trusted and len(caller.outgoing) >= self.max_outgoing):
             # Over the in-flight limit, or reusing a live call id (which would orphan
             # the earlier call): refuse this call alone; it never enters the table.
-            for fd in call.fds:
-                _close(fd)
+            close_fds(call.fds)
             caller.deliver_reply(env.Reply(call.call_id, env.Status.REFUSED, b"", {
                 "message": f"{caller.label} has {len(caller.outgoing)} calls in flight (limit "
                            f"{self.max_outgoing}) or reused a call id; await earlier calls first"}, trusted=True))
@@ -235,8 +233,7 @@ class Scheduler:
             status, detail = (env.Status.NO_ACTOR, {"actor_id": call.target}) if a is None else a.closed  # type: ignore[misc]
             self.calls[gid] = entry
             self._finish(entry, env.Reply(gid, status, b"", detail))
-            for fd in call.fds:
-                _close(fd)
+            close_fds(call.fds)
             return gid
         entry.call = env.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted, fds=call.fds)
         self.calls[gid] = entry
@@ -405,8 +402,7 @@ class Scheduler:
         """A result from ``callee``; ignored unless it answers a call delivered to it."""
         entry = self.calls.get(reply.call_id)
         if entry is None or entry.callee is not callee:
-            for fd in reply.fds:
-                _close(fd)
+            close_fds(reply.fds)
             return
         self._finish(entry, reply)
 
@@ -417,12 +413,10 @@ class Scheduler:
             self._release_slot(a, entry)
         # Descriptors of a call never delivered, or of results it never received, die with it.
         if entry.call is not None:
-            for fd in entry.call.fds:
-                _close(fd)
+            close_fds(entry.call.fds)
             entry.call = None
         for r in (entry.results or {}).values():
-            for fd in r[4]:
-                _close(fd)
+            close_fds(r[4])
         entry.results = None
         if trusted is None:
             trusted = entry.callee.trusted if entry.callee is not None else True
@@ -436,8 +430,7 @@ class Scheduler:
             caller.deliver_reply(env.Reply(entry.caller_local_id, reply.status, reply.payload, reply.detail,
                                            trusted=trusted, fds=reply.fds))
         else:
-            for fd in reply.fds:
-                _close(fd)
+            close_fds(reply.fds)
         if a is not None and a.queue:
             self._pump(a)
 
@@ -493,10 +486,3 @@ class Scheduler:
                                 e.parent_call_id, e.state, round(now - e.submitted_at, 6)))
         return out
 
-
-def _close(fd: int) -> None:
-
-    try:
-        os.close(fd)
-    except OSError:
-        pass
