@@ -43,9 +43,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 import msgpack
 import structlog
 
-from scheduler import Connection, ConnectionClosed
+from scheduler import Connection, ConnectionClosed, too_many_fds
 from scheduler import envelope as env
-from scheduler._framing import too_many_fds
 
 from ._caller import Caller, current_call
 from ._codec import Codec

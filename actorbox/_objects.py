@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from scheduler._connection import dup_all
+from scheduler import dup_all
 
 from ._errors import ObjectNotFoundError, ObjectStoreFullError
 
