@@ -144,7 +144,7 @@ def _slot_init(cls: type) -> None:
     exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), ns)  # as dataclasses does
     init = ns["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init  # type: ignore[misc]
+    setattr(cls, "__init__", init)  # noqa: B010 (mypy forbids assigning a method to a class)
 
 
 _slot_init(Call)
@@ -164,36 +164,33 @@ class EnvelopeError(ValueError):
 
 def encode(msg: Message) -> bytes:
     """Serialize an envelope (without its fds, which travel beside the frame)."""
-    t = type(msg)
-    if t is Call:
-        c: Call = msg  # type: ignore[assignment]
-        fields: list[Any] = [Kind.CALL, c.call_id, c.target, c.method, c.payload, c.parent_call_id, c.trusted,
-                             c.reentrant, list(c.deps), [list(r) for r in c.resolved], len(c.fds), c.token]
-    elif t is Reply:
-        r: Reply = msg  # type: ignore[assignment]
-        fields = [Kind.REPLY, r.call_id, int(r.status), r.payload, r.detail, r.trusted, len(r.fds)]
-    elif t is Cancel:
-        fields = [Kind.CANCEL, msg.call_id]  # type: ignore[union-attr]
-    elif t is Log:
-        lg: Log = msg  # type: ignore[assignment]
-        fields = [Kind.LOG, lg.level, lg.event, lg.fields]
-    elif t is Init:
-        i: Init = msg  # type: ignore[assignment]
-        fields = [Kind.INIT, i.actor_id, i.name, i.payload, i.names]
-    elif t is Ready:
-        rd: Ready = msg  # type: ignore[assignment]
-        fields = [Kind.READY, rd.pid, rd.error]
-    elif t is Stop:
+    # isinstance narrows for mypy and, on these exact (final) types, costs what ``type() is`` does.
+    if isinstance(msg, Call):
+        fields: list[Any] = [Kind.CALL, msg.call_id, msg.target, msg.method, msg.payload, msg.parent_call_id,
+                             msg.trusted, msg.reentrant, list(msg.deps), [list(r) for r in msg.resolved],
+                             len(msg.fds), msg.token]
+    elif isinstance(msg, Reply):
+        fields = [Kind.REPLY, msg.call_id, int(msg.status), msg.payload, msg.detail, msg.trusted, len(msg.fds)]
+    elif isinstance(msg, Cancel):
+        fields = [Kind.CANCEL, msg.call_id]
+    elif isinstance(msg, Log):
+        fields = [Kind.LOG, msg.level, msg.event, msg.fields]
+    elif isinstance(msg, Init):
+        fields = [Kind.INIT, msg.actor_id, msg.name, msg.payload, msg.names]
+    elif isinstance(msg, Ready):
+        fields = [Kind.READY, msg.pid, msg.error]
+    elif isinstance(msg, Stop):
         fields = [Kind.STOP]
-    elif t is Names:
-        fields = [Kind.NAMES, msg.names]  # type: ignore[union-attr]
+    elif isinstance(msg, Names):
+        fields = [Kind.NAMES, msg.names]
     else:  # pragma: no cover - programming error
         raise TypeError(f"not an envelope: {msg!r}")
     try:
         packer = _packers.packer
     except AttributeError:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(fields)  # type: ignore[no-any-return]
+    body: bytes = packer.pack(fields)
+    return body
 
 
 def _check(cond: bool, what: str) -> None:
@@ -260,8 +257,9 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = (), *, from_actor: bo
             _check(detail is None or _str_keys(detail), "REPLY detail must be a map with string keys")
             _check(nfds == len(fds), "REPLY fd count mismatch")
             st = _STATUS.get(status) if type(status) is int else None
-            _check(st is not None, f"REPLY status {status!r} is not a Status")
-            return Reply(cid, st, payload, detail, trusted, tuple(fds))  # type: ignore[arg-type]
+            if st is None:
+                raise EnvelopeError(f"REPLY status {status!r} is not a Status")
+            return Reply(cid, st, payload, detail, trusted, tuple(fds))
         _check(not fds, "only CALL and REPLY carry file descriptors")
         if kind == Kind.CANCEL:
             _check(n == 2 and type(obj[1]) is int, "CANCEL field types")
@@ -291,6 +289,13 @@ def decode(body: bytes, fds: list[int] | tuple[int, ...] = (), *, from_actor: bo
 # 64 Future arguments is ~400 values; a LOG's fields are each one key and one scalar.
 ACTOR_ENVELOPE_VALUES = 4096
 MAX_LOG_FIELDS = 1024
+# A LOG event from an actor: each of its strings (level, event, keys, values) at most
+# MAX_LOG_TEXT characters, the whole envelope at most MAX_LOG_BYTES, so what the host
+# escapes and prints for one event stays small (escaping control characters costs up to
+# ~0.5 µs each: a 50 MB field stalled the host's loop for seconds). An actor's forwarder
+# trims its events to fit (``log_event``); the host refuses one that does not.
+MAX_LOG_TEXT = 1024
+MAX_LOG_BYTES = 64 * 1024
 _ACTOR_KINDS = frozenset({Kind.CALL, Kind.REPLY, Kind.CANCEL, Kind.LOG, Kind.READY})
 _KINDS = frozenset(int(k) for k in Kind)
 _SCALARS = frozenset((bool, int, float, str))  # what an actor's log forwarder sends (others as repr)
@@ -331,28 +336,70 @@ def _counter(limit: int) -> Callable[[list[Any]], list[Any]]:
 
 def _read_log(body: bytes) -> list[Any]:
     """An actor's LOG envelope, item by item: its fields are scalars, so any container
-    in them is refused at its header, before anything in it is built."""
+    in them is refused at its header, before anything in it is built; so is a string
+    over MAX_LOG_TEXT characters' worth of bytes, and an envelope over MAX_LOG_BYTES."""
+    _check(len(body) <= MAX_LOG_BYTES, f"LOG envelope of {len(body)} bytes, over the limit of {MAX_LOG_BYTES}")
     u = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1), max_array_len=0, max_map_len=0,
-                         max_ext_len=0)
+                         max_ext_len=0, max_bin_len=0, max_str_len=4 * MAX_LOG_TEXT)
     u.feed(body)
     _check(u.read_array_header() == 4, "LOG has 4 fields")
-    obj: list[Any] = [u.unpack(), u.unpack(), u.unpack()]
+    obj: list[Any] = [u.unpack(), _log_item(u, "level"), _log_item(u, "event")]
+    _check(type(obj[1]) is str and type(obj[2]) is str, "LOG field types")
     n = u.read_map_header()
     _check(n <= MAX_LOG_FIELDS, f"LOG event has {n} fields, over the limit of {MAX_LOG_FIELDS}")
     fields: dict[str, Any] = {}
     for _ in range(n):
-        key = u.unpack()
+        key = _log_item(u, "field name")
         _check(type(key) is str, "LOG fields must be a map with string keys")
-        try:
-            value = u.unpack()
-        except ValueError:  # a container (or extension value) over its zero cap: not read further
-            value = _NOT_SCALAR
-        _check(value is None or type(value) in _SCALARS,
-               f"LOG field {key[:64]!r} is not a scalar (the values an actor's logger sends); refused undecoded")
-        fields[key] = value
+        fields[key] = _log_item(u, f"field {key[:64]!r}")
     _check(u.tell() == len(body), "LOG envelope has trailing bytes")
     obj.append(fields)
     return obj
+
+
+def _log_item(u: msgpack.Unpacker, what: str) -> Any:
+    try:
+        value = u.unpack()
+    except ValueError:  # a container, extension value or long string over its cap: not read further
+        value = _NOT_SCALAR
+    _check(value is None or (type(value) in _SCALARS and (type(value) is not str or len(value) <= MAX_LOG_TEXT)),
+           f"LOG {what} is not a scalar of at most {MAX_LOG_TEXT} characters (what an actor's logger sends); "
+           "refused undecoded")
+    return value
+
+
+def log_event(level: str, event: str, fields: dict[str, Any]) -> Log:
+    """A LOG envelope the host accepts, made of an actor's event (scalar ``fields``; others
+    already as their repr): strings over MAX_LOG_TEXT characters are cut, the cut marked;
+    fields past MAX_LOG_FIELDS or the envelope's MAX_LOG_BYTES are dropped and counted in a
+    ``log_fields_cut`` field. An honest actor's event is so shortened, never refused."""
+    budget = MAX_LOG_BYTES - 2 * (4 * MAX_LOG_TEXT + 3) - 64  # what level, event and headers may take
+    out: dict[str, Any] = {}
+    cut = 0
+    for k, v in fields.items():
+        key = _log_text(k)
+        if type(v) is str:
+            v = _log_text(v)
+        size = _utf8_len(key) + 3 + (_utf8_len(v) + 3 if type(v) is str else 9)
+        if size > budget or len(out) >= MAX_LOG_FIELDS - 1:
+            cut += 1
+            continue
+        budget -= size
+        out[key] = v
+    if cut:
+        out["log_fields_cut"] = cut
+    return Log(_log_text(level), _log_text(event), out)
+
+
+def _log_text(s: str) -> str:
+    if len(s) <= MAX_LOG_TEXT:
+        return s
+    mark = f"...[{len(s)} characters, cut]"
+    return s[: MAX_LOG_TEXT - len(mark)] + mark
+
+
+def _utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
 def _resolved(r: Any) -> bool:
