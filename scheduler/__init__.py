@@ -4,6 +4,8 @@ This package knows nothing about payloads, actors' classes or sandboxes.
 """
 
 from . import _envelope as envelope
+from ._admission import slot_passes_on as slot_passes_on
+from ._admission import starts_at_once as starts_at_once
 from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
 from ._endpoint import ConnectionEndpoint as ConnectionEndpoint
@@ -34,5 +36,7 @@ __all__ = [
     "close_fds",
     "dup_all",
     "envelope",
+    "slot_passes_on",
+    "starts_at_once",
     "too_many_fds",
 ]

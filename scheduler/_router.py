@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from . import _envelope as env
+from ._admission import slot_passes_on, starts_at_once
 from ._endpoint import Endpoint
 from ._fds import close_fds, dup_all
 
@@ -349,8 +350,8 @@ class Scheduler:
         entry.callee = a.endpoint
         a.running[entry.call_id] = entry
         # The actor admits a call at once when re-entrant or a slot is free, else
-        # queues it in its FIFO (the same rule as actorbox._child's _start_call).
-        if reentrant or a.active < a.max_concurrency:
+        # queues it in its FIFO: one rule, scheduler._admission, for both.
+        if starts_at_once(a.active, a.max_concurrency, reentrant):
             a.active += 1
             self._began(a, entry)
         else:
@@ -378,7 +379,7 @@ class Scheduler:
                 a.unstarted.remove(entry)
             except ValueError:
                 pass
-        elif a.unstarted and a.active <= a.max_concurrency:
+        elif slot_passes_on(a.active, a.max_concurrency, len(a.unstarted)):
             self._began(a, a.unstarted.popleft())
         else:
             a.active -= 1

@@ -1,4 +1,4 @@
-"""Admission inside an actor process (actorbox/_child.py ActorProcess), driven message by
+"""Admission inside an actor process (actorbox/_calls.py, _admission.py), driven message by
 message in this process, so the orders that are rare on a real socket are exact here.
 
 A cancel that reaches a call before it starts means it never starts: not when the call
@@ -17,7 +17,8 @@ import socket
 
 import pytest
 
-from actorbox._child import ActorProcess, _Job
+from actorbox._actor_server import ActorServer
+from actorbox._job import Job
 from scheduler import envelope as env
 
 
@@ -35,12 +36,12 @@ class Work:
 
 
 def _actor(obj, socks, *, inline):
-    """An ActorProcess on a socketpair, with ``obj`` as its instance; what it sends is kept."""
-    proc = ActorProcess(socks[0])
+    """An ActorServer on a socketpair, with ``obj`` as its instance; what it sends is kept."""
+    proc = ActorServer(socks[0])
     sent = []
-    proc._send = sent.append
-    proc.instance = obj
-    proc.inline_ok = inline
+    proc.outbox.send = sent.append
+    proc.calls.instance = obj
+    proc.inline.ok = inline
     return proc, sent
 
 
@@ -65,12 +66,12 @@ def test_a_call_and_its_cancel_in_one_read_never_start():
     async def main():
         obj = Work()
         proc, sent = _actor(obj, socks, inline=True)
-        proc._start_call(_call(proc, 1, "work", 7))  # admitted; starts once the read ends
-        proc._cancel(1)
+        proc.calls.start(_call(proc, 1, "work", 7))  # admitted; starts once the read ends
+        proc.calls.cancel(1)
         await asyncio.sleep(0.05)
         assert obj.ran == [], "a call cancelled before it started ran"
         assert _statuses(sent) == {1: env.Status.CANCELLED}
-        assert proc.active == 0 and not proc.running
+        assert proc.calls.admission.active == 0 and not proc.calls.runner.running
 
     with _socketpair() as socks:
         asyncio.run(main())
@@ -78,22 +79,22 @@ def test_a_call_and_its_cancel_in_one_read_never_start():
 
 @pytest.mark.parametrize("method", ["work", "awork"])
 def test_a_queued_call_cancelled_on_its_way_to_the_loop_never_starts(method):
-    """The queued call's slot is freed (_next(), on the worker that ran the call before it),
+    """The queued call's slot is freed (next_in_slot(), on the worker that ran the call before it),
     the cancel comes, then the loop thread gets to launch it."""
     async def main():
         obj = Work()
         proc, sent = _actor(obj, socks, inline=method == "work")
         call = _call(proc, 2, method, 8)
-        proc.active = 1  # call 1 runs; call 2 waits for its slot
-        proc.waiting.append(_Job(call, getattr(obj, method), method == "awork", contextvars.copy_context()))
-        nxt = proc._next()  # call 1 ended: call 2 takes its slot
+        proc.calls.admission.active = 1  # call 1 runs; call 2 waits for its slot
+        proc.calls.admission.waiting.append(Job(call, getattr(obj, method), method == "awork", contextvars.copy_context()))
+        nxt = proc.calls.next_in_slot()  # call 1 ended: call 2 takes its slot
         assert nxt is not None and nxt.call.call_id == 2
-        proc._cancel(2)
-        proc._launch(nxt)
+        proc.calls.cancel(2)
+        proc.calls.launch(nxt)
         await asyncio.sleep(0.05)
         assert obj.ran == [], "a call cancelled before it started ran"
         assert _statuses(sent) == {2: env.Status.CANCELLED}
-        assert not proc.running
+        assert not proc.calls.runner.running
 
     with _socketpair() as socks:
         asyncio.run(main())

@@ -1,4 +1,4 @@
-"""Inline calls (actorbox/_child.py): sync calls of a sync-only actor run on its loop thread.
+"""Inline calls (actorbox/_inline.py, _calls.py): sync calls of a sync-only actor run on its loop thread.
 
 An actor whose class has no async methods and whose ``max_concurrency`` is 1
 runs each sync call on its loop thread when nothing else runs, saving a thread
@@ -408,18 +408,18 @@ async def test_without_a_watchdog_thread_nothing_runs_inline(monkeypatch):
     """Under a process limit no thread may be had: the actor then keeps every call on workers."""
     import socket
 
-    from actorbox._child import ActorProcess
+    from actorbox._actor_server import ActorServer
 
     a, b = socket.socketpair()
     try:
-        proc = ActorProcess(a)
+        proc = ActorServer(a)
 
         def refuse(self):
             raise RuntimeError("can't start new thread")
 
         monkeypatch.setattr(threading.Thread, "start", refuse)
-        assert proc._start_watchdog() is False
-        assert proc._watch_thread is None
+        assert proc.inline.watchdog.start() is False
+        assert proc.inline.watchdog.thread is None
     finally:
         a.close()
         b.close()

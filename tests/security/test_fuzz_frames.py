@@ -8,7 +8,7 @@ pipes, /dev/null). Only the documented errors may escape, every descriptor passe
 handed to exactly one owner (who closes it) or closed, and each input is decoded fast.
 
 End to end: a real sandboxed actor (plugins/frame_sender.py) writes hypothesis frames at
-the host, and the host writes them at an actor's own decoder (actorbox/_child.py); the
+the host, and the host writes them at an actor's own decoder (actorbox/_actor_server.py); the
 host keeps serving another actor, the bad actor fails with a typed error (it is
 disconnected and restarted), no call is left pending and no descriptor is held.
 
