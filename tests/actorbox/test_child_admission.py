@@ -86,7 +86,8 @@ def test_a_queued_call_cancelled_on_its_way_to_the_loop_never_starts(method):
         proc, sent = _actor(obj, socks, inline=method == "work")
         call = _call(proc, 2, method, 8)
         proc.calls.admission.active = 1  # call 1 runs; call 2 waits for its slot
-        proc.calls.admission.waiting.append(Job(call, getattr(obj, method), method == "awork", contextvars.copy_context()))
+        job = Job(call, getattr(obj, method), method == "awork", contextvars.copy_context())
+        proc.calls.admission.waiting.append(job)
         nxt = proc.calls.next_in_slot()  # call 1 ended: call 2 takes its slot
         assert nxt is not None and nxt.call.call_id == 2
         proc.calls.cancel(2)
