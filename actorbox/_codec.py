@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -69,6 +70,10 @@ _ACTORBOX_ERRORS = {
     if isinstance(obj, type) and issubclass(obj, _errors.ActorboxError)
 }
 _MAX_TRACEBACK = 64 * 1024
+# What of an actor's exception text the receiver keeps (the rest is cut, the cut marked):
+# each character is escaped for the terminal, and 50 MB of them stalled the host for seconds.
+_MAX_MESSAGE = 64 * 1024
+_MAX_TYPE_NAME = 1024
 # Extension values nest by re-entering the msgpack decoder, which keeps tens of KB
 # of C stack per level: a few hundred levels crash the process. Refuse deeper.
 MAX_EXT_DEPTH = 32
@@ -337,6 +342,8 @@ class Codec:
             meter = self._tls.meter = Meter(self.limits)
         self._depth.n = depth + 1
         try:
+            if not trusted and b"\xff" in data:  # (memchr: every ext -1 header holds its type byte, 0xff)
+                return self._loads_stamped(data, meter)
             if meter is None or trusted:
                 return msgpack.unpackb(
                     data,
@@ -358,6 +365,22 @@ class Codec:
             self._depth.n = depth
             if opened:
                 self._tls.meter = None
+
+    def _loads_stamped(self, data: bytes, meter: Meter | None) -> Any:
+        """An actor's payload that may hold extension type -1: msgpack decodes that one itself
+        (a ``msgpack.Timestamp``), never through ``ext_hook``, so past the allow-list. The
+        container hooks refuse one wherever it is; payloads without a 0xff byte skip this."""
+        if meter is None:
+            obj = msgpack.unpackb(data, ext_hook=self._ext_untrusted, raw=False, strict_map_key=False, use_list=True,
+                                  list_hook=_no_timestamp, object_pairs_hook=_no_timestamp_pairs)
+        else:
+            obj = msgpack.unpackb(data, ext_hook=self._ext_metered, raw=False, strict_map_key=False, use_list=True,
+                                  list_hook=lambda v: meter.on_list(_no_timestamp(v)),
+                                  object_pairs_hook=lambda p: meter.on_map(_checked_pairs(p)),
+                                  **self.limits.unpack_options())
+        if type(obj) is msgpack.Timestamp:
+            raise _timestamp_refused()
+        return obj
 
     def decode_call(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int] = (),
                     resolved: tuple[tuple[int, bytes, bool, int], ...] = (), *,
@@ -427,11 +450,42 @@ class Codec:
             raise SerializationError("malformed exception")
         exc = rebuild_exception(module, qualname, args, message, context, trusted=trusted)
         if not trusted:  # display text an actor chose: no terminal escape sequences in it
-            tb = escape_controls(tb, newlines=True)
+            tb = escape_controls(_cut(tb, _MAX_TRACEBACK, tail=True), newlines=True)
         exc.remote_traceback = tb  # type: ignore[attr-defined]
         if tb:
             exc.add_note("Remote traceback:\n" + tb.rstrip())
         return exc
+
+
+def _timestamp_refused() -> SerializationError:
+    return SerializationError(
+        "refused a msgpack Timestamp (extension type -1) in a payload from an actor: it is not one of the "
+        "types that cross the boundary; send a time as a number (seconds since the epoch) or an ISO string")
+
+
+def _no_timestamp(values: list[Any]) -> list[Any]:
+    if msgpack.Timestamp in set(map(type, values)):
+        raise _timestamp_refused()
+    return values
+
+
+def _checked_pairs(pairs: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    if msgpack.Timestamp in set(map(type, chain.from_iterable(pairs))):
+        raise _timestamp_refused()
+    return pairs
+
+
+def _no_timestamp_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return dict(_checked_pairs(pairs))
+
+
+def _cut(text: str, limit: int, *, tail: bool = False) -> str:
+    """``text`` cut to about ``limit`` characters, its head kept (its tail: ``tail``), the cut said."""
+    if len(text) <= limit:
+        return text
+    if tail:
+        return f"[{len(text) - limit} characters cut]\n" + text[-limit:]
+    return text[:limit] + f"... [{len(text) - limit} characters cut]"
 
 
 def _opt_str(v: Any) -> bool:
@@ -463,7 +517,7 @@ def rebuild_exception(module: str, qualname: str, args: list[Any], message: str,
     (``ActorDiedError`` naming another actor); ``attribute_error`` restores the few
     an actor may say about the call it answers.
     """
-    cls = _exception_type(module, qualname)
+    cls = _exception_type(module, qualname) if len(module) + len(qualname) <= _MAX_TYPE_NAME else None
     foreign = cls is None or _is_control_flow(cls) or (not trusted and issubclass(cls, _errors.ActorboxError))
     if cls is not None and not foreign:
         if module == "builtins":
@@ -495,8 +549,9 @@ def rebuild_exception(module: str, qualname: str, args: list[Any], message: str,
         type_name = context["type_name"]
     elif cls is not None and issubclass(cls, _errors.ActorboxError) and type(context.get("method")) is str:
         claimed_method = context["method"]  # what attribute_error checks; replaced there by the truth
-    if not trusted:
-        type_name, message = escape_controls(type_name), escape_controls(message, newlines=True)
+    if not trusted:  # bounded first: escaping costs up to ~0.5 µs a character, on the host's loop
+        type_name = escape_controls(_cut(type_name, _MAX_TYPE_NAME))
+        message = escape_controls(_cut(message, _MAX_MESSAGE), newlines=True)
     return _errors.RemoteError(message, type_name=type_name, method=claimed_method)
 
 
