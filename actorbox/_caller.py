@@ -1,29 +1,35 @@
 """The caller side of calls, shared by the host and actor processes.
 
 A Caller numbers its calls, keeps their Futures until the reply arrives, and
-turns replies into values or exceptions. The host's caller hands calls to the
-scheduler directly; an actor's caller writes them to its socket.
+has replies turned into values or exceptions (``_outcome``). The host's caller hands
+calls to the scheduler directly; an actor's caller writes them to its socket.
 """
 
 from __future__ import annotations
 
+import abc
 import contextvars
 import itertools
 from collections.abc import Callable
 from typing import Any
 
-from scheduler import envelope as env
+from scheduler import close_fds, envelope
 
 from . import _errors
-from ._codec import Codec, attribute_error
-from ._future import Future, _Raise, error_for
+from ._codec import Codec
+from ._future import Future
+from ._objects import SERVICE_NAME
+from ._outcome import outcome
 
 # The call this code is running on behalf of (its id as known to the scheduler),
 # so nested calls carry their parent and re-entrant chains can be admitted.
 current_call: contextvars.ContextVar[int | None] = contextvars.ContextVar("actorbox_current_call", default=None)
 
 
-class Caller:
+class Caller(abc.ABC):
+    """Makes calls for one process; a subclass says how envelopes leave it and how its loop
+    is reached (it is the :class:`~actorbox._future.Resolver` of the Futures it makes)."""
+
     codec: Codec
 
     def __init__(self) -> None:
@@ -32,18 +38,21 @@ class Caller:
 
     # -- to implement ------------------------------------------------------------
 
-    def _send_call(self, call: env.Call) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _send_call(self, call: envelope.Call) -> None:
+        """Send ``call`` towards the scheduler (it is this caller's from now on)."""
 
+    @abc.abstractmethod
     def _send_cancel(self, local_id: int) -> None:
-        raise NotImplementedError
+        """Ask the scheduler to cancel this caller's call ``local_id``."""
 
+    @abc.abstractmethod
     def on_loop_thread(self) -> bool:
-        raise NotImplementedError
+        """Whether this is the thread of this process's event loop."""
 
+    @abc.abstractmethod
     def soon_on_loop(self, func: Callable[[], None]) -> None:
         """Run ``func`` on the loop thread soon (called from any other thread)."""
-        raise NotImplementedError
 
     def pump(self, fut: Future[Any], timeout: float | None) -> bool:
         """Wait for ``fut`` on the loop thread by reading frames here, where that is safe
@@ -55,8 +64,13 @@ class Caller:
         Future awaited here (in a nested event loop) must read its own reply with :meth:`pump`."""
         return False
 
+    @abc.abstractmethod
     def get_actor(self, name: str) -> Any:
-        raise NotImplementedError
+        """A handle to the actor registered as ``name``."""
+
+    @abc.abstractmethod
+    async def stop_actor(self, actor_id: int) -> None:
+        """Stop actor ``actor_id`` (what ``handle.stop()`` does)."""
 
     def hold_result(self, fut: Future[Any]) -> None:
         """A result carrying shared memory arrived and waits to be read."""
@@ -66,13 +80,9 @@ class Caller:
 
     async def get_object(self, object_id: str) -> Any:
         """The value of an ObjectRef (outside the host: fetched from the host's store)."""
-        from ._objects import SERVICE_NAME
-
         return await self.get_actor(SERVICE_NAME).get(object_id)
 
     async def release_object(self, object_id: str) -> None:
-        from ._objects import SERVICE_NAME
-
         await self.get_actor(SERVICE_NAME).release(object_id)
 
     # -- shared ------------------------------------------------------------------
@@ -93,12 +103,12 @@ class Caller:
         deps: list[Future[Any]] = []
         payload, fds = self.codec.encode_call(args, kwargs, deps, ipc=self.ipc_reaches(actor_id))
         if deps and not self.futures_as_args:
-            _close_all(fds)
+            close_fds(fds)
             raise _errors.SerializationError(
                 f"{label}.{method}(): a pending Future can be an argument only of calls made by the host; "
                 "inside an actor, await it and pass its value")
         if any(dep._caller is not self for dep in deps):
-            _close_all(fds)
+            close_fds(fds)
             raise _errors.SerializationError(
                 f"{label}.{method}(): a Future from another process or Runtime can't be an argument; await it first")
         return self.submit(actor_id, label, method, payload, fds, tuple(dep.call_id for dep in deps), token)
@@ -133,7 +143,7 @@ class Caller:
         fut: Future[Any] = Future(self, lid, label, method, actor_id)
         self.pending[lid] = fut
         try:
-            self._send_call(env.Call(lid, actor_id, method, payload, parent, deps=deps, token=token, fds=fds))
+            self._send_call(envelope.Call(lid, actor_id, method, payload, parent, deps=deps, token=token, fds=fds))
         except BaseException:
             del self.pending[lid]  # never sent: nothing will answer it
             raise
@@ -142,84 +152,19 @@ class Caller:
     def cancel(self, fut: Future[Any]) -> None:
         if self.pending.pop(fut.call_id, None) is not None:
             self._send_cancel(fut.call_id)
-            fut._resolve(env.Reply(fut.call_id, env.Status.CANCELLED))
+            fut._resolve(envelope.Reply(fut.call_id, envelope.Status.CANCELLED))
 
-    def on_reply(self, reply: env.Reply) -> None:
+    def on_reply(self, reply: envelope.Reply) -> None:
         fut = self.pending.pop(reply.call_id, None)
-        if fut is not None and reply.status == env.Status.OK:
+        if fut is not None and reply.status == envelope.Status.OK:
             fut._resolve(reply)  # the Future owns the reply's fds until it is decoded (or dropped)
             if reply.fds:
                 self.hold_result(fut)
             return
-        for fd in reply.fds:  # only a result may carry descriptors
-            _close(fd)
+        close_fds(reply.fds)  # only a result may carry descriptors
         if fut is not None:
-            fut._resolve(env.Reply(reply.call_id, reply.status, reply.payload, reply.detail, reply.trusted))
+            fut._resolve(envelope.Reply(reply.call_id, reply.status, reply.payload, reply.detail, reply.trusted))
 
-    def outcome(self, fut: Future[Any], reply: env.Reply) -> Any:
-        status = reply.status
-        if status == env.Status.OK:
-            try:
-                if not reply.payload:
-                    _close_all(reply.fds)  # no value to own them (a forged reply may send some)
-                    return None
-                return self.codec.loads_fds(reply.payload, reply.trusted, reply.fds, ipc=self.ipc_from(fut.actor_id))
-            except _errors.SerializationError as exc:
-                return _Raise(exc)
-        if status == env.Status.ERROR:
-            error: object
-            try:
-                error = self.codec.loads(reply.payload, reply.trusted)
-            except _errors.SerializationError as err:
-                error = err
-            if not isinstance(error, BaseException):
-                error = _errors.ProtocolError(
-                    f"{fut.actor}.{fut.method}() replied with an error that is not an exception", actor=fut.actor)
-            return _Raise(attribute_error(error, fut.actor, fut.method, fut.call_id))
-        if status == env.Status.DEP_FAILED:
-            return _Raise(self._dependency_failed(fut, reply))
-        return _Raise(error_for(status.name, reply.detail, fut.actor, fut.method, fut.call_id))
-
-    def _dependency_failed(self, fut: Future[Any], reply: env.Reply) -> BaseException:
-        d = reply.detail or {}
-        through = 0
-        while not reply.payload and d.get("dep_status") == "DEP_FAILED":
-            # The argument's call was itself not run, for one of its own arguments: the
-            # cause is the first failure down the chain (its detail, one "dep_" deeper).
-            d = {k.removeprefix("dep_"): v for k, v in d.items() if k.startswith("dep_")}
-            through += 1
-        dep_status = str(d.get("dep_status", "ERROR"))
-        cause: BaseException
-        if reply.payload:
-            try:
-                decoded = self.codec.loads(reply.payload, reply.trusted)
-            except _errors.SerializationError as bad:
-                decoded = bad
-            cause = decoded if isinstance(decoded, BaseException) else _errors.ProtocolError(
-                "a failed argument's error is not an exception", actor=fut.actor)
-        else:
-            dep_detail = {k.removeprefix("dep_"): v for k, v in d.items() if k.startswith("dep_")}
-            call_id = d.get("dep_caller_call_id")
-            cause = error_for(dep_status, dep_detail, str(d.get("dep_actor", "?")), str(d.get("dep_method", "?")),
-                              call_id if type(call_id) is int else 0)
-        via = f" (through {through} call{'s' if through > 1 else ''} that waited for it)" if through else ""
-        failure = _errors.DependencyFailedError(
-            f"{fut.actor}.{fut.method}() [call {fut.call_id}] was not run: a Future passed to it as an "
-            f"argument failed{via} with {type(cause).__name__}: {cause}",
-            actor=fut.actor, method=fut.method, call_id=fut.call_id)
-        failure.__cause__ = cause
-        return failure
-
-
-def _close_all(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        _close(fd)
-
-
-def _close(fd: int) -> None:
-    import os
-
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    def outcome(self, fut: Future[Any], reply: envelope.Reply) -> Any:
+        """The value ``reply`` holds for ``fut``, or a Raised failure (see ``_outcome``)."""
+        return outcome(self.codec, reply, fut.actor, fut.method, fut.call_id, ipc=self.ipc_from(fut.actor_id))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextvars
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ActorboxError
+from ._process import ProcessCaller
+from ._process import process_caller as process_caller
+from ._tensors import shared_empty as _shared_empty
 
 if TYPE_CHECKING:
     from ._handle import ActorHandle
-
-# Set by Runtime.__aenter__ in the host and by the actor-process entry point.
-process_caller: contextvars.ContextVar[Any] = contextvars.ContextVar("actorbox_process_caller", default=None)
 
 
 def get_actor(name: str) -> ActorHandle:
@@ -19,13 +18,14 @@ def get_actor(name: str) -> ActorHandle:
 
     Works in the host inside ``async with Runtime()`` and in any actor's code.
     """
-    caller = process_caller.get()
+    caller: ProcessCaller | None = process_caller.get()
     if caller is None:
         raise ActorboxError(
             f"get_actor({name!r}) needs a running actorbox Runtime: call it inside 'async with "
             "actorbox.Runtime() as rt:' or from an actor's code"
         )
-    return caller.get_actor(name)  # type: ignore[no-any-return]
+    handle: ActorHandle = caller.get_actor(name)
+    return handle
 
 
 def shared_empty(*shape: int, dtype: Any = None) -> Any:
@@ -36,9 +36,7 @@ def shared_empty(*shape: int, dtype: Any = None) -> Any:
     """
     import torch
 
-    from ._tensors import shared_empty as _shared_empty
-
-    caller = process_caller.get()
+    caller: ProcessCaller | None = process_caller.get()
     if caller is None:
         raise ActorboxError("shared_empty() needs a running actorbox Runtime (or to run inside an actor)")
     return _shared_empty(caller.codec.segments, tuple(shape), dtype or torch.float32)

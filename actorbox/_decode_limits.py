@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypedDict
 
 from ._errors import SerializationError
 
@@ -54,6 +54,13 @@ _SAFE_KEYS = frozenset((str, bytes))  # hashed with a per-process random key
 _first = itemgetter(0)
 
 
+class UnpackOptions(TypedDict):
+    """The keyword arguments of ``msgpack.unpackb`` that cap one container's length."""
+
+    max_array_len: int
+    max_map_len: int
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
     """What one message from an actor may decode to (see ``Runtime(max_decoded_items=...)``)."""
@@ -66,7 +73,7 @@ class DecodeLimits:
             if type(value) is not int or value < 1:
                 raise ValueError(f"Runtime({knob}=...) must be a positive integer, got {value!r}")
 
-    def unpack_options(self) -> dict[str, int]:
+    def unpack_options(self) -> UnpackOptions:
         """msgpack's own per-container caps: checked on a container's header, before it is
         allocated (a container is charged only once complete)."""
         return {"max_array_len": self.max_items, "max_map_len": max(1, self.max_items // 2)}

@@ -10,23 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 import sniffio
 
+from scheduler import close_fds
+
 from . import _errors
-from ._errors import ActorboxError
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Callable, Generator
 
-    from scheduler._envelope import Reply
-
-    from ._caller import Caller
+    from scheduler import envelope
 
 T = TypeVar("T")
+
+
+class Resolver(Protocol):
+    """What a Future needs from the caller that made its call (the caller implements it;
+    the Future depends on nothing more, so it sits below the caller and the codec)."""
+
+    def on_loop_thread(self) -> bool: ...
+
+    def soon_on_loop(self, func: Callable[[], None]) -> None: ...
+
+    def pump(self, fut: Future[Any], timeout: float | None) -> bool: ...
+
+    def pumps_here(self) -> bool: ...
+
+    def cancel(self, fut: Future[Any]) -> None: ...
+
+    def outcome(self, fut: Future[Any], reply: envelope.Reply) -> Any:
+        """The reply's value, or a :class:`Raised` for a failure."""
+        ...
+
+    def result_read(self, fut: Future[Any]) -> None: ...
 
 _PENDING = object()
 _TEVENT_LOCK = threading.Lock()
@@ -43,13 +63,13 @@ class Future(Generic[T]):
     __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "_waiters", "actor", "actor_id",
                  "call_id", "method")
 
-    def __init__(self, caller: Caller, call_id: int, actor: str, method: str, actor_id: int = -1) -> None:
+    def __init__(self, caller: Resolver, call_id: int, actor: str, method: str, actor_id: int = -1) -> None:
         self._caller = caller
         self.call_id = call_id
         self.actor = actor
         self.actor_id = actor_id
         self.method = method
-        self._reply: Reply | None = None
+        self._reply: envelope.Reply | None = None
         self._value: Any = _PENDING
         self._event: anyio.Event | None = None  # awaited on backends other than asyncio
         self._waiters: list[asyncio.Future[None]] | None = None  # asyncio: one per awaiting task
@@ -63,18 +83,12 @@ class Future(Generic[T]):
         # A result nobody read still owns the descriptors of its tensors.
         reply = self._reply
         if reply is not None and reply.fds and self._value is _PENDING:
-            import os
-
-            for fd in reply.fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            close_fds(reply.fds)
 
     def done(self) -> bool:
         return self._reply is not None
 
-    def _resolve(self, reply: Reply) -> None:
+    def _resolve(self, reply: envelope.Reply) -> None:
         """Called once the reply is in: on this process's loop thread, or on another one (a
         cancel from a worker thread, a reply read while an inline call holds the loop)."""
         if self._reply is not None:
@@ -192,66 +206,35 @@ class Future(Generic[T]):
         return True
 
     def _outcome(self) -> T:
+        """The value (or raise the failure); called only once the reply is in."""
         if self._value is _PENDING:
             with _DECODE_LOCK:  # decoded once: the reply's descriptors belong to one decode
-                if self._value is _PENDING:
-                    self._value = self._caller.outcome(self, self._reply)  # type: ignore[arg-type]
-                    if self._reply.fds:  # type: ignore[union-attr]
+                reply = self._reply
+                if self._value is _PENDING and reply is not None:
+                    self._value = self._caller.outcome(self, reply)
+                    if reply.fds:
                         self._caller.result_read(self)
         v = self._value
-        if isinstance(v, _Raise):
+        if isinstance(v, Raised):
             raise v.exc
-        return v  # type: ignore[no-any-return]
+        return cast(T, v)
 
     def _expire(self, message: str) -> bool:
         """Release an unread result's shared memory; reading it raises ObjectNotFoundError
         with ``message`` from now on. False when it was read (or never came) after all."""
-        import os
-
         with _DECODE_LOCK:
             reply = self._reply
             if self._value is not _PENDING or reply is None:
                 return False
-            for fd in reply.fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._value = _Raise(_errors.ObjectNotFoundError(message, object_id=None))
+            close_fds(reply.fds)
+            self._value = Raised(_errors.ObjectNotFoundError(message, object_id=None))
             return True
 
 
-class _Raise:
+class Raised:
     """An outcome that is an exception (kept apart from a returned exception object)."""
 
     __slots__ = ("exc",)
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
-
-
-def error_for(status_name: str, detail: dict[str, Any] | None, actor: str, method: str,
-              call_id: int) -> ActorboxError:
-    """Build the error for a call that failed without an exception from the callee."""
-    d = detail or {}
-
-    def s(key: str) -> Any:
-        v = d.get(key)
-        return v if v is None or type(v) in (int, str) else str(v)
-
-    if status_name == "DIED":
-        return _errors.ActorDiedError(
-            s("message") or "", actor=actor, method=method, call_id=call_id, pid=s("pid"),
-            exit_code=s("exit_code"), signal=s("signal"), stderr=s("stderr"))
-    if status_name == "STOPPED":
-        return _errors.ActorStoppedError(s("message") or "", actor=actor, method=method, call_id=call_id)
-    if status_name == "NO_ACTOR":
-        return _errors.ActorNotFoundError(
-            f"no actor with id {d.get('actor_id')} for {method}(); it was never started here or has been removed",
-            name=None)
-    if status_name == "CANCELLED":
-        return _errors.CallCancelledError(
-            f"call {actor}.{method}() [call {call_id}] was cancelled", actor=actor, method=method, call_id=call_id)
-    return _errors.CallRefusedError(
-        f"call {actor}.{method}() was refused: {s('message') or status_name.lower()}",
-        actor=actor, method=method, call_id=call_id)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._context import process_caller
 from ._errors import PrivateMethodError
+from ._process import process_caller
 
 if TYPE_CHECKING:
-    from ._caller import Caller
     from ._future import Future
+
+
+class HandleCaller(Protocol):
+    """What a handle needs from its process's caller (a ``Caller`` is one)."""
+
+    def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any], token: bytes = b"") -> Future[Any]: ...
+
+    async def stop_actor(self, actor_id: int) -> None: ...
 
 
 class ActorHandle:
@@ -23,7 +31,7 @@ class ActorHandle:
 
     __slots__ = ("_caller", "_methods", "_token", "actor_id", "label", "name")
 
-    def __init__(self, caller: Caller, actor_id: int, name: str | None, label: str, token: bytes = b"") -> None:
+    def __init__(self, caller: HandleCaller, actor_id: int, name: str | None, label: str, token: bytes = b"") -> None:
         self._caller = caller
         self._methods: dict[str, _Method] = {}
         self._token = token
@@ -63,15 +71,22 @@ class ActorHandle:
 
     async def stop(self) -> None:
         """Stop the actor (idempotent): graceful first, killed after the grace period."""
-        await self._caller.stop_actor(self.actor_id)  # type: ignore[attr-defined]
+        await self._caller.stop_actor(self.actor_id)
 
 
 class _Method:
-    __slots__ = ("_handle", "_name")
+    """``handle.method``: calling it starts the call and returns its Future."""
+
+    # __name__ and __qualname__ as functions have them: tools that name what they are given
+    # (anyio's ``tg.start_soon(handle.method)``, which then says that a Future is no coroutine)
+    # find them instead of failing with AttributeError on the handle.
+    __slots__ = ("__name__", "__qualname__", "_handle", "_name")
 
     def __init__(self, handle: ActorHandle, name: str) -> None:
         self._handle = handle
         self._name = name
+        self.__name__ = name
+        self.__qualname__ = f"{handle.label}.{name}"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Future[Any]:
         h = self._handle

@@ -19,7 +19,7 @@ import secrets
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -30,11 +30,28 @@ from ._errors import ObjectNotFoundError, ObjectStoreFullError
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from ._codec import Codec
-
 log = structlog.get_logger("actorbox")
 
 SERVICE_NAME = "actorbox.objects"  # the host-resident actor through which actors reach the store
+
+
+class ObjectClient(Protocol):
+    """How an ObjectRef reaches the store (a ``Caller`` does this: the host's directly, an
+    actor's through the store's host-resident actor)."""
+
+    async def get_object(self, object_id: str) -> Any: ...
+
+    async def release_object(self, object_id: str) -> None: ...
+
+
+class PayloadCodec(Protocol):
+    """What the store asks of the codec (a ``Codec``): it sits below the codec, which encodes
+    ObjectRefs, so it names only what it uses."""
+
+    def dumps_fds(self, obj: Any, *, ipc: bool = False) -> tuple[bytes, tuple[int, ...]]: ...
+
+    def loads_fds(self, data: bytes, trusted: bool, fds: tuple[int, ...] | list[int], *,
+                  ipc: bool = False) -> Any: ...
 
 
 class ObjectRef:
@@ -45,7 +62,7 @@ class ObjectRef:
 
     __slots__ = ("_caller", "object_id")
 
-    def __init__(self, caller: Any, object_id: str) -> None:
+    def __init__(self, caller: ObjectClient, object_id: str) -> None:
         self._caller = caller
         self.object_id = object_id
 
@@ -59,7 +76,7 @@ class ObjectRef:
         return hash(("ObjectRef", self.object_id))
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._caller.get_object(self.object_id).__await__()  # type: ignore[no-any-return]
+        return self._caller.get_object(self.object_id).__await__()
 
     async def release(self) -> None:
         """Drop the store's copy now (memory still mapped by someone stays valid for them)."""
@@ -88,7 +105,7 @@ def check_retention(value: Any, where: str) -> float | None:
 class ObjectStore:
     """Objects the host holds for others, by id. Lives on the host's event loop."""
 
-    def __init__(self, codec: Codec, *, retention: float | None, capacity: int) -> None:
+    def __init__(self, codec: PayloadCodec, *, retention: float | None, capacity: int) -> None:
         self.codec = codec
         self.retention = retention
         self.capacity = capacity

@@ -8,6 +8,8 @@ from ._admission import slot_passes_on as slot_passes_on
 from ._admission import starts_at_once as starts_at_once
 from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
+from ._dependency import DependencyFailure as DependencyFailure
+from ._dependency import FailedCall as FailedCall
 from ._endpoint import ConnectionEndpoint as ConnectionEndpoint
 from ._endpoint import Endpoint as Endpoint
 from ._fds import MAX_FDS_PER_FRAME as MAX_FDS_PER_FRAME
@@ -29,7 +31,9 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionEndpoint",
+    "DependencyFailure",
     "Endpoint",
+    "FailedCall",
     "FrameDecoder",
     "FrameError",
     "Scheduler",

@@ -26,12 +26,13 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 from . import _envelope as env
 from ._admission import slot_passes_on, starts_at_once
+from ._dependency import DependencyFailure, FailedCall
 from ._endpoint import Endpoint
 from ._fds import close_fds, dup_all
 
@@ -51,7 +52,15 @@ RUNNING = "running"  # running in the actor (as far as the scheduler can tell; s
 CANCELLING = "cancelling"
 
 
-_DepResult = tuple[env.Status, bytes, "dict[str, Any] | None", bool, tuple[int, ...], "dict[str, Any]"]
+class _DepResult(NamedTuple):
+    """The result of a call another call waits for, as it arrived, and who produced it."""
+
+    status: env.Status
+    payload: bytes
+    detail: dict[str, Any] | None
+    trusted: bool
+    fds: tuple[int, ...]
+    producer: FailedCall  # its status is filled in only if it failed (see _release)
 
 
 @dataclass(slots=True, eq=False)
@@ -69,7 +78,7 @@ class CallEntry:
     began: bool = False  # holds one of the actor's max_concurrency slots (or runs re-entrantly)
     callee: Endpoint | None = None
     # Futures as arguments: the global ids this call waits for, their results as
-    # they arrive (status, payload, detail, trusted, fds, who produced it), and the calls
+    # they arrive (_DepResult), and the calls
     # waiting on this one.
     deps: list[int] | None = None
     results: dict[int, _DepResult] | None = None
@@ -277,16 +286,15 @@ class Scheduler:
             if d is None or d.state != WAITING or d.results is None or d.deps is None:
                 continue
             a = self.actors.get(dep.actor_id)
-            who = {"dep_actor": a.label if a else str(dep.actor_id), "dep_method": dep.method,
-                   "dep_caller_call_id": dep.caller_local_id}
+            who = FailedCall(a.label if a else str(dep.actor_id), dep.method, dep.caller_local_id, "")
             try:
                 fds = dup_all(reply.fds)
             except OSError as exc:  # out of descriptors: this dependent fails, the reply goes on
-                d.results[dep.call_id] = (env.Status.REFUSED, b"", {"message": (
+                d.results[dep.call_id] = _DepResult(env.Status.REFUSED, b"", {"message": (
                     f"the host could not hand this result on ({exc.strerror}); close files it holds or "
                     "raise its descriptor limit (ulimit -n)")}, True, (), who)
             else:
-                d.results[dep.call_id] = (reply.status, reply.payload, reply.detail, trusted, fds, who)
+                d.results[dep.call_id] = _DepResult(reply.status, reply.payload, reply.detail, trusted, fds, who)
             if all(g in d.results for g in d.deps):
                 self._to_release.append(d)
         if self._releasing:
@@ -302,13 +310,14 @@ class Scheduler:
         """All of ``d``'s dependencies finished: fail it with the first failure, or admit it."""
         assert d.results is not None and d.deps is not None and d.call is not None
         results = [d.results[g] for g in d.deps]
-        failed = next(((g, r) for g, r in zip(d.deps, results, strict=True) if r[0] != env.Status.OK), None)
+        failed = next((r for r in results if r.status != env.Status.OK), None)
         if failed is not None:
-            g, (status, payload, detail, trusted, _, who) = failed
-            info: dict[str, Any] = {"dep_call_id": g, "dep_status": status.name, **who}
-            if detail:
-                info.update({f"dep_{k}": v for k, v in detail.items()})
-            self._finish(d, env.Reply(d.call_id, env.Status.DEP_FAILED, payload, info), trusted=trusted)
+            # The first failure down the chain, as a structured value (see _dependency): its
+            # error payload travels on unchanged, decoded by the caller with its producer's trust.
+            dep = FailedCall(failed.producer.actor, failed.producer.method, failed.producer.caller_call_id,
+                             failed.status.name)
+            info = DependencyFailure.of(dep, failed.detail).to_detail()
+            self._finish(d, env.Reply(d.call_id, env.Status.DEP_FAILED, failed.payload, info), trusted=failed.trusted)
             return
         call = d.call
         # A Future passed twice shares one result: each later use gets its own descriptors,
@@ -316,11 +325,12 @@ class Scheduler:
         seen: set[int] = set()
         fdsets: list[tuple[int, ...]] = []
         for g, r in zip(d.deps, results, strict=True):
-            fdsets.append(dup_all(r[4]) if g in seen else r[4])
+            fdsets.append(dup_all(r.fds) if g in seen else r.fds)
             seen.add(g)
         d.call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
                           trusted=call.trusted,
-                          resolved=tuple((int(r[0]), r[1], r[3], len(f)) for r, f in zip(results, fdsets, strict=True)),
+                          resolved=tuple((int(r.status), r.payload, r.trusted, len(f))
+                                         for r, f in zip(results, fdsets, strict=True)),
                           fds=call.fds + tuple(fd for f in fdsets for fd in f))
         d.results = None
         d.state = QUEUED

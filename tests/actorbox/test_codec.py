@@ -23,7 +23,7 @@ from tests import strategies as s
 
 def make_codec(*, allow_pickle: bool) -> Codec:
     """A Codec wired like actorbox/_runtime.py and _child.py build theirs, with a trivial make_handle."""
-    return Codec(allow_pickle=allow_pickle, handle_type=ActorHandle,
+    return Codec(allow_pickle=allow_pickle,
                  make_handle=lambda actor_id, name, label, token: ActorHandle(None, actor_id, name, label, token))  # type: ignore[arg-type]
 
 

@@ -123,7 +123,7 @@ def test_cuda_ipc_tensors_are_taken_only_where_the_receiver_allows_them() -> Non
 
     from actorbox._codec import EXT_CUDA_IPC, Codec
 
-    codec = Codec(allow_pickle=False, handle_type=actorbox.ActorHandle, make_handle=lambda *a: None)
+    codec = Codec(allow_pickle=False, make_handle=lambda *a: None)
     data = msgpack.packb(msgpack.ExtType(EXT_CUDA_IPC, codec.dumps(ipc_fields())))
     with pytest.raises(SerializationError, match="refused a CUDA IPC tensor"):
         codec.loads_fds(data, False, ())

@@ -18,7 +18,6 @@ import trio
 
 import actorbox
 from actorbox._codec import EXT_EXCEPTION, Codec, attribute_error
-from actorbox._handle import ActorHandle
 
 from ._support import CALL_TIMEOUT
 
@@ -154,8 +153,7 @@ async def test_host_made_errors_keep_their_type():
 
 
 def _codec() -> Codec:
-    return Codec(allow_pickle=False, handle_type=ActorHandle,
-                 make_handle=lambda *a: None)  # type: ignore[arg-type]
+    return Codec(allow_pickle=False, make_handle=lambda *a: None)  # type: ignore[arg-type]
 
 
 def _payload(module: str, qualname: str, args: list[Any], context: dict[str, Any] | None = None) -> bytes:
