@@ -14,10 +14,10 @@ import re
 # sequence on some terminals). Ordinary Unicode passes unchanged.
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROLS_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _hex(m: re.Match[str]) -> str:
-    return f"\\x{ord(m.group()):02x}"
+# Each control present is replaced in one str.replace pass (~1 ns a character), not by a
+# regex callback per occurrence (~0.5 µs each: a flood of log events full of them held the
+# host's loop for 0.4 s a read). No replacement holds a control, so the passes don't interact.
+_ESCAPES = tuple((chr(c), f"\\x{c:02x}") for c in (*range(0x00, 0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0)))
 
 
 def escape_controls(text: str, *, newlines: bool = False) -> str:
@@ -26,4 +26,9 @@ def escape_controls(text: str, *, newlines: bool = False) -> str:
     Tabs stay, and so do newlines when ``newlines`` is true (multi-line text such as
     a traceback); backslashes are left alone, so escaping twice changes nothing more.
     """
-    return (_CONTROLS_BUT_NEWLINE if newlines else _CONTROLS).sub(_hex, text)
+    if (_CONTROLS_BUT_NEWLINE if newlines else _CONTROLS).search(text) is None:
+        return text
+    for char, escaped in _ESCAPES:
+        if char in text and not (newlines and char == "\n"):
+            text = text.replace(char, escaped)
+    return text

@@ -227,3 +227,29 @@ async def test_megabytes_of_exception_text_do_not_stall_the_host():
         with anyio.fail_after(CALL_TIMEOUT):
             assert await rev.ping() == "pong"
         await assert_host_serves(rt, healthy)
+
+
+def test_escaping_is_the_old_regex_substitution_at_a_tenth_of_the_cost():
+    """escape_controls gives what the per-match regex substitution gave, on every character class; a
+    megabyte of control characters takes well under 0.25 s (the substitution: 0.6-0.8 s, which let a
+    flood of control-laden log events hold the host's loop 0.4 s a read)."""
+    import random
+    import re
+
+    from sandbox import escape_controls
+
+    def reference(text: str, newlines: bool) -> str:
+        pattern = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]" if newlines else r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+        return re.sub(pattern, lambda m: f"\\x{ord(m.group()):02x}", text)
+
+    rng = random.Random(14)
+    texts = ["".join(map(chr, range(0x300))), "plain", "", "a\nb", *(
+        "".join(chr(rng.choice((rng.randrange(0x300), rng.randrange(0x20)))) for _ in range(rng.randrange(200)))
+        for _ in range(500))]
+    for text in texts:
+        for newlines in (False, True):
+            assert escape_controls(text, newlines=newlines) == reference(text, newlines), repr(text)
+    flood = "\x1b\x07\x9b" * 350_000
+    t0 = time.perf_counter()
+    escape_controls(flood)
+    assert time.perf_counter() - t0 < 0.25
