@@ -1,6 +1,6 @@
 """actorbox: run plugin classes as actors, each in its own sandboxed process."""
 
-from sandbox import SandboxPolicy as SandboxPolicy
+from scheduler import CallInfo as CallInfo
 
 from ._context import get_actor as get_actor
 from ._context import share as share
@@ -21,17 +21,21 @@ from ._errors import MethodNotFoundError as MethodNotFoundError
 from ._errors import NameTakenError as NameTakenError
 from ._errors import ObjectNotFoundError as ObjectNotFoundError
 from ._errors import ObjectStoreFullError as ObjectStoreFullError
+from ._errors import PolicyError as PolicyError
 from ._errors import PrivateMethodError as PrivateMethodError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import SandboxUnavailableError as SandboxUnavailableError
 from ._errors import SerializationError as SerializationError
+from ._extensions import LoadedExtension as LoadedExtension
 from ._future import Future as Future
 from ._handle import ActorHandle as ActorHandle
+from ._inspect import ActorInfo as ActorInfo
+from ._leaks import LeakCheck as LeakCheck
 from ._objects import ObjectRef as ObjectRef
 from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
-from ._runtime import ActorInfo as ActorInfo
+from ._policy import SandboxPolicy as SandboxPolicy
 from ._runtime import Runtime as Runtime
 
 __all__ = [
@@ -45,17 +49,21 @@ __all__ = [
     "ActorboxError",
     "CallCancelledError",
     "CallError",
+    "CallInfo",
     "CallRefusedError",
     "DependencyFailedError",
     "EnvironmentBuildError",
     "ExtensionError",
     "Future",
     "InvalidRequirementError",
+    "LeakCheck",
+    "LoadedExtension",
     "MethodNotFoundError",
     "NameTakenError",
     "ObjectNotFoundError",
     "ObjectRef",
     "ObjectStoreFullError",
+    "PolicyError",
     "PrivateMethodError",
     "ProtocolError",
     "RemoteError",

@@ -19,17 +19,14 @@ import socket
 import stat
 import struct
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
 from ._errors import ActorboxError
-from ._inspect import snapshot
-
-if TYPE_CHECKING:
-    from ._runtime import Runtime
+from ._inspect import Inspectable, snapshot
 
 log = structlog.get_logger("actorbox")
 
@@ -156,7 +153,7 @@ def _peer_uid(sock: socket.socket) -> int | None:
 class ControlServer:
     """A Runtime's control socket; ``serve`` runs in the Runtime's task group."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Inspectable) -> None:
         self.rt = rt
         self.directory = control_dir()
         check_dir(self.directory, create=True)

@@ -26,8 +26,12 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
+import structlog
 
 import sandbox
 from sandbox import SandboxPolicy
@@ -35,6 +39,8 @@ from sandbox import SandboxPolicy
 from ._errors import ExtensionError, InvalidRequirementError
 from ._handle import ActorHandle
 from ._options import ActorOptions, check_name
+
+log = structlog.get_logger("actorbox")
 
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "sandbox"}
@@ -211,3 +217,21 @@ def extension_folders(directory: str) -> list[str]:
         raise ExtensionError(f"cannot list extensions in {directory!r}: {exc}", path=directory) from None
     return [e.path for e in entries
             if e.is_dir() and not e.name.startswith(".") and os.path.isfile(os.path.join(e.path, "pyproject.toml"))]
+
+
+async def load_all(folders: list[str], load: Callable[[str], Awaitable[ActorHandle]]) -> list[LoadedExtension]:
+    """Run ``load`` on every folder at once; one LoadedExtension per folder, in order, failures included."""
+    results: dict[str, LoadedExtension] = {}
+
+    async def one(folder: str) -> None:
+        try:
+            handle = await load(folder)
+            results[folder] = LoadedExtension(folder, handle.name, handle, None)
+        except Exception as exc:
+            log.error("extension.failed", path=folder, error=f"{type(exc).__name__}: {exc}")
+            results[folder] = LoadedExtension(folder, getattr(exc, "actor", None), None, exc)
+
+    async with anyio.create_task_group() as tg:
+        for folder in folders:
+            tg.start_soon(one, folder)
+    return [results[f] for f in folders]

@@ -12,17 +12,59 @@ import dataclasses
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
 from sandbox import escape_controls
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from scheduler import CallInfo, Scheduler
+
+    from ._objects import ObjectStore
+    from ._residents import Resident
+    from ._supervisor import ActorSupervisor
 
 # Samples closer together than this reuse the last CPU figure (a shorter delta is noise).
 _MIN_CPU_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ActorInfo:
+    """A snapshot of one actor (``Runtime.actors()``)."""
+
+    actor_id: int
+    name: str | None
+    label: str
+    cls: str
+    pid: int | None  # None for host-resident actors
+    state: str  # starting | alive | restarting | dead | stopped | resident
+    restarts: int
+    max_concurrency: int
+    queued: int  # waiting for a slot: in the scheduler's queue or delivered ahead into the actor's
+    running: int  # running now (re-entrant calls may take it past max_concurrency)
+    rss: int | None = None  # resident memory in bytes (psutil); None when not an alive process
+    cpu_percent: float | None = None  # since the previous actors() (the first time: since it started)
+    running_calls: tuple[int, ...] = ()  # ids of the calls running now
+    # Descriptors (tensors, arrays) received from it that the host holds open now; None for
+    # host-resident actors and between processes. Bounded per actor (over it, calls fail).
+    open_fds: int | None = None
+
+
+class Inspectable(Protocol):
+    """What a snapshot reads of a Runtime (the control socket holds one of these, not the Runtime)."""
+
+    @property
+    def sandbox(self) -> str: ...
+    @property
+    def trace_file(self) -> str | None: ...
+    @property
+    def object_store(self) -> ObjectStore: ...
+    def actors(self) -> list[ActorInfo]: ...
+    def pending_calls(self) -> list[CallInfo]: ...
+    def named_actors(self) -> dict[str, int]: ...
 
 
 class ProcessSampler:
@@ -68,7 +110,34 @@ class ProcessSampler:
             del self._seen[pid]
 
 
-def snapshot(rt: Runtime) -> dict[str, Any]:
+def actor_infos(scheduler: Scheduler, supervisors: Mapping[int, ActorSupervisor],
+                residents: Mapping[int, Resident], sampler: ProcessSampler) -> list[ActorInfo]:
+    """One row per actor the scheduler knows: processes (with RSS and CPU) and host-resident objects."""
+    out = []
+    alive: set[int] = set()
+    for aid, a in scheduler.actors.items():
+        sup = supervisors.get(aid)
+        if sup is not None:
+            # Only an alive actor's pid is surely still its own process.
+            pid = sup.pid if sup.state == "alive" else None
+            rss, cpu = sampler.sample(pid)
+            if pid is not None:
+                alive.add(pid)
+            out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
+                                 sup.restarts, a.max_concurrency, len(a.queue) + len(a.unstarted),
+                                 len(a.running) - len(a.unstarted), rss=rss, cpu_percent=cpu,
+                                 running_calls=tuple(c for c, e in a.running.items() if e.began),
+                                 open_fds=None if sup.endpoint is None else sup.endpoint.held_fds()))
+        elif aid in residents:
+            obj = residents[aid].obj
+            out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
+                                 a.max_concurrency, len(a.queue), len(a.running),
+                                 running_calls=tuple(a.running)))  # never delivered ahead
+    sampler.forget_except(alive)
+    return out
+
+
+def snapshot(rt: Inspectable) -> dict[str, Any]:
     """The Runtime's state as one JSON-able document (what ``ps --json`` prints per Runtime)."""
     return {
         "runtime": {"pid": os.getpid(), "program": " ".join(sys.argv) or sys.executable,

@@ -3,74 +3,77 @@
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import os
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
-import cloudpickle
 import psutil
 import structlog
 
 from sandbox import EnvironmentManager, SandboxPolicy, validate_requirements
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
-from scheduler import envelope as env
 
+from ._actor_launch import CODE_PATHS
+from ._actors import ActorTable, StartRequest
 from ._codec import Codec
 from ._context import process_caller
 from ._control import ControlServer
 from ._decode_limits import DEFAULT_MAX_DECODED_ITEMS, DEFAULT_MAX_MAP_KEYS, DecodeLimits
-from ._errors import ActorboxError, ActorNotFoundError, NameTakenError, SerializationError
-from ._extensions import LoadedExtension, extension_folders, read_extension, sandbox_for
+from ._directory import Directory
+from ._errors import ActorboxError
+from ._extensions import LoadedExtension, extension_folders, load_all, read_extension, sandbox_for
 from ._handle import ActorHandle
-from ._host import HostEndpoint, Resident, exposed_methods
-from ._inspect import ProcessSampler
+from ._host import HostEndpoint
+from ._host_caller import HostCaller
+from ._host_loop import HostLoop
+from ._inspect import ActorInfo, ProcessSampler, actor_infos
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore, check_retention
 from ._options import ActorOptions, check_name, options_of
-from ._supervisor import _CODE_PATHS, ActorSupervisor, init_payload
+from ._residents import ResidentServer
+from ._services import ActorServices, HostServices
 from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
 
 log = structlog.get_logger("actorbox")
 actor_log = structlog.get_logger("actorbox.actor")  # events logged inside actors, forwarded
 
-T = TypeVar("T")
-
-
 @dataclass(frozen=True, slots=True)
-class ActorInfo:
-    """A snapshot of one actor (``Runtime.actors()``)."""
+class _Live:
+    """What exists only while the Runtime runs (from __aenter__ to __aexit__)."""
 
-    actor_id: int
-    name: str | None
-    label: str
-    cls: str
-    pid: int | None  # None for host-resident actors
-    state: str  # starting | alive | restarting | dead | stopped | resident
-    restarts: int
-    max_concurrency: int
-    queued: int  # waiting for a slot: in the scheduler's queue or delivered ahead into the actor's
-    running: int  # running now (re-entrant calls may take it past max_concurrency)
-    rss: int | None = None  # resident memory in bytes (psutil); None when not an alive process
-    cpu_percent: float | None = None  # since the previous actors() (the first time: since it started)
-    running_calls: tuple[int, ...] = ()  # ids of the calls running now
-    # Descriptors (tensors, arrays) received from it that the host holds open now; None for
-    # host-resident actors and between processes. Bounded per actor (over it, calls fail).
-    open_fds: int | None = None
+    tg: anyio.abc.TaskGroup  # the Runtime's own tasks: host-resident calls, expiry, control socket
+    tg_cm: Any  # the task group's context manager, exited by __aexit__
+    spawner: ThreadPoolExecutor  # forks every actor process: must live as long as the actors
+    supervision: anyio.abc.TaskGroup  # where supervisors run (shielded; see _supervise_actors)
+    actors: ActorTable
+    loop: HostLoop
+    residents: ResidentServer
+    caller: HostCaller  # the host's caller: handles made here call through it
+    directory: Directory  # handles by name and by reference; host-resident names
+    ctx_token: Any  # process_caller's, reset on exit
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-# Bytes an INIT frame adds to its payload (kind, ids, the name table): generous.
-_INIT_ENVELOPE = 64 << 10
+def _retention(value: float | str | None) -> float | None:
+    """Runtime(object_retention=...) checked; "default" is ACTORBOX_OBJECT_RETENTION, else 30 s."""
+    if value != "default":
+        return check_retention(value, "Runtime(object_retention=...)")
+    env_value = os.environ.get("ACTORBOX_OBJECT_RETENTION")
+    try:
+        seconds = float(env_value) if env_value else 30.0
+    except ValueError:
+        raise ValueError(f"ACTORBOX_OBJECT_RETENTION must be a number of seconds, not {env_value!r}; "
+                         "set it to one (e.g. 30) or unset it") from None
+    return check_retention(seconds, "ACTORBOX_OBJECT_RETENTION")
 
 class Runtime:
     """Runs actors: ``async with actorbox.Runtime() as rt: h = await rt.start(Cls)``.
@@ -126,30 +129,16 @@ class Runtime:
         self._recorder: TraceRecorder | None = None
         self._control: ControlServer | None = None
         self._sampler = ProcessSampler()
-        self.codec = Codec(allow_pickle=True, handle_type=ActorHandle, make_handle=self._make_handle,
-                           make_ref=lambda object_id: ObjectRef(self._host, object_id))
-        if object_retention == "default":
-            env_value = os.environ.get("ACTORBOX_OBJECT_RETENTION")
-            try:
-                object_retention = float(env_value) if env_value else 30.0
-            except ValueError:
-                raise ValueError(f"ACTORBOX_OBJECT_RETENTION must be a number of seconds, not {env_value!r}; "
-                                 "set it to one (e.g. 30) or unset it") from None
-            object_retention = check_retention(object_retention, "ACTORBOX_OBJECT_RETENTION")
-        else:
-            object_retention = check_retention(object_retention, "Runtime(object_retention=...)")
+        self.codec = Codec(allow_pickle=True, make_handle=self._make_handle,
+                           make_ref=lambda object_id: ObjectRef(self._require_running().caller, object_id))
+        retention = _retention(object_retention)
         capacity = object_store_capacity if object_store_capacity is not None else psutil.virtual_memory().total // 2
-        self.object_store = ObjectStore(self.codec, retention=object_retention,  # type: ignore[arg-type]
-                                        capacity=capacity)
-        if isinstance(object_retention, (int, float)):  # CUDA IPC sources too (None: the 30 s default)
-            self.codec.cuda_keepalive.retention = float(object_retention)
+        self.object_store = ObjectStore(self.codec, retention=retention, capacity=capacity)
+        if retention is not None:  # CUDA IPC sources too (None: the 30 s default)
+            self.codec.cuda_keepalive.retention = retention
         self.closing = False
-        self._supervisors: dict[int, ActorSupervisor] = {}
-        self._supervision: anyio.abc.TaskGroup | None = None  # where supervisors run (__aenter__)
-        self._host: HostEndpoint | None = None
-        self._tg: anyio.abc.TaskGroup = None  # type: ignore[assignment]
-        self._tg_cm: Any = None
-        self._ctx_token: Any = None
+        self._entered = False
+        self._live: _Live | None = None  # while running
         self.env_root = os.fspath(env_root) if env_root is not None else None
         self._environments: EnvironmentManager | None = None
         self.allow_source_builds = allow_source_builds
@@ -158,42 +147,41 @@ class Runtime:
     # -- lifetime ------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
-        if self._tg_cm is not None:
+        if self._entered:
             raise ActorboxError("this Runtime is already running; create a new Runtime() for each 'async with'")
+        self._entered = True
         if self.trace_file is not None:
             self._start_recording(self.trace_file)
-        self._tg_cm = anyio.create_task_group()
-        self._tg = await self._tg_cm.__aenter__()
+        tg_cm = anyio.create_task_group()
+        tg = await tg_cm.__aenter__()
         # Forks every actor process: must live as long as the actors (see sandbox.launch).
-        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actorbox-spawn")
+        spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actorbox-spawn")
         with anyio.CancelScope(shield=True):  # (it starts at once) so __aexit__ always finds it
-            self._supervision = await self._tg.start(self._supervise_actors)
-        self._host = HostEndpoint(self, self.scheduler, self._tg)
-        self._ctx_token = process_caller.set(self._host)
-        self._tg.start_soon(self._expire_objects)
+            supervision = await tg.start(_supervise_actors)
+        actors = ActorTable(ActorServices(
+            self.scheduler, self.codec, self.log, self.actor_log, self.max_frame_size, self.debug_rpc,
+            self.grace_period, spawner, supervision, self._sandbox_for, lambda: self.environments,
+            lambda: self.closing))
+        loop = HostLoop()
+        residents = ResidentServer(self.codec, loop, self.grace_period)
+        endpoint = HostEndpoint(self.scheduler, tg, residents)
+        caller = HostCaller(HostServices(self.scheduler, self.codec, self.object_store, self.get_actor,
+                                         actors.stop, actors.cuda_ipc_reaches), loop, endpoint)
+        endpoint.on_reply = caller.on_reply
+        directory = Directory(self.scheduler, caller, residents, actors, self._recorder)
+        self._live = _Live(tg, tg_cm, spawner, supervision, actors, loop, residents, caller, directory,
+                           process_caller.set(caller))
+        tg.start_soon(_expire_objects, self.object_store, self.codec)
         if self._recorder is not None:
-            self._tg.start_soon(self._flush_trace, self._recorder)
+            tg.start_soon(_flush_trace, self._recorder)
         try:
             self._control = ControlServer(self)
         except (OSError, ActorboxError) as exc:
             log.warning("control.unavailable", reason=str(exc),
                         consequence="python -m actorbox ps cannot see this Runtime")
         else:
-            self._tg.start_soon(self._control.serve)
+            tg.start_soon(self._control.serve)
         return self
-
-    async def _supervise_actors(self, *, task_status: anyio.abc.TaskStatus[anyio.abc.TaskGroup]) -> None:
-        """Hold the task group the actors' supervisors run in, until __aexit__ cancels it.
-
-        Shielded: whatever cancels the scope around ``async with Runtime()`` (a deadline,
-        a task-group cancel, Ctrl-C) must not cut supervision short, or the actors would
-        be left unreaped and stop() would wait for them for ever. __aexit__ stops every
-        actor first (bounded: grace period, kill, reap), then cancels this group.
-        """
-        with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as tg:
-                task_status.started(tg)
-                await anyio.sleep_forever()
 
     def _start_recording(self, path: str) -> None:
         try:
@@ -204,78 +192,53 @@ class Runtime:
         self.actor_log = EventTee(actor_log, "actorbox.actor", rec)
         self.scheduler.log = self.log
 
-    async def _flush_trace(self, recorder: TraceRecorder) -> None:
-        while True:
-            await anyio.sleep(FLUSH_INTERVAL_S)
-            recorder.flush()
-
-    def cuda_ipc_reaches(self, actor_id: int) -> bool:
-        """Whether actor ``actor_id`` can open the host's CUDA IPC handles.
-
-        The CUDA driver hands an IPC handle over through a file in the exporter's
-        /dev/shm that only its user can open. A sandboxed actor has its own /dev/shm
-        and uid, so CUDA tensors reach it through CPU shared memory instead; a
-        host-resident actor is this process, which can't open its own handles.
-        """
-        sup = self._supervisors.get(actor_id)
-        return sup is not None and not sup.sandboxed
-
-    async def _expire_objects(self) -> None:
-        store = self.object_store
-        while True:
-            retention = store.retention
-            await anyio.sleep(1.0 if retention is None else max(0.05, min(1.0, retention / 4)))
-            store.expire()
-            self.codec.cuda_keepalive.expire()
-
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
         self.closing = True
+        live = self._live
+        assert live is not None, "__aexit__ without __aenter__"
         try:
             suppress: bool | None = None
             try:
-                # Shielded and bounded: each stop() returns within the grace period plus 1 s.
-                with anyio.CancelScope(shield=True):
-                    async with anyio.create_task_group() as tg:
-                        for sup in list(self._supervisors.values()):
-                            tg.start_soon(sup.stop, self.grace_period)
-                    self._tg.cancel_scope.cancel()
+                await live.actors.stop_all()  # shielded and bounded: the grace period plus 1 s
+                live.tg.cancel_scope.cancel()
             finally:
                 # Supervisors still running now belong to starts that failed or to stops that
                 # gave up: they kill and reap what is left when cancelled.
-                if self._supervision is not None:
-                    self._supervision.cancel_scope.cancel()
+                live.supervision.cancel_scope.cancel()
                 # The task group is exited even if stopping the actors failed; that failure
                 # then propagates (no return in this finally, so it is never swallowed).
-                self._tg.cancel_scope.cancel()
-                if self._host is not None:
-                    self._host.fail_pending()  # nothing will answer them now
+                live.tg.cancel_scope.cancel()
+                live.caller.fail_pending()  # nothing will answer them now
                 if e is not None and not isinstance(e, anyio.get_cancelled_exc_class()):
                     # The body's own exception propagates as itself, not in an ExceptionGroup.
-                    await self._tg_cm.__aexit__(None, None, None)
+                    await live.tg_cm.__aexit__(None, None, None)
                 else:
-                    suppress = await self._tg_cm.__aexit__(et, e, tb)
+                    suppress = await live.tg_cm.__aexit__(et, e, tb)
             return suppress
         finally:
-            if self._control is not None:
-                self._control.close()  # also when its task never ran: no socket file is left
-            if self._recorder is not None:
-                self._recorder.close()
-            self.object_store.close()
-            self.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
-            self.codec.segments.drain_pool()
-            # Waited for without blocking the loop: a fork finishing now wakes its (cancelled)
-            # launch through the loop, and blocking it here would deadlock.
-            self._spawner.shutdown(wait=False)
-            with anyio.CancelScope(shield=True):
-                while any(t.is_alive() for t in getattr(self._spawner, "_threads", ())):
-                    await anyio.sleep(0.005)
-            if self._host is not None:
-                self._host.close(self.grace_period)
-            try:
-                process_caller.reset(self._ctx_token)
-            except ValueError:
-                process_caller.set(None)  # exited from another context
+            await self._release(live)
+
+    async def _release(self, live: _Live) -> None:
+        """What outlives the actors until the very end: sockets, files, memory, threads (shielded)."""
+        if self._control is not None:
+            self._control.close()  # also when its task never ran: no socket file is left
+        if self._recorder is not None:
+            self._recorder.close()
+        self.object_store.close()
+        self.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
+        self.codec.segments.drain_pool()
+        # Waited for without blocking the loop: a fork finishing now wakes its (cancelled)
+        # launch through the loop, and blocking it here would deadlock.
+        live.spawner.shutdown(wait=False)
+        with anyio.CancelScope(shield=True):
+            while any(t.is_alive() for t in getattr(live.spawner, "_threads", ())):
+                await anyio.sleep(0.005)
+        live.residents.close(self.grace_period)
+        try:
+            process_caller.reset(live.ctx_token)
+        except ValueError:
+            process_caller.set(None)  # exited from another context
 
     # -- actors ----------------------------------------------------------------------
 
@@ -285,20 +248,12 @@ class Runtime:
         return opts.sandbox or self.sandbox, self.sandbox_policy
 
     def _make_handle(self, actor_id: int, name: str | None, label: str, token: bytes) -> ActorHandle:
-        assert self._host is not None
-        # The host's calls are trusted, so a handle it decodes must be one the scheduler
-        # issued: else an actor could make the host call an actor it was never given.
-        a = self.scheduler.actors.get(actor_id)
-        if a is None or not hmac.compare_digest(token, a.token):
-            raise SerializationError(
-                f"an actor handle ({label!r}, id {actor_id}) that is not a valid reference arrived: only handles "
-                "an actor was given (as an argument, a result or by name) can be passed on, never made up")
-        return ActorHandle(self._host, actor_id, name, label, a.token)
+        return self._require_running().directory.verified_handle(actor_id, name, label, token)
 
-    def _require_running(self) -> HostEndpoint:
-        if self._host is None or self.closing:
+    def _require_running(self) -> _Live:
+        if self._live is None or self.closing:
             raise ActorboxError("the Runtime is not running; use it inside 'async with actorbox.Runtime() as rt:'")
-        return self._host
+        return self._live
 
     async def start(self, cls: type[Any], /, *args: Any, name: str | None = None, **kwargs: Any) -> ActorHandle:
         """Start ``cls(*args, **kwargs)`` as an actor in its own process; returns its handle.
@@ -312,11 +267,11 @@ class Runtime:
             raise TypeError(f"rt.start() takes a class, got {type(cls).__name__}")
         opts: ActorOptions = options_of(cls)
         # Checked when the class was decorated; here only torch's exclusion is reported.
-        requirements = self._requirements(opts.dependencies, cls.__qualname__) if opts.dependencies else None
+        requirements = _requirements(opts.dependencies, cls.__qualname__, self) if opts.dependencies else None
         paths, module_paths = _import_paths(cls)
-        return await self._start_actor({"cls": cls}, cls.__qualname__, cls.__name__, args, kwargs,
-                                       name if name is not None else opts.name, opts, paths, module_paths,
-                                       requirements)
+        return await self._start_actor(StartRequest({"cls": cls}, cls.__qualname__, cls.__name__, args, kwargs,
+                                                    name if name is not None else opts.name, opts, paths,
+                                                    module_paths, requirements))
 
     async def load_extension(self, path: str | os.PathLike[str], /, *args: Any, name: str | None = None,
                              sandbox: str | SandboxPolicy | None = None, **kwargs: Any) -> ActorHandle:
@@ -333,12 +288,12 @@ class Runtime:
         self._require_running()
         # In a worker thread: parsing an extension's pyproject (up to 1 MiB) can take seconds.
         ext = await anyio.to_thread.run_sync(read_extension, os.fspath(path))
-        self._warn_ignored(ext.ignored, ext.name)
+        _warn_ignored(ext.ignored, ext.name, self)
         mode, policy = self._sandbox_for(ActorOptions(sandbox=sandbox))
         opts = dataclasses.replace(ext.options, sandbox=sandbox_for(ext, policy) if mode == "required" else mode)
-        return await self._start_actor({"entry": (ext.module, ext.cls)}, f"{ext.module}:{ext.cls}", ext.cls,
-                                       args, kwargs, name if name is not None else ext.name, opts,
-                                       [ext.path], [ext.path], ext.requirements)
+        return await self._start_actor(StartRequest({"entry": (ext.module, ext.cls)}, f"{ext.module}:{ext.cls}",
+                                                    ext.cls, args, kwargs, name if name is not None else ext.name,
+                                                    opts, [ext.path], [ext.path], ext.requirements))
 
     async def load_extensions(self, directory: str | os.PathLike[str], *,
                               sandbox: str | SandboxPolicy | None = None) -> list[LoadedExtension]:
@@ -349,83 +304,21 @@ class Runtime:
         for load_extension, for all of them.
         """
         self._require_running()
-        folders = extension_folders(os.fspath(directory))
-        results: dict[str, LoadedExtension] = {}
-
-        async def load(folder: str) -> None:
-            try:
-                handle = await self.load_extension(folder, sandbox=sandbox)
-                results[folder] = LoadedExtension(folder, handle.name, handle, None)
-            except Exception as exc:
-                log.error("extension.failed", path=folder, error=f"{type(exc).__name__}: {exc}")
-                results[folder] = LoadedExtension(folder, getattr(exc, "actor", None), None, exc)
-
-        async with anyio.create_task_group() as tg:
-            for folder in folders:
-                tg.start_soon(load, folder)
-        return [results[f] for f in folders]
-
-    def _requirements(self, dependencies: tuple[str, ...], who: str) -> tuple[str, ...]:
-        reqs, ignored = validate_requirements(dependencies)
-        self._warn_ignored(ignored, who)
-        return reqs
-
-    def _warn_ignored(self, ignored: tuple[str, ...], who: str) -> None:
-        for req in ignored:
-            log.warning("env.requirement_ignored", actor=who, requirement=req,
-                        reason="torch always comes from the host, so shared memory and CUDA IPC see the same "
-                               f"version ({self.environments.host.version_of('torch') or 'not installed'})")
+        return await load_all(extension_folders(os.fspath(directory)),
+                              lambda folder: self.load_extension(folder, sandbox=sandbox))
 
     @property
     def environments(self) -> EnvironmentManager:
         """Builds and caches the actors' environments (under ``env_root``)."""
         if self._environments is None:
-            self._environments = EnvironmentManager(self.env_root, code_dirs=_CODE_PATHS,
+            self._environments = EnvironmentManager(self.env_root, code_dirs=CODE_PATHS,
                                                     allow_source_builds=self.allow_source_builds)
         return self._environments
 
-    async def _start_actor(self, what: dict[str, Any], cls_name: str, short: str, args: tuple[Any, ...],
-                           kwargs: dict[str, Any], name: str | None, opts: ActorOptions, paths: list[str],
-                           module_paths: list[str], requirements: tuple[str, ...] | None) -> ActorHandle:
-        if name is not None:
-            check_name(name, "actor name")
-        try:
-            entry = self.scheduler.add_actor(name, name or f"{short}#?", opts.max_concurrency)
-        except KeyError:
-            raise NameTakenError(
-                f"an actor named {name!r} already exists; stop it first (await rt.get_actor({name!r}).stop()) "
-                "or choose another name", name=name) from None
-        label = name or f"{short}#{entry.actor_id}"
-        entry.label = label
-        spec = cloudpickle.dumps({**what, "args": args, "kwargs": kwargs, "label": label,
-                                 "max_concurrency": opts.max_concurrency,
-                                 "retention": self.codec.cuda_keepalive.retention,
-                                 "decode_limits": (self.codec.limits.max_items, self.codec.limits.max_map_keys)})
-        payload = init_payload(paths, spec)
-        if len(payload) + _INIT_ENVELOPE > self.max_frame_size:
-            self.scheduler.detach(entry.actor_id, env.Status.STOPPED,
-                                  {"message": f"actor {label!r} failed to start: constructor arguments too big"},
-                                  keep_queue=False)
-            self.scheduler.remove_actor(entry.actor_id)
-            raise SerializationError(
-                f"cannot start {label!r}: its constructor arguments take {len(payload)} bytes, over the frame "
-                f"limit of {self.max_frame_size} bytes; pass big data as torch tensors or numpy arrays (shared "
-                "memory), or raise Runtime(max_frame_size=...)")
-        sup = ActorSupervisor(self, entry.actor_id, label, name, cls_name, payload,
-                              tuple(module_paths), opts, requirements)
-        self._supervisors[entry.actor_id] = sup
-        try:
-            await sup.spawn()
-        except BaseException as exc:
-            del self._supervisors[entry.actor_id]
-            # Calls already queued for it (by name, from elsewhere) fail rather than wait.
-            self.scheduler.detach(entry.actor_id, env.Status.STOPPED,
-                                  {"message": f"actor {label!r} failed to start: {exc}"}, keep_queue=False)
-            self.scheduler.remove_actor(entry.actor_id)
-            raise
-        if name is not None:
-            self._broadcast_names()
-        return ActorHandle(self._host, entry.actor_id, name, label, entry.token)  # type: ignore[arg-type]
+    async def _start_actor(self, req: StartRequest) -> ActorHandle:
+        live = self._require_running()
+        entry = await live.actors.start(req)
+        return ActorHandle(live.caller, entry.actor_id, req.name, entry.label, entry.token)
 
     async def put(self, obj: Any, *, retention: float | str | None = "default") -> ObjectRef:
         """Store ``obj`` (its tensors and arrays in shared memory) for any actor; returns its ObjectRef.
@@ -433,10 +326,10 @@ class Runtime:
         The object is kept ``retention`` seconds (the Runtime's default unless given;
         None: until released). Raises ObjectStoreFullError past the store's capacity.
         """
-        host = self._require_running()
+        live = self._require_running()
         if SERVICE_NAME not in self.scheduler.names:
-            self._register(SERVICE_NAME, ObjectService(self.object_store), 64, None)
-        return ObjectRef(host, self.object_store.put(obj, retention))
+            live.directory.register(SERVICE_NAME, ObjectService(self.object_store), 64, None)
+        return ObjectRef(live.caller, self.object_store.put(obj, retention))
 
     def register(self, name: str, obj: Any, *, max_concurrency: int = 1,
                  methods: Iterable[str] | None = None) -> ActorHandle:
@@ -449,88 +342,24 @@ class Runtime:
         MethodNotFoundError (PrivateMethodError) for a listed name that is no public method.
         """
         check_name(name, "name")
-        return self._register(name, obj, max_concurrency, methods)
-
-    def _register(self, name: str, obj: Any, max_concurrency: int, methods: Iterable[str] | None) -> ActorHandle:
-        host = self._require_running()
-        exposed = exposed_methods(obj, methods, name)
-        try:
-            entry = self.scheduler.add_actor(name, name, max_concurrency)
-        except KeyError:
-            raise NameTakenError(f"an actor named {name!r} already exists; choose another name",
-                                 name=name) from None
-        host.residents[entry.actor_id] = Resident(name, obj, exposed)
-        if self._recorder is not None:  # only the trace needs to know which tracks live in the host
-            self._recorder.record("actorbox", "debug", "actor.registered",
-                                  {"actor": name, "cls": type(obj).__qualname__})
-        self.scheduler.attach(entry.actor_id, host)
-        self._broadcast_names()
-        return ActorHandle(host, entry.actor_id, name, name, entry.token)
+        return self._require_running().directory.register(name, obj, max_concurrency, methods)
 
     def unregister(self, name: str) -> None:
         """Remove a host-resident named actor; pending calls to it fail."""
-        host = self._require_running()
-        aid = self.scheduler.names.get(name)
-        if aid is None or aid not in host.residents:
-            raise ActorNotFoundError(f"no host-resident actor named {name!r}", name=name)
-        self.scheduler.detach(aid, env.Status.STOPPED, {"message": f"{name!r} was unregistered"}, keep_queue=False)
-        self.scheduler.remove_actor(aid)
-        del host.residents[aid]
-        self._broadcast_names()
-
-    def _broadcast_names(self) -> None:
-        for sup in self._supervisors.values():
-            sup.encode_names()
+        self._require_running().directory.unregister(name)
 
     def get_actor(self, name: str) -> ActorHandle:
         """The handle of the actor (or host-resident object) registered under ``name``."""
-        host = self._require_running()
-        aid = self.scheduler.names.get(name)
-        if aid is None:
-            known = ", ".join(sorted(self.scheduler.names)) or "none"
-            raise ActorNotFoundError(
-                f"no actor named {name!r} (named actors: {known}); start it with "
-                f"rt.start(Cls, name={name!r}) or register one with rt.register({name!r}, obj) first",
-                name=name)
-        a = self.scheduler.actors[aid]
-        return ActorHandle(host, aid, name, a.label, a.token)
-
-    async def _stop_actor(self, actor_id: int) -> None:
-        sup = self._supervisors.get(actor_id)
-        if sup is None:
-            return
-        await sup.stop(self.grace_period)
-        if sup.name is not None and self.scheduler.names.get(sup.name) == actor_id:
-            del self.scheduler.names[sup.name]
-            self._broadcast_names()
+        return self._require_running().directory.get_actor(name)
 
     # -- inspection ------------------------------------------------------------------
 
     def actors(self) -> list[ActorInfo]:
         """Every actor this Runtime knows: processes and host-resident objects, with RSS and CPU."""
-        out = []
-        host = self._host
-        alive: set[int] = set()
-        for aid, a in self.scheduler.actors.items():
-            sup = self._supervisors.get(aid)
-            if sup is not None:
-                # Only an alive actor's pid is surely still its own process.
-                pid = sup.pid if sup.state == "alive" else None
-                rss, cpu = self._sampler.sample(pid)
-                if pid is not None:
-                    alive.add(pid)
-                out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
-                                     sup.restarts, a.max_concurrency, len(a.queue) + len(a.unstarted),
-                                     len(a.running) - len(a.unstarted), rss=rss, cpu_percent=cpu,
-                                     running_calls=tuple(c for c, e in a.running.items() if e.began),
-                                     open_fds=None if sup.endpoint is None else sup.endpoint.held_fds()))
-            elif host is not None and aid in host.residents:
-                obj = host.residents[aid].obj
-                out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
-                                     a.max_concurrency, len(a.queue), len(a.running),
-                                     running_calls=tuple(a.running)))  # never delivered ahead
-        self._sampler.forget_except(alive)
-        return out
+        live = self._live
+        if live is None:
+            return []
+        return actor_infos(self.scheduler, live.actors.supervisors, live.residents.residents, self._sampler)
 
     def named_actors(self) -> dict[str, int]:
         """Registered names (actors started with a name, host-resident actors) and their actor ids."""
@@ -569,3 +398,43 @@ def _import_paths(cls: type) -> tuple[list[str], list[str]]:
             binds.append(init)
         d = os.path.dirname(d)
     return [root], binds
+
+
+async def _supervise_actors(*, task_status: anyio.abc.TaskStatus[anyio.abc.TaskGroup]) -> None:
+    """Hold the task group the actors' supervisors run in, until __aexit__ cancels it.
+
+    Shielded: whatever cancels the scope around ``async with Runtime()`` (a deadline,
+    a task-group cancel, Ctrl-C) must not cut supervision short, or the actors would
+    be left unreaped and stop() would wait for them for ever. __aexit__ stops every
+    actor first (bounded: grace period, kill, reap), then cancels this group.
+    """
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            task_status.started(tg)
+            await anyio.sleep_forever()
+
+
+async def _flush_trace(recorder: TraceRecorder) -> None:
+    while True:
+        await anyio.sleep(FLUSH_INTERVAL_S)
+        recorder.flush()
+
+async def _expire_objects(store: ObjectStore, codec: Codec) -> None:
+    while True:
+        retention = store.retention
+        await anyio.sleep(1.0 if retention is None else max(0.05, min(1.0, retention / 4)))
+        store.expire()
+        codec.cuda_keepalive.expire()
+
+
+def _requirements(dependencies: tuple[str, ...], who: str, rt: Runtime) -> tuple[str, ...]:
+    reqs, ignored = validate_requirements(dependencies)
+    _warn_ignored(ignored, who, rt)
+    return reqs
+
+
+def _warn_ignored(ignored: tuple[str, ...], who: str, rt: Runtime) -> None:
+    for req in ignored:
+        log.warning("env.requirement_ignored", actor=who, requirement=req,
+                    reason="torch always comes from the host, so shared memory and CUDA IPC see the same "
+                           f"version ({rt.environments.host.version_of('torch') or 'not installed'})")

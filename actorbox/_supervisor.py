@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
-import msgpack
 
 import sandbox
-from scheduler import Connection, ConnectionClosed, ConnectionEndpoint
-from scheduler import envelope as env
+from scheduler import Connection, ConnectionClosed, ConnectionEndpoint, envelope
 
-from ._errors import (
-    ActorStartError,
-    ActorStoppedError,
-    EnvironmentBuildError,
-    ProtocolError,
-    SandboxUnavailableError,
-    describe_exit,
-)
+from ._actor_launch import environment, launch
+from ._errors import ActorStartError, ActorStoppedError, ProtocolError, describe_exit
 
 if TYPE_CHECKING:
     from ._options import ActorOptions
-    from ._runtime import Runtime
+    from ._services import ActorServices
 
-# Events go through the Runtime's loggers (rt.log, rt.actor_log), which record them
-# too while ACTORBOX_TRACE_FILE is set.
+# Events go through the Runtime's loggers (services.log, services.actor_log), which
+# record them too while ACTORBOX_TRACE_FILE is set.
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 _RESERVED = {"event", "actor", "pid", "level"}
-_ACTORBOX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# actorbox's own packages, bound read-only into every sandbox (wherever they are installed).
-_CODE_PATHS = tuple(os.path.join(_ACTORBOX_ROOT, p) for p in ("actorbox", "scheduler", "sandbox"))
 # Seconds to wait for a SIGKILLed process to be reaped. It takes milliseconds unless
 # the kernel holds the process (uninterruptible I/O); then it is given up on.
 _REAP_S = 0.5
@@ -56,10 +42,10 @@ class _Start:
 class ActorSupervisor:
     """Owns one actor: its current process, endpoint, restarts and state."""
 
-    def __init__(self, rt: Runtime, actor_id: int, label: str, name: str | None, cls_name: str,
+    def __init__(self, services: ActorServices, actor_id: int, label: str, name: str | None, cls_name: str,
                  init_payload: bytes, module_paths: tuple[str, ...], options: ActorOptions,
                  requirements: tuple[str, ...] | None = None) -> None:
-        self.rt = rt
+        self.services = services
         self.actor_id = actor_id
         self.label = label
         self.name = name
@@ -74,7 +60,6 @@ class ActorSupervisor:
         self.sandboxed = True
         self.policy = sandbox.SandboxPolicy()
         self.restarts = 0
-        self.started_at = time.monotonic()
         self.endpoint: ConnectionEndpoint | None = None
         self.proc: sandbox.ActorProcess | None = None
         self._tails: tuple[sandbox.OutputTail, ...] = ()
@@ -84,7 +69,6 @@ class ActorSupervisor:
         self._start: _Start | None = None
         self._spawning = False  # a spawn() is in progress (launching or constructing)
         self._spawn_scope: anyio.CancelScope | None = None
-        self.start_failed = False  # the latest spawn() raised: its process must not be restarted
 
     # -- spawning ------------------------------------------------------------------
 
@@ -97,7 +81,6 @@ class ActorSupervisor:
         """
         t0 = time.monotonic()
         self._spawning = True
-        self.start_failed = False
         try:
             # stop() cancels this scope while no process is there to be told to stop (the
             # environment builds, the process launches): the start then ends as stopped.
@@ -107,72 +90,32 @@ class ActorSupervisor:
                 if self._exited is None or self._exited.is_set():  # no process of ours will report it
                     self._mark_stopped()
                 raise self._stopped_error("while it was starting")
-        except BaseException:
-            self.start_failed = True
-            raise
         finally:
             self._spawning = False
 
     async def _spawn(self, t0: float) -> None:
         if self.stopping:
             raise self._stopped_error("before it started")
-        launch_env = await self._environment()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            mode, policy = self.rt._sandbox_for(self.options)
-            if launch_env is None:  # the host's environment
-                python, venv, import_paths, binds, extra = (
-                    sys.executable, sys.prefix if sys.prefix != sys.base_prefix else None, (_ACTORBOX_ROOT,),
-                    (*_CODE_PATHS, sys.base_prefix), {})
-            else:
-                python, venv, import_paths, binds = (
-                    launch_env.python, launch_env.path, (launch_env.code_dir,), launch_env.bind_paths)
-                extra = {sandbox.HOST_PACKAGES_VAR: launch_env.packages_dir}
-            spec = sandbox.LaunchSpec(
-                python=python, module="actorbox._child", args=(str(child.fileno()), str(self.rt.max_frame_size)),
-                env=os.environ, pass_fds=(child.fileno(),), import_paths=import_paths,
-                code_paths=binds, module_paths=self.module_paths, venv_path=venv, extra_env=extra,
-                label=self.label, sandboxed=mode == "required", policy=policy)  # a uid of its own: leased
-            self.sandboxed = mode == "required"
-            self.policy = policy
-            if mode == "disabled":
-                self.rt.log.warning("actor.unsandboxed", actor=self.label,
-                                    reason="sandbox='disabled' was chosen explicitly: this actor runs with the "
-                                           "host's privileges and can read and change everything the host can")
-            try:
-                proc = await sandbox.launch(spec, self.rt._spawner)
-            except sandbox.SandboxUnavailable as exc:
-                parent.close()
-                raise SandboxUnavailableError(
-                    f"cannot start actor {self.label!r} in a sandbox: {exc}\nTo run it without isolation "
-                    "(trusted code only), pass sandbox='disabled' to @actor or to Runtime().",
-                    actor=self.label, cls=self.cls_name) from None
-            except OSError as exc:
-                parent.close()
-                raise ActorStartError(
-                    f"could not launch the process for actor {self.label!r}: {exc}; check that "
-                    f"{python} runs", actor=self.label, cls=self.cls_name) from exc
-            except BaseException:  # cancelled while launching: launch() kills what it forked
-                parent.close()
-                raise
-        finally:
-            child.close()
+        svc = self.services
+        launch_env = await environment(svc, self.requirements, self.label, self.cls_name)
+        launched = await launch(svc, self.options, self.label, self.cls_name, self.module_paths, launch_env)
+        self.sandboxed, self.policy, proc, parent = launched.sandboxed, launched.policy, launched.proc, launched.sock
         self.proc = proc
         self.pid = proc.pid
         start = self._start = _Start(done=anyio.Event())
         endpoint = ConnectionEndpoint(
-            self.rt.scheduler,
-            lambda on_frame: Connection(parent, on_frame, max_frame=self.rt.max_frame_size),
-            self._on_control, self.label, debug_rpc=self.rt.debug_rpc)
+            self.services.scheduler,
+            lambda on_frame: Connection(parent, on_frame, max_frame=self.services.max_frame_size),
+            self._on_control, self.label, debug_rpc=self.services.debug_rpc)
         endpoint.actor_id = self.actor_id
         self.endpoint = endpoint
         self._exited = anyio.Event()
-        assert self.rt._supervision is not None  # set while the Runtime runs
-        self.rt._supervision.start_soon(self._supervise, proc, endpoint)
+        self.services.supervision.start_soon(self._supervise, proc, endpoint)
         if self.stopping:
             sandbox.kill_group(proc.pid)  # stop() came while we launched; _supervise reports it
         else:
-            endpoint.send(env.Init(self.actor_id, self.name, self.init_payload, self.rt.scheduler.name_table()))
+            names = self.services.scheduler.name_table()
+            endpoint.send(envelope.Init(self.actor_id, self.name, self.init_payload, names))
         assert start.done is not None
         try:
             await start.done.wait()
@@ -192,59 +135,21 @@ class ActorSupervisor:
             self.pid = sandbox.find_actor_pid(proc.pid) or proc.pid
             for tail in self._tails:
                 tail.prefix = f"({self.label} pid={self.pid})"  # the pid events and errors show
-        self.rt.scheduler.attach(self.actor_id, endpoint)
-        self.rt.log.info("actor.started", actor=self.label, cls=self.cls_name, pid=self.pid,
+        self.services.scheduler.attach(self.actor_id, endpoint)
+        self.services.log.info("actor.started", actor=self.label, cls=self.cls_name, pid=self.pid,
                          restarts=self.restarts, duration_ms=round((time.monotonic() - t0) * 1000, 3))
 
-    async def _environment(self) -> sandbox.Environment | None:
-        """The actor's own environment, built (or found in the cache) before its process starts."""
-        if self.requirements is None:
-            return None
-        try:
-            return await self.rt.environments.ensure(self.requirements, label=self.label)
-        except sandbox.EnvBuildError as exc:
-            raise EnvironmentBuildError(
-                f"could not build the Python environment of actor {self.label!r}: {exc}\nFix or remove the "
-                "failing requirement in its dependencies and start it again.",
-                actor=self.label, cls=self.cls_name, output=exc.output) from None
-        except OSError as exc:
-            root = self.rt.environments.root
-            raise EnvironmentBuildError(
-                f"could not prepare the Python environment of actor {self.label!r} under {root}: {exc}; check "
-                "that the directory is yours and writable (or choose another: Runtime(env_root=...))",
-                actor=self.label, cls=self.cls_name, output="") from exc
-
-    def _on_control(self, msg: env.Message) -> None:
-        t = type(msg)
-        if t is env.Log:
-            self._forward_log(msg)  # type: ignore[arg-type]
-        elif t is env.Ready and (st := self._start) is not None and st.done is not None:
-            if msg.error is not None:  # type: ignore[union-attr]
-                try:
-                    cause = self.rt.codec.loads(msg.error, False)  # type: ignore[union-attr]
-                except Exception as exc:
-                    cause = exc
-                if not isinstance(cause, BaseException):
-                    cause = ProtocolError("constructor error was not an exception", actor=self.label)
-                err = ActorStartError(
-                    f"constructor of actor {self.label!r} ({self.cls_name}) raised "
-                    f"{type(cause).__name__}: {cause}; the actor was not started",
-                    actor=self.label, cls=self.cls_name, pid=self.pid)
-                err.__cause__ = cause
-                st.error = err
-            st.done.set()
-        else:
-            raise ProtocolError(f"actor {self.label!r} sent an unexpected {t.__name__} message",
-                                actor=self.label)
-
-    def _forward_log(self, msg: env.Log) -> None:
-        level = msg.level if msg.level in _LEVELS else "info"
-        # The actor chose every string here, and a console renderer prints them raw: escape
-        # control characters (nested values are rendered with repr(), which escapes them).
-        esc = sandbox.escape_controls
-        fields = {esc(f"actor_{k}" if k in _RESERVED else k): esc(v) if type(v) is str else v
-                  for k, v in msg.fields.items()}
-        getattr(self.rt.actor_log, level)(esc(msg.event), actor=self.label, pid=self.pid, **fields)
+    def _on_control(self, msg: envelope.Message) -> None:
+        match msg:
+            case envelope.Log():
+                _forward_log(self.services.actor_log, self.label, self.pid, msg)
+            case envelope.Ready() if (st := self._start) is not None and st.done is not None:
+                if msg.error is not None:
+                    st.error = _constructor_error(self.services, self.label, self.cls_name, self.pid, msg.error)
+                st.done.set()
+            case _:
+                raise ProtocolError(f"actor {self.label!r} sent an unexpected {type(msg).__name__} message",
+                                    actor=self.label)
 
     # -- supervision -----------------------------------------------------------------
 
@@ -309,7 +214,7 @@ class ActorSupervisor:
         with anyio.move_on_after(_REAP_S):  # a killed process is reaped at once, unless the kernel holds it
             await proc.wait()
         if proc.returncode is None:
-            self.rt.log.error("actor.unreaped", actor=self.label, pid=proc.pid,
+            self.services.log.error("actor.unreaped", actor=self.label, pid=proc.pid,
                               reason=f"its process was not gone {_REAP_S} s after SIGKILL; it is left behind")
         with anyio.move_on_after(0.3):  # a daemonised grandchild may hold the pipes open
             for tail in tails:
@@ -320,14 +225,10 @@ class ActorSupervisor:
         exit_code, sig = sandbox.decode_exit(proc.returncode, self.sandboxed)
         if reason is not None and sig == 9:
             sig = None  # we killed it for its protocol error; say that instead
-        message = f"actorbox disconnected it: {reason}" if reason is not None else ""
-        if self.sandboxed and reason is None and (sig is not None or _looks_like_a_limit(err.text())):
-            # A limit hit shows up as a signal or as one of these errors: name the limits in force.
-            message = (f"it ran in the sandbox with limits of {self.policy.describe_limits()}; "
-                       "exceeding one kills or fails the actor (raise it with SandboxPolicy)")
+        message = _exit_message(reason, sig, err.text(), self.policy if self.sandboxed else None)
         detail: dict[str, Any] = {"pid": self.pid, "exit_code": exit_code, "signal": sig,
                                   "stderr": err.text(), "message": message}
-        sched = self.rt.scheduler
+        sched = self.services.scheduler
         st = self._start
         if st is not None and st.done is not None:
             # The process ended before it was ready: the start fails (spawn raises).
@@ -348,10 +249,10 @@ class ActorSupervisor:
         if self.stopping:
             self._mark_stopped()
             return
-        restart = self.restarts < self.options.max_restarts and not self.rt.closing
-        sched.detach(self.actor_id, env.Status.DIED, detail, keep_queue=restart)
+        restart = self.restarts < self.options.max_restarts and not self.services.closing()
+        sched.detach(self.actor_id, envelope.Status.DIED, detail, keep_queue=restart)
         self.state = "restarting" if restart else "dead"
-        self.rt.log.warning("actor.died", actor=self.label, pid=self.pid, exit_code=exit_code, signal=sig,
+        self.services.log.warning("actor.died", actor=self.label, pid=self.pid, exit_code=exit_code, signal=sig,
                             reason=message or describe_exit(exit_code, sig), will_restart=restart)
         if not restart:
             self.finished.set()
@@ -365,12 +266,12 @@ class ActorSupervisor:
                     self._mark_stopped()
                 return
             self.state = "dead"
-            sched.detach(self.actor_id, env.Status.DIED,
+            sched.detach(self.actor_id, envelope.Status.DIED,
                          {**detail, "message": f"restart {self.restarts} failed: {exc}"}, keep_queue=False)
-            self.rt.log.error("actor.restart_failed", actor=self.label, error=str(exc))
+            self.services.log.error("actor.restart_failed", actor=self.label, error=str(exc))
             self.finished.set()
             return
-        self.rt.log.info("actor.restarted", actor=self.label, pid=self.pid, restarts=self.restarts)
+        self.services.log.info("actor.restarted", actor=self.label, pid=self.pid, restarts=self.restarts)
 
     # -- stopping ------------------------------------------------------------------
 
@@ -386,13 +287,13 @@ class ActorSupervisor:
             exited = self._exited
             if self.endpoint is not None and exited is not None and not exited.is_set():
                 try:
-                    self.endpoint.send(env.Stop())
+                    self.endpoint.send(envelope.Stop())
                 except ConnectionClosed:
                     pass
                 with anyio.move_on_after(grace):
                     await exited.wait()
                 if not exited.is_set() and self.proc is not None:
-                    self.rt.log.warning("actor.killed", actor=self.label, pid=self.pid,
+                    self.services.log.warning("actor.killed", actor=self.label, pid=self.pid,
                                         reason=f"did not stop within the grace period of {grace} s")
                     _kill_unless_reaped(self.proc)
             elif self._spawning:
@@ -405,15 +306,15 @@ class ActorSupervisor:
                 await self.finished.wait()
             if not self.finished.is_set():
                 # Whatever holds it up, the stop is over: its calls fail, its Runtime may exit.
-                self.rt.log.error("actor.stop_incomplete", actor=self.label, pid=self.pid,
+                self.services.log.error("actor.stop_incomplete", actor=self.label, pid=self.pid,
                                   reason=f"its supervision did not end within {_AFTER_KILL_S} s of the kill")
                 self._mark_stopped()
-        self.rt.log.info("actor.stopped", actor=self.label, pid=self.pid)
+        self.services.log.info("actor.stopped", actor=self.label, pid=self.pid)
 
     async def _reaped(self) -> None:
         exited = self._exited
         if exited is not None:
-            with anyio.move_on_after(self.rt.grace_period, shield=True):
+            with anyio.move_on_after(self.services.grace_period, shield=True):
                 await exited.wait()
 
     def _stopped_error(self, when: str) -> ActorStoppedError:
@@ -423,8 +324,8 @@ class ActorSupervisor:
 
     def _mark_stopped(self) -> None:
         self.state = "stopped"
-        self.rt.scheduler.detach(
-            self.actor_id, env.Status.STOPPED,
+        self.services.scheduler.detach(
+            self.actor_id, envelope.Status.STOPPED,
             {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
                         "start a new one with rt.start() to call it again"}, keep_queue=False)
         self.finished.set()
@@ -433,7 +334,7 @@ class ActorSupervisor:
         # Also while starting: the actor may look names up from its constructor.
         if self.endpoint is not None and self._exited is not None and not self._exited.is_set():
             try:
-                self.endpoint.send(env.Names(self.rt.scheduler.name_table()))
+                self.endpoint.send(envelope.Names(self.services.scheduler.name_table()))
             except ConnectionClosed:
                 pass
 
@@ -452,5 +353,39 @@ def _looks_like_a_limit(stderr: str) -> bool:
     return any(e in stderr for e in _LIMIT_ERRORS)
 
 
-def init_payload(import_paths: list[str], pickled_spec: bytes) -> bytes:
-    return msgpack.packb([import_paths, pickled_spec], use_bin_type=True)
+def _exit_message(reason: BaseException | None, sig: int | None, stderr: str,
+                  policy: sandbox.SandboxPolicy | None) -> str:
+    """Why the process ended, as far as the host can tell (``policy``: the sandbox's, if it ran in one)."""
+    if reason is not None:
+        return f"actorbox disconnected it: {reason}"
+    if policy is not None and (sig is not None or _looks_like_a_limit(stderr)):
+        # A limit hit shows up as a signal or as one of these errors: name the limits in force.
+        return (f"it ran in the sandbox with limits of {policy.describe_limits()}; "
+                "exceeding one kills or fails the actor (raise it with SandboxPolicy)")
+    return ""
+
+
+def _constructor_error(services: ActorServices, label: str, cls_name: str, pid: int | None,
+                       error: bytes) -> ActorStartError:
+    """The start's error for a constructor that raised (its exception, decoded safely, as the cause)."""
+    try:
+        cause = services.codec.loads(error, False)
+    except Exception as exc:
+        cause = exc
+    if not isinstance(cause, BaseException):
+        cause = ProtocolError("constructor error was not an exception", actor=label)
+    err = ActorStartError(
+        f"constructor of actor {label!r} ({cls_name}) raised {type(cause).__name__}: {cause}; the actor "
+        "was not started", actor=label, cls=cls_name, pid=pid)
+    err.__cause__ = cause
+    return err
+
+
+def _forward_log(actor_log: Any, label: str, pid: int | None, msg: envelope.Log) -> None:
+    level = msg.level if msg.level in _LEVELS else "info"
+    # The actor chose every string here, and a console renderer prints them raw: escape
+    # control characters (nested values are rendered with repr(), which escapes them).
+    esc = sandbox.escape_controls
+    fields = {esc(f"actor_{k}" if k in _RESERVED else k): esc(v) if type(v) is str else v
+              for k, v in msg.fields.items()}
+    getattr(actor_log, level)(esc(msg.event), actor=label, pid=pid, **fields)

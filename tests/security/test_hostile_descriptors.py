@@ -93,7 +93,7 @@ async def test_descriptors_held_per_actor_are_bounded_and_shown():
     naming the limit and the remedy, the actor goes on, and once released the calls succeed again."""
     async with actorbox.Runtime() as rt:
         healthy, hoarder = await start_actors(rt, Healthy, FdHoarder)
-        endpoint = rt._supervisors[hoarder.actor_id].endpoint
+        endpoint = rt._live.actors.supervisors[hoarder.actor_id].endpoint
         endpoint.max_held_fds = 100
 
         def open_fds() -> int:
