@@ -364,7 +364,7 @@ async def test_frame_cut_short_leaves_only_that_actors_calls_waiting(rt):
 
 def _raw_send(rt: actorbox.Runtime, handle: actorbox.ActorHandle, data: bytes, nfds: int) -> None:
     """Write ``data`` (with ``nfds`` fresh descriptors) on the host's socket to ``handle``'s process."""
-    sup = rt._supervisors[handle.actor_id]
+    sup = rt._live.actors.supervisors[handle.actor_id]
     assert sup.endpoint is not None
     conn = sup.endpoint.conn
     fds = make_fds(min(nfds, 200))
