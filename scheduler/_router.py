@@ -1,7 +1,7 @@
 """The central router: call table, per-actor FIFO queues, concurrency, re-entrancy.
 
 Every call -- host->actor, actor->host-resident actor, actor->actor -- passes
-through ``Scheduler.submit`` and every result through ``Scheduler.reply``. The
+through ``Scheduler.route`` and every result through ``Scheduler.reply``. The
 scheduler attributes each message to the endpoint it arrived on (never to what
 the message claims), keeps one table of calls in flight, and fails calls with a
 status (never an exception object: payloads and errors are the upper layer's)
@@ -16,6 +16,9 @@ of its ancestors (following parent call ids) is running on that actor: the actor
 is then waiting, directly or indirectly, on this very call, so queueing it would
 deadlock (host -> A -> M -> A). Sibling calls of one root are not re-entrant and
 queue like any other call.
+
+The records it keeps are in scheduler._call_table; calls given Futures as arguments wait
+in scheduler._future_args.
 """
 
 from __future__ import annotations
@@ -24,17 +27,28 @@ import hmac
 import itertools
 import secrets
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
 
-from . import _envelope as env
+from . import _envelope as envelope
 from ._admission import slot_passes_on, starts_at_once
-from ._dependency import DependencyFailure, FailedCall
+from ._call_table import (
+    CANCELLING,
+    DELIVERED,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    ActorEntry,
+    CallEntry,
+    CallInfo,
+    log_finished,
+    snapshot,
+    unservable,
+)
 from ._endpoint import Endpoint
-from ._fds import close_fds, dup_all
+from ._fds import close_fds
+from ._future_args import FutureArgs
 
 log = structlog.get_logger("actorbox")
 
@@ -44,86 +58,6 @@ _MAX_ANCESTRY = 1000
 # Bytes of an actor's reference token: random, so an actor holds a working reference
 # only if one reached it (guessing 128 bits is out of reach).
 TOKEN_BYTES = 16
-
-WAITING = "waiting"  # waiting for the results of calls passed to it as arguments (Futures)
-QUEUED = "queued"  # waiting in the scheduler for a free slot
-DELIVERED = "delivered"  # delivered ahead (pipelining): waiting in the actor's own FIFO
-RUNNING = "running"  # running in the actor (as far as the scheduler can tell; see _start)
-CANCELLING = "cancelling"
-
-
-class _DepResult(NamedTuple):
-    """The result of a call another call waits for, as it arrived, and who produced it."""
-
-    status: env.Status
-    payload: bytes
-    detail: dict[str, Any] | None
-    trusted: bool
-    fds: tuple[int, ...]
-    producer: FailedCall  # its status is filled in only if it failed (see _release)
-
-
-@dataclass(slots=True, eq=False)
-class CallEntry:
-    call_id: int
-    actor_id: int
-    method: str
-    caller: Endpoint
-    caller_local_id: int
-    parent_call_id: int | None
-    call: env.Call | None  # the envelope to deliver; dropped once dispatched
-    submitted_at: float
-    state: str = QUEUED
-    started_at: float | None = None
-    began: bool = False  # holds one of the actor's max_concurrency slots (or runs re-entrantly)
-    callee: Endpoint | None = None
-    # Futures as arguments: the global ids this call waits for, their results as
-    # they arrive (_DepResult), and the calls
-    # waiting on this one.
-    deps: list[int] | None = None
-    results: dict[int, _DepResult] | None = None
-    dependents: list[int] | None = None
-
-
-@dataclass(slots=True, eq=False)
-class ActorEntry:
-    actor_id: int
-    name: str | None
-    label: str
-    max_concurrency: int
-    # What makes a reference to this actor unforgeable: its handles carry it, and a call
-    # from an untrusted endpoint is served only when it quotes it. Kept across restarts.
-    token: bytes = b""
-    endpoint: Endpoint | None = None
-    window: int = 1  # calls delivered at once: max_concurrency, plus prefetch if the endpoint queues
-    queue: deque[CallEntry] = field(default_factory=deque)
-    running: dict[int, CallEntry] = field(default_factory=dict)  # delivered and not answered
-    # The actor's own admission, mirrored: slots taken (the actor's "active") and the
-    # delivered calls waiting in its FIFO, oldest first. The actor runs them in this
-    # order, so a call begins when the reply that frees a slot arrives (to within
-    # one message's transit), with no message of its own. The mirror only feeds reports
-    # (call states, rt.actors() counts, call.started, the trace); it can lag the actor
-    # for a moment (a fire-and-forget re-entrant call, a call the actor refuses at once)
-    # and converges on the next reply. Scheduling never reads it: that uses ``running``
-    # against ``window`` and the QUEUED state only.
-    active: int = 0
-    unstarted: deque[CallEntry] = field(default_factory=deque)
-    pumping: bool = False  # _pump is running for this actor (a call refused on delivery re-enters it)
-    # Why calls to this actor cannot be served right now (None while serving or starting).
-    closed: tuple[env.Status, dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CallInfo:
-    """A snapshot of one call in flight (``Runtime.pending_calls()``)."""
-
-    call_id: int
-    actor: str
-    method: str
-    caller: str
-    parent_call_id: int | None
-    state: str
-    age_s: float
 
 
 class Scheduler:
@@ -137,12 +71,9 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._actor_ids = itertools.count(1)
         self.calls: dict[int, CallEntry] = {}
-        # Calls whose dependencies have all finished, to release one after another: a
-        # failure passed down a chain of Futures releases each link in turn, not a call deeper.
-        self._to_release: deque[CallEntry] = deque()
-        self._releasing = False
         self.actors: dict[int, ActorEntry] = {}
         self.names: dict[str, int] = {}
+        self._futures = FutureArgs(self.calls, self.actors, self._finish, self._admit_released)
         self.log_calls = log_calls
         # Where call events go: this module's structlog logger, unless the owner
         # (the Runtime, while recording a trace) puts something in its place.
@@ -171,7 +102,7 @@ class Scheduler:
         a.closed = None
         self._pump(a)
 
-    def detach(self, actor_id: int, status: env.Status, detail: dict[str, Any], *, keep_queue: bool) -> None:
+    def detach(self, actor_id: int, status: envelope.Status, detail: dict[str, Any], *, keep_queue: bool) -> None:
         """The actor's endpoint is gone: fail its running calls with ``status``.
 
         Queued calls wait for a restart when ``keep_queue``, else fail too, and
@@ -187,16 +118,16 @@ class Scheduler:
             a.closed = (status, detail)
         a.unstarted.clear()  # nothing more begins on the dead endpoint
         for entry in list(a.running.values()):
-            self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+            self._finish(entry, envelope.Reply(entry.call_id, status, b"", detail))
         a.active = 0
         if not keep_queue:
             while a.queue:
                 entry = a.queue.popleft()
-                self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+                self._finish(entry, envelope.Reply(entry.call_id, status, b"", detail))
             # Calls to it still waiting for Futures passed to them would only fail once
             # those finish (or never, if one never does): they fail now, as a queued one does.
             for entry in [e for e in self.calls.values() if e.actor_id == actor_id and e.state == WAITING]:
-                self._finish(entry, env.Reply(entry.call_id, status, b"", detail))
+                self._finish(entry, envelope.Reply(entry.call_id, status, b"", detail))
         if old is not None:
             self.forget_caller(old)
 
@@ -214,8 +145,8 @@ class Scheduler:
 
     # -- calls -------------------------------------------------------------------
 
-    def submit(self, caller: Endpoint, call: env.Call) -> int:
-        """Accept a call from ``caller``; returns its global call id."""
+    def route(self, caller: Endpoint, call: envelope.Call) -> int:
+        """Accept a call from ``caller`` and route it to its actor; returns its global call id."""
         gid = next(self._ids)
         now = time.monotonic()
         parent = call.parent_call_id
@@ -234,40 +165,29 @@ class Scheduler:
             # Over the in-flight limit, or reusing a live call id (which would orphan
             # the earlier call): refuse this call alone; it never enters the table.
             close_fds(call.fds)
-            caller.deliver_reply(env.Reply(call.call_id, env.Status.REFUSED, b"", {
+            caller.deliver_reply(envelope.Reply(call.call_id, envelope.Status.REFUSED, b"", {
                 "message": f"{caller.label} has {len(caller.outgoing)} calls in flight (limit "
                            f"{self.max_outgoing}) or reused a call id; await earlier calls first"}, trusted=True))
             return gid
         caller.outgoing[call.call_id] = gid
         if a is None or a.closed is not None:
-            status, detail = (env.Status.NO_ACTOR, {"actor_id": call.target}) if a is None else a.closed  # type: ignore[misc]
             self.calls[gid] = entry
-            self._finish(entry, env.Reply(gid, status, b"", detail))
+            self._finish(entry, unservable(gid, call.target, a))
             close_fds(call.fds)
             return gid
-        entry.call = env.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted, fds=call.fds)
+        entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted,
+                                   fds=call.fds)
         self.calls[gid] = entry
         if self.log_calls:
             self.log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
                            parent_call_id=parent, caller=caller.label)
         if call.deps:
-            deps = [caller.outgoing.get(lid) for lid in call.deps]
-            if any(d is None or d not in self.calls or d == gid for d in deps):
-                self._finish(entry, env.Reply(gid, env.Status.REFUSED, b"", {
-                    "message": "an argument is a Future of a call that is not in flight from this caller; "
-                               "await it and pass its value"}))
-                return gid
-            entry.state = WAITING
-            entry.deps = deps  # type: ignore[assignment]
-            entry.results = {}
-            for d in dict.fromkeys(deps):
-                dep = self.calls[d]  # type: ignore[index]
-                if dep.dependents is None:
-                    dep.dependents = []
-                dep.dependents.append(gid)
-            return gid
-        self._admit(a, entry)
+            self._futures.wait(entry, caller, call.deps)
+        else:
+            self._admit(a, entry)
         return gid
+
+    submit = route  # the former name, until every caller says route (no wrapper: the same function)
 
     def _admit(self, a: ActorEntry, entry: CallEntry) -> None:
         # A re-entrant call must be flagged even within the window: the actor's own
@@ -279,67 +199,13 @@ class Scheduler:
         else:
             a.queue.append(entry)
 
-    def _dep_finished(self, dep: CallEntry, reply: env.Reply, trusted: bool) -> None:
-        """``dep`` finished: hand its result to the calls that wait for it."""
-        for gid in dep.dependents or ():
-            d = self.calls.get(gid)
-            if d is None or d.state != WAITING or d.results is None or d.deps is None:
-                continue
-            a = self.actors.get(dep.actor_id)
-            who = FailedCall(a.label if a else str(dep.actor_id), dep.method, dep.caller_local_id, "")
-            try:
-                fds = dup_all(reply.fds)
-            except OSError as exc:  # out of descriptors: this dependent fails, the reply goes on
-                d.results[dep.call_id] = _DepResult(env.Status.REFUSED, b"", {"message": (
-                    f"the host could not hand this result on ({exc.strerror}); close files it holds or "
-                    "raise its descriptor limit (ulimit -n)")}, True, (), who)
-            else:
-                d.results[dep.call_id] = _DepResult(reply.status, reply.payload, reply.detail, trusted, fds, who)
-            if all(g in d.results for g in d.deps):
-                self._to_release.append(d)
-        if self._releasing:
-            return  # the release loop below, further up this stack, takes them
-        self._releasing = True
-        try:
-            while self._to_release:
-                self._release(self._to_release.popleft())
-        finally:
-            self._releasing = False
-
-    def _release(self, d: CallEntry) -> None:
-        """All of ``d``'s dependencies finished: fail it with the first failure, or admit it."""
-        assert d.results is not None and d.deps is not None and d.call is not None
-        results = [d.results[g] for g in d.deps]
-        failed = next((r for r in results if r.status != env.Status.OK), None)
-        if failed is not None:
-            # The first failure down the chain, as a structured value (see _dependency): its
-            # error payload travels on unchanged, decoded by the caller with its producer's trust.
-            dep = FailedCall(failed.producer.actor, failed.producer.method, failed.producer.caller_call_id,
-                             failed.status.name)
-            info = DependencyFailure.of(dep, failed.detail).to_detail()
-            self._finish(d, env.Reply(d.call_id, env.Status.DEP_FAILED, failed.payload, info), trusted=failed.trusted)
-            return
-        call = d.call
-        # A Future passed twice shares one result: each later use gets its own descriptors,
-        # so every fd in the call is distinct and closed exactly once.
-        seen: set[int] = set()
-        fdsets: list[tuple[int, ...]] = []
-        for g, r in zip(d.deps, results, strict=True):
-            fdsets.append(dup_all(r.fds) if g in seen else r.fds)
-            seen.add(g)
-        d.call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
-                          trusted=call.trusted,
-                          resolved=tuple((int(r.status), r.payload, r.trusted, len(f))
-                                         for r, f in zip(results, fdsets, strict=True)),
-                          fds=call.fds + tuple(fd for f in fdsets for fd in f))
-        d.results = None
-        d.state = QUEUED
-        a = self.actors.get(d.actor_id)
+    def _admit_released(self, entry: CallEntry) -> None:
+        """``entry``'s Future arguments all arrived: on to its actor, if that can still serve."""
+        a = self.actors.get(entry.actor_id)
         if a is None or a.closed is not None:
-            status, detail = (env.Status.NO_ACTOR, {"actor_id": d.actor_id}) if a is None else a.closed  # type: ignore[misc]
-            self._finish(d, env.Reply(d.call_id, status, b"", detail))
+            self._finish(entry, unservable(entry.call_id, entry.actor_id, a))
             return
-        self._admit(a, d)
+        self._admit(a, entry)
 
     def _reentrant(self, a: ActorEntry, entry: CallEntry) -> bool:
         """True when an ancestor of ``entry`` is running on ``a`` (so ``a`` waits on it)."""
@@ -369,8 +235,8 @@ class Scheduler:
             a.unstarted.append(entry)
         call, entry.call = entry.call, None
         if reentrant:
-            call = env.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
-                            trusted=call.trusted, reentrant=True, resolved=call.resolved, fds=call.fds)
+            call = envelope.Call(call.call_id, call.target, call.method, call.payload, call.parent_call_id,
+                                 trusted=call.trusted, reentrant=True, resolved=call.resolved, fds=call.fds)
         a.endpoint.deliver_call(call)
 
     def _began(self, a: ActorEntry, entry: CallEntry) -> None:
@@ -395,7 +261,7 @@ class Scheduler:
             a.active -= 1
 
     def _pump(self, a: ActorEntry) -> None:
-        # Strict FIFO. Re-entrant calls never wait here: submit() admits them at
+        # Strict FIFO. Re-entrant calls never wait here: route() admits them at
         # once, since an ancestor of theirs is running on the actor.
         # Not re-entered: a call refused on delivery finishes at once and would pump again
         # from inside this loop (one level per refused call); this loop picks up after it.
@@ -409,7 +275,7 @@ class Scheduler:
         finally:
             a.pumping = False
 
-    def reply(self, callee: Endpoint, reply: env.Reply) -> None:
+    def reply(self, callee: Endpoint, reply: envelope.Reply) -> None:
         """A result from ``callee``; ignored unless it answers a call delivered to it."""
         entry = self.calls.get(reply.call_id)
         if entry is None or entry.callee is not callee:
@@ -417,7 +283,9 @@ class Scheduler:
             return
         self._finish(entry, reply)
 
-    def _finish(self, entry: CallEntry, reply: env.Reply, *, trusted: bool | None = None) -> None:
+    def _finish(self, entry: CallEntry, reply: envelope.Reply, trusted: bool | None = None) -> None:
+        """``entry`` ended with ``reply`` (``trusted``: whether its payload is host-encoded, when
+        not its callee's trust): out of the table, and the reply on to its caller."""
         del self.calls[entry.call_id]
         a = self.actors.get(entry.actor_id)
         if a is not None and a.running.pop(entry.call_id, None) is not None:
@@ -426,38 +294,25 @@ class Scheduler:
         if entry.call is not None:
             close_fds(entry.call.fds)
             entry.call = None
-        for r in (entry.results or {}).values():
-            close_fds(r[4])
-        entry.results = None
+        if entry.results is not None:
+            for r in entry.results.values():
+                close_fds(r.fds)
+            entry.results = None
         if trusted is None:
             trusted = entry.callee.trusted if entry.callee is not None else True
         if entry.dependents:
-            self._dep_finished(entry, reply, trusted)
+            self._futures.finished(entry, reply, trusted)
         caller = entry.caller
         waiting = caller.outgoing.pop(entry.caller_local_id, None) == entry.call_id
         if self.log_calls:
-            self._log_finish(entry, a, reply)
+            log_finished(self.log, entry, a, reply)
         if waiting and caller.alive:
-            caller.deliver_reply(env.Reply(entry.caller_local_id, reply.status, reply.payload, reply.detail,
-                                           trusted=trusted, fds=reply.fds))
+            caller.deliver_reply(envelope.Reply(entry.caller_local_id, reply.status, reply.payload, reply.detail,
+                                                trusted=trusted, fds=reply.fds))
         else:
             close_fds(reply.fds)
         if a is not None and a.queue:
             self._pump(a)
-
-    def _log_finish(self, entry: CallEntry, a: ActorEntry | None, reply: env.Reply) -> None:
-        started = entry.started_at or entry.submitted_at
-        fields = dict(actor=a.label if a else entry.actor_id, method=entry.method, call_id=entry.call_id,
-                      parent_call_id=entry.parent_call_id,
-                      duration_ms=round((time.monotonic() - started) * 1000, 3))
-        if not entry.began:
-            fields["began"] = False  # ended before it ever ran (queued, or in the actor's FIFO): all wait
-        if reply.status == env.Status.OK:
-            self.log.debug("call.finished", **fields)
-        elif reply.status == env.Status.CANCELLED or entry.state == CANCELLING:
-            self.log.debug("call.cancelled", **fields)
-        else:
-            self.log.debug("call.failed", status=reply.status.name.lower(), **fields)
 
     def cancel(self, caller: Endpoint, local_call_id: int) -> None:
         """The caller no longer wants the result of its call ``local_call_id``."""
@@ -470,7 +325,7 @@ class Scheduler:
         if entry is None:
             return
         if entry.state == WAITING:
-            self._finish(entry, env.Reply(gid, env.Status.CANCELLED))
+            self._finish(entry, envelope.Reply(gid, envelope.Status.CANCELLED))
         elif entry.state == QUEUED:
             a = self.actors.get(entry.actor_id)
             if a is not None:
@@ -478,7 +333,7 @@ class Scheduler:
                     a.queue.remove(entry)
                 except ValueError:
                     pass
-            self._finish(entry, env.Reply(gid, env.Status.CANCELLED))
+            self._finish(entry, envelope.Reply(gid, envelope.Status.CANCELLED))
         elif entry.state in (RUNNING, DELIVERED):
             # The entry stays until the callee acknowledges, so its concurrency
             # slot is not reused while the method may still be running.
@@ -489,11 +344,5 @@ class Scheduler:
     # -- inspection --------------------------------------------------------------
 
     def pending_calls(self) -> list[CallInfo]:
-        now = time.monotonic()
-        out = []
-        for e in self.calls.values():
-            a = self.actors.get(e.actor_id)
-            out.append(CallInfo(e.call_id, a.label if a else str(e.actor_id), e.method, e.caller.label,
-                                e.parent_call_id, e.state, round(now - e.submitted_at, 6)))
-        return out
-
+        """A snapshot of every call in flight."""
+        return snapshot(self.calls, self.actors)

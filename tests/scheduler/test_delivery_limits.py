@@ -18,8 +18,9 @@ import socket
 import pytest
 
 from scheduler import envelope as env
+from scheduler._actor_endpoint import ConnectionEndpoint
 from scheduler._connection import Connection
-from scheduler._endpoint import ConnectionEndpoint, Endpoint
+from scheduler._endpoint import Endpoint
 from scheduler._framing import FrameDecoder
 from scheduler._router import Scheduler
 
@@ -86,7 +87,7 @@ def test_a_long_method_name_filling_the_frame_is_refused_not_delivered():
     n = LIMIT - 40
     while len(env.encode(env.Call(1, a.actor_id, "m" * (n + 1), b""))) <= LIMIT:
         n += 1
-    s.submit(caller, env.Call(1, a.actor_id, "m" * n, b"", token=a.token))
+    s.route(caller, env.Call(1, a.actor_id, "m" * n, b"", token=a.token))
     assert frames(peer) == []
     (reply,) = caller.replies
     assert reply.status == env.Status.REFUSED and "frame limit" in reply.detail["message"]
@@ -98,8 +99,8 @@ def test_future_arguments_filling_the_frame_are_refused_not_delivered():
     victim, peer = endpoint(s, "victim")
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
-    s.submit(caller, env.Call(1, a.actor_id, "make", b"", token=a.token))
-    s.submit(caller, env.Call(2, a.actor_id, "size", b"", deps=(1, 1), token=a.token))  # one 40 KiB result, twice
+    s.route(caller, env.Call(1, a.actor_id, "make", b"", token=a.token))
+    s.route(caller, env.Call(2, a.actor_id, "size", b"", deps=(1, 1), token=a.token))  # one 40 KiB result, twice
     s.reply(victim, env.Reply(caller.outgoing[1], env.Status.OK, b"z" * (40 * 1024)))
     assert frames(peer) == [len(env.encode(env.Call(1, a.actor_id, "make", b"")))]  # only the first call
     refused = [r for r in caller.replies if r.call_id == 2]
@@ -111,8 +112,8 @@ def test_one_future_passed_many_times_gives_distinct_descriptors():
     caller, victim = Recorder("evil"), Recorder("victim")
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
-    s.submit(caller, env.Call(1, a.actor_id, "make", b"", token=a.token))
-    s.submit(caller, env.Call(2, a.actor_id, "use", b"", deps=(1,) * 64, token=a.token))
+    s.route(caller, env.Call(1, a.actor_id, "make", b"", token=a.token))
+    s.route(caller, env.Call(2, a.actor_id, "use", b"", deps=(1,) * 64, token=a.token))
     r, w = os.pipe()
     os.close(w)
     s.reply(victim, env.Reply(caller.outgoing[1], env.Status.OK, b"r", fds=(r,)))
@@ -130,9 +131,9 @@ def test_many_calls_refused_on_delivery_do_not_recurse():
     victim, peer = endpoint(s, "victim")
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
-    small = [s.submit(caller, env.Call(i, a.actor_id, "nap", b"")) for i in range(1, 66)]
+    small = [s.route(caller, env.Call(i, a.actor_id, "nap", b"")) for i in range(1, 66)]
     for i in range(66, 66 + 2000):  # queued behind the window; each is refused when its turn comes
-        s.submit(caller, env.Call(i, a.actor_id, "size", b"x" * (70 * 1024)))
+        s.route(caller, env.Call(i, a.actor_id, "size", b"x" * (70 * 1024)))
     for gid in small:  # the actor answers: each reply lets the queue move
         s.reply(victim, env.Reply(gid, env.Status.OK, b""))
     statuses = [r.status for r in caller.replies]

@@ -48,7 +48,7 @@ class Recorder(Endpoint):
             self._next_local += 1
         if not self.trusted and target in sched.actors:  # an actor quotes the token its handle carries
             kw.setdefault("token", sched.actors[target].token)
-        sched.submit(self, env.Call(local, target, method, b"args", parent, **kw))  # type: ignore[arg-type]
+        sched.route(self, env.Call(local, target, method, b"args", parent, **kw))  # type: ignore[arg-type]
         return local
 
     def methods(self) -> list[str]:
@@ -58,6 +58,18 @@ class Recorder(Endpoint):
 @pytest.fixture
 def sched() -> Scheduler:
     return Scheduler(prefetch=2)
+
+
+def test_an_endpoint_must_implement_every_delivery() -> None:
+    """Endpoint is abstract: a subclass missing a deliver_* method fails at construction, not mid-call."""
+
+    class NoCancel(Endpoint):
+        def deliver_call(self, call: env.Call) -> None: ...
+
+        def deliver_reply(self, reply: env.Reply) -> None: ...
+
+    with pytest.raises(TypeError, match="deliver_cancel"):
+        NoCancel()  # type: ignore[abstract]
 
 
 @pytest.fixture
@@ -163,7 +175,7 @@ def test_a_reentrant_call_runs_at_once_and_its_end_frees_no_extra_slot(host: Rec
     outer = ep.calls[0]
     host.call(sched, aid, "waiting")
     # A calls itself within outer.
-    sched.submit(ep, env.Call(1, aid, "inner", b"", outer.call_id, token=sched.actors[aid].token))
+    sched.route(ep, env.Call(1, aid, "inner", b"", outer.call_id, token=sched.actors[aid].token))
     states = {c.method: c.state for c in sched.pending_calls()}
     assert states == {"outer": "running", "waiting": "delivered", "inner": "running"}
     finish(sched, ep, ep.calls[2])  # inner ends: outer still holds the slot
@@ -560,8 +572,8 @@ def test_refused_and_unroutable_calls_close_their_fds(sched: Scheduler) -> None:
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     try:
-        sched.submit(client, env.Call(1, aid, "dup-id", b"", token=sched.actors[aid].token, fds=(r1,)))
-        sched.submit(client, env.Call(2, 999, "nobody", b"", fds=(r2,)))
+        sched.route(client, env.Call(1, aid, "dup-id", b"", token=sched.actors[aid].token, fds=(r1,)))
+        sched.route(client, env.Call(2, 999, "nobody", b"", fds=(r2,)))
         assert [r.status for r in client.replies] == [env.Status.REFUSED, env.Status.NO_ACTOR]
         for w in (w1, w2):
             with pytest.raises(BrokenPipeError):
