@@ -32,17 +32,6 @@ from ._errors import SerializationError
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 
-class Segment:
-    """One mapped memfd. ``fd`` stays open while the mapping lives, so it can be re-sent."""
-
-    __slots__ = ("__weakref__", "fd", "mm", "nbytes")
-
-    def __init__(self, fd: int, mm: mmap.mmap, nbytes: int) -> None:
-        self.fd = fd
-        self.mm = mm
-        self.nbytes = nbytes
-
-
 class SegmentTable:
     """The segments this process maps, found by the base address of their mapping.
 

@@ -214,10 +214,6 @@ def _export_dense(t: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
     return [dtype, shape, strides, offset - start // itemsize, index, nbytes, requires_grad, device]
 
 
-def _base(t: Any) -> int:
-    return int(t.untyped_storage().data_ptr())
-
-
 def import_tensor(fields: list[Any], table: SegmentTable, source: FdSource) -> Any:
     import torch
 
@@ -342,8 +338,8 @@ def _export_ndarray(a: Any, table: SegmentTable, sink: FdSink) -> list[Any]:
             base = table.base_of(obj)
             break
     seg = table.lookup(base) if base is not None else None
-    if seg is not None and (addr - base) % itemsize == 0:  # type: ignore[operator]
-        offset = (addr - base) // itemsize  # type: ignore[operator]
+    if seg is not None and base is not None and (addr - base) % itemsize == 0:
+        offset = (addr - base) // itemsize
         if (offset + n_rel) * itemsize <= seg[1]:
             return [a.dtype.str, shape, strides, offset, sink.add(seg[0]), seg[1], False, "cpu"]
     # Copy the bytes the view spans, from its first element, into a new segment.
@@ -498,7 +494,7 @@ def import_cuda_ipc(fields: list[Any]) -> Any:
     if extent(shape, strides, offset) * itemsize > size_bytes:
         raise SerializationError("a CUDA tensor's view reaches past the end of its allocation")
     try:
-        torch.cuda._lazy_init()  # type: ignore[no-untyped-call]
+        torch.cuda._lazy_init()  # type: ignore[no-untyped-call]  # torch leaves it (and torch.cuda.init) unannotated
         storage = torch.UntypedStorage._new_shared_cuda(device, handle, size_bytes, offset_bytes, ref_handle,
                                                         ref_offset, event_handle, event_sync)
         t = torch.empty(0, dtype=dtype, device=f"cuda:{device}").set_(storage, offset, shape, strides)
