@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -110,9 +111,15 @@ def build_command(spec: LaunchSpec, model: RestrictionModel | None = None) -> li
         raise SandboxUnavailable(model)
     nproc = None if model.privileged else spec.policy.max_processes + _own_process_count()
     gpus = tuple(sorted(glob.glob("/dev/nvidia[0-9]*"))) if spec.policy.allow_gpu else ()
+    policy = spec.policy
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < policy.max_open_files:
+        # prlimit can't raise the hard limit past the host's own (that needs CAP_SYS_RESOURCE):
+        # every start would fail ("Operation not permitted"). The host's is a tighter limit.
+        policy = dataclasses.replace(policy, max_open_files=hard)
     return build_bwrap_command(
         spec.python, spec.module_paths, spec.venv_path, spec.pass_fds[0] if spec.pass_fds else None,
-        spec.policy.allow_gpu, model, spec.policy, argv=argv, readonly_paths=spec.code_paths,
+        spec.policy.allow_gpu, model, policy, argv=argv, readonly_paths=spec.code_paths,
         env=child_environment(spec), uid=spec.uid if spec.uid is not None else 65534, nproc_limit=nproc,
         gpu_devices=gpus)
 

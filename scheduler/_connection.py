@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import array
 import errno
-import os
 import socket
 import threading
 from collections import deque
@@ -142,8 +141,9 @@ class Connection:
         self.bytes_out += n
         return n
 
-    def _flush(self) -> bool:
-        """Write what is pending; True when everything went out. Any thread (under _lock)."""
+    def flush(self) -> bool:
+        """Write what is pending now, from any thread (for when the loop is busy); True when
+        nothing is left pending."""
         with self._lock:
             while self._pending:
                 view, fds = self._pending[0]
@@ -181,7 +181,7 @@ class Connection:
             self._writable.set()
 
     def _on_writable_asyncio(self) -> None:
-        if self._closed or self._flush():
+        if self._closed or self.flush():
             try:
                 self._loop.remove_writer(self.sock.fileno())
             except (ValueError, OSError):
@@ -204,19 +204,13 @@ class Connection:
                 if isinstance(exc, ConnectionResetError) or exc.errno in (errno.ECONNRESET, errno.EBADF):
                     return False
                 raise
-            fds: list[int] = []
-            for level, typ, cdata in anc:
-                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    a = array.array("i")
-                    a.frombytes(cdata[: len(cdata) - (len(cdata) % a.itemsize)])
-                    fds.extend(a)
+            fds = _received_fds(anc) if anc else []  # (most reads carry none: no call)
             if flags & _MSG_CTRUNC:
-                for fd in fds:
-                    os.close(fd)
-                raise FrameError("file descriptors were truncated (too many in one message)")
+                close_fds(fds)
+                raise FrameError("file descriptors were truncated: too many in one message, or this process is out "
+                                 "of descriptors (its RLIMIT_NOFILE; raise it with ulimit -n)")
             if not nread:
-                for fd in fds:
-                    os.close(fd)
+                close_fds(fds)
                 return False
             self.bytes_in += nread
             frames = self._decoder.feed(memoryview(buf)[:nread], fds)  # (on a FrameError it closed them all)
@@ -241,11 +235,6 @@ class Connection:
             return self._read_available()
         finally:
             self.read_lock.release()
-
-    def flush(self) -> bool:
-        """Write what is pending now, from any thread (for when the loop is busy); True when
-        nothing is left pending."""
-        return self._flush()
 
     async def run(self) -> None:
         """Serve the connection until the peer closes it; raises on a framing error."""
@@ -292,11 +281,7 @@ class Connection:
         try:
             exc = await done
         finally:
-            for remove in (loop.remove_reader, loop.remove_writer):
-                try:
-                    remove(fd)
-                except (ValueError, OSError):
-                    pass
+            _unwatch(loop, fd)
         if exc is not None:
             raise exc
 
@@ -327,7 +312,7 @@ class Connection:
             assert self._writable is not None
             await self._writable.wait()
             self._writable = anyio.Event()
-            while not self._flush():
+            while not self.flush():
                 await anyio.wait_writable(self.sock)
 
     def close(self) -> None:
@@ -341,11 +326,7 @@ class Connection:
         fd = self.sock.fileno()
         if fd >= 0:
             if self._loop is not None:
-                for remove in (self._loop.remove_reader, self._loop.remove_writer):
-                    try:
-                        remove(fd)
-                    except (ValueError, OSError, RuntimeError):
-                        pass
+                _unwatch(self._loop, fd)
                 if self._done is not None and not self._done.done():
                     self._done.set_result(None)
             else:
@@ -359,3 +340,22 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+
+def _received_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors in ``recvmsg``'s ancillary data (they are ours to close from here)."""
+    fds: list[int] = []
+    for level, typ, cdata in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(cdata[: len(cdata) - (len(cdata) % a.itemsize)])
+            fds.extend(a)
+    return fds
+
+
+def _unwatch(loop: Any, fd: int) -> None:
+    """Stop an asyncio loop watching ``fd`` (if it does; a closed loop raises RuntimeError)."""
+    for remove in (loop.remove_reader, loop.remove_writer):
+        try:
+            remove(fd)
+        except (ValueError, OSError, RuntimeError):
+            pass

@@ -253,3 +253,25 @@ def test_escaping_is_the_old_regex_substitution_at_a_tenth_of_the_cost():
     t0 = time.perf_counter()
     escape_controls(flood)
     assert time.perf_counter() - t0 < 0.25
+
+
+def test_actors_start_under_a_host_hard_limit_of_open_files_below_the_policys():
+    """A host whose hard RLIMIT_NOFILE is below the sandbox policy's max_open_files (4,096) still starts
+    actors, with the host's lower limit: prlimit could not raise it, and every start failed with
+    ActorStartError ("prlimit: failed to set the NOFILE resource limit")."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, anyio, actorbox\n"
+        "from tests.security.plugins.healthy import Healthy\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+        "async def main():\n"
+        "    async with actorbox.Runtime() as rt:\n"
+        "        h = await rt.start(Healthy)\n"
+        "        print('ANSWER', await h.add(2, 3))\n"
+        "anyio.run(main)\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                          timeout=CALL_TIMEOUT)
+    assert "ANSWER 5" in done.stdout, done.stderr[-2000:]
