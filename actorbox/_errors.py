@@ -1,8 +1,10 @@
 """The one exception tree of actorbox, rooted at ``ActorboxError``.
 
-Errors carry their context as attributes and build ``__str__`` from them, so a
-message always says what happened and what to do. Every error here can cross a
-process boundary: the codec sends its ``args`` plus the context attributes.
+Errors carry their context as typed attributes and build ``__str__`` from them, so
+a message always says what happened and what to do. Every error here can cross a
+process boundary: the codec sends its ``message`` plus ``context()``, and the
+receiver rebuilds it as ``cls(message, **context)``. So each class's ``fields``
+name exactly the keyword-only parameters of its ``__init__`` (a test checks it).
 """
 
 from __future__ import annotations
@@ -10,22 +12,24 @@ from __future__ import annotations
 import signal as _signal
 from typing import Any, ClassVar
 
+from sandbox import PolicyError as _SandboxPolicyError
+
 
 class ActorboxError(Exception):
     """Base class of every error raised by actorbox."""
 
-    # Context attributes carried across processes and shown by __str__.
+    # Context attributes carried across processes and shown by __str__; each is a
+    # keyword-only parameter of the class's __init__.
     fields: ClassVar[tuple[str, ...]] = ()
+    # The traceback text of the process that raised it, when the codec rebuilt it here.
+    remote_traceback: str | None = None
 
-    def __init__(self, message: str = "", **context: Any) -> None:
+    def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
-        for name in self.fields:
-            setattr(self, name, context.pop(name, None))
-        if context:
-            raise TypeError(f"unexpected context for {type(self).__name__}: {sorted(context)}")
 
     def context(self) -> dict[str, Any]:
+        """The context attributes by name, as sent across a process boundary."""
         return {name: getattr(self, name, None) for name in self.fields}
 
     def __str__(self) -> str:
@@ -44,22 +48,39 @@ class CallError(ActorboxError):
 
     fields: ClassVar[tuple[str, ...]] = ("actor", "method", "call_id")
 
+    def __init__(self, message: str = "", *, actor: str | None = None, method: str | None = None,
+                 call_id: int | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.method = method
+        self.call_id = call_id
+
 
 class ActorDiedError(CallError):
     """The actor's process died while the call was pending (or before it started)."""
 
     fields = (*CallError.fields, "pid", "exit_code", "signal", "stderr")
 
+    def __init__(self, message: str = "", *, actor: str | None = None, method: str | None = None,
+                 call_id: int | None = None, pid: int | None = None, exit_code: int | None = None,
+                 signal: int | None = None, stderr: str | None = None) -> None:
+        super().__init__(message, actor=actor, method=method, call_id=call_id)
+        self.pid = pid
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr = stderr
+
     def __str__(self) -> str:
-        ec, sig = self.exit_code, self.signal  # type: ignore[attr-defined]
+        # The fields come from the scheduler's record: checked anyway, so __str__ never raises.
+        ec, sig = self.exit_code, self.signal
         how = describe_exit(ec if type(ec) is int else None, sig if type(sig) is int else None)
-        parts = [f"actor {self.actor!r} (pid {self.pid}) died: {how}"]  # type: ignore[attr-defined]
-        if self.method:  # type: ignore[attr-defined]
-            parts[0] += f", failing call {self.method}() [call {self.call_id}]"  # type: ignore[attr-defined]
+        parts = [f"actor {self.actor!r} (pid {self.pid}) died: {how}"]
+        if self.method:
+            parts[0] += f", failing call {self.method}() [call {self.call_id}]"
         if self.message:
             parts.append(str(self.message))
-        if self.stderr:  # type: ignore[attr-defined]
-            parts.append("last lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines()))  # type: ignore[attr-defined]
+        if self.stderr:
+            parts.append("last lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines()))
         else:
             parts.append("it wrote nothing to stderr; set ACTORBOX_DEBUG_RPC=1 to trace its last frames")
         return "\n".join(parts)
@@ -85,7 +106,7 @@ class ActorStoppedError(CallError):
 
     def __str__(self) -> str:
         return self.message or (
-            f"actor {self.actor!r} is stopped, so {self.method}() cannot run; start a new actor with rt.start()"  # type: ignore[attr-defined]
+            f"actor {self.actor!r} is stopped, so {self.method}() cannot run; start a new actor with rt.start()"
         )
 
 
@@ -94,10 +115,18 @@ class ActorStartError(ActorboxError):
 
     fields: ClassVar[tuple[str, ...]] = ("actor", "cls", "pid", "stderr")
 
+    def __init__(self, message: str = "", *, actor: str | None = None, cls: str | None = None,
+                 pid: int | None = None, stderr: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.cls = cls
+        self.pid = pid
+        self.stderr = stderr
+
     def __str__(self) -> str:
         s = str(self.message)
-        if self.stderr:  # type: ignore[attr-defined]
-            s += "\nlast lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines())  # type: ignore[attr-defined]
+        if self.stderr:
+            s += "\nlast lines of its stderr:\n  " + "\n  ".join(str(self.stderr).splitlines())
         return s
 
 
@@ -106,17 +135,39 @@ class EnvironmentBuildError(ActorStartError):
 
     fields: ClassVar[tuple[str, ...]] = (*ActorStartError.fields, "output")
 
+    def __init__(self, message: str = "", *, actor: str | None = None, cls: str | None = None,
+                 pid: int | None = None, stderr: str | None = None, output: str | None = None) -> None:
+        super().__init__(message, actor=actor, cls=cls, pid=pid, stderr=stderr)
+        self.output = output
+
 
 class InvalidRequirementError(ActorboxError, ValueError):
     """A dependency is not a requirement actorbox installs (a pip option, a bad URL, not PEP 508)."""
 
     fields = ("actor", "requirement")
 
+    def __init__(self, message: str = "", *, actor: str | None = None, requirement: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.requirement = requirement
+
 
 class ExtensionError(ActorboxError):
     """An extension folder could not be loaded: its pyproject.toml is missing or invalid."""
 
     fields = ("path",)
+
+    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PolicyError(ActorboxError, _SandboxPolicyError):
+    """A sandbox policy asks for something that would break the sandbox (also a ``ValueError``).
+
+    ``actorbox.SandboxPolicy(...)`` raises it; it is also the ``sandbox`` package's
+    ``PolicyError``, so code catching either (or ``ValueError``) sees it.
+    """
 
 
 class MethodNotFoundError(CallError, AttributeError):
@@ -132,11 +183,19 @@ class ActorNotFoundError(ActorboxError, LookupError):
 
     fields = ("name",)
 
+    def __init__(self, message: str = "", *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
 
 class NameTakenError(ActorboxError, ValueError):
     """Another live actor already uses that name."""
 
     fields = ("name",)
+
+    def __init__(self, message: str = "", *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class RemoteError(ActorboxError):
@@ -152,9 +211,17 @@ class RemoteError(ActorboxError):
 
     fields = ("type_name", "remote_traceback", "actor", "method")
 
+    def __init__(self, message: str = "", *, type_name: str | None = None, remote_traceback: str | None = None,
+                 actor: str | None = None, method: str | None = None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        self.actor = actor
+        self.method = method
+
     def __str__(self) -> str:
-        who = f" from actor {self.actor!r}" if self.actor else ""  # type: ignore[attr-defined]
-        return f"{self.type_name}{who}: {self.message}"  # type: ignore[attr-defined]
+        who = f" from actor {self.actor!r}" if self.actor else ""
+        return f"{self.type_name}{who}: {self.message}"
 
 
 class SerializationError(ActorboxError, TypeError):
@@ -165,6 +232,10 @@ class ProtocolError(ActorboxError):
     """A peer broke the wire protocol (bad frame, over-size frame, bad envelope)."""
 
     fields = ("actor",)
+
+    def __init__(self, message: str = "", *, actor: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
 
 
 class CallRefusedError(CallError):
@@ -188,8 +259,19 @@ class ObjectStoreFullError(ActorboxError):
 
     fields = ("capacity", "used", "requested")
 
+    def __init__(self, message: str = "", *, capacity: int | None = None, used: int | None = None,
+                 requested: int | None = None) -> None:
+        super().__init__(message)
+        self.capacity = capacity
+        self.used = used
+        self.requested = requested
+
 
 class ObjectNotFoundError(ActorboxError, LookupError):
     """No object under that id: it was released, or it expired after its retention time."""
 
     fields = ("object_id",)
+
+    def __init__(self, message: str = "", *, object_id: str | None = None) -> None:
+        super().__init__(message)
+        self.object_id = object_id
