@@ -24,7 +24,6 @@ from structlog.testing import capture_logs
 
 import actorbox
 from actorbox._codec import Codec
-from actorbox._handle import ActorHandle
 from scheduler import envelope as env
 
 from ._support import CALL_TIMEOUT, assert_host_serves, start_actors
@@ -37,8 +36,7 @@ MAX_STALL = 0.5
 
 
 def _codec() -> Codec:
-    return Codec(allow_pickle=True, handle_type=ActorHandle,
-                 make_handle=lambda *a: None)  # type: ignore[arg-type,return-value]
+    return Codec(allow_pickle=True, make_handle=lambda *a: None)  # type: ignore[arg-type,return-value]
 
 
 @asynccontextmanager
