@@ -94,7 +94,7 @@ def _num(v: Any) -> float | None:
 
 
 @dataclass(slots=True, eq=False)
-class Call:
+class TracedCall:
     """One call as the events describe it (times in epoch seconds)."""
 
     runtime: str
@@ -109,7 +109,7 @@ class Call:
     status: str = "unfinished"  # ok | failed | cancelled | unfinished
     failure: str | None = None  # the failure's status (error, died, ...) for failed calls
     duration_ms: float | None = None
-    parent: Call | None = None
+    parent: TracedCall | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -128,7 +128,7 @@ class Track:
 class Bar:
     """A drawn span: a call on its actor's track, or (``caller_side``) the host awaiting it."""
 
-    call: Call
+    call: TracedCall
     track: Track
     start: float
     end: float
@@ -169,7 +169,9 @@ class Startup:
 
 
 @dataclass(slots=True, eq=False)
-class Runtime:
+class TracedRuntime:
+    """One Runtime as the events describe it: its key, its host's pid and its tracks."""
+
     key: str
     host_pid: int | None
     tracks: list[Track] = field(default_factory=list)
@@ -179,7 +181,7 @@ class Runtime:
 class Timeline:
     """Everything a renderer needs; times in epoch seconds, ``t0`` the earliest event."""
 
-    runtimes: list[Runtime]
+    runtimes: list[TracedRuntime]
     bars: list[Bar]
     flows: list[Flow]
     instants: list[Instant]
@@ -199,10 +201,10 @@ def _runtime_key(rec: dict[str, Any]) -> str:
 
 def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Timeline:
     """Turn events (as ``read_events`` returns them) into spans on tracks, flows and instants."""
-    runtimes: dict[str, Runtime] = {}
+    runtimes: dict[str, TracedRuntime] = {}
     tracks: dict[tuple[str, str], Track] = {}
-    calls: list[Call] = []
-    open_calls: dict[tuple[str, int], Call] = {}
+    calls: list[TracedCall] = []
+    open_calls: dict[tuple[str, int], TracedCall] = {}
     instants: list[tuple[Track, float, str, dict[str, Any]]] = []
     startups: list[Startup] = []
     last_ts: dict[str, float] = {}
@@ -218,7 +220,7 @@ def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Time
         rt, ts, ev = _runtime_key(rec), float(rec["ts"]), rec["event"]
         if rt not in runtimes:
             hp = rec.get("host_pid")
-            runtimes[rt] = Runtime(rt, hp if _is_id(hp) else None)
+            runtimes[rt] = TracedRuntime(rt, hp if _is_id(hp) else None)
         last_ts[rt] = max(ts, last_ts.get(rt, ts))
         actor = _str(rec.get("actor"), "?")
         if ev in ACTOR_EVENTS:
@@ -238,7 +240,7 @@ def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Time
         key = (rt, rec["call_id"])
         c = open_calls.get(key)
         if c is None:
-            c = Call(rt, rec["call_id"], actor, _str(rec.get("method"), "?"))
+            c = TracedCall(rt, rec["call_id"], actor, _str(rec.get("method"), "?"))
             parent = rec.get("parent_call_id")
             c.parent_call_id = parent if _is_id(parent) else None
             open_calls[key] = c
@@ -301,9 +303,9 @@ def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Time
                     stats or ReadStats())
 
 
-def _link_parents(calls: list[Call]) -> None:
+def _link_parents(calls: list[TracedCall]) -> None:
     """Each call's parent: the call of that id in its Runtime running when this one began."""
-    by_id: dict[tuple[str, int], list[Call]] = {}
+    by_id: dict[tuple[str, int], list[TracedCall]] = {}
     for c in calls:
         by_id.setdefault((c.runtime, c.call_id), []).append(c)
     for c in calls:

@@ -14,7 +14,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -320,10 +319,6 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def default_echo() -> TextIO:
-    return sys.stderr
 
 
 def find_actor_pid(launcher_pid: int, marker: str = "actorbox._child") -> int | None:

@@ -82,3 +82,13 @@ async def test_policy_error_from_an_actor_is_its_remote_error() -> None:
             await h.make()
     assert info.value.type_name == "actorbox.PolicyError"
     assert "memory_limit" in str(info.value)
+
+
+def test_one_meaning_per_name() -> None:
+    """The trace timeline's records are TracedRuntime/TracedCall (not a second Runtime); sandbox has no default_echo."""
+    import actorbox._timeline as timeline
+    import sandbox._launcher as launcher
+
+    assert not hasattr(timeline, "Runtime") and not hasattr(timeline, "Call")
+    assert timeline.TracedRuntime.__name__ == "TracedRuntime" and timeline.TracedCall.__name__ == "TracedCall"
+    assert not hasattr(launcher, "default_echo")
