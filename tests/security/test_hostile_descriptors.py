@@ -94,7 +94,7 @@ async def test_descriptors_held_per_actor_are_bounded_and_shown():
     async with actorbox.Runtime() as rt:
         healthy, hoarder = await start_actors(rt, Healthy, FdHoarder)
         endpoint = rt._live.actors.supervisors[hoarder.actor_id].endpoint
-        endpoint.max_held_fds = 100
+        endpoint.held.limit = 100
 
         def open_fds() -> int:
             return {a.label: a.open_fds for a in rt.actors()}[hoarder.label]
