@@ -12,8 +12,9 @@ from typing import Any
 from scheduler import DependencyFailure, close_fds, envelope
 
 from . import _errors
-from ._codec import Codec, attribute_error
+from ._codec import Codec
 from ._future import Raised
+from ._remote_errors import attribute_error
 
 
 def outcome(codec: Codec, reply: envelope.Reply, actor: str, method: str, call_id: int, *, ipc: bool) -> Any:
@@ -29,7 +30,8 @@ def outcome(codec: Codec, reply: envelope.Reply, actor: str, method: str, call_i
         except _errors.SerializationError as exc:
             return Raised(exc)
     if status == envelope.Status.ERROR:
-        error = _decoded_error(codec, reply, actor, f"{actor}.{method}() replied with an error that is not an exception")
+        not_exception = f"{actor}.{method}() replied with an error that is not an exception"
+        error = _decoded_error(codec, reply, actor, not_exception)
         return Raised(attribute_error(error, actor, method, call_id))
     if status == envelope.Status.DEP_FAILED:
         return Raised(dependency_failed(codec, reply, actor, method, call_id))

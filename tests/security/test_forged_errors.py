@@ -17,7 +17,8 @@ import pytest
 import trio
 
 import actorbox
-from actorbox._codec import EXT_EXCEPTION, Codec, attribute_error
+from actorbox._codec import EXT_EXCEPTION, Codec
+from actorbox._remote_errors import attribute_error
 
 from ._support import CALL_TIMEOUT
 
