@@ -59,7 +59,7 @@ class HostCaller(Caller):
         return self.loop.on_loop_thread()
 
     def _send_call(self, call: envelope.Call) -> None:
-        self.services.scheduler.submit(self.endpoint, call)
+        self.services.scheduler.route(self.endpoint, call)
 
     def _send_cancel(self, local_id: int) -> None:
         self.services.scheduler.cancel(self.endpoint, local_id)

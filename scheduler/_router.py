@@ -187,8 +187,6 @@ class Scheduler:
             self._admit(a, entry)
         return gid
 
-    submit = route  # the former name, until every caller says route (no wrapper: the same function)
-
     def _admit(self, a: ActorEntry, entry: CallEntry) -> None:
         # A re-entrant call must be flagged even within the window: the actor's own
         # FIFO would otherwise hold it behind the very call that waits for it.
