@@ -92,3 +92,19 @@ def test_one_meaning_per_name() -> None:
     assert not hasattr(timeline, "Runtime") and not hasattr(timeline, "Call")
     assert timeline.TracedRuntime.__name__ == "TracedRuntime" and timeline.TracedCall.__name__ == "TracedCall"
     assert not hasattr(launcher, "default_echo")
+
+
+@actorbox.actor
+class Limits:
+    def open_files(self) -> int:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def test_runtime_applies_an_actorbox_policy() -> None:
+    """A Runtime given an actorbox.SandboxPolicy starts its actors under it (here: their open-files limit)."""
+    async with actorbox.Runtime(sandbox_policy=actorbox.SandboxPolicy(max_open_files=256)) as rt:
+        h = await rt.start(Limits)
+        with anyio.fail_after(30):
+            assert await h.open_files() == 256
