@@ -74,9 +74,11 @@ class Caller(abc.ABC):
 
     def hold_result(self, fut: Future[Any]) -> None:
         """A result carrying shared memory arrived and waits to be read."""
+        return None  # only the host's store expires unread results; an actor's are its own
 
     def result_read(self, fut: Future[Any]) -> None:
         """That result was read (any thread)."""
+        return None
 
     async def get_object(self, object_id: str) -> Any:
         """The value of an ObjectRef (outside the host: fetched from the host's store)."""
