@@ -48,7 +48,7 @@ class ActorServer(Caller):
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.conn = Connection(sock, self._on_frame)
-        self.codec = Codec(allow_pickle=False, handle_type=ActorHandle,
+        self.codec = Codec(allow_pickle=False,
                            make_handle=lambda aid, name, label, token: ActorHandle(self, aid, name, label, token),
                            make_ref=lambda object_id: ObjectRef(self, object_id))
         self.names: dict[str, tuple[int, bytes]] = {}  # name -> (actor id, reference token)

@@ -93,7 +93,7 @@ def make_fds(n: int) -> list[int]:
 
 def make_codec(*, host: bool) -> Codec:
     """A codec wired like the host's (may pickle outgoing) or an actor's, with a trivial make_handle."""
-    return Codec(allow_pickle=host, handle_type=ActorHandle,
+    return Codec(allow_pickle=host,
                  make_handle=lambda aid, name, label: ActorHandle(None, aid, name, label),  # type: ignore[arg-type]
                  make_ref=lambda object_id: object_id)
 
