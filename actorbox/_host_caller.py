@@ -8,6 +8,7 @@ pass pending Futures as arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scheduler import Endpoint, close_fds, envelope
@@ -52,7 +53,7 @@ class HostCaller(Caller):
         else:
             self.loop.run(Caller.cancel, self, fut)
 
-    def soon_on_loop(self, func: Any) -> None:
+    def soon_on_loop(self, func: Callable[[], None]) -> None:
         self.loop.soon(func)
 
     def on_loop_thread(self) -> bool:

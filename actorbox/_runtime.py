@@ -1,4 +1,11 @@
-"""``Runtime``: owns the scheduler, the actors' processes and the host endpoint."""
+"""``Runtime``: the API and lifetime of a set of actors; its parts do the work.
+
+The scheduler routes every call; the actor table (``_actors``) starts and stops the
+actor processes, each under its supervisor; the host's caller, endpoint and resident
+server (``_host_caller``, ``_host``, ``_residents``) are the host's side of calls; the
+directory (``_directory``) hands out handles. Those parts receive narrow services
+objects (``_services``), never the Runtime, so none of them imports this module.
+"""
 
 from __future__ import annotations
 
