@@ -53,7 +53,7 @@ def _is_foreign_module(pkg: str, value: object) -> bool:
 
 
 def test_contract_names_are_exported() -> None:
-    """The names ARCHITECTURE.md's public contract relies on are exported by actorbox."""
+    """The names docs/architecture.md's public contract relies on are exported by actorbox."""
     import actorbox
 
     for name in ["actor", "Runtime", "ActorHandle", "Future", "ActorboxError", "ActorDiedError", "RemoteError",

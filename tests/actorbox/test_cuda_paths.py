@@ -153,6 +153,7 @@ async def test_cuda_ipc_reaches_unsandboxed_actors_only(monkeypatch: pytest.Monk
         trusted = await rt.start(TrustedEnvProbe)
         assert await boxed.flags() == [None, "1"]
         assert await trusted.flags() == ["1", None]
-        assert not rt.cuda_ipc_reaches(boxed.actor_id) and rt.cuda_ipc_reaches(trusted.actor_id)
+        reaches = rt._live.actors.cuda_ipc_reaches
+        assert not reaches(boxed.actor_id) and reaches(trusted.actor_id)
         await boxed.stop()
-        assert not rt.cuda_ipc_reaches(boxed.actor_id) and rt.cuda_ipc_reaches(trusted.actor_id)
+        assert not reaches(boxed.actor_id) and reaches(trusted.actor_id)

@@ -1,6 +1,6 @@
 """Chaos: actor processes SIGKILLed at random while 1,000 calls are in flight.
 
-The trust model's promises under faults (ARCHITECTURE.md): a dead actor fails the calls
+The trust model's promises under faults (docs/architecture.md): a dead actor fails the calls
 it was running with ActorDiedError, is restarted (max_restarts), and every other call
 goes on; nothing hangs, nothing fails with an untyped error, and afterwards no call is
 pending and no process or descriptor is left behind. benchmarks/chaos_soak.py runs the

@@ -2,7 +2,7 @@
 
 The hostile actor (tests/security/plugins/saboteur.py) writes hand-made bytes on
 its socket: pickles meant to run a command in the host, forged flags, replies and
-parent ids, garbage. The trust model (ARCHITECTURE.md) says nothing it sends is
+parent ids, garbage. The trust model (docs/architecture.md) says nothing it sends is
 unpickled, a bad frame fails that actor and never the host, only public methods
 are callable, and a message is attributed to the connection it came in on.
 After every attack a well-behaved actor must still get its answers.

@@ -6,7 +6,7 @@ and 11) and whose descriptors travel by SCM_RIGHTS: unsealed memfds, pipes,
 files, sockets, sizes and views reaching past the memory, refused dtypes and
 devices, bad descriptor indices; and a valid sealed segment it then tries to
 shrink under the host (which would fault the host with SIGBUS). The object store
-section of ARCHITECTURE.md says a segment is mapped only if it is a memfd sealed
+section of docs/architecture.md says a segment is mapped only if it is a memfd sealed
 against shrinking and the view stays inside it: each attempt fails that call
 with SerializationError (or is harmless), never crashes or hangs the host,
 leaks no descriptor, and the host keeps serving another actor.

@@ -2,7 +2,7 @@
 
 Each test starts a hostile actor (tests/security/plugins/hostile.py) beside a
 well-behaved one, lets the hostile one try something the trust model forbids
-(ARCHITECTURE.md, "Trust model"), asserts the exact way it failed inside the
+(docs/architecture.md, "Trust model"), asserts the exact way it failed inside the
 sandbox, and then shows that the host still serves the well-behaved actor.
 """
 

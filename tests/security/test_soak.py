@@ -1,7 +1,7 @@
 """Soak: 100,000 calls through the scheduler leave the host's memory and descriptors flat.
 
 Nothing an actor sends may make the host balloon or hold descriptors (trust model,
-ARCHITECTURE.md), and that includes plain traffic: per-call state (call table entries,
+docs/architecture.md), and that includes plain traffic: per-call state (call table entries,
 futures, decoded values, connection buffers) must all be released. After a warm-up (the
 allocator's arenas and the loop's buffers settle), 100,000 more calls, 100 in flight over
 two actors, may grow the host's RSS by a few MB at most and its descriptor count not at
