@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from scheduler import envelope as env
+from scheduler import envelope
 
 # -- plain msgpack data --------------------------------------------------------------
 
@@ -48,7 +48,7 @@ any_values: st.SearchStrategy[Any] = st.recursive(
 fd_tuples = st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=4).map(tuple)
 
 calls = st.builds(
-    env.Call,
+    envelope.Call,
     call_id=msgpack_ints,
     target=msgpack_ints,
     method=st.text(max_size=30),
@@ -63,38 +63,38 @@ calls = st.builds(
     fds=fd_tuples,
 )
 replies = st.builds(
-    env.Reply,
+    envelope.Reply,
     call_id=msgpack_ints,
-    status=st.sampled_from(env.Status),
+    status=st.sampled_from(envelope.Status),
     payload=st.binary(max_size=64),
     detail=st.none() | str_maps,
     trusted=st.booleans(),
     fds=fd_tuples,
 )
-cancels = st.builds(env.Cancel, call_id=msgpack_ints)
-logs = st.builds(env.Log, level=st.text(max_size=10), event=st.text(max_size=30), fields=str_maps)
+cancels = st.builds(envelope.Cancel, call_id=msgpack_ints)
+logs = st.builds(envelope.Log, level=st.text(max_size=10), event=st.text(max_size=30), fields=str_maps)
 name_maps = st.dictionaries(st.text(max_size=10), st.tuples(msgpack_ints, st.binary(max_size=16)), max_size=4)
 inits = st.builds(
-    env.Init,
+    envelope.Init,
     actor_id=msgpack_ints,
     name=st.none() | st.text(max_size=10),
     payload=st.binary(max_size=64),
     names=name_maps,
 )
-readies = st.builds(env.Ready, pid=msgpack_ints, error=st.none() | st.binary(max_size=64))
-stops = st.just(env.Stop())
-names_msgs = st.builds(env.Names, names=name_maps)
+readies = st.builds(envelope.Ready, pid=msgpack_ints, error=st.none() | st.binary(max_size=64))
+stops = st.just(envelope.Stop())
+names_msgs = st.builds(envelope.Names, names=name_maps)
 
-# One strategy per message type; tests check that this covers every type in env.Message.
+# One strategy per message type; tests check that this covers every type in envelope.Message.
 MESSAGES: dict[type, st.SearchStrategy[Any]] = {
-    env.Call: calls,
-    env.Reply: replies,
-    env.Cancel: cancels,
-    env.Log: logs,
-    env.Init: inits,
-    env.Ready: readies,
-    env.Stop: stops,
-    env.Names: names_msgs,
+    envelope.Call: calls,
+    envelope.Reply: replies,
+    envelope.Cancel: cancels,
+    envelope.Log: logs,
+    envelope.Init: inits,
+    envelope.Ready: readies,
+    envelope.Stop: stops,
+    envelope.Names: names_msgs,
 }
 messages: st.SearchStrategy[Any] = st.one_of(*MESSAGES.values())
 
@@ -103,7 +103,7 @@ messages: st.SearchStrategy[Any] = st.one_of(*MESSAGES.values())
 def mutated_envelopes(draw: st.DrawFn) -> bytes:
     """A valid envelope with one field replaced by arbitrary data, or its bytes damaged."""
     msg = draw(messages)
-    body = env.encode(msg)
+    body = envelope.encode(msg)
     how = draw(st.sampled_from(["field", "map-entry", "append", "drop", "truncate", "flip", "splice"]))
     if how in ("field", "map-entry", "append", "drop"):
         fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -198,7 +198,7 @@ def envelope_bodies(draw: st.DrawFn) -> tuple[bytes, int]:
     how = draw(st.sampled_from(["valid", "mutated", "mutated", "bytes", "msgpack"]))
     if how == "valid":
         msg = draw(messages)
-        return env.encode(msg), len(getattr(msg, "fds", ()))
+        return envelope.encode(msg), len(getattr(msg, "fds", ()))
     if how == "mutated":
         return draw(mutated_envelopes()), draw(st.integers(0, 3))
     if how == "bytes":

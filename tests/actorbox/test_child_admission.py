@@ -19,7 +19,7 @@ import pytest
 
 from actorbox._actor_server import ActorServer
 from actorbox._job import Job
-from scheduler import envelope as env
+from scheduler import envelope
 
 
 class Work:
@@ -55,11 +55,11 @@ def _socketpair():
 def _call(proc, call_id, method, i):
     payload, fds = proc.codec.encode_call((i,), {}, [], ipc=False)
     assert fds == ()
-    return env.Call(call_id, 0, method, payload)
+    return envelope.Call(call_id, 0, method, payload)
 
 
 def _statuses(sent):
-    return {m.call_id: m.status for m in sent if type(m) is env.Reply}
+    return {m.call_id: m.status for m in sent if type(m) is envelope.Reply}
 
 
 def test_a_call_and_its_cancel_in_one_read_never_start():
@@ -70,7 +70,7 @@ def test_a_call_and_its_cancel_in_one_read_never_start():
         proc.calls.cancel(1)
         await asyncio.sleep(0.05)
         assert obj.ran == [], "a call cancelled before it started ran"
-        assert _statuses(sent) == {1: env.Status.CANCELLED}
+        assert _statuses(sent) == {1: envelope.Status.CANCELLED}
         assert proc.calls.admission.active == 0 and not proc.calls.runner.running
 
     with _socketpair() as socks:
@@ -94,7 +94,7 @@ def test_a_queued_call_cancelled_on_its_way_to_the_loop_never_starts(method):
         proc.calls.launch(nxt)
         await asyncio.sleep(0.05)
         assert obj.ran == [], "a call cancelled before it started ran"
-        assert _statuses(sent) == {2: env.Status.CANCELLED}
+        assert _statuses(sent) == {2: envelope.Status.CANCELLED}
         assert not proc.calls.runner.running
 
     with _socketpair() as socks:

@@ -17,7 +17,7 @@ import socket
 
 import pytest
 
-from scheduler import envelope as env
+from scheduler import envelope
 from scheduler._actor_endpoint import ConnectionEndpoint
 from scheduler._connection import Connection
 from scheduler._endpoint import Endpoint
@@ -63,13 +63,13 @@ class Recorder(Endpoint):
         self.label = label
         self.trusted = False
         self.queues_calls = True
-        self.calls: list[env.Call] = []
-        self.replies: list[env.Reply] = []
+        self.calls: list[envelope.Call] = []
+        self.replies: list[envelope.Reply] = []
 
-    def deliver_call(self, call: env.Call) -> None:
+    def deliver_call(self, call: envelope.Call) -> None:
         self.calls.append(call)
 
-    def deliver_reply(self, reply: env.Reply) -> None:
+    def deliver_reply(self, reply: envelope.Reply) -> None:
         self.replies.append(reply)
 
     def deliver_cancel(self, call_id: int) -> None:
@@ -85,12 +85,12 @@ def test_a_long_method_name_filling_the_frame_is_refused_not_delivered():
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
     n = LIMIT - 40
-    while len(env.encode(env.Call(1, a.actor_id, "m" * (n + 1), b""))) <= LIMIT:
+    while len(envelope.encode(envelope.Call(1, a.actor_id, "m" * (n + 1), b""))) <= LIMIT:
         n += 1
-    s.route(caller, env.Call(1, a.actor_id, "m" * n, b"", token=a.token))
+    s.route(caller, envelope.Call(1, a.actor_id, "m" * n, b"", token=a.token))
     assert frames(peer) == []
     (reply,) = caller.replies
-    assert reply.status == env.Status.REFUSED and "frame limit" in reply.detail["message"]
+    assert reply.status == envelope.Status.REFUSED and "frame limit" in reply.detail["message"]
 
 
 def test_future_arguments_filling_the_frame_are_refused_not_delivered():
@@ -99,12 +99,12 @@ def test_future_arguments_filling_the_frame_are_refused_not_delivered():
     victim, peer = endpoint(s, "victim")
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
-    s.route(caller, env.Call(1, a.actor_id, "make", b"", token=a.token))
-    s.route(caller, env.Call(2, a.actor_id, "size", b"", deps=(1, 1), token=a.token))  # one 40 KiB result, twice
-    s.reply(victim, env.Reply(caller.outgoing[1], env.Status.OK, b"z" * (40 * 1024)))
-    assert frames(peer) == [len(env.encode(env.Call(1, a.actor_id, "make", b"")))]  # only the first call
+    s.route(caller, envelope.Call(1, a.actor_id, "make", b"", token=a.token))
+    s.route(caller, envelope.Call(2, a.actor_id, "size", b"", deps=(1, 1), token=a.token))  # one 40 KiB result, twice
+    s.reply(victim, envelope.Reply(caller.outgoing[1], envelope.Status.OK, b"z" * (40 * 1024)))
+    assert frames(peer) == [len(envelope.encode(envelope.Call(1, a.actor_id, "make", b"")))]  # only the first call
     refused = [r for r in caller.replies if r.call_id == 2]
-    assert refused and refused[0].status == env.Status.REFUSED
+    assert refused and refused[0].status == envelope.Status.REFUSED
 
 
 def test_one_future_passed_many_times_gives_distinct_descriptors():
@@ -112,12 +112,12 @@ def test_one_future_passed_many_times_gives_distinct_descriptors():
     caller, victim = Recorder("evil"), Recorder("victim")
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
-    s.route(caller, env.Call(1, a.actor_id, "make", b"", token=a.token))
-    s.route(caller, env.Call(2, a.actor_id, "use", b"", deps=(1,) * 64, token=a.token))
+    s.route(caller, envelope.Call(1, a.actor_id, "make", b"", token=a.token))
+    s.route(caller, envelope.Call(2, a.actor_id, "use", b"", deps=(1,) * 64, token=a.token))
     r, w = os.pipe()
     os.close(w)
-    s.reply(victim, env.Reply(caller.outgoing[1], env.Status.OK, b"r", fds=(r,)))
-    s.reply(victim, env.Reply(victim.calls[0].call_id, env.Status.OK, b""))
+    s.reply(victim, envelope.Reply(caller.outgoing[1], envelope.Status.OK, b"r", fds=(r,)))
+    s.reply(victim, envelope.Reply(victim.calls[0].call_id, envelope.Status.OK, b""))
     call = victim.calls[-1]
     assert len(call.resolved) == 64 and len(call.fds) == 64 and len(set(call.fds)) == 64
     for fd in call.fds:
@@ -131,11 +131,11 @@ def test_many_calls_refused_on_delivery_do_not_recurse():
     victim, peer = endpoint(s, "victim")
     a = s.add_actor(None, "victim", 1)
     s.attach(a.actor_id, victim)
-    small = [s.route(caller, env.Call(i, a.actor_id, "nap", b"")) for i in range(1, 66)]
+    small = [s.route(caller, envelope.Call(i, a.actor_id, "nap", b"")) for i in range(1, 66)]
     for i in range(66, 66 + 2000):  # queued behind the window; each is refused when its turn comes
-        s.route(caller, env.Call(i, a.actor_id, "size", b"x" * (70 * 1024)))
+        s.route(caller, envelope.Call(i, a.actor_id, "size", b"x" * (70 * 1024)))
     for gid in small:  # the actor answers: each reply lets the queue move
-        s.reply(victim, env.Reply(gid, env.Status.OK, b""))
+        s.reply(victim, envelope.Reply(gid, envelope.Status.OK, b""))
     statuses = [r.status for r in caller.replies]
-    assert statuses.count(env.Status.OK) == 65 and statuses.count(env.Status.REFUSED) == 2000
+    assert statuses.count(envelope.Status.OK) == 65 and statuses.count(envelope.Status.REFUSED) == 2000
     assert s.calls == {} and max(frames(peer)) < 100

@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from scheduler import DependencyFailure, FailedCall, Scheduler
-from scheduler import envelope as env
+from scheduler import DependencyFailure, FailedCall, Scheduler, envelope
 from scheduler._dependency import MAX_HOPS
 
 from .test_router import Recorder, finish, start_actor
@@ -27,10 +26,10 @@ def test_a_chain_of_waiting_calls_names_each_hop_down_to_the_first_failure(host:
     la = host.call(sched, aid, "fail")
     lb = host.call(sched, bid, "use", deps=(la,))
     lc = host.call(sched, cid, "use", deps=(lb,))
-    finish(sched, a, a.calls[0], b"A's error", status=env.Status.ERROR)
+    finish(sched, a, a.calls[0], b"A's error", status=envelope.Status.ERROR)
     replies = {r.call_id: r for r in host.replies}
     reply_c = replies[lc]
-    assert reply_c.status == env.Status.DEP_FAILED and reply_c.payload == b"A's error"
+    assert reply_c.status == envelope.Status.DEP_FAILED and reply_c.payload == b"A's error"
     failure = DependencyFailure.from_detail(reply_c.detail)
     assert failure is not None
     assert failure.chain == (FailedCall("B", "use", lb, "DEP_FAILED"), FailedCall("A", "fail", la, "ERROR"))
@@ -45,10 +44,10 @@ def test_the_first_failures_detail_travels_with_the_chain(host: Recorder) -> Non
     bid, _ = start_actor(sched, "B")
     la = host.call(sched, aid, "m")
     lb = host.call(sched, bid, "use", deps=(la,))
-    sched.reply(a, env.Reply(a.calls[0].call_id, env.Status.DIED, b"", {"message": "killed", "pid": 7}))
+    sched.reply(a, envelope.Reply(a.calls[0].call_id, envelope.Status.DIED, b"", {"message": "killed", "pid": 7}))
     [reply] = [r for r in host.replies if r.call_id == lb]
-    decoded = env.decode(env.encode(reply))
-    assert isinstance(decoded, env.Reply)
+    decoded = envelope.decode(envelope.encode(reply))
+    assert isinstance(decoded, envelope.Reply)
     failure = DependencyFailure.from_detail(decoded.detail)
     assert failure is not None and failure.cause.status == "DIED"
     assert failure.detail == {"message": "killed", "pid": 7} and failure.hops == 0

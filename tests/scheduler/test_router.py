@@ -10,11 +10,11 @@ import os
 import pytest
 import structlog
 
-from scheduler import envelope as env
+from scheduler import envelope
 from scheduler._endpoint import Endpoint
 from scheduler._router import Scheduler
 
-OK = env.Status.OK
+OK = envelope.Status.OK
 
 
 class Recorder(Endpoint):
@@ -25,15 +25,15 @@ class Recorder(Endpoint):
         self.label = label
         self.queues_calls = queues_calls
         self.trusted = trusted
-        self.calls: list[env.Call] = []
-        self.replies: list[env.Reply] = []
+        self.calls: list[envelope.Call] = []
+        self.replies: list[envelope.Reply] = []
         self.cancels: list[int] = []
         self._next_local = 1
 
-    def deliver_call(self, call: env.Call) -> None:
+    def deliver_call(self, call: envelope.Call) -> None:
         self.calls.append(call)
 
-    def deliver_reply(self, reply: env.Reply) -> None:
+    def deliver_reply(self, reply: envelope.Reply) -> None:
         self.replies.append(reply)
 
     def deliver_cancel(self, call_id: int) -> None:
@@ -48,7 +48,7 @@ class Recorder(Endpoint):
             self._next_local += 1
         if not self.trusted and target in sched.actors:  # an actor quotes the token its handle carries
             kw.setdefault("token", sched.actors[target].token)
-        sched.route(self, env.Call(local, target, method, b"args", parent, **kw))  # type: ignore[arg-type]
+        sched.route(self, envelope.Call(local, target, method, b"args", parent, **kw))  # type: ignore[arg-type]
         return local
 
     def methods(self) -> list[str]:
@@ -64,9 +64,9 @@ def test_an_endpoint_must_implement_every_delivery() -> None:
     """Endpoint is abstract: a subclass missing a deliver_* method fails at construction, not mid-call."""
 
     class NoCancel(Endpoint):
-        def deliver_call(self, call: env.Call) -> None: ...
+        def deliver_call(self, call: envelope.Call) -> None: ...
 
-        def deliver_reply(self, reply: env.Reply) -> None: ...
+        def deliver_reply(self, reply: envelope.Reply) -> None: ...
 
     with pytest.raises(TypeError, match="deliver_cancel"):
         NoCancel()  # type: ignore[abstract]
@@ -85,9 +85,9 @@ def start_actor(sched: Scheduler, label: str, max_concurrency: int = 1, *, queue
     return a.actor_id, ep
 
 
-def finish(sched: Scheduler, ep: Recorder, call: env.Call, payload: bytes = b"result",
-           status: env.Status = OK) -> None:
-    sched.reply(ep, env.Reply(call.call_id, status, payload))
+def finish(sched: Scheduler, ep: Recorder, call: envelope.Call, payload: bytes = b"result",
+           status: envelope.Status = OK) -> None:
+    sched.reply(ep, envelope.Reply(call.call_id, status, payload))
 
 
 # -- FIFO and concurrency ----------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_call_reaches_actor_and_reply_reaches_caller(sched: Scheduler, host: Rec
     [call] = ep.calls
     assert (call.target, call.method, call.payload, call.trusted) == (aid, "incr", b"args", True)
     finish(sched, ep, call, b"42")
-    assert host.replies == [env.Reply(local, OK, b"42")]
+    assert host.replies == [envelope.Reply(local, OK, b"42")]
     assert host.replies[0].trusted is False  # the callee is an actor
     assert sched.pending_calls() == []
 
@@ -159,7 +159,7 @@ def test_cancelling_a_delivered_call_keeps_the_running_one_and_its_slot(host: Re
     _, second, _ = (host.call(sched, aid, f"m{i}") for i in range(3))
     sched.cancel(host, second)
     assert ep.cancels == [ep.calls[1].call_id]
-    sched.reply(ep, env.Reply(ep.calls[1].call_id, env.Status.CANCELLED))  # the actor drops it from its FIFO
+    sched.reply(ep, envelope.Reply(ep.calls[1].call_id, envelope.Status.CANCELLED))  # the actor drops it from its FIFO
     assert [(c.method, c.state) for c in sched.pending_calls()] == [("m0", "running"), ("m2", "delivered")]
     finish(sched, ep, ep.calls[0])
     assert [(c.method, c.state) for c in sched.pending_calls()] == [("m2", "running")]
@@ -175,7 +175,7 @@ def test_a_reentrant_call_runs_at_once_and_its_end_frees_no_extra_slot(host: Rec
     outer = ep.calls[0]
     host.call(sched, aid, "waiting")
     # A calls itself within outer.
-    sched.route(ep, env.Call(1, aid, "inner", b"", outer.call_id, token=sched.actors[aid].token))
+    sched.route(ep, envelope.Call(1, aid, "inner", b"", outer.call_id, token=sched.actors[aid].token))
     states = {c.method: c.state for c in sched.pending_calls()}
     assert states == {"outer": "running", "waiting": "delivered", "inner": "running"}
     finish(sched, ep, ep.calls[2])  # inner ends: outer still holds the slot
@@ -190,8 +190,8 @@ def test_a_dead_actor_starts_nothing_more(host: Recorder) -> None:
     aid, _ = start_actor(sched, "A", 1, queues_calls=True)
     for i in range(3):
         host.call(sched, aid, f"m{i}")
-    sched.detach(aid, env.Status.DIED, {"message": "gone"}, keep_queue=True)
-    assert sched.pending_calls() == [] and [r.status for r in host.replies] == [env.Status.DIED] * 3
+    sched.detach(aid, envelope.Status.DIED, {"message": "gone"}, keep_queue=True)
+    assert sched.pending_calls() == [] and [r.status for r in host.replies] == [envelope.Status.DIED] * 3
     a = sched.actors[aid]
     assert a.active == 0 and not a.unstarted
 
@@ -237,10 +237,10 @@ def test_reply_trust_follows_the_callee(sched: Scheduler, host: Recorder) -> Non
     sched.attach(resident.actor_id, host)  # a host-resident named actor
     ep_a.call(sched, resident.actor_id)
     [to_host] = host.calls
-    sched.reply(host, env.Reply(to_host.call_id, OK, b"from host"))
+    sched.reply(host, envelope.Reply(to_host.call_id, OK, b"from host"))
     assert ep_a.replies[0].trusted is True
     host.call(sched, aid)
-    sched.reply(ep_a, env.Reply(ep_a.calls[0].call_id, OK, b"from actor", trusted=True))
+    sched.reply(ep_a, envelope.Reply(ep_a.calls[0].call_id, OK, b"from actor", trusted=True))
     assert host.replies[0].trusted is False
 
 
@@ -250,10 +250,10 @@ def test_reply_from_wrong_endpoint_is_dropped(sched: Scheduler, host: Recorder) 
     _bid, ep_b = start_actor(sched, "B")
     host.call(sched, aid)
     [call] = ep_a.calls
-    sched.reply(ep_b, env.Reply(call.call_id, OK, b"forged"))
+    sched.reply(ep_b, envelope.Reply(call.call_id, OK, b"forged"))
     assert host.replies == []
     assert [c.call_id for c in sched.pending_calls()] == [call.call_id]
-    sched.reply(ep_a, env.Reply(call.call_id, OK, b"real"))
+    sched.reply(ep_a, envelope.Reply(call.call_id, OK, b"real"))
     assert [r.payload for r in host.replies] == [b"real"]
 
 
@@ -265,8 +265,8 @@ def test_dropped_reply_fds_are_closed(sched: Scheduler, host: Recorder) -> None:
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     try:
-        sched.reply(ep_b, env.Reply(ep_a.calls[0].call_id, OK, b"", fds=(r1,)))
-        sched.reply(ep_b, env.Reply(9999, OK, b"", fds=(r2,)))
+        sched.reply(ep_b, envelope.Reply(ep_a.calls[0].call_id, OK, b"", fds=(r1,)))
+        sched.reply(ep_b, envelope.Reply(9999, OK, b"", fds=(r2,)))
         for w in (w1, w2):
             with pytest.raises(BrokenPipeError):
                 os.write(w, b"x")
@@ -279,7 +279,7 @@ def test_reply_for_unknown_call_is_ignored(sched: Scheduler, host: Recorder) -> 
     """A reply naming a call id that is not in flight changes nothing."""
     aid, ep_a = start_actor(sched, "A")
     host.call(sched, aid)
-    sched.reply(ep_a, env.Reply(12345, OK, b""))
+    sched.reply(ep_a, envelope.Reply(12345, OK, b""))
     assert host.replies == [] and len(sched.pending_calls()) == 1
 
 
@@ -427,7 +427,7 @@ def test_cancel_running_call(sched: Scheduler, host: Recorder) -> None:
     assert {c.method: c.state for c in sched.pending_calls()} == {"running": "cancelling", "next": "queued"}
     sched.cancel(host, local)  # a second cancel is a no-op
     assert ep_a.cancels == [running.call_id]
-    finish(sched, ep_a, running, status=env.Status.CANCELLED)
+    finish(sched, ep_a, running, status=envelope.Status.CANCELLED)
     assert host.replies == []  # the caller gave up on it
     assert ep_a.methods() == ["running", "next"]
 
@@ -453,14 +453,14 @@ def test_cancel_only_affects_callers_own_calls(sched: Scheduler, host: Recorder)
 # -- detach, death, forget_caller ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [env.Status.DIED, env.Status.STOPPED])
-def test_detach_fails_running_and_keeps_queue(sched: Scheduler, host: Recorder, status: env.Status) -> None:
+@pytest.mark.parametrize("status", [envelope.Status.DIED, envelope.Status.STOPPED])
+def test_detach_fails_running_and_keeps_queue(sched: Scheduler, host: Recorder, status: envelope.Status) -> None:
     """detach(keep_queue=True) fails running calls with the status; queued calls run on the next attach."""
     aid, _ep_a = start_actor(sched, "A", 1)
     host.call(sched, aid, "running")
     host.call(sched, aid, "queued")
     sched.detach(aid, status, {"pid": 123}, keep_queue=True)
-    assert host.replies == [env.Reply(1, status, b"", {"pid": 123})]
+    assert host.replies == [envelope.Reply(1, status, b"", {"pid": 123})]
     assert [(c.method, c.state) for c in sched.pending_calls()] == [("queued", "queued")]
     host.call(sched, aid, "while-restarting")
     new_ep = Recorder("A'")
@@ -476,13 +476,13 @@ def test_detach_without_queue_fails_everything(sched: Scheduler, host: Recorder)
     host.call(sched, aid, "running")
     host.call(sched, aid, "queued")
     detail = {"message": "stopped"}
-    sched.detach(aid, env.Status.STOPPED, detail, keep_queue=False)
+    sched.detach(aid, envelope.Status.STOPPED, detail, keep_queue=False)
     assert [(r.call_id, r.status, r.detail) for r in host.replies] == [
-        (1, env.Status.STOPPED, detail), (2, env.Status.STOPPED, detail)]
+        (1, envelope.Status.STOPPED, detail), (2, envelope.Status.STOPPED, detail)]
     assert sched.pending_calls() == []
     host.call(sched, aid, "later")
     last = host.replies[-1]
-    assert (last.call_id, last.status, last.payload, last.detail) == (3, env.Status.STOPPED, b"", detail)
+    assert (last.call_id, last.status, last.payload, last.detail) == (3, envelope.Status.STOPPED, b"", detail)
     assert ep_a.methods() == ["running"]
 
 
@@ -491,9 +491,9 @@ def test_dead_endpoint_replies_are_ignored(sched: Scheduler, host: Recorder) -> 
     aid, ep_a = start_actor(sched, "A", 1)
     host.call(sched, aid)
     call = ep_a.calls[0]
-    sched.detach(aid, env.Status.DIED, {}, keep_queue=True)
+    sched.detach(aid, envelope.Status.DIED, {}, keep_queue=True)
     finish(sched, ep_a, call, b"late")
-    assert [r.status for r in host.replies] == [env.Status.DIED]
+    assert [r.status for r in host.replies] == [envelope.Status.DIED]
 
 
 def test_detach_cancels_calls_the_dead_actor_made(sched: Scheduler, host: Recorder) -> None:
@@ -503,10 +503,10 @@ def test_detach_cancels_calls_the_dead_actor_made(sched: Scheduler, host: Record
     host.call(sched, aid, "outer")
     ep_a.call(sched, bid, "running-on-b", parent=ep_a.calls[0].call_id)
     ep_a.call(sched, bid, "queued-on-b")
-    sched.detach(aid, env.Status.DIED, {}, keep_queue=True)
+    sched.detach(aid, envelope.Status.DIED, {}, keep_queue=True)
     assert ep_b.cancels == [ep_b.calls[0].call_id]
     assert [c.method for c in sched.pending_calls()] == ["running-on-b"]
-    finish(sched, ep_b, ep_b.calls[0], status=env.Status.CANCELLED)
+    finish(sched, ep_b, ep_b.calls[0], status=envelope.Status.CANCELLED)
     assert ep_a.replies == []
     assert ep_b.methods() == ["running-on-b"]  # the queued one was dropped, never delivered
     assert sched.pending_calls() == []
@@ -539,7 +539,7 @@ def test_reused_live_call_id_is_refused(sched: Scheduler, host: Recorder) -> Non
     client.call(sched, aid, "again", local=5)
     assert ep_a.methods() == ["first"]
     [refused] = client.replies
-    assert (refused.call_id, refused.status) == (5, env.Status.REFUSED)
+    assert (refused.call_id, refused.status) == (5, envelope.Status.REFUSED)
     assert [c.method for c in sched.pending_calls()] == ["first"]
     finish(sched, ep_a, ep_a.calls[0], b"first result")
     assert [(r.call_id, r.status, r.payload) for r in client.replies[1:]] == [(5, OK, b"first result")]
@@ -553,7 +553,7 @@ def test_untrusted_caller_in_flight_limit() -> None:
     host = Recorder("host", trusted=True)
     for _ in range(4):
         client.call(sched, aid, "c")
-    assert [r.status for r in client.replies] == [env.Status.REFUSED]
+    assert [r.status for r in client.replies] == [envelope.Status.REFUSED]
     assert client.replies[0].call_id == 4
     assert len(sched.pending_calls()) == 3
     for _ in range(5):
@@ -561,7 +561,7 @@ def test_untrusted_caller_in_flight_limit() -> None:
     assert host.replies == [] and len(sched.pending_calls()) == 8
     finish(sched, ep_a, ep_a.calls[0])  # one of the client's calls completes: room for one more
     client.call(sched, aid, "c")
-    assert [r.status for r in client.replies] == [env.Status.REFUSED, OK]
+    assert [r.status for r in client.replies] == [envelope.Status.REFUSED, OK]
 
 
 def test_refused_and_unroutable_calls_close_their_fds(sched: Scheduler) -> None:
@@ -572,9 +572,9 @@ def test_refused_and_unroutable_calls_close_their_fds(sched: Scheduler) -> None:
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     try:
-        sched.route(client, env.Call(1, aid, "dup-id", b"", token=sched.actors[aid].token, fds=(r1,)))
-        sched.route(client, env.Call(2, 999, "nobody", b"", fds=(r2,)))
-        assert [r.status for r in client.replies] == [env.Status.REFUSED, env.Status.NO_ACTOR]
+        sched.route(client, envelope.Call(1, aid, "dup-id", b"", token=sched.actors[aid].token, fds=(r1,)))
+        sched.route(client, envelope.Call(2, 999, "nobody", b"", fds=(r2,)))
+        assert [r.status for r in client.replies] == [envelope.Status.REFUSED, envelope.Status.NO_ACTOR]
         for w in (w1, w2):
             with pytest.raises(BrokenPipeError):
                 os.write(w, b"x")
@@ -591,7 +591,7 @@ def test_unknown_target_gives_no_actor(sched: Scheduler, host: Recorder) -> None
     local = host.call(sched, 999, "anything")
     [reply] = host.replies
     assert (reply.call_id, reply.status, reply.payload, reply.detail) == (
-        local, env.Status.NO_ACTOR, b"", {"actor_id": 999})
+        local, envelope.Status.NO_ACTOR, b"", {"actor_id": 999})
     assert sched.pending_calls() == []
 
 
@@ -605,7 +605,7 @@ def test_an_actor_call_without_the_targets_token_is_answered_as_an_unknown_id(sc
     evil.call(sched, 10_000, "steal", token=token)
     wrong, missing = evil.replies
     assert ep.calls == [] and sched.pending_calls() == [] and evil.outgoing == {}
-    assert (wrong.status, missing.status) == (env.Status.NO_ACTOR, env.Status.NO_ACTOR)
+    assert (wrong.status, missing.status) == (envelope.Status.NO_ACTOR, envelope.Status.NO_ACTOR)
     assert wrong.detail == {"actor_id": aid} and missing.detail == {"actor_id": 10_000}  # the same, but the id
     evil.call(sched, aid, "fine")  # the token, as a handle carries it
     assert ep.methods() == ["fine"]
@@ -625,7 +625,7 @@ def test_tokens_are_random_per_actor_kept_across_restarts_and_named_in_the_table
     other = sched.add_actor(None, "B", 1)
     token = sched.actors[aid].token
     assert len(token) == 16 and token != other.token
-    sched.detach(aid, env.Status.DIED, {}, keep_queue=True)
+    sched.detach(aid, envelope.Status.DIED, {}, keep_queue=True)
     sched.attach(aid, ep)
     assert sched.actors[aid].token == token
     assert sched.name_table() == {"svc": (aid, token)}
@@ -636,7 +636,7 @@ def test_removed_actor_gives_no_actor(sched: Scheduler, host: Recorder) -> None:
     aid, _ = start_actor(sched, "A", name="svc")
     sched.remove_actor(aid)
     host.call(sched, aid)
-    assert host.replies[0].status is env.Status.NO_ACTOR
+    assert host.replies[0].status is envelope.Status.NO_ACTOR
     assert "svc" not in sched.names
     sched.add_actor("svc", "svc2", 1)
 

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 import actorbox
 from actorbox._codec import Codec
-from scheduler import envelope as env
+from scheduler import envelope
 
 from ._support import CALL_TIMEOUT, assert_host_serves, start_actors
 from .plugins.healthy import Healthy, Models
@@ -105,7 +105,7 @@ def test_actor_frame_handler_closes_descriptors_of_a_frame_it_refuses():
         server = Server(a)
         fd = os.memfd_create("review")
         try:
-            with pytest.raises(env.EnvelopeError):
+            with pytest.raises(envelope.EnvelopeError):
                 server._on_frame(b"\xc1 not an envelope", [fd])
             with pytest.raises(OSError):
                 os.fstat(fd)
@@ -120,28 +120,28 @@ def test_log_event_is_what_the_host_accepts_however_long_the_event():
     """log_event (an actor's forwarder) cuts each string to 1,024 characters, marking the cut, and drops
     fields past the envelope's 64 KiB, counting them; the host's reader accepts what it makes."""
     fields = {"v" * 5000: "x" * 100_000, "n": 1, "u": "é" * 3000, **{f"f{i}": "y" * 1000 for i in range(2000)}}
-    msg = env.log_event("info", "e" * 100_000, fields)
-    body = env.encode(msg)
-    assert len(body) <= env.MAX_LOG_BYTES
-    got = env.decode(body, from_actor=True)
-    assert isinstance(got, env.Log)
-    assert len(got.event) == env.MAX_LOG_TEXT and got.event.endswith("[100000 characters, cut]")
+    msg = envelope.log_event("info", "e" * 100_000, fields)
+    body = envelope.encode(msg)
+    assert len(body) <= envelope.MAX_LOG_BYTES
+    got = envelope.decode(body, from_actor=True)
+    assert isinstance(got, envelope.Log)
+    assert len(got.event) == envelope.MAX_LOG_TEXT and got.event.endswith("[100000 characters, cut]")
     texts = [got.level, got.event, *got.fields, *(v for v in got.fields.values() if type(v) is str)]
-    assert all(len(t) <= env.MAX_LOG_TEXT for t in texts)
+    assert all(len(t) <= envelope.MAX_LOG_TEXT for t in texts)
     assert got.fields["n"] == 1 and got.fields["log_fields_cut"] > 1900
-    assert env.log_event("info", "short", {"a": "b"}) == env.Log("info", "short", {"a": "b"})
+    assert envelope.log_event("info", "short", {"a": "b"}) == envelope.Log("info", "short", {"a": "b"})
 
 
 @pytest.mark.parametrize("body", [
-    env.encode(env.Log("info", "e", {"k": "v" * 1025})),
-    env.encode(env.Log("info", "e" * 1025, {})),
-    env.encode(env.Log("info", "e", {"k" * 1025: 1})),
-    env.encode(env.Log("info", "e", {f"k{i}": "v" * 1000 for i in range(70)})),
+    envelope.encode(envelope.Log("info", "e", {"k": "v" * 1025})),
+    envelope.encode(envelope.Log("info", "e" * 1025, {})),
+    envelope.encode(envelope.Log("info", "e", {"k" * 1025: 1})),
+    envelope.encode(envelope.Log("info", "e", {f"k{i}": "v" * 1000 for i in range(70)})),
 ], ids=["value", "event", "key", "envelope"])
 def test_host_refuses_a_log_envelope_over_its_limits(body):
     """From an actor, a LOG string over 1,024 characters or an envelope over 64 KiB is refused undecoded."""
-    with pytest.raises(env.EnvelopeError, match=r"1024 characters|over the limit of 65536"):
-        env.decode(body, from_actor=True)
+    with pytest.raises(envelope.EnvelopeError, match=r"1024 characters|over the limit of 65536"):
+        envelope.decode(body, from_actor=True)
 
 
 def test_exception_text_from_an_actor_is_cut_before_it_is_escaped():

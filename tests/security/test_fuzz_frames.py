@@ -36,8 +36,7 @@ from hypothesis import strategies as st
 import actorbox
 from actorbox._codec import Codec
 from actorbox._handle import ActorHandle
-from scheduler import Connection, FrameDecoder, FrameError
-from scheduler import envelope as env
+from scheduler import Connection, FrameDecoder, FrameError, envelope
 from tests import strategies as s
 
 from ._support import CALL_TIMEOUT, assert_host_serves, start_actors
@@ -50,7 +49,7 @@ pytest.importorskip("torch")
 pytest.importorskip("numpy")
 
 # Errors a decoder may raise on hostile input; anything else escaping is a bug.
-DECODER_ERRORS = (FrameError, env.EnvelopeError, actorbox.SerializationError)
+DECODER_ERRORS = (FrameError, envelope.EnvelopeError, actorbox.SerializationError)
 # One input must not keep the decoder busy: far above what any input here needs (< 10 ms),
 # far below a stall anyone would notice.
 MAX_SECONDS_PER_INPUT = 1.0
@@ -105,14 +104,14 @@ def deliver(codec: Codec, body: bytes, fds: list[int]) -> None:
     """What a receiver does with one frame: decode the envelope, then the payload it carries
     (the receiver owns ``fds`` from here on: every path must close or hand them on)."""
     try:
-        msg = env.decode(body, fds)
-    except env.EnvelopeError:
+        msg = envelope.decode(body, fds)
+    except envelope.EnvelopeError:
         for fd in fds:
             os.close(fd)
         raise
-    if type(msg) is env.Call:
+    if type(msg) is envelope.Call:
         codec.decode_call(msg.payload, False, msg.fds, msg.resolved)
-    elif type(msg) is env.Reply:
+    elif type(msg) is envelope.Reply:
         codec.loads_fds(msg.payload, False, msg.fds)
 
 
@@ -159,7 +158,7 @@ def test_bad_frame_after_good_ones_in_one_read_closes_their_descriptors():
     """Regression (issue 14, finding 2): a read holding a frame with descriptors and then a bad
     header raises FrameError, and the good frame's descriptors are closed, not dropped."""
     decoder = FrameDecoder(max_frame=1 << 16)
-    body = env.encode(env.Reply(1, env.Status.OK, b"\xc0", None, False, (0, 0)))
+    body = envelope.encode(envelope.Reply(1, envelope.Status.OK, b"\xc0", None, False, (0, 0)))
     data = s.frame(body, 2) + (2**31).to_bytes(4, "little") + (0).to_bytes(4, "little")
     before = fd_count()
     fds = make_fds(2)
