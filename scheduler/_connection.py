@@ -28,6 +28,10 @@ from ._fds import close_fds, dup_all
 from ._framing import DEFAULT_MAX_FRAME, MAX_FDS_PER_FRAME, FrameDecoder, FrameError, encode_header
 
 _RECV_SIZE = 256 * 1024
+# Most a read turn takes in before it lets the loop run (the socket stays readable, so
+# the rest is read on the next turn): a peer writing a 64 MiB frame as fast as it can
+# would otherwise have the whole frame read, copied and dispatched in one turn.
+_READ_TURN = 8 * 1024 * 1024
 # Bytes queued for a peer that is not reading before the connection is given up:
 # a peer that stops reading must not make us buffer without bound.
 DEFAULT_MAX_PENDING = 256 * 1024 * 1024
@@ -193,6 +197,7 @@ class Connection:
         """Read and dispatch everything available; False on EOF."""
         sock = self.sock
         buf = self._rbuf
+        budget = _READ_TURN
         while True:
             try:
                 # Into a preallocated buffer: recvmsg() would allocate (and shrink) a
@@ -222,7 +227,8 @@ class Connection:
                     for _, later in frames[i + 1:]:
                         close_fds(later)
                     raise
-            if nread < _RECV_SIZE:
+            budget -= nread
+            if nread < _RECV_SIZE or budget <= 0:
                 return True
 
     def read_now(self, *, wait: bool = True) -> bool | None:

@@ -88,7 +88,8 @@ class FrameDecoder:
             if nfds > len(self._fds):
                 raise FrameError(f"frame claims {nfds} file descriptors but {len(self._fds)} arrived")
             frame_fds = [self._fds.popleft() for _ in range(nfds)]
-            frames.append((bytes(buf[pos + hsize : end]), frame_fds))
+            with memoryview(buf) as view:  # one copy of the body (a bytearray slice would be a second)
+                frames.append((bytes(view[pos + hsize : end]), frame_fds))
             pos = end
         if pos:
             del buf[:pos]
