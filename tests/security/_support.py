@@ -6,7 +6,6 @@ import errno
 from typing import Any
 
 import anyio
-import psutil
 
 import actorbox
 
@@ -45,13 +44,3 @@ async def assert_host_serves(rt: actorbox.Runtime, healthy: actorbox.ActorHandle
         assert await healthy.echo({"still": ["serving", 1]}) == {"still": ["serving", 1]}
     states = {a.label: a.state for a in rt.actors()}
     assert states[healthy.label] == "alive", states
-
-
-def host_ipv4_addresses() -> list[str]:
-    """Every IPv4 address of the host's interfaces (loopback first)."""
-    out = ["127.0.0.1"]
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            if a.family.name == "AF_INET" and a.address not in out:
-                out.append(a.address)
-    return out
