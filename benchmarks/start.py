@@ -1,0 +1,236 @@
+"""Start benchmark: what starting and keeping torch-importing actors costs (issue 17).
+
+Run from the repository root: ``python benchmarks/start.py [--later 10] [--concurrent 10,20] [--backend asyncio|trio]``
+
+In one run, for an actor whose constructor imports torch (as almost every ML
+extension's module does), sandboxed (bubblewrap), each timed from ``rt.start`` until
+its first call returned:
+
+- the reference: a bare ``python -c "import torch"`` in a fresh process;
+- the first start of the environment (the first actor of a new Runtime);
+- later starts of that environment (p50, p99 of ``--later``, one at a time);
+- N concurrent starts (``--concurrent``): until all N first calls returned;
+- idle PSS per actor (median and max) of the largest concurrent batch, read with
+  psutil's ``memory_full_info().pss`` of the pids ``rt.actors()`` lists (shared pages
+  are split between the processes that map them, so the figures add up).
+
+The same for Ray in its own column when ``ray`` is importable (skipped otherwise).
+Targets of issue 17 on the 2-core development machine: later starts within 0.15x the
+bare import, 20 concurrent starts within 1x, idle PSS at most 50 MB.
+Numbers are informational: nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import psutil
+import structlog
+from _common import print_table
+
+import actorbox
+
+
+# Module level so it travels by value (cloudpickle) to the actor process.
+@actorbox.actor
+class TorchNode:
+    """An extension that needs torch: the import is what a start pays for."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.version = torch.__version__
+
+    def ping(self) -> str:
+        return self.version
+
+
+@dataclass
+class Column:
+    first_s: float | None = None
+    later_s: list[float] = field(default_factory=list)
+    concurrent_s: dict[int, float] = field(default_factory=dict)
+    pss: list[int] = field(default_factory=list)
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def bare_import_s(repeats: int) -> list[float]:
+    """Wall time of ``python -c "import torch"`` in fresh processes (the floor a spawned actor pays)."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def pss_of(pids: list[int]) -> list[int]:
+    """Proportional set size in bytes of each pid (the ones that are gone or unreadable skipped)."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid).memory_full_info().pss)
+        except psutil.Error:
+            pass
+    return out
+
+
+async def measure_actorbox(later: int, concurrent: list[int], settle_s: float) -> Column:
+    col = Column()
+    async with actorbox.Runtime(sandbox="required") as rt:
+        t0 = time.perf_counter()
+        h = await rt.start(TorchNode)
+        await h.ping()
+        col.first_s = time.perf_counter() - t0
+        await h.stop()
+        for _ in range(later):
+            t0 = time.perf_counter()
+            h = await rt.start(TorchNode)
+            await h.ping()
+            col.later_s.append(time.perf_counter() - t0)
+            await h.stop()
+    for n in concurrent:
+        async with actorbox.Runtime(sandbox="required") as rt:
+            async def one() -> None:
+                await (await rt.start(TorchNode)).ping()  # the Runtime stops it on exit
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+            col.concurrent_s[n] = time.perf_counter() - t0
+            if n == max(concurrent):
+                await anyio.sleep(settle_s)  # idle: let start-up garbage go before measuring
+                col.pss = pss_of([a.pid for a in rt.actors() if a.pid is not None])
+    return col
+
+
+def measure_ray(later: int, concurrent: list[int], settle_s: float) -> Column | None:
+    try:
+        import ray  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    col = Column()
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=max(concurrent))
+
+    @ray.remote(num_cpus=0)
+    class RayTorchNode:
+        def __init__(self) -> None:
+            import torch
+
+            self.version = torch.__version__
+
+        def ping(self) -> str:
+            return self.version
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    def start_many(n: int) -> tuple[float, list[Callable[[], None]], list[int]]:
+        t0 = time.perf_counter()
+        actors = [RayTorchNode.remote() for _ in range(n)]  # type: ignore[attr-defined]
+        ray.get([a.ping.remote() for a in actors])
+        took = time.perf_counter() - t0
+        pids = ray.get([a.pid.remote() for a in actors])
+        return took, [lambda a=a: ray.kill(a) for a in actors], pids
+
+    try:
+        took, kills, _ = start_many(1)
+        col.first_s = took
+        for k in kills:
+            k()
+        for _ in range(later):
+            took, kills, _ = start_many(1)
+            col.later_s.append(took)
+            for k in kills:
+                k()
+        for n in concurrent:
+            took, kills, pids = start_many(n)
+            col.concurrent_s[n] = took
+            if n == max(concurrent):
+                time.sleep(settle_s)
+                col.pss = pss_of(pids)
+            for k in kills:
+                k()
+    finally:
+        ray.shutdown()
+    return col
+
+
+def report(bare: list[float], cols: dict[str, Column], concurrent: list[int], backend: str) -> None:
+    ref = statistics.median(bare)
+
+    def secs(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f} s ({v / ref:.2f}x)"
+
+    def mib(v: float | None) -> str:
+        return "-" if v is None else f"{v / 1e6:.0f} MB"
+
+    names = list(cols)
+    rows = [(f"bare `python -c \"import torch\"` (median of {len(bare)})", *(f"{ref:.3f} s (1.00x)" for _ in names))]
+    rows.append(("first start of the environment", *(secs(cols[n].first_s) for n in names)))
+    later = len(next(iter(cols.values())).later_s)
+    rows.append((f"later starts p50 (of {later})", *(secs(pct(cols[n].later_s, 0.5)) for n in names)))
+    rows.append((f"later starts p99 (of {later})", *(secs(pct(cols[n].later_s, 0.99)) for n in names)))
+    for k in concurrent:
+        rows.append((f"{k} concurrent starts, all ready", *(secs(cols[n].concurrent_s.get(k)) for n in names)))
+    big = max(concurrent)
+    rows.append((f"idle PSS per actor, median of {big}",
+                 *(mib(statistics.median(cols[n].pss) if cols[n].pss else None) for n in names)))
+    rows.append((f"idle PSS per actor, max of {big}", *(mib(max(cols[n].pss) if cols[n].pss else None)
+                                                         for n in names)))
+    import torch
+
+    print(f"start benchmark: torch {torch.__version__}, host backend {backend}, Python "
+          f"{platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB, euid {os.geteuid()}")
+    print("each start timed from start to the first call's reply; x: relative to the bare import")
+    print()
+    print_table(("measurement", *names), rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--later", type=int, default=10, help="later starts, one at a time (default 10)")
+    p.add_argument("--concurrent", default="10,20", help="batch sizes started concurrently (default 10,20)")
+    p.add_argument("--bare", type=int, default=3, help="bare torch imports for the reference (default 3)")
+    p.add_argument("--settle", type=float, default=2.0, help="idle seconds before reading PSS (default 2)")
+    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--no-ray", action="store_true", help="skip Ray even when it is installed")
+    args = p.parse_args()
+    try:
+        concurrent = sorted({int(x) for x in args.concurrent.split(",") if x.strip()})
+    except ValueError:
+        p.error("--concurrent takes comma-separated integers, e.g. 10,20")
+    if args.later < 1 or args.bare < 1 or not concurrent or min(concurrent) < 1:
+        p.error("--later, --bare and each --concurrent size must be >= 1")
+    # The application (this script) owns logging: keep actor events out of the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    bare = bare_import_s(args.bare)
+    cols = {"actorbox (bwrap)": anyio.run(measure_actorbox, args.later, concurrent, args.settle,
+                                          backend=args.backend)}
+    ray_col = None if args.no_ray else measure_ray(args.later, concurrent, args.settle)
+    if ray_col is not None:
+        cols["Ray"] = ray_col
+    report(bare, cols, concurrent, args.backend)
+    if ray_col is None and not args.no_ray:
+        print("\nRay: not installed here (column skipped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
