@@ -51,6 +51,7 @@ class ActorInfo:
     # Descriptors (tensors, arrays) received from it that the host holds open now; None for
     # host-resident actors and between processes. Bounded per actor (over it, calls fail).
     open_fds: int | None = None
+    threads: int | None = None  # OS threads of its process now (psutil); None when not an alive process
 
 
 class Inspectable(Protocol):
@@ -68,7 +69,7 @@ class Inspectable(Protocol):
 
 
 class ProcessSampler:
-    """RSS and CPU % of processes by pid; CPU is measured between successive samples.
+    """RSS, CPU % and thread count of processes by pid; CPU is measured between successive samples.
 
     The first sample of a process reports its average since it started, so a single
     ``ps`` says something; later ones the use since the previous sample.
@@ -78,31 +79,32 @@ class ProcessSampler:
         # pid -> (process, cpu seconds at the last sample, wall time then, the figure then)
         self._seen: dict[int, tuple[psutil.Process, float, float, float]] = {}
 
-    def sample(self, pid: int | None) -> tuple[int | None, float | None]:
-        """(RSS bytes, CPU %) of ``pid``, or (None, None) when it cannot be read (gone, not ours)."""
+    def sample(self, pid: int | None) -> tuple[int | None, float | None, int | None]:
+        """(RSS bytes, CPU %, threads) of ``pid``, or Nones when it cannot be read (gone, not ours)."""
         if pid is None:
-            return None, None
+            return None, None, None
         now = time.monotonic()
         try:
             seen = self._seen.get(pid)
             proc = seen[0] if seen is not None and seen[0].is_running() else psutil.Process(pid)
             with proc.oneshot():
                 rss = proc.memory_info().rss
+                threads = proc.num_threads()
                 t = proc.cpu_times()
                 cpu = t.user + t.system
                 if seen is None or seen[0] is not proc:
                     age = max(time.time() - proc.create_time(), 1e-3)
                     pct = cpu / age * 100
                 elif now - seen[2] < _MIN_CPU_INTERVAL_S:
-                    return rss, seen[3]
+                    return rss, seen[3], threads
                 else:
                     pct = max(cpu - seen[1], 0.0) / (now - seen[2]) * 100
         except (psutil.Error, OSError):
             self._seen.pop(pid, None)
-            return None, None
+            return None, None, None
         pct = round(pct, 1)
         self._seen[pid] = (proc, cpu, now, pct)
-        return rss, pct
+        return rss, pct, threads
 
     def forget_except(self, pids: set[int]) -> None:
         """Drop what is remembered of processes no longer listed."""
@@ -120,14 +122,15 @@ def actor_infos(scheduler: Scheduler, supervisors: Mapping[int, ActorSupervisor]
         if sup is not None:
             # Only an alive actor's pid is surely still its own process.
             pid = sup.pid if sup.state == "alive" else None
-            rss, cpu = sampler.sample(pid)
+            rss, cpu, threads = sampler.sample(pid)
             if pid is not None:
                 alive.add(pid)
             out.append(ActorInfo(aid, sup.name, sup.label, sup.cls_name, sup.pid, sup.state,
                                  sup.restarts, a.max_concurrency, len(a.queue) + len(a.unstarted),
                                  len(a.running) - len(a.unstarted), rss=rss, cpu_percent=cpu,
                                  running_calls=tuple(c for c, e in a.running.items() if e.began),
-                                 open_fds=None if sup.endpoint is None else sup.endpoint.held_fds()))
+                                 open_fds=None if sup.endpoint is None else sup.endpoint.held_fds(),
+                                 threads=threads))
         elif aid in residents:
             obj = residents[aid].obj
             out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
@@ -189,9 +192,9 @@ def format_snapshot(snap: dict[str, Any]) -> str:
         rows.append([_text(a.get("actor_id")), _text(a.get("label")), _text(a.get("cls")), _dash(a.get("pid")),
                      _text(a.get("state")), _text(a.get("restarts")),
                      "-" if rss is None else f"{rss / (1 << 20):.1f}", _dash(a.get("cpu_percent")),
-                     _text(a.get("queued")), _text(a.get("running"))])
+                     _dash(a.get("threads")), _text(a.get("queued")), _text(a.get("running"))])
     out += ["  " + line for line in _table(["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS MiB", "CPU %",
-                                            "QUEUED", "RUNNING"], rows, {0, 3, 5, 6, 7, 8, 9})]
+                                            "THREADS", "QUEUED", "RUNNING"], rows, {0, 3, 5, 6, 7, 8, 9, 10})]
     if not actors:
         out.append("  (no actors)")
     out.append("")

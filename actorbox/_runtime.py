@@ -41,6 +41,7 @@ from ._host import HostEndpoint
 from ._host_caller import HostCaller
 from ._host_loop import HostLoop
 from ._inspect import ActorInfo, ProcessSampler, actor_infos
+from ._nofile import raise_nofile_limit
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore, check_retention
 from ._options import ActorOptions, check_name, options_of
 from ._residents import ResidentServer
@@ -159,6 +160,7 @@ class Runtime:
         self._entered = True
         if self.trace_file is not None:
             self._start_recording(self.trace_file)
+        raise_nofile_limit(self.log)  # many actors need many descriptors in the host
         tg_cm = anyio.create_task_group()
         tg = await tg_cm.__aenter__()
         # Forks every actor process: must live as long as the actors (see sandbox.launch).

@@ -94,7 +94,7 @@ def test_ps_json_shows_actor_and_in_flight_call_of_another_process(other_host: i
     assert snap["runtime"]["pid"] == other_host
     (actor,) = [a for a in snap["actors"] if a["label"] == "sleeper"]
     assert (actor["cls"], actor["state"], actor["running"]) == ("Sleeper", "alive", 1)
-    assert actor["pid"] > 0 and actor["rss"] > 0 and actor["cpu_percent"] >= 0
+    assert actor["pid"] > 0 and actor["rss"] > 0 and actor["cpu_percent"] >= 0 and actor["threads"] >= 1
     (call,) = snap["calls"]
     assert (call["actor"], call["method"], call["caller"], call["state"]) == ("sleeper", "nap", "host", "running")
     assert call["parent_call_id"] is None and call["age_s"] > 0

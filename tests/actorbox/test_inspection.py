@@ -27,6 +27,14 @@ class Worker:
             pass
         return os.getpid()
 
+    def spawn_threads(self, n):
+        import threading
+
+        self.stop_threads = threading.Event()
+        for _ in range(n):
+            threading.Thread(target=self.stop_threads.wait, daemon=True).start()
+        return n
+
     def ballast(self, mib):
         self.data = bytearray(mib << 20)  # touched: it counts in RSS
         return len(self.data)
@@ -65,6 +73,20 @@ async def test_actors_reports_rss_cpu_and_running_calls_of_a_live_actor():
         await w.stop()
         stopped = {i.label: i for i in rt.actors()}["worker"]
         assert (stopped.state, stopped.rss, stopped.cpu_percent) == ("stopped", None, None)
+
+
+async def test_actors_reports_the_thread_count_of_each_actor_process():
+    """rt.actors() shows an actor's OS thread count as psutil reads it; it grows by the threads the actor starts."""
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="worker")
+        before = {i.label: i for i in rt.actors()}["worker"]
+        assert before.threads is not None and before.threads >= 1
+        assert await w.spawn_threads(5) == 5
+        after = {i.label: i for i in rt.actors()}["worker"]
+        assert after.threads == psutil.Process(after.pid).num_threads()
+        assert after.threads >= before.threads + 5
+        await w.stop()
+        assert {i.label: i for i in rt.actors()}["worker"].threads is None
 
 
 async def test_cpu_percent_covers_the_time_since_the_previous_sample():
@@ -113,7 +135,8 @@ async def test_snapshot_holds_actors_calls_names_and_store_and_formats_as_tables
     assert snap["object_store"]["objects"] == 1
     text = format_snapshot(snap)
     header = next(line for line in text.splitlines() if "RSS MiB" in line).split()
-    assert header == ["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS", "MiB", "CPU", "%", "QUEUED", "RUNNING"]
+    assert header == ["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS", "MiB", "CPU", "%", "THREADS", "QUEUED",
+                      "RUNNING"]
     assert any(line.split()[:3] == [str(snap["calls"][0]["call_id"]), "worker", "hold"] for line in text.splitlines())
 
 
