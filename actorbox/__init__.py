@@ -16,6 +16,7 @@ from ._errors import CallRefusedError as CallRefusedError
 from ._errors import DependencyFailedError as DependencyFailedError
 from ._errors import EnvironmentBuildError as EnvironmentBuildError
 from ._errors import ExtensionError as ExtensionError
+from ._errors import InvalidPreloadError as InvalidPreloadError
 from ._errors import InvalidRequirementError as InvalidRequirementError
 from ._errors import MethodNotFoundError as MethodNotFoundError
 from ._errors import NameTakenError as NameTakenError
@@ -55,6 +56,7 @@ __all__ = [
     "EnvironmentBuildError",
     "ExtensionError",
     "Future",
+    "InvalidPreloadError",
     "InvalidRequirementError",
     "LeakCheck",
     "LoadedExtension",

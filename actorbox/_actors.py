@@ -90,7 +90,8 @@ class ActorTable:
         spec = cloudpickle.dumps({**req.what, "args": req.args, "kwargs": req.kwargs, "label": label,
                                   "max_concurrency": req.options.max_concurrency,
                                   "retention": codec.cuda_keepalive.retention,
-                                  "decode_limits": (codec.limits.max_items, codec.limits.max_map_keys)})
+                                  "decode_limits": (codec.limits.max_items, codec.limits.max_map_keys),
+                "preload": req.options.preload})
         return init_payload(req.paths, spec)
 
     def _forget(self, actor_id: int, message: str) -> None:

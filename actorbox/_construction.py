@@ -11,9 +11,11 @@ import inspect
 import os
 import pickle
 import sys
+import time
 from typing import Any
 
 import msgpack
+import structlog
 
 from scheduler import Connection, envelope
 
@@ -77,6 +79,7 @@ class Construction:
             if spec.get("decode_limits") is not None:  # the Runtime's, for what other actors send here
                 self._codec.limits = DecodeLimits(*spec["decode_limits"])
             configure_logging(self._outbox.send)
+            preload(spec.get("preload", ()))
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
         except BaseException as exc:  # the host's to report: sent back in READY
             self._outbox.send(envelope.Ready(os.getpid(), self._outbox.encode_exc(exc)))
@@ -110,6 +113,27 @@ def _has_async_methods(target: Any) -> bool:
                 inspect.iscoroutinefunction(getattr(target, name, None)):
             return True
     return False
+
+
+def preload(modules: tuple[str, ...]) -> None:
+    """Import the actor's ``preload`` modules (validated names), so its first call doesn't pay for them.
+
+    Runs before the extension's class is imported and constructed; a module that fails
+    stops the start with an ImportError naming it and this environment.
+    """
+    if not modules:
+        return
+    t0 = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ImportError(
+                f"preloading module {name!r} failed in the actor's environment {sys.prefix}: "
+                f"{type(exc).__name__}: {exc}; install it in that environment (the actor's dependencies) "
+                "or take it out of preload", name=name) from None
+    structlog.get_logger("actorbox").info("actor.preloaded", modules=list(modules),
+                                          duration_ms=round((time.perf_counter() - t0) * 1000, 1))
 
 
 def _load_entry(module: str, qualname: str) -> type:

@@ -152,6 +152,17 @@ class InvalidRequirementError(ActorboxError, ValueError):
         self.requirement = requirement
 
 
+class InvalidPreloadError(ActorboxError, ValueError):
+    """An actor's ``preload`` option is not a list of module names (dotted identifiers)."""
+
+    fields = ("actor", "module")
+
+    def __init__(self, message: str = "", *, actor: str | None = None, module: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.module = module
+
+
 class ExtensionError(ActorboxError):
     """An extension folder could not be loaded: its pyproject.toml is missing or invalid."""
 

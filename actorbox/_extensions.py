@@ -11,6 +11,7 @@
     name = "legacy"                 # optional: the actor's name (default: the project's)
     max_concurrency = 2             # optional, as @actor
     max_restarts = 1                # optional, as @actor
+    preload = ["skimage"]           # optional, as @actor: imported before the class is constructed
     sandbox = { max_processes = 64 } # optional: limits tighter than the host's policy
 
 The host never imports an extension's code: its class is named by import path and
@@ -36,14 +37,14 @@ import structlog
 import sandbox
 from sandbox import SandboxPolicy
 
-from ._errors import ExtensionError, InvalidRequirementError
+from ._errors import ExtensionError, InvalidPreloadError, InvalidRequirementError
 from ._handle import ActorHandle
 from ._options import ActorOptions, check_name
 
 log = structlog.get_logger("actorbox")
 
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-_TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "sandbox"}
+_TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "preload", "sandbox"}
 # The most of an extension's pyproject.toml that is read: metadata fits in a few KiB.
 MAX_PYPROJECT_BYTES = 1 << 20
 _POLICY_KEYS = {"network", "allow_gpu", "memory_limit", "max_processes", "max_open_files", "tmpfs_size"}
@@ -124,9 +125,11 @@ def read_extension(path: str) -> Extension:
         request = _sandbox_request(table.get("sandbox"))
         # The requirements travel beside the options: they were checked against this folder.
         options = ActorOptions(name=name, max_concurrency=table.get("max_concurrency", 1),
-                               max_restarts=table.get("max_restarts", 0))
+                               max_restarts=table.get("max_restarts", 0), preload=table.get("preload", ()))
     except sandbox.RequirementError as exc:
         raise InvalidRequirementError(f"{where}: {exc}", actor=name) from None
+    except InvalidPreloadError as exc:
+        raise InvalidPreloadError(f"{where}: [tool.actorbox] {exc}", actor=name, module=exc.module) from None
     except (TypeError, ValueError) as exc:
         raise ExtensionError(f"{where}: {exc}", path=path) from None
     return Extension(folder, name, module, cls, reqs, ignored, options, request)

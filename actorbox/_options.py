@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from sandbox import RequirementError, SandboxPolicy, validate_requirements
 
-from ._errors import InvalidRequirementError, NameTakenError
+from ._errors import InvalidPreloadError, InvalidRequirementError, NameTakenError
 
 T = TypeVar("T", bound=type)
 
@@ -17,6 +18,28 @@ _SANDBOX_MODES = (None, "required", "disabled")
 # an actor, extension or registered object taking such a name would answer for the
 # service, so none may.
 RESERVED_PREFIX = "actorbox."
+
+# A module name as ``import`` takes it: dotted identifiers, nothing else (no paths, no
+# code, no relative imports), so a preload can only ever mean importlib.import_module(name).
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_MAX_PRELOAD = 64
+
+
+def check_preload(preload: object, actor: str | None) -> tuple[str, ...]:
+    """``preload`` as a tuple of module names; InvalidPreloadError saying what is wrong otherwise."""
+    if isinstance(preload, (str, bytes)) or not isinstance(preload, (list, tuple)):
+        raise InvalidPreloadError(f"preload must be a list of module names, e.g. [\"numpy\"], got {preload!r}",
+                                  actor=actor)
+    if len(preload) > _MAX_PRELOAD:
+        raise InvalidPreloadError(f"preload names {len(preload)} modules, more than {_MAX_PRELOAD}; preload the "
+                                  "few heavy ones (importing them pulls in their submodules)", actor=actor)
+    for m in preload:
+        if not isinstance(m, str) or len(m) > 200 or not _MODULE_NAME.fullmatch(m):
+            raise InvalidPreloadError(
+                f"preload entry {m!r} is not a module name; give dotted identifiers as import takes them "
+                "(\"torch\", \"skimage.filters\"), not paths, packages to install or code", actor=actor,
+                module=m if isinstance(m, str) else None)
+    return tuple(dict.fromkeys(preload))  # in order, each once
 
 
 def check_name(name: str, what: str) -> None:
@@ -36,6 +59,7 @@ class ActorOptions:
     sandbox: str | SandboxPolicy | None = None  # None: the Runtime's default; a policy implies required
     max_concurrency: int = 1
     max_restarts: int = 0
+    preload: tuple[str, ...] = ()  # modules the actor process imports before constructing the instance
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -56,6 +80,7 @@ class ActorOptions:
             raise ValueError(f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
         if type(self.max_restarts) is not int or self.max_restarts < 0:
             raise ValueError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        object.__setattr__(self, "preload", check_preload(self.preload, self.name))
 
 
 OPTIONS_ATTR = "__actorbox_options__"
@@ -71,6 +96,7 @@ def actor(
     sandbox: str | SandboxPolicy | None = None,
     max_concurrency: int = 1,
     max_restarts: int = 0,
+    preload: tuple[str, ...] | list[str] = (),
 ) -> Any: ...
 def actor(cls: Any = None, /, **options: Any) -> Any:
     """Mark a class as an actor class: ``@actor`` or ``@actor(max_concurrency=4, ...)``.
