@@ -269,9 +269,9 @@ class _Encoder:
         if isinstance(obj, BaseException):
             return msgpack.ExtType(EXT_EXCEPTION, self.dumps(exception_fields(obj)))
         if codec.allow_pickle:
-            import cloudpickle
+            from . import _host_pickle  # (the host only: actors never pickle)
 
-            return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(obj))
+            return msgpack.ExtType(EXT_PICKLE, _host_pickle.dumps(obj))  # refuses files, sockets, locks
         # Plain subclasses of builtin containers travel as their base type.
         base: type[Any]
         for base in (dict, list, tuple, str, bytes, int, float):

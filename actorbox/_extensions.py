@@ -37,7 +37,7 @@ import structlog
 import sandbox
 from sandbox import SandboxPolicy
 
-from ._errors import ExtensionError, InvalidPreloadError, InvalidRequirementError
+from ._errors import ActorboxError, ExtensionError, InvalidPreloadError, InvalidRequirementError, NameTakenError
 from ._handle import ActorHandle
 from ._options import ActorOptions, check_name
 
@@ -222,6 +222,18 @@ def extension_folders(directory: str) -> list[str]:
             if e.is_dir() and not e.name.startswith(".") and os.path.isfile(os.path.join(e.path, "pyproject.toml"))]
 
 
+def _name_of(exc: BaseException, folder: str) -> str | None:
+    """The actor name a failed load was for: the error's (``actor``, a taken ``name``), else the
+    folder's pyproject's; None when not even that can be read (the error says why)."""
+    name = getattr(exc, "actor", None) or (exc.name if isinstance(exc, NameTakenError) else None)
+    if isinstance(name, str):
+        return name
+    try:
+        return read_extension(folder).name
+    except ActorboxError:
+        return None
+
+
 async def load_all(folders: list[str], load: Callable[[str], Awaitable[ActorHandle]]) -> list[LoadedExtension]:
     """Run ``load`` on every folder at once; one LoadedExtension per folder, in order, failures included."""
     results: dict[str, LoadedExtension] = {}
@@ -232,7 +244,7 @@ async def load_all(folders: list[str], load: Callable[[str], Awaitable[ActorHand
             results[folder] = LoadedExtension(folder, handle.name, handle, None)
         except Exception as exc:
             log.error("extension.failed", path=folder, error=f"{type(exc).__name__}: {exc}")
-            results[folder] = LoadedExtension(folder, getattr(exc, "actor", None), None, exc)
+            results[folder] = LoadedExtension(folder, _name_of(exc, folder), None, exc)
 
     async with anyio.create_task_group() as tg:
         for folder in folders:

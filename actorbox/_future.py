@@ -80,7 +80,9 @@ class Future(Generic[T]):
         return f"<actorbox.Future {self.actor}.{self.method}() call={self.call_id} {state}>"
 
     def __del__(self) -> None:
-        # A result nobody read still owns the descriptors of its tensors.
+        # A result nobody read still owns the descriptors of its tensors. No import here: a
+        # Future collected at interpreter shutdown (after Ctrl-C) would print "Exception ignored
+        # ... ImportError: sys.meta_path is None" (tests/actorbox/test_edges.py).
         reply = self._reply
         if reply is not None and reply.fds and self._value is _PENDING:
             close_fds(reply.fds)

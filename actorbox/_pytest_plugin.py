@@ -52,7 +52,9 @@ PENDING_GRACE_S = 1.0
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("actorbox")
     group.addoption("--debug-actorbox", action="store_true", default=False,
-                    help="show actorbox's debug-level events, call.* events included (sets ACTORBOX_LOG_CALLS=1)")
+                    help="show actorbox's debug-level events, call.* events included (sets ACTORBOX_LOG_CALLS=1); "
+                         "pytest captures them, so they show only for failing tests unless you also pass "
+                         "-s (as they happen) or -rA (every test's captured output)")
     group.addoption("--actorbox-log-file", metavar="PATH", default=None,
                     help="write every structlog event (call.* included) to PATH, one JSON object per line")
     parser.addini("actorbox_sandbox", "sandbox mode of the actorbox_runtime fixture: required (default) or disabled",

@@ -228,6 +228,54 @@ def host_packages(code_dirs: Sequence[str], runtime_roots: Sequence[str] = RUNTI
     return HostPackages(tuple(code), tuple(packages), pins, versions)
 
 
+# Why an environment cannot choose its own versions of actorbox's runtime packages.
+_WHY_PINNED = (
+    "the actor process runs actorbox's own code (its loop, wire format and logging) on the host's copies of "
+    f"actorbox's runtime packages ({', '.join(RUNTIME_ROOTS)} and what they require), first on its sys.path, so "
+    "that the actor and the host speak one protocol with the same code; an environment is resolved with those "
+    "pinned to the host's versions")
+
+
+def check_pins(requirements: Sequence[str], pins: Sequence[str]) -> None:
+    """EnvBuildError when a requirement excludes the host's pinned version of a runtime package.
+
+    Checked before uv runs: uv would only say ``you require anyio<4 and anyio==4.16.0``,
+    without saying where the second came from or why.
+    """
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned = {name: version for name, _, version in (p.partition("==") for p in pins)}
+    environment: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+    environment["extra"] = ""
+    clashes = []
+    for text in requirements:
+        req = Requirement(text)
+        version = pinned.get(canonicalize_name(req.name))
+        if version is None or req.url is not None or (req.marker is not None and not req.marker.evaluate(environment)):
+            continue
+        if not req.specifier.contains(version, prereleases=True):
+            clashes.append(f"{text!r} excludes the host's {canonicalize_name(req.name)}=={version}")
+    if clashes:
+        raise EnvBuildError(
+            f"requirement {'; '.join(clashes)}. That version is pinned because {_WHY_PINNED}. Allow the host's "
+            "version in the requirement (or drop it: the package is importable in every actor already), or "
+            "change the version installed on the host", "")
+
+
+def pins_hint(output: str, pins: Sequence[str]) -> str:
+    """For uv's failure ``output`` that names a pinned runtime package's host version: where that pin
+    comes from and why (a requirement of a requirement can clash with it too); else ''."""
+    named = [p for p in pins if re.search(rf"(?<![\w.-]){re.escape(p)}(?![\w.-])", output, re.IGNORECASE)
+             or re.search(rf"(?<![\w.-]){re.escape(p.replace('-', '_'))}(?![\w.-])", output, re.IGNORECASE)]
+    if not named:
+        return ""
+    return (f"\n{', '.join(named)} {'is' if len(named) == 1 else 'are'} the host's pinned version"
+            f"{'' if len(named) == 1 else 's'}: {_WHY_PINNED}. Choose versions of your requirements that work "
+            "with it, or change the version installed on the host.")
+
+
 # -- environments ---------------------------------------------------------------------
 
 
@@ -413,6 +461,7 @@ class EnvironmentManager:
         """
         reqs = tuple(sorted(requirements))
         code_dir, packages_dir = await anyio.to_thread.run_sync(self.overlay)
+        check_pins(reqs, self.host.runtime_pins)  # before uv: its words would not say why
         fp = fingerprint(reqs, self.python, self.host)
         path = os.path.join(self.root, fp)
         binds = (os.path.dirname(code_dir), *self.host.targets)
@@ -517,6 +566,7 @@ class EnvironmentManager:
                 hint = ("\nA requirement has no wheel for this platform, and building it from source would run "
                         "its own build code on the host, outside any sandbox. Pin a version that ships a wheel, "
                         "or, if you trust it, allow builds: Runtime(allow_source_builds=True).")
+            hint += pins_hint(output, self.host.runtime_pins)
             raise EnvBuildError(f"uv could not {what} (exit status {rc}):\n{output}{hint}", output)
 
 

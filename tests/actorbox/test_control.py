@@ -335,3 +335,28 @@ async def test_sockets_left_by_dead_processes_are_removed_when_a_runtime_starts(
     async with actorbox.Runtime():
         assert sorted(os.listdir(d)) == sorted([f"{os.getpid()}.sock", f"{live_pid}.sock"])
     assert os.listdir(d) == [f"{live_pid}.sock"]
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_the_socket_of_a_sigkilled_host_is_removed_when_a_runtime_starts(runtime_dir: str) -> None:
+    """A host killed by SIGKILL (its Runtime serving an actor) leaves <pid>.sock; the next Runtime removes it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
+        assert line.startswith("ready"), line
+        left = os.path.join(runtime_dir, "actorbox", f"{proc.pid}.sock")
+        assert os.path.exists(left)
+        proc.kill()
+        await anyio.to_thread.run_sync(proc.communicate)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert os.path.exists(left)  # nothing of the killed host removed it
+    assert [p for p, _ in _control.list_sockets()] == [proc.pid]
+    async with actorbox.Runtime():
+        assert not os.path.exists(left)
+        assert [p for p, _ in _control.list_sockets()] == [os.getpid()]
