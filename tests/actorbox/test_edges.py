@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @actorbox.actor
 class Echo:
-    def kind(self, value):
+    def kind(self, value: object) -> str:
         return type(value).__name__
 
 
@@ -36,7 +36,7 @@ class Box:
 
 @actorbox.actor(dependencies=["anyio<4"])
 class OldAnyio:
-    def ping(self):
+    def ping(self) -> str:
         return "pong"
 
 
@@ -152,3 +152,12 @@ def test_ctrl_c_during_a_call_exits_without_exception_ignored_noise(backend: str
             proc.communicate()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
     assert "Exception ignored" not in err, err
+
+
+def test_debug_actorbox_help_says_its_output_needs_s_or_ra() -> None:
+    """pytest --help tells that --debug-actorbox's events are captured: they show with -s or -rA."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    text = " ".join(out.stdout.split())  # argparse wraps the help
+    start = text.index("--debug-actorbox")
+    assert "-s (as they happen) or -rA" in text[start:start + 400], text[start:start + 400]

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox import EnvBuildError, EnvironmentManager, RequirementError, validate_requirements
-from sandbox._env import MARKER, fingerprint, is_valid
+from sandbox._env import MARKER, check_pins, fingerprint, is_valid, pins_hint
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = tuple(str(ROOT / p) for p in ("actorbox", "scheduler", "sandbox"))
@@ -88,6 +88,36 @@ def test_anything_that_starts_like_an_option_is_refused(text: str) -> None:
     """No string beginning with '-' ever reaches uv as a requirement."""
     with pytest.raises(RequirementError):
         validate_requirements([text])
+
+
+# -- the host's pins --------------------------------------------------------------------
+
+PINS = ("anyio==4.16.0", "msgpack==1.1.0", "typing-extensions==4.12.2")
+
+
+@pytest.mark.parametrize("reqs", [("anyio<4",), ("six", "msgpack>=2"), ("typing_extensions<4",)])
+def test_a_requirement_excluding_a_pin_fails_naming_the_pin_and_why(reqs: tuple[str, ...]) -> None:
+    """A requirement the host's pinned version does not satisfy fails before uv, naming that pin and why."""
+    with pytest.raises(EnvBuildError, match=r"excludes the host's [\w-]+==[\d.]+\. That version is pinned because "
+                       "the actor process runs actorbox's own code") as info:
+        check_pins(reqs, PINS)
+    assert info.value.output == ""
+
+
+@pytest.mark.parametrize("reqs", [("anyio>=4",), ("anyio==4.16.*",), ('anyio<4; python_version < "3"',),
+                                  ("anyio @ https://example.invalid/anyio-3.0-py3-none-any.whl",), ("numpy<2",)])
+def test_requirements_the_pins_satisfy_pass(reqs: tuple[str, ...]) -> None:
+    """Requirements that allow the pinned version, whose marker is false, that name a URL, or unpinned ones pass."""
+    check_pins(reqs, PINS)
+
+
+def test_uv_output_naming_a_pin_gets_the_reason_and_other_output_none() -> None:
+    """A conflict through a requirement's own dependency (uv's words only) is followed by where the pin comes from."""
+    output = ("Because old-lib==1.0 depends on anyio<4 and you require anyio==4.16.0, we can conclude that "
+              "old-lib==1.0 cannot be used.")
+    assert pins_hint(output, PINS).startswith("\nanyio==4.16.0 is the host's pinned version: the actor process")
+    assert pins_hint("anyio==4.16.01 and anyio==4.16.0.post1 are unrelated", PINS) == ""
+    assert pins_hint("No solution found when resolving dependencies", PINS) == ""
 
 
 # -- fingerprints and the overlay ------------------------------------------------------
