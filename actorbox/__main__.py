@@ -40,6 +40,7 @@ def _cmd_ps(args: argparse.Namespace) -> int:
     from ._errors import ActorboxError
 
     try:
+        _control.remove_stale()  # left by hosts killed before they could remove them
         sockets = _control.list_sockets()
     except ActorboxError as exc:
         print(f"ps: {exc}", file=sys.stderr)

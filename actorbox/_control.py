@@ -113,13 +113,15 @@ def _stale(path: str) -> bool:
     return False
 
 
-def _remove_stale(directory: str) -> None:
-    """Remove the sockets of hosts that died without removing them (SIGKILL, a crash).
+def remove_stale(directory: str | None = None) -> list[str]:
+    """Remove the sockets of hosts that died without removing them (SIGKILL, SIGTERM, a
+    crash: no exit code ran); returns their paths. A Runtime starting and ``ps`` call it.
 
     Only a socket whose pid is gone *and* on which nobody listens: a live process may
     have bound its socket and not yet listen on it, and a process of another pid
     namespace sharing the directory still answers.
     """
+    removed = []
     for pid, path in list_sockets(directory):
         if pid == os.getpid() or _pid_alive(pid):
             continue  # our own are handled by _bind
@@ -129,7 +131,9 @@ def _remove_stale(directory: str) -> None:
             except FileNotFoundError:
                 pass  # another Runtime starting removed it first
             else:
+                removed.append(path)
                 log.debug("control.stale_removed", path=path)
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:
@@ -157,7 +161,7 @@ class ControlServer:
         self.rt = rt
         self.directory = control_dir()
         check_dir(self.directory, create=True)
-        _remove_stale(self.directory)
+        remove_stale(self.directory)
         self._sock, self.path = _bind(self.directory)
         self._ino = os.stat(self.path).st_ino
         self._listener: anyio.abc.SocketListener | None = None

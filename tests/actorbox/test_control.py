@@ -360,3 +360,18 @@ async def test_the_socket_of_a_sigkilled_host_is_removed_when_a_runtime_starts(r
     async with actorbox.Runtime():
         assert not os.path.exists(left)
         assert [p for p, _ in _control.list_sockets()] == [os.getpid()]
+
+
+def test_ps_removes_the_socket_of_a_killed_host(runtime_dir: str) -> None:
+    """ps removes a <pid>.sock whose process was SIGKILLed (nobody listens) instead of only skipping it."""
+    d = os.path.join(runtime_dir, "actorbox")
+    os.mkdir(d, 0o700)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim.kill()
+    victim.wait()
+    left = os.path.join(d, f"{victim.pid}.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(left)  # bound, then its process gone: what a killed host leaves
+    out = _ps()
+    assert out.returncode == 0 and "no running actorbox Runtime" in out.stderr, out.stderr
+    assert not os.path.exists(left)
