@@ -161,3 +161,33 @@ def test_debug_actorbox_help_says_its_output_needs_s_or_ra() -> None:
     text = " ".join(out.stdout.split())  # argparse wraps the help
     start = text.index("--debug-actorbox")
     assert "-s (as they happen) or -rA" in text[start:start + 400], text[start:start + 400]
+
+
+def test_every_kind_of_host_handle_is_refused_wherever_it_sits() -> None:
+    """Each refused kind (file, socket, mmap, selector, epoll, event loop, lock, process) fails with
+    SerializationError also deep inside a pickled object, while in-memory streams and functions pickle."""
+    import asyncio
+    import mmap
+    import pickle
+    import select
+    import selectors
+
+    from actorbox import _host_pickle
+
+    loop = asyncio.new_event_loop()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    handles = [open(__file__, "rb"), socket.socket(), mmap.mmap(-1, 4096), selectors.DefaultSelector(),
+               select.epoll(), loop, threading.RLock(), proc]
+    try:
+        for handle in handles:
+            for value in (handle, Box([Box(1), {"deep": (handle,)}])):
+                with pytest.raises(actorbox.SerializationError, match="to an actor: it is "):
+                    _host_pickle.dumps(value)
+    finally:
+        for handle in handles:
+            close = getattr(handle, "close", None)
+            if close is not None:
+                close()
+    assert pickle.loads(_host_pickle.dumps(Box(io.BytesIO(b"kept")))).inner.getvalue() == b"kept"
+    assert pickle.loads(_host_pickle.dumps(lambda x: x + 1))(1) == 2
