@@ -13,6 +13,7 @@ from ._errors import ActorStoppedError as ActorStoppedError
 from ._errors import CallCancelledError as CallCancelledError
 from ._errors import CallError as CallError
 from ._errors import CallRefusedError as CallRefusedError
+from ._errors import CallTimeoutError as CallTimeoutError
 from ._errors import DependencyFailedError as DependencyFailedError
 from ._errors import EnvironmentBuildError as EnvironmentBuildError
 from ._errors import ExtensionError as ExtensionError
@@ -28,9 +29,12 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import SandboxUnavailableError as SandboxUnavailableError
 from ._errors import SerializationError as SerializationError
+from ._errors import UsageError as UsageError
 from ._extensions import LoadedExtension as LoadedExtension
 from ._future import Future as Future
 from ._handle import ActorHandle as ActorHandle
+from ._handle import HandleInfo as HandleInfo
+from ._handle import info as info
 from ._inspect import ActorInfo as ActorInfo
 from ._leaks import LeakCheck as LeakCheck
 from ._objects import ObjectRef as ObjectRef
@@ -52,10 +56,12 @@ __all__ = [
     "CallError",
     "CallInfo",
     "CallRefusedError",
+    "CallTimeoutError",
     "DependencyFailedError",
     "EnvironmentBuildError",
     "ExtensionError",
     "Future",
+    "HandleInfo",
     "InvalidPreloadError",
     "InvalidRequirementError",
     "LeakCheck",
@@ -73,8 +79,10 @@ __all__ = [
     "SandboxPolicy",
     "SandboxUnavailableError",
     "SerializationError",
+    "UsageError",
     "actor",
     "get_actor",
+    "info",
     "share",
     "shared_empty",
 ]

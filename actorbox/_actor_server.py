@@ -31,7 +31,7 @@ from ._caller import Caller
 from ._calls import Calls
 from ._codec import Codec
 from ._construction import Construction
-from ._errors import ActorboxError, ActorNotFoundError
+from ._errors import ActorNotFoundError
 from ._handle import ActorHandle
 from ._inline import InlineCalls, exit_now
 from ._objects import ObjectRef
@@ -137,5 +137,3 @@ class ActorServer(Caller):
                 f"rt.start(Cls, name={name!r})", name=name)
         return ActorHandle(self, ref[0], name, name, ref[1])
 
-    async def stop_actor(self, actor_id: int) -> None:
-        raise ActorboxError("only the host can stop actors; return a value and let the host call handle.stop()")

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import cloudpickle
 
 from scheduler import ActorEntry, envelope
 
+from . import _host_pickle
 from ._actor_launch import INIT_ENVELOPE, init_payload
 from ._errors import NameTakenError, SerializationError
 from ._options import ActorOptions, check_name
@@ -39,6 +39,26 @@ class StartRequest:
     requirements: tuple[str, ...] | None  # its own environment's, or None for the host's
 
 
+def _unsendable_argument(req: StartRequest, label: str, exc: Exception) -> SerializationError:
+    """The error for constructor arguments that could not be pickled, naming the first
+    argument that can't be (pickled again alone: this is the failure path only)."""
+    named = [(f"positional argument {i}", v) for i, v in enumerate(req.args, 1)]
+    named += [(f"keyword argument {k!r}", v) for k, v in req.kwargs.items()]
+    for which, value in named:
+        try:
+            _host_pickle.dumps(value)
+        except Exception as arg_exc:  # any pickling failure names this argument
+            t = type(value)
+            if isinstance(arg_exc, SerializationError):  # a host resource: says what to send instead
+                return SerializationError(f"cannot start {label!r}: its {which} can't be sent: {arg_exc}")
+            return SerializationError(
+                f"cannot start {label!r}: its {which} ({t.__module__}.{t.__qualname__}) can't be pickled to "
+                f"send it to the actor ({type(arg_exc).__name__}: {arg_exc}); pass plain data, tensors or "
+                "arrays, and create such objects in the actor's __init__ instead")
+    return SerializationError(f"cannot start {label!r}: its class or arguments can't be pickled to send them "
+                              f"to the actor ({type(exc).__name__}: {exc})")
+
+
 class ActorTable:
     """The supervisors of a Runtime's actor processes, by actor id."""
 
@@ -49,8 +69,9 @@ class ActorTable:
     async def start(self, req: StartRequest) -> ActorEntry:
         """Register the actor with the scheduler and start its process; its entry once it serves.
 
-        Raises NameTakenError, SerializationError (constructor arguments over the frame
-        limit) or what the start raised (ActorStartError and its kind); on failure the
+        Raises NameTakenError, SerializationError (a constructor argument that can't be
+        pickled or is a handle to a host resource, or arguments over the frame limit) or
+        what the start raised (ActorStartError and its kind); on failure the
         actor is forgotten and calls already queued for it fail.
         """
         sched = self.services.scheduler
@@ -61,9 +82,13 @@ class ActorTable:
         except KeyError:
             raise NameTakenError(
                 f"an actor named {req.name!r} already exists; stop it first (await "
-                f"rt.get_actor({req.name!r}).stop()) or choose another name", name=req.name) from None
+                f"rt.stop(rt.get_actor({req.name!r}))) or choose another name", name=req.name) from None
         label = entry.label = req.name or f"{req.short}#{entry.actor_id}"
-        payload = self._payload(req, label)
+        try:
+            payload = self._payload(req, label)
+        except SerializationError:
+            self._forget(entry.actor_id, f"actor {label!r} failed to start: its constructor arguments can't be sent")
+            raise
         max_frame = self.services.max_frame_size
         if len(payload) + INIT_ENVELOPE > max_frame:
             self._forget(entry.actor_id, f"actor {label!r} failed to start: constructor arguments too big")
@@ -87,12 +112,16 @@ class ActorTable:
 
     def _payload(self, req: StartRequest, label: str) -> bytes:
         codec = self.services.codec
-        spec = cloudpickle.dumps({**req.what, "args": req.args, "kwargs": req.kwargs, "label": label,
-                                  "max_concurrency": req.options.max_concurrency,
-                                  "retention": codec.cuda_keepalive.retention,
-                                  "decode_limits": (codec.limits.max_items, codec.limits.max_map_keys),
-                "preload": req.options.preload})
-        return init_payload(req.paths, spec)
+        spec = {**req.what, "args": req.args, "kwargs": req.kwargs, "label": label,
+                "max_concurrency": req.options.max_concurrency, "retention": codec.cuda_keepalive.retention,
+                "decode_limits": (codec.limits.max_items, codec.limits.max_map_keys),
+                "preload": req.options.preload}
+        try:
+            # As method arguments are: cloudpickled, refusing handles to the host's resources.
+            pickled = _host_pickle.dumps(spec)
+        except Exception as exc:
+            raise _unsendable_argument(req, label, exc) from exc
+        return init_payload(req.paths, pickled)
 
     def _forget(self, actor_id: int, message: str) -> None:
         sched = self.services.scheduler

@@ -68,10 +68,6 @@ class Caller(abc.ABC):
     def get_actor(self, name: str) -> Any:
         """A handle to the actor registered as ``name``."""
 
-    @abc.abstractmethod
-    async def stop_actor(self, actor_id: int) -> None:
-        """Stop actor ``actor_id`` (what ``handle.stop()`` does)."""
-
     def hold_result(self, fut: Future[Any]) -> None:
         """A result carrying shared memory arrived and waits to be read."""
         return None  # only the host's store expires unread results; an actor's are its own

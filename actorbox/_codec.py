@@ -265,7 +265,7 @@ class _Encoder:
             raise SerializationError(
                 "a Future can be passed only as a top-level argument of a call; await it to send its value")
         if isinstance(obj, ActorHandle):
-            return msgpack.ExtType(EXT_HANDLE, self.dumps([obj.actor_id, obj.name, obj.label, obj._token]))
+            return msgpack.ExtType(EXT_HANDLE, self.dumps([obj._actor_id, obj._name, obj._label, obj._token]))
         if isinstance(obj, BaseException):
             return msgpack.ExtType(EXT_EXCEPTION, self.dumps(exception_fields(obj)))
         if codec.allow_pickle:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TypedDict
 
-from ._errors import SerializationError
+from ._errors import SerializationError, UsageError
 
 # The budget is in values: each element, key and value counts one, and what costs
 # more to build counts more (below), so that a budget costs about the same worst-case
@@ -71,7 +71,7 @@ class DecodeLimits:
     def __post_init__(self) -> None:
         for knob, value in (("max_decoded_items", self.max_items), ("max_map_keys", self.max_map_keys)):
             if type(value) is not int or value < 1:
-                raise ValueError(f"Runtime({knob}=...) must be a positive integer, got {value!r}")
+                raise UsageError(f"Runtime({knob}=...) must be a positive integer, got {value!r}")
 
     def unpack_options(self) -> UnpackOptions:
         """msgpack's own per-container caps: checked on a container's header, before it is

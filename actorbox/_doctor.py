@@ -265,7 +265,7 @@ async def _round_trip() -> dict[str, Any]:
                 t = time.perf_counter()
                 await h.ping()
                 samples.append(time.perf_counter() - t)
-            await h.stop()
+            await rt.stop(h)
     return {**who, "start_ms": round(start_s * 1000, 2),
             "call_p50_us": round(statistics.median(samples) * 1e6, 1), "calls": len(samples)}
 

@@ -239,6 +239,13 @@ class SerializationError(ActorboxError, TypeError):
     """A value could not be encoded or safely decoded."""
 
 
+class UsageError(ActorboxError, TypeError, ValueError):
+    """actorbox's API was given something it does not take (a wrong type or value).
+
+    Also a ``TypeError`` and a ``ValueError``: what Python code would raise for the same
+    mistake, so ``except ValueError`` around a setting keeps working."""
+
+
 class ProtocolError(ActorboxError):
     """A peer broke the wire protocol (bad frame, over-size frame, bad envelope)."""
 
@@ -251,6 +258,11 @@ class ProtocolError(ActorboxError):
 
 class CallRefusedError(CallError):
     """The scheduler refused the call (for example a per-actor limit was reached)."""
+
+
+class CallTimeoutError(CallError, TimeoutError):
+    """``Future.result(timeout)`` gave up waiting; the call itself goes on (cancel it with
+    ``future.cancel()``). Also a ``TimeoutError``."""
 
 
 class CallCancelledError(CallError):

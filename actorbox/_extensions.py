@@ -241,7 +241,7 @@ async def load_all(folders: list[str], load: Callable[[str], Awaitable[ActorHand
     async def one(folder: str) -> None:
         try:
             handle = await load(folder)
-            results[folder] = LoadedExtension(folder, handle.name, handle, None)
+            results[folder] = LoadedExtension(folder, handle._name, handle, None)
         except Exception as exc:
             log.error("extension.failed", path=folder, error=f"{type(exc).__name__}: {exc}")
             results[folder] = LoadedExtension(folder, _name_of(exc, folder), None, exc)

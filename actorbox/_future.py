@@ -9,6 +9,7 @@ the remote call.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import threading
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
@@ -22,6 +23,7 @@ from . import _errors
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
+    from types import TracebackType
 
     from scheduler import envelope
 
@@ -56,12 +58,18 @@ _DECODE_LOCK = threading.RLock()
 _PUMP_NAP, _PUMP_NAP_MAX = 0.0002, 0.005
 
 
-class Future(Generic[T]):
+class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
     """The result of ``handle.method(...)``: ``await`` it (or, in an actor's worker
-    thread, call ``result()``)."""
+    thread, call ``result()``).
 
-    __slots__ = ("__weakref__", "_caller", "_event", "_reply", "_tevent", "_value", "_waiters", "actor", "actor_id",
-                 "call_id", "method")
+    The call is sent when the Future is made, not when it is awaited. A Future is also a
+    coroutine (``send``/``throw``/``close``), so what runs a coroutine as a task runs it:
+    ``asyncio.create_task(h.m(x))``, anyio's and trio's ``tg.start_soon(h.m, x)``; that
+    task waits for the reply, and cancelling it cancels the remote call.
+    """
+
+    __slots__ = ("__weakref__", "_caller", "_driver", "_event", "_reply", "_tevent", "_value", "_waiters", "actor",
+                 "actor_id", "call_id", "method")
 
     def __init__(self, caller: Resolver, call_id: int, actor: str, method: str, actor_id: int = -1) -> None:
         self._caller = caller
@@ -74,6 +82,7 @@ class Future(Generic[T]):
         self._event: anyio.Event | None = None  # awaited on backends other than asyncio
         self._waiters: list[asyncio.Future[None]] | None = None  # asyncio: one per awaiting task
         self._tevent: threading.Event | None = None
+        self._driver: Generator[Any, None, T] | None = None  # the wait a task drives through send/throw
 
     def __repr__(self) -> str:
         state = "done" if self._reply is not None else "pending"
@@ -117,6 +126,34 @@ class Future(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._wait().__await__()
+
+    # -- the coroutine protocol: one wait, driven by the task that runs this Future ----
+
+    def send(self, value: Any) -> Any:
+        driver = self._driver
+        if driver is None:
+            driver = self._driver = self._wait().__await__()
+        return driver.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: TracebackType | None = None) -> Any:
+        driver = self._driver
+        if driver is None:
+            # Thrown into before its first step (a task cancelled before it ran): nothing waits
+            # yet to cancel the call on the way out, so cancel it here; then raise as a
+            # coroutine that never started does.
+            self.cancel()
+            driver = self._driver = self._wait().__await__()
+        if val is None and tb is None:
+            return driver.throw(typ)
+        return driver.throw(typ, val, tb)  # the (deprecated) three-argument form, as tasks may use it
+
+    def close(self) -> None:
+        """Abandon the wait this Future's task drives: a pending call is cancelled."""
+        driver = self._driver
+        if driver is None:
+            self.cancel()
+            return
+        driver.close()
 
     async def _wait(self) -> T:
         if self._reply is None:
@@ -189,16 +226,22 @@ class Future(Generic[T]):
         if self._reply is None:
             if self._caller.on_loop_thread():
                 if not self._caller.pump(self, timeout):
-                    raise RuntimeError(
-                        "Future.result() would block the event loop; use 'await future' in async code"
-                    )
+                    raise _errors.UsageError(
+                        f"{self.actor}.{self.method}(): Future.result() would block the event loop; use "
+                        "'await future' in async code (result() is for sync code on other threads)")
                 if self._reply is None:
-                    raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")
+                    raise self._timed_out(timeout)
                 return self._outcome()
             ev = self._thread_event()
             if self._reply is None and not ev.wait(timeout):
-                raise TimeoutError(f"{self.actor}.{self.method}() did not finish within {timeout} s")
+                raise self._timed_out(timeout)
         return self._outcome()
+
+    def _timed_out(self, timeout: float | None) -> _errors.CallTimeoutError:
+        return _errors.CallTimeoutError(
+            f"{self.actor}.{self.method}() [call {self.call_id}] did not finish within {timeout} s; it goes on "
+            "running: wait longer, or cancel it with future.cancel()",
+            actor=self.actor, method=self.method, call_id=self.call_id)
 
     def cancel(self) -> bool:
         """Ask for the remote call to be cancelled; False when it already finished."""

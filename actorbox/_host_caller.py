@@ -93,9 +93,6 @@ class HostCaller(Caller):
             return self.services.object_store.get(value.object_id)
         return Caller._settled(self, value, label, method)
 
-    async def stop_actor(self, actor_id: int) -> None:
-        await self.services.stop_actor(actor_id)
-
     def fail_pending(self) -> None:
         """The Runtime is exiting and nothing will answer calls now: those unanswered fail,
         and so does any call made from now on (a host-resident method still running in a

@@ -175,7 +175,7 @@ class LeakCheck:
                      f"(pid {', '.join(str(p.pid) for p in others)})" if others else "")
             out.append(f"{len(actors)} actor process(es) still running: "
                        f"{', '.join(_describe_process(p) for p in actors)}{extra}. Exit every Runtime (or stop "
-                       "the actors: await handle.stop()) before the test ends; a Runtime of a wider-scoped "
+                       "the actors: await rt.stop(handle)) before the test ends; a Runtime of a wider-scoped "
                        "fixture must not keep actors a test started")
         # Spare segments a live Runtime keeps ready for fresh copies are a bounded cache, not a leak.
         spares = {fd for rt in list(self._runtimes) for fd in rt.codec.segments.spares.held_fds()}

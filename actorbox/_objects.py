@@ -25,7 +25,7 @@ import structlog
 
 from scheduler import dup_all
 
-from ._errors import ObjectNotFoundError, ObjectStoreFullError
+from ._errors import ObjectNotFoundError, ObjectStoreFullError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -98,7 +98,7 @@ def check_retention(value: Any, where: str) -> float | None:
         return None
     if isinstance(value, (int, float)) and type(value) is not bool and math.isfinite(value) and value >= 0:
         return float(value)
-    raise ValueError(f"{where} must be a number of seconds (0 or more) or None (kept until released), "
+    raise UsageError(f"{where} must be a number of seconds (0 or more) or None (kept until released), "
                      f"not {value!r}")
 
 

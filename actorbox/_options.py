@@ -8,7 +8,7 @@ from typing import Any, TypeVar, overload
 
 from sandbox import RequirementError, SandboxPolicy, validate_requirements
 
-from ._errors import InvalidPreloadError, InvalidRequirementError, NameTakenError
+from ._errors import InvalidPreloadError, InvalidRequirementError, NameTakenError, UsageError
 
 T = TypeVar("T", bound=type)
 
@@ -63,23 +63,23 @@ class ActorOptions:
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ValueError(f"actor name must be a non-empty string, got {self.name!r}")
+            raise UsageError(f"actor name must be a non-empty string, got {self.name!r}")
         if self.name is not None:
             check_name(self.name, "actor name")
         if isinstance(self.dependencies, str) or not all(isinstance(d, str) for d in self.dependencies):
-            raise TypeError("dependencies must be a sequence of requirement strings, e.g. ('numpy<2',)")
+            raise UsageError("dependencies must be a sequence of requirement strings, e.g. ('numpy<2',)")
         object.__setattr__(self, "dependencies", tuple(self.dependencies))
         try:
             validate_requirements(self.dependencies)
         except RequirementError as exc:
             raise InvalidRequirementError(str(exc), actor=self.name) from None
         if not isinstance(self.sandbox, SandboxPolicy) and self.sandbox not in _SANDBOX_MODES:
-            raise ValueError(
+            raise UsageError(
                 f"sandbox must be 'required', 'disabled', a SandboxPolicy or None, got {self.sandbox!r}")
         if type(self.max_concurrency) is not int or self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
+            raise UsageError(f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
         if type(self.max_restarts) is not int or self.max_restarts < 0:
-            raise ValueError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+            raise UsageError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
         object.__setattr__(self, "preload", check_preload(self.preload, self.name))
 
 
@@ -108,7 +108,7 @@ def actor(cls: Any = None, /, **options: Any) -> Any:
 
     def wrap(c: T) -> T:
         if not isinstance(c, type):
-            raise TypeError(f"@actor decorates classes, not {type(c).__name__}")
+            raise UsageError(f"@actor decorates classes, not {type(c).__name__}")
         setattr(c, OPTIONS_ATTR, opts)
         return c
 

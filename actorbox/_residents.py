@@ -24,7 +24,7 @@ from scheduler import close_fds, envelope
 
 from ._caller import current_call
 from ._dispatch import resolve_method
-from ._errors import ActorboxError, MethodNotFoundError, PrivateMethodError
+from ._errors import ActorboxError, MethodNotFoundError, PrivateMethodError, UsageError
 
 if TYPE_CHECKING:
     from ._codec import Codec
@@ -52,11 +52,11 @@ def exposed_methods(obj: Any, methods: Iterable[str] | None, name: str) -> froze
         return frozenset(m for m in dir(cls) if not m.startswith("_") and _is_method(cls, m)
                          and not _from_stdlib(cls, m))
     if isinstance(methods, str):
-        raise TypeError(f"methods= takes a list of method names, not the string {methods!r}; write [{methods!r}]")
+        raise UsageError(f"methods= takes a list of method names, not the string {methods!r}; write [{methods!r}]")
     out = frozenset(methods)
     for m in sorted(out):
         if not isinstance(m, str):
-            raise TypeError(f"methods= takes method names (strings), got {m!r}")
+            raise UsageError(f"methods= takes method names (strings), got {m!r}")
         if m.startswith("_"):
             raise PrivateMethodError(f"register({name!r}, methods=...): {m!r} is private; names starting with "
                                      "'_' cannot be exposed", actor=name, method=m, call_id=None)

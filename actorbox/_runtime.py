@@ -34,7 +34,7 @@ from ._context import process_caller
 from ._control import ControlServer
 from ._decode_limits import DEFAULT_MAX_DECODED_ITEMS, DEFAULT_MAX_MAP_KEYS, DecodeLimits
 from ._directory import Directory
-from ._errors import ActorboxError
+from ._errors import ActorboxError, UsageError
 from ._extensions import LoadedExtension, extension_folders, load_all, read_extension, sandbox_for
 from ._handle import ActorHandle
 from ._host import HostEndpoint
@@ -79,7 +79,7 @@ def _retention(value: float | str | None) -> float | None:
     try:
         seconds = float(env_value) if env_value else 30.0
     except ValueError:
-        raise ValueError(f"ACTORBOX_OBJECT_RETENTION must be a number of seconds, not {env_value!r}; "
+        raise UsageError(f"ACTORBOX_OBJECT_RETENTION must be a number of seconds, not {env_value!r}; "
                          "set it to one (e.g. 30) or unset it") from None
     return check_retention(seconds, "ACTORBOX_OBJECT_RETENTION")
 
@@ -120,7 +120,7 @@ class Runtime:
                  allow_source_builds: bool = False, max_decoded_items: int = DEFAULT_MAX_DECODED_ITEMS,
                  max_map_keys: int = DEFAULT_MAX_MAP_KEYS) -> None:
         if sandbox not in ("required", "disabled"):
-            raise ValueError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
+            raise UsageError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
         self.sandbox_policy = sandbox_policy or SandboxPolicy()
         self.grace_period = grace_period
@@ -178,7 +178,7 @@ class Runtime:
         residents = ResidentServer(self.codec, loop, self.grace_period)
         endpoint = HostEndpoint(self.scheduler, tg, residents)
         caller = HostCaller(HostServices(self.scheduler, self.codec, self.object_store, self.get_actor,
-                                         actors.stop, actors.cuda_ipc_reaches), loop, endpoint)
+                                         actors.cuda_ipc_reaches), loop, endpoint)
         endpoint.on_reply = caller.on_reply
         directory = Directory(self.scheduler, caller, residents, actors, self._recorder)
         self._live = _Live(tg, tg_cm, spawner, supervision, actors, loop, residents, caller, directory,
@@ -276,7 +276,8 @@ class Runtime:
         """
         self._require_running()
         if not isinstance(cls, type):
-            raise TypeError(f"rt.start() takes a class, got {type(cls).__name__}")
+            raise UsageError(f"rt.start() takes a class, got {type(cls).__name__}; pass the class itself "
+                             "and its constructor's arguments after it: rt.start(Cls, *args, **kwargs)")
         opts: ActorOptions = options_of(cls)
         # Checked when the class was decorated; here only torch's exclusion is reported.
         requirements = _requirements(opts.dependencies, cls.__qualname__, self) if opts.dependencies else None
@@ -363,6 +364,27 @@ class Runtime:
     def get_actor(self, name: str) -> ActorHandle:
         """The handle of the actor (or host-resident object) registered under ``name``."""
         return self._require_running().directory.get_actor(name)
+
+    async def stop(self, handle: ActorHandle, /) -> None:
+        """Stop the actor ``handle`` reaches (idempotent): gracefully first, killed after the
+        grace period; its pending calls fail with ActorStoppedError and its name is freed.
+
+        Here, not on the handle, whose attributes are all the actor's methods (an actor may
+        well have a ``stop`` of its own: ``await handle.stop()`` calls it).
+        """
+        if not isinstance(handle, ActorHandle):
+            raise UsageError(f"rt.stop() takes an actor handle, got {type(handle).__name__}")
+        live = self._live
+        if live is None:
+            raise ActorboxError("the Runtime is not running; use it inside 'async with actorbox.Runtime() as rt:'")
+        if handle._caller is not live.caller:
+            raise UsageError(f"rt.stop(): {handle!r} belongs to another Runtime; stop it with that one")
+        if self.closing:
+            return  # the Runtime is stopping every actor already
+        if handle._actor_id in live.residents.residents:
+            raise UsageError(f"rt.stop(): {handle._label!r} is a host-resident actor, not a process; "
+                             f"remove it with rt.unregister({handle._label!r})")
+        await live.actors.stop(handle._actor_id)
 
     # -- inspection ------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ module depends on them, never the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,5 +56,4 @@ class HostServices:
     codec: Codec
     object_store: ObjectStore  # holds put objects and results the host's code has not read
     get_actor: Callable[[str], Any]  # a handle by name (Runtime.get_actor)
-    stop_actor: Callable[[int], Awaitable[None]]  # handle.stop() of an actor process
     cuda_ipc_reaches: Callable[[int], bool]  # whether an actor can open the host's CUDA IPC handles

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import SerializationError
+from ._errors import SerializationError, UsageError
 
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
@@ -304,10 +304,10 @@ def default_spare_bytes() -> int:
         try:
             value = int(raw)
         except ValueError:
-            raise ValueError(f"ACTORBOX_SHM_SPARE_BYTES={raw!r} is not a number of bytes; "
+            raise UsageError(f"ACTORBOX_SHM_SPARE_BYTES={raw!r} is not a number of bytes; "
                              "set it to an integer (0 turns spare segments off)") from None
         if value < 0:
-            raise ValueError(f"ACTORBOX_SHM_SPARE_BYTES={raw!r} is negative; use 0 to turn spare segments off")
+            raise UsageError(f"ACTORBOX_SHM_SPARE_BYTES={raw!r} is negative; use 0 to turn spare segments off")
         return value
     return min(1 << 30, _physical_memory() // 16)
 

@@ -319,14 +319,14 @@ class ActorSupervisor:
 
     def _stopped_error(self, when: str) -> ActorStoppedError:
         return ActorStoppedError(
-            f"actor {self.label!r} was stopped {when} (handle.stop() or the Runtime exited)",
+            f"actor {self.label!r} was stopped {when} (rt.stop(handle) or the Runtime exited)",
             actor=self.label, method=None, call_id=None)
 
     def _mark_stopped(self) -> None:
         self.state = "stopped"
         self.services.scheduler.detach(
             self.actor_id, envelope.Status.STOPPED,
-            {"message": f"actor {self.label!r} is stopped (handle.stop() or the Runtime exited); "
+            {"message": f"actor {self.label!r} is stopped (rt.stop(handle) or the Runtime exited); "
                         "start a new one with rt.start() to call it again"}, keep_queue=False)
         self.finished.set()
 

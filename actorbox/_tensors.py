@@ -28,7 +28,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ._errors import SerializationError
+from ._errors import SerializationError, UsageError
 from ._shm import SegmentTable, check_layout, extent
 
 _TORCH_DTYPES = (
@@ -379,15 +379,15 @@ def shared_empty(table: SegmentTable, shape: tuple[int, ...], dtype: Any) -> Any
     import torch
 
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"shared_empty(): dtype must be a torch.dtype, not {dtype!r}")
+        raise UsageError(f"shared_empty(): dtype must be a torch.dtype, not {dtype!r}")
     name = str(dtype).removeprefix("torch.")
     if name not in _TORCH_DTYPES:
-        raise TypeError(
+        raise UsageError(
             f"shared_empty() can't allocate {dtype} in shared memory: allocate its integer storage "
             f"(e.g. {_QUANTIZED.get(name, 'uint8')}) and quantize from it, or send the tensor (a quantized "
             "CPU tensor of quint8, qint8 or qint32 is shared when sent)")
     if not all(type(d) is int and d >= 0 for d in shape):
-        raise ValueError(f"shared_empty(): the shape must be non-negative ints, not {shape!r}")
+        raise UsageError(f"shared_empty(): the shape must be non-negative ints, not {shape!r}")
     t = torch.empty(0, dtype=dtype)
     n = 1
     for d in shape:

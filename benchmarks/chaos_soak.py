@@ -129,7 +129,7 @@ async def fuzz_end_to_end(seconds: float, rows: list[tuple[str, str]]) -> bool:
                 await fuzz.until_alive(rt, sender, healthy)
             with anyio.fail_after(15):
                 assert await healthy.add(2, 3) == 5
-        restarts = next(a.restarts for a in rt.actors() if a.label == sender.label)
+        restarts = next(a.restarts for a in rt.actors() if a.label == actorbox.info(sender).label)
         with anyio.fail_after(15):
             while rt.pending_calls() or _fds() > fds0:
                 await anyio.sleep(0.05)

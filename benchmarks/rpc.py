@@ -296,7 +296,7 @@ async def measure(n: int, warmup: int, rounds: int, repeats: int, sandbox: str) 
             for _ in range(repeats):
                 out.rates.append(await _pipelined(h))
             for x in (h, ha, hm):
-                await x.stop()
+                await rt.stop(x)
     finally:
         floor.close()
         blocking.close()

@@ -60,7 +60,7 @@ async def _measure_starts(mode: str, count: int, out: Samples) -> None:
             t0 = time.perf_counter()
             h = await rt.start(Nop)
             out.starts_ms.append((time.perf_counter() - t0) * 1000)
-            await h.stop()
+            await rt.stop(h)
 
 
 async def _measure_calls(mode: str, n: int, warmup: int, out: Samples) -> None:
@@ -73,7 +73,7 @@ async def _measure_calls(mode: str, n: int, warmup: int, out: Samples) -> None:
             t0 = clock()
             await h.ping()
             out.calls_us.append((clock() - t0) / 1000)
-        await h.stop()
+        await rt.stop(h)
 
 
 async def measure(starts: int, n: int, warmup: int, rounds: int) -> dict[str, Samples]:

@@ -96,13 +96,13 @@ async def measure_actorbox(later: int, concurrent: list[int], settle_s: float) -
         h = await rt.start(TorchNode)
         await h.ping()
         col.first_s = time.perf_counter() - t0
-        await h.stop()
+        await rt.stop(h)
         for _ in range(later):
             t0 = time.perf_counter()
             h = await rt.start(TorchNode)
             await h.ping()
             col.later_s.append(time.perf_counter() - t0)
-            await h.stop()
+            await rt.stop(h)
     for n in concurrent:
         async with actorbox.Runtime(sandbox="required") as rt:
             async def one() -> None:

@@ -369,7 +369,7 @@ async def measure(sizes: list[tuple[str, int]], repeats: int, sandbox: str,
         out[-1].spare_stats = (rt.codec.segments.spares.hits, rt.codec.segments.spares.misses)
         for s in out:
             s.floor_ms = floor
-        await h.stop()
+        await rt.stop(h)
     return out
 
 

@@ -62,7 +62,7 @@ async def main() -> int:
         versions: dict[str, dict[str, Any]] = {}
 
         async def ask(h: actorbox.ActorHandle) -> None:
-            versions[h.label] = await h.versions(host_numpy)
+            versions[actorbox.info(h).label] = await h.versions(host_numpy)
 
         async with anyio.create_task_group() as tg:
             for h in (legacy, modern):

@@ -88,8 +88,9 @@ async def main() -> int:
 
         where = await resizer.where()
         pids = {info.label: info.pid for info in rt.actors()}
+        resizer_pid = pids[actorbox.info(resizer).label]  # its label: its name, or Resizer#<id>
         print(f"host: pid {os.getpid()}, uid {os.getuid()}")
-        print(f"Resizer: pid {pids[resizer.label]} seen from the host; inside its sandbox pid {where['pid']}, "
+        print(f"Resizer: pid {resizer_pid} seen from the host; inside its sandbox pid {where['pid']}, "
               f"uid {where['uid']}, ACTORBOX_CHILD={where['ACTORBOX_CHILD']}")
         print(f"resize(640, 480) -> {await resizer.resize(640, 480)}")
 
@@ -135,8 +136,8 @@ async def main() -> int:
         for info in rt.actors():
             print(f"  {info.label:<12} {info.cls:<10} pid={info.pid} state={info.state}")
         print(f"registry lookups: {registry.lookups}")
-        await resizer.stop()
-        await resizer.stop()  # idempotent
+        await rt.stop(resizer)
+        await rt.stop(resizer)  # idempotent
         try:
             await resizer.resize(1, 1)
         except actorbox.ActorStoppedError as exc:

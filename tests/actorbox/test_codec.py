@@ -177,7 +177,7 @@ def test_handle_round_trip() -> None:
     h = ActorHandle(None, 7, "svc", "svc#7", b"k" * 16)  # type: ignore[arg-type]
     out = round_trip({"h": h})["h"]
     assert isinstance(out, ActorHandle)
-    assert (out.actor_id, out.name, out.label, out._token) == (7, "svc", "svc#7", b"k" * 16)
+    assert (out._actor_id, out._name, out._label, out._token) == (7, "svc", "svc#7", b"k" * 16)
 
 
 @pytest.mark.parametrize("fields", [["7", None, "x", b""], [7, None, "x"], [7, None, "x", "tok"],

@@ -154,6 +154,6 @@ async def test_cuda_ipc_reaches_unsandboxed_actors_only(monkeypatch: pytest.Monk
         assert await boxed.flags() == [None, "1"]
         assert await trusted.flags() == ["1", None]
         reaches = rt._live.actors.cuda_ipc_reaches
-        assert not reaches(boxed.actor_id) and reaches(trusted.actor_id)
-        await boxed.stop()
-        assert not reaches(boxed.actor_id) and reaches(trusted.actor_id)
+        assert not reaches(actorbox.info(boxed).actor_id) and reaches(actorbox.info(trusted).actor_id)
+        await rt.stop(boxed)
+        assert not reaches(actorbox.info(boxed).actor_id) and reaches(actorbox.info(trusted).actor_id)

@@ -143,7 +143,7 @@ async def call(aw: Any) -> Any:
 
 
 def states(rt: actorbox.Runtime, handle: actorbox.ActorHandle, method: str) -> list[str]:
-    return [c.state for c in rt.pending_calls() if c.actor == handle.label and c.method == method]
+    return [c.state for c in rt.pending_calls() if c.actor == actorbox.info(handle).label and c.method == method]
 
 
 # -- success -------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ async def test_failed_dependency_fails_the_call_with_the_error_chained(producer,
     err = ei.value
     assert isinstance(err.__cause__, KeyError)
     assert err.__cause__.args == ("missing",)
-    assert (err.actor, err.method) == (consumer.label, "echo")
+    assert (err.actor, err.method) == (actorbox.info(consumer).label, "echo")
     assert "KeyError" in str(err) and "was not run" in str(err)
     with pytest.raises(KeyError):
         await call(fa)
@@ -281,8 +281,9 @@ async def test_dead_dependencys_error_names_the_dead_actor_and_method(rt, consum
         await call(fa)
     cause = ei.value.__cause__
     assert isinstance(cause, actorbox.ActorDiedError)
-    assert (cause.actor, cause.method) == (direct.value.actor, direct.value.method) == (doomed.label, "die")
-    assert doomed.label in str(ei.value)
+    label = actorbox.info(doomed).label
+    assert (cause.actor, cause.method) == (direct.value.actor, direct.value.method) == (label, "die")
+    assert label in str(ei.value)
 
 
 async def test_a_call_waiting_for_a_future_fails_at_once_when_its_actor_stops(rt, producer):
@@ -293,7 +294,7 @@ async def test_a_call_waiting_for_a_future_fails_at_once_when_its_actor_stops(rt
     slow = producer.value(1, 3.0)
     waiting = target.echo(slow)
     await anyio.sleep(0.2)
-    await call(target.stop())
+    await call(rt.stop(target))
     with anyio.fail_after(1.5), pytest.raises(actorbox.ActorStoppedError):
         await waiting
     assert await call(slow) == 1
@@ -312,7 +313,7 @@ async def test_a_death_passed_down_a_chain_arrives_as_the_death(rt, consumer):
             await call(f)
         cause = ei.value.__cause__
         assert isinstance(cause, actorbox.ActorDiedError), repr(cause)
-        assert (cause.actor, cause.method) == (doomed.label, "die")
+        assert (cause.actor, cause.method) == (actorbox.info(doomed).label, "die")
     assert "through 1 call that waited for it" in str(ei.value)
 
 

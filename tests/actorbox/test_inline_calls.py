@@ -313,7 +313,7 @@ async def test_stop_during_a_long_inline_call_ends_the_actor_at_once():
         pending = h.sleep(30)
         await anyio.sleep(0.2)
         t0 = time.monotonic()
-        await call(h.stop(), timeout=5)
+        await call(rt.stop(h), timeout=5)
         assert time.monotonic() - t0 < 2, "stop waited for the inline call (or the grace period)"
         with pytest.raises(actorbox.ActorboxError):
             await call(pending)

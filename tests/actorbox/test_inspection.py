@@ -70,7 +70,7 @@ async def test_actors_reports_rss_cpu_and_running_calls_of_a_live_actor():
         ri = infos["registry"]
         assert (ri.state, ri.pid, ri.rss, ri.cpu_percent, ri.running_calls) == ("resident", None, None, None, ())
         fut.cancel()
-        await w.stop()
+        await rt.stop(w)
         stopped = {i.label: i for i in rt.actors()}["worker"]
         assert (stopped.state, stopped.rss, stopped.cpu_percent) == ("stopped", None, None)
 
@@ -85,7 +85,7 @@ async def test_actors_reports_the_thread_count_of_each_actor_process():
         after = {i.label: i for i in rt.actors()}["worker"]
         assert after.threads == psutil.Process(after.pid).num_threads()
         assert after.threads >= before.threads + 5
-        await w.stop()
+        await rt.stop(w)
         assert {i.label: i for i in rt.actors()}["worker"].threads is None
 
 
@@ -113,8 +113,8 @@ async def test_named_actors_lists_started_and_registered_names():
         names = rt.named_actors()
         ids = {i.label: i.actor_id for i in rt.actors()}
         assert names == {"registry": ids["registry"], "worker": ids["worker"]}
-        assert anon.label not in names and handle.name == "registry"
-        await w.stop()
+        assert actorbox.info(anon).label not in names and actorbox.info(handle).name == "registry"
+        await rt.stop(w)
         assert "worker" not in rt.named_actors()
 
 

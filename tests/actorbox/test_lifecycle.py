@@ -338,14 +338,14 @@ async def test_future_cancel_raises_call_cancelled_for_other_awaiters():
 
 
 async def test_stop_is_idempotent():
-    """await handle.stop() twice (and concurrently) stops the actor once and leaves no process."""
+    """await rt.stop(handle) twice (and concurrently) stops the actor once and leaves no process."""
     async with actorbox.Runtime() as rt:
         m = await rt.start(Mortal, name="m")
         pid = _info(rt, "m").pid
         async with anyio.create_task_group() as tg:
-            tg.start_soon(m.stop)
-            tg.start_soon(m.stop)
-        await m.stop()
+            tg.start_soon(rt.stop, m)
+            tg.start_soon(rt.stop, m)
+        await rt.stop(m)
         assert _info(rt, "m").state == "stopped"
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         with pytest.raises(actorbox.ActorStoppedError):
@@ -390,13 +390,13 @@ async def test_runtime_exit_leaves_no_processes_threads_or_fds():
 
 @pytest.mark.parametrize("how", ["handle_stop", "runtime_exit"])
 async def test_call_in_flight_when_actor_stops_fails_with_actor_stopped(how):
-    """A call still running when its actor is stopped (handle.stop() or Runtime exit) fails with ActorStoppedError."""
+    """A call still running when its actor is stopped (rt.stop(handle) or Runtime exit) fails with ActorStoppedError."""
     async with actorbox.Runtime() as rt:
         m = await rt.start(Mortal, name="m")
         running = m.slow(10)
         await anyio.sleep(0.2)
         if how == "handle_stop":
-            await m.stop()
+            await rt.stop(m)
     with pytest.raises(actorbox.ActorStoppedError) as ei:
         await running
     assert ei.value.actor == "m" and ei.value.method == "slow"
@@ -524,7 +524,7 @@ async def test_actor_ignoring_stop_is_killed_after_grace_period(method):
     async with actorbox.Runtime(grace_period=grace) as rt:
         s = await rt.start(Stubborn)
         assert await s.ping() == "pong"
-        fut = s.call(method, 30)
+        fut = getattr(s, method)(30)
         await anyio.sleep(0.2)
         t0 = time.monotonic()
     elapsed = time.monotonic() - t0
@@ -537,14 +537,14 @@ async def test_actor_ignoring_stop_is_killed_after_grace_period(method):
 
 
 async def test_handle_stop_kills_actor_ignoring_stop_after_grace_period():
-    """handle.stop() on an actor whose loop is blocked kills it after the grace period."""
+    """rt.stop(handle) on an actor whose loop is blocked kills it after the grace period."""
     async with actorbox.Runtime(grace_period=0.5) as rt:
         s = await rt.start(Stubborn, name="stuck")
         pid = _info(rt, "stuck").pid
         fut = s.block_loop(30)
         await anyio.sleep(0.2)
         t0 = time.monotonic()
-        await s.stop()
+        await rt.stop(s)
         assert 0.4 <= time.monotonic() - t0 < 2.0
         assert _info(rt, "stuck").state == "stopped"
         assert pid not in {c.pid for c in _children()}

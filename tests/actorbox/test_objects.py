@@ -185,7 +185,7 @@ async def test_actor_awaiting_a_released_ref_gets_object_not_found(shared_rt, ho
     await ref.release()
     with pytest.raises(actorbox.RemoteError) as ei:
         await call(holder.await_nested([ref]))
-    assert ei.value.type_name == "actorbox.ObjectNotFoundError" and ei.value.actor == holder.label
+    assert ei.value.type_name == "actorbox.ObjectNotFoundError" and ei.value.actor == actorbox.info(holder).label
     assert ref.object_id in str(ei.value)
 
 

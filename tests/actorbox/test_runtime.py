@@ -91,11 +91,11 @@ class Reentrant:
 
     async def start_async(self, middle):
         me = actorbox.get_actor("a")
-        return await actorbox.get_actor("models").call(middle, me)
+        return await getattr(actorbox.get_actor("models"), middle)(me)
 
     def start_sync(self, middle):
         me = actorbox.get_actor("a")
-        return actorbox.get_actor("models").call(middle, me).result()
+        return getattr(actorbox.get_actor("models"), middle)(me).result()
 
     def back(self):
         return "A-back"
@@ -323,7 +323,7 @@ async def test_actor_reaches_host_resident_actor_by_name(method):
         models = Models()
         rt.register("models", models)
         client = await rt.start(Client)
-        assert await client.call(method, "models", "resnet") == "model:resnet"
+        assert await getattr(client, method)("models", "resnet") == "model:resnet"
         assert models.seen == ["resnet"]
 
 
@@ -337,8 +337,8 @@ async def test_get_actor_of_missing_name_inside_actor_raises_not_found(method):
         rt.register("models", Models())
         client = await rt.start(Client)
         with pytest.raises(actorbox.RemoteError) as ei:
-            await client.call(method, "ghost")
-        assert ei.value.type_name == "actorbox.ActorNotFoundError" and ei.value.actor == client.label
+            await getattr(client, method)("ghost")
+        assert ei.value.type_name == "actorbox.ActorNotFoundError" and ei.value.actor == actorbox.info(client).label
         assert "'ghost'" in str(ei.value)
         assert "rt.register(" in str(ei.value)
 
@@ -356,10 +356,10 @@ class Front:
     """A host-resident object that calls other host-resident objects."""
 
     def via_sync(self, name, method):
-        return actorbox.get_actor(name).call(method).result(timeout=5)
+        return getattr(actorbox.get_actor(name), method)().result(timeout=5)
 
     async def via_async(self, name, method):
-        return await actorbox.get_actor(name).call(method)
+        return await getattr(actorbox.get_actor(name), method)()
 
 
 class Back:
@@ -378,7 +378,7 @@ async def test_host_resident_calls_another_host_resident(front, back):
         rt.register("back", Back())
         f = rt.register("front", Front())
         with anyio.fail_after(10):
-            assert await f.call(front, "back", back) == ("async-back" if back == "ahello" else "sync-back")
+            assert await getattr(f, front)("back", back) == ("async-back" if back == "ahello" else "sync-back")
             # The callee is still serving afterwards (its slot was released).
             assert await rt.get_actor("back").hello() == "sync-back"
         assert rt.pending_calls() == []
@@ -393,7 +393,7 @@ async def test_handle_passed_host_to_actor_works(method):
     async with actorbox.Runtime() as rt:
         counter = await rt.start(Counter, 100)
         client = await rt.start(Client)
-        out = await client.call(method, counter, 5)
+        out = await getattr(client, method)(counter, 5)
         if method == "incr_via":
             assert out == [True, 105]
         else:
@@ -423,7 +423,7 @@ async def test_reentrant_chain_completes_with_max_concurrency_one(outer, middle)
         rt.register("models", Models())
         a = await rt.start(Reentrant, name="a")
         with anyio.fail_after(10):
-            out = await a.call(outer, middle)
+            out = await getattr(a, outer)(middle)
         assert out == ["models-async" if middle == "lookup_back" else "models-sync", "A-back"]
         assert rt.pending_calls() == []
 
@@ -436,7 +436,7 @@ async def test_max_concurrency_one_runs_calls_one_at_a_time_in_fifo_order(method
     """With max_concurrency=1, calls run one at a time, in the order they were submitted."""
     async with actorbox.Runtime() as rt:
         r = await rt.start(Recorder)
-        futs = [r.call(method, i) for i in range(6)]
+        futs = [getattr(r, method)(i) for i in range(6)]
         results = [await f for f in futs]
         assert results == list(range(6))
         rep = await r.report()
@@ -450,7 +450,7 @@ async def test_max_concurrency_three_lets_three_calls_overlap(method):
     """With max_concurrency=3, exactly three calls run at the same time, never more."""
     async with actorbox.Runtime() as rt:
         w = await rt.start(Wide)
-        futs = [w.call(method, i, 0.3) for i in range(6)]
+        futs = [getattr(w, method)(i, 0.3) for i in range(6)]
         assert [await f for f in futs] == list(range(6))
         rep = await w.report()
         assert rep["max_active"] == 3
@@ -468,18 +468,18 @@ async def test_actors_lists_processes_and_residents():
         anon = await rt.start(Slow)
         rt.register("models", Models())
         infos = {i.label: i for i in rt.actors()}
-        assert set(infos) == {"counter", anon.label, "models"}
+        assert set(infos) == {"counter", actorbox.info(anon).label, "models"}
         ci = infos["counter"]
         assert (ci.name, ci.cls, ci.state) == ("counter", "Counter", "alive")
         assert _is_same_process(ci.pid, await c.identity())
-        ai = infos[anon.label]
+        ai = infos[actorbox.info(anon).label]
         assert (ai.name, ai.cls, ai.state) == (None, "Slow", "alive")
         assert _is_same_process(ai.pid, await anon.identity())
         assert not _is_same_process(ai.pid, await c.identity())
         mi = infos["models"]
         assert (mi.name, mi.cls, mi.pid, mi.state) == ("models", "Models", None, "resident")
-        await anon.stop()
-        assert {i.label: i.state for i in rt.actors()}[anon.label] == "stopped"
+        await rt.stop(anon)
+        assert {i.label: i.state for i in rt.actors()}[actorbox.info(anon).label] == "stopped"
 
 
 async def test_pending_calls_shows_slow_call():

@@ -273,7 +273,7 @@ _boxes: dict[actorbox.Runtime, actorbox.ActorHandle] = {}
 async def box(rt: actorbox.Runtime) -> actorbox.ActorHandle:
     """The module's TensorBox actor, started once per Runtime (and again only if a test killed it)."""
     h = _boxes.get(rt)
-    if h is None or states(rt).get(h.label) != "alive":
+    if h is None or states(rt).get(actorbox.info(h).label) != "alive":
         h = _boxes[rt] = await fresh_box(rt)
     return h
 
@@ -832,7 +832,7 @@ async def test_ten_thousand_shared_transfers_leak_nothing(rt):
             await box.echo(s)
     await _assert_no_growth(rt, box, host0, actor0)
     assert {n for n in _dev_shm() - shm0 if "actorbox" in n or "torch" in n or n.startswith("psm_")} == set()
-    await box.stop()
+    await rt.stop(box)
 
 
 async def test_two_thousand_fresh_transfers_leak_nothing(rt):
@@ -850,7 +850,7 @@ async def test_two_thousand_fresh_transfers_leak_nothing(rt):
     assert rt.codec.segments.created == created + 4_000
     await _assert_no_growth(rt, box, host0, actor0)
     assert {n for n in _dev_shm() - shm0 if "actorbox" in n or "torch" in n or n.startswith("psm_")} == set()
-    await box.stop()
+    await rt.stop(box)
 
 
 async def test_unread_results_release_their_segments(rt, box):
@@ -879,7 +879,7 @@ async def test_actor_killed_while_holding_tensors_leaves_host_tensors_valid(rt, 
     with pytest.raises(actorbox.ActorDiedError):
         # It holds t, a and s (mapped by the host too) and the call's own arguments when it dies.
         await call(victim.die(t, a, s[::2], torch.arange(8), np.ones(3)))
-    assert states(rt)[victim.label] == "dead"
+    assert states(rt)[actorbox.info(victim).label] == "dead"
     gc.collect()
     assert_same_tensor(t, sample("float32", (256, 256), 12))
     assert_same_array(a, sample_array("int64", (1000,), 13))

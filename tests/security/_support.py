@@ -43,4 +43,4 @@ async def assert_host_serves(rt: actorbox.Runtime, healthy: actorbox.ActorHandle
         assert await healthy.add(2, 3) == 5
         assert await healthy.echo({"still": ["serving", 1]}) == {"still": ["serving", 1]}
     states = {a.label: a.state for a in rt.actors()}
-    assert states[healthy.label] == "alive", states
+    assert states[actorbox.info(healthy).label] == "alive", states

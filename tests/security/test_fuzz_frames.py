@@ -289,7 +289,7 @@ async def until_alive(rt: actorbox.Runtime, handle: actorbox.ActorHandle,
     left its own stream mid-frame is killed (after checking the host still serves ``healthy``)."""
     with anyio.fail_after(4 * CALL_TIMEOUT):
         while True:
-            info = next(a for a in rt.actors() if a.label == handle.label)
+            info = next(a for a in rt.actors() if a.label == actorbox.info(handle).label)
             assert info.state in ("alive", "restarting"), info.state  # "dead": it was not restarted
             if info.state == "alive":
                 try:
@@ -363,7 +363,7 @@ async def test_frame_cut_short_leaves_only_that_actors_calls_waiting(rt):
 
 def _raw_send(rt: actorbox.Runtime, handle: actorbox.ActorHandle, data: bytes, nfds: int) -> None:
     """Write ``data`` (with ``nfds`` fresh descriptors) on the host's socket to ``handle``'s process."""
-    sup = rt._live.actors.supervisors[handle.actor_id]
+    sup = rt._live.actors.supervisors[handle._actor_id]
     assert sup.endpoint is not None
     conn = sup.endpoint.conn
     fds = make_fds(min(nfds, 200))

@@ -32,7 +32,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def _state(rt: actorbox.Runtime, handle: actorbox.ActorHandle) -> str:
-    return next(a.state for a in rt.actors() if a.label == handle.label)
+    return next(a.state for a in rt.actors() if a.label == actorbox.info(handle).label)
 
 
 # -- pickles and other objects that would run code in the host -------------------------

@@ -68,7 +68,8 @@ async def test_a_good_frame_read_with_a_bad_one_leaves_no_memfd_in_the_host():
             with pytest.raises(actorbox.ActorDiedError, match="exceeds the limit"):
                 await call(hoarder.good_then_bad(8 << 20))
             with anyio.fail_after(CALL_TIMEOUT):
-                while {a.label: a.state for a in rt.actors()}.get(hoarder.label) not in ("alive", "dead"):
+                label = actorbox.info(hoarder).label
+                while {a.label: a.state for a in rt.actors()}.get(label) not in ("alive", "dead"):
                     await anyio.sleep(0.02)
         assert leaked_memfds() == 0, "the host kept the good frame's memfd"
         assert await settled(before) <= before
@@ -93,11 +94,11 @@ async def test_descriptors_held_per_actor_are_bounded_and_shown():
     naming the limit and the remedy, the actor goes on, and once released the calls succeed again."""
     async with actorbox.Runtime() as rt:
         healthy, hoarder = await start_actors(rt, Healthy, FdHoarder)
-        endpoint = rt._live.actors.supervisors[hoarder.actor_id].endpoint
+        endpoint = rt._live.actors.supervisors[hoarder._actor_id].endpoint
         endpoint.held.limit = 100
 
         def open_fds() -> int:
-            return {a.label: a.open_fds for a in rt.actors()}[hoarder.label]
+            return {a.label: a.open_fds for a in rt.actors()}[actorbox.info(hoarder).label]
 
         assert open_fds() == 0
         kept = [await call(hoarder.tensor(4096)) for _ in range(30)]
@@ -113,5 +114,5 @@ async def test_descriptors_held_per_actor_are_bounded_and_shown():
         gc.collect()
         assert open_fds() == 0
         assert len(await call(hoarder.sixty_fds_per_reply())) == 60
-        assert {a.label: a.open_fds for a in rt.actors()}[healthy.label] == 0
+        assert {a.label: a.open_fds for a in rt.actors()}[actorbox.info(healthy).label] == 0
         await assert_host_serves(rt, healthy)

@@ -62,7 +62,7 @@ async def actors(rt: actorbox.Runtime) -> list[actorbox.ActorHandle]:
     """[healthy, saboteur] for this Runtime, started once (again only if one died)."""
     pair = _actors.get(rt)
     states = {a.label: a.state for a in rt.actors()}
-    if pair is None or any(states.get(h.label) != "alive" for h in pair):
+    if pair is None or any(states.get(actorbox.info(h).label) != "alive" for h in pair):
         pair = _actors[rt] = await start_actors(rt, Healthy, ShmSaboteur)
     return pair
 

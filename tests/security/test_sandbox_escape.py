@@ -316,7 +316,7 @@ async def test_cannot_signal_host_or_other_actors():
     host_pid = os.getpid()
     async with actorbox.Runtime() as rt:
         healthy, prober = await start_actors(rt, Healthy, Prober)
-        healthy_pid = next(a.pid for a in rt.actors() if a.label == healthy.label)
+        healthy_pid = next(a.pid for a in rt.actors() if a.label == actorbox.info(healthy).label)
         assert healthy_pid is not None and healthy_pid != host_pid
         with anyio.fail_after(CALL_TIMEOUT):
             assert_blocked(await prober.signal(host_pid, 0), {errno.ESRCH, errno.EPERM}, what="probe the host pid")

@@ -37,21 +37,21 @@ class Holder:
         return self.kept
 
     async def call_kept(self, method):
-        return await self.kept.call(method)
+        return await getattr(self.kept, method)()
 
     async def call_handle(self, handle, method):
-        return await handle.call(method)
+        return await getattr(handle, method)()
 
     async def call_in_list(self, handles, method):
-        return [await h.call(method) for h in handles]
+        return [await getattr(h, method)() for h in handles]
 
     async def by_name(self, name, method, *args):
-        return await actorbox.get_actor(name).call(method, *args)
+        return await getattr(actorbox.get_actor(name), method)(*args)
 
     async def via(self, other, method):
         """Ask ``other`` for the handle it keeps (a result forwarded from another actor) and call it."""
         handle = await other.give()
-        return await _attempt(handle.call(method))
+        return await _attempt(getattr(handle, method)())
 
     async def read(self, refs):
         """Read an ObjectRef through the store's service (nested: a top-level one arrives as its value)."""
@@ -59,11 +59,11 @@ class Holder:
 
     async def from_resident(self, name, method, then):
         """Get a handle as the result of a host-resident object's method, and call ``then`` on it."""
-        handle = await actorbox.get_actor(name).call(method)
-        return await handle.call(then)
+        handle = await getattr(actorbox.get_actor(name), method)()
+        return await getattr(handle, then)()
 
     async def try_call(self, name, method, *args):
-        return await _attempt(actorbox.get_actor(name).call(method, *args))
+        return await _attempt(getattr(actorbox.get_actor(name), method)(*args))
 
 
 @actorbox.actor
@@ -75,11 +75,11 @@ class Guesser:
 
     async def guess(self, actor_id, method, token=b""):
         handle = actorbox.ActorHandle(process_caller.get(), actor_id, None, "guessed", token)
-        return await _attempt(handle.call(method))
+        return await _attempt(getattr(handle, method)())
 
     async def steal(self, handle, method):
         """Keep the id of a handle it was given, drop its token: the id alone is no reference."""
-        return await self.guess(handle.actor_id, method)
+        return await self.guess(actorbox.info(handle).actor_id, method)
 
     def forge(self, actor_id):
         """A handle with a made-up token, returned as a result (to the host or to an actor)."""

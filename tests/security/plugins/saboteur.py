@@ -211,7 +211,7 @@ class Saboteur:
         h = name_or_handle if isinstance(name_or_handle, actorbox.ActorHandle) else actorbox.get_actor(name_or_handle)
         evil = system_pickle(f"touch {marker_or_code}") if kind == "system" else exit_pickle(marker_or_code)
         try:
-            value = await raw_call(h.actor_id, method, pack([[Ext(EXT_PICKLE, evil)], {}]), trusted=True,
+            value = await raw_call(h._actor_id, method, pack([[Ext(EXT_PICKLE, evil)], {}]), trusted=True,
                                    token=h._token)
         except Exception as exc:
             return _outcome_of(exc)
@@ -221,8 +221,8 @@ class Saboteur:
         """Call another actor (or a host-resident one) with an argument nested ``depth`` tuples deep."""
         h = name_or_handle if isinstance(name_or_handle, actorbox.ActorHandle) else actorbox.get_actor(name_or_handle)
         try:
-            value = await raw_call(h.actor_id, method, pack([[Ext(EXT_TUPLE, b"\x91" + nested_tuples(depth - 1))], {}]),
-                                   token=h._token)
+            arg = Ext(EXT_TUPLE, b"\x91" + nested_tuples(depth - 1))
+            value = await raw_call(h._actor_id, method, pack([[arg], {}]), token=h._token)
         except Exception as exc:
             return _outcome_of(exc)
         return {"value": repr(value)[:100]}
@@ -233,7 +233,7 @@ class Saboteur:
             if how == "handle":
                 value = await actorbox.get_actor(name).call(method)
             else:
-                value = await raw_call(actorbox.get_actor(name).actor_id, method, b"", trusted=True)
+                value = await raw_call(actorbox.info(actorbox.get_actor(name)).actor_id, method, b"", trusted=True)
         except Exception as exc:
             return _outcome_of(exc)
         return {"value": repr(value)}
@@ -250,7 +250,7 @@ class Saboteur:
 
     def fds_in_resident_calls(self, name, n):
         """Call a host-resident actor n times, each call carrying 8 (claimed) fds."""
-        target = actorbox.get_actor(name).actor_id
+        target = actorbox.info(actorbox.get_actor(name)).actor_id
         fd = os.open("/dev/null", os.O_RDONLY)
         for i in range(n):
             body = pack([CALL, 50_000_000 + i, target, "ping", b"", None, False, False, [], [], 8, token_of(target)])
@@ -280,7 +280,7 @@ class Saboteur:
 
     async def forged_parent(self, name, parent_call_id):
         """Call the named host actor claiming ``parent_call_id`` (a call this actor is not serving) as parent."""
-        target = actorbox.get_actor(name).actor_id
+        target = actorbox.info(actorbox.get_actor(name)).actor_id
         return await raw_call(target, "my_parent", b"", parent=parent_call_id, trusted=True, reentrant=True)
 
     async def genuine_parent(self, name):

@@ -252,7 +252,7 @@ class ShmSaboteur:
         else:
             code, fields, fds = ATTACKS[attack]()
             payload = pack([[Ext(code, pack(fields))], {}])
-        target = actorbox.get_actor(name).actor_id
+        target = actorbox.info(actorbox.get_actor(name)).actor_id
         try:
             return f"returned {await raw_call(target, 'ping', payload, fds):.60}"
         except Exception as exc:
