@@ -121,7 +121,9 @@ class Caller(abc.ABC):
 
     def _settled(self, value: Any, label: str, method: str) -> Any:
         """A finished Future argument is replaced by its value (or fails the call at once)."""
-        if isinstance(value, Future) and value.done():
+        # type(), not isinstance(): Future is an ABC (a Coroutine), whose isinstance costs ~75 ns more per
+        # argument, and it is never subclassed.
+        if type(value) is Future and value.done():
             try:
                 return value._outcome()
             except BaseException as exc:

@@ -141,7 +141,7 @@ class Codec:
         return self.dumps_fds([list(args), kwargs], ipc=ipc)
 
     def _placeholder(self, value: Any, deps: list[Future[Any]]) -> Any:
-        if isinstance(value, Future):
+        if type(value) is Future:  # not isinstance: an ABC's costs ~75 ns more per argument (see Caller._settled)
             if value not in deps:
                 deps.append(value)
             return msgpack.ExtType(EXT_FUTURE, self.dumps(deps.index(value)))
