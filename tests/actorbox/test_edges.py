@@ -191,3 +191,32 @@ def test_every_kind_of_host_handle_is_refused_wherever_it_sits() -> None:
                 close()
     assert pickle.loads(_host_pickle.dumps(Box(io.BytesIO(b"kept")))).inner.getvalue() == b"kept"
     assert pickle.loads(_host_pickle.dumps(lambda x: x + 1))(1) == 2
+
+
+def test_a_segment_finalizer_cannot_swallow_ctrl_c_under_trio() -> None:
+    """A shared-memory segment's finalizer runs KeyboardInterrupt-protected under trio, so Ctrl-C landing in it
+    reaches the main task instead of being swallowed by the garbage collector (the program then went on)."""
+    import gc
+
+    import trio
+
+    from actorbox._shm import SegmentTable
+
+    table = SegmentTable()
+    seen: list[bool] = []
+    forget = table._forget
+
+    def spy(*args: object, **kwargs: object) -> None:
+        seen.append(trio.lowlevel.currently_ki_protected())
+        forget(*args, **kwargs)  # type: ignore[arg-type]
+
+    table._forget = spy  # type: ignore[method-assign]
+
+    async def main() -> None:
+        mm, _ = table.allocate(4096)
+        del mm
+        gc.collect()
+
+    trio.run(main)
+    assert seen == [True]
+    table.drain_pool()
