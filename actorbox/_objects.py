@@ -121,8 +121,11 @@ class ObjectStore:
             return
         key = id(fut)
         unread = self._unread
-        self._unread[key] = (time.monotonic() + self.retention,
-                             weakref.ref(fut, lambda _ref: unread.pop(key, None)))
+
+        def __del__(_ref: weakref.ref[Any]) -> None:  # named so: see _shm._Finalizer (Ctrl-C under trio)
+            unread.pop(key, None)
+
+        self._unread[key] = (time.monotonic() + self.retention, weakref.ref(fut, __del__))
 
     def result_read(self, fut: Any) -> None:
         """It was read (any thread): its memory is the reader's now."""

@@ -220,3 +220,34 @@ def test_a_segment_finalizer_cannot_swallow_ctrl_c_under_trio() -> None:
     trio.run(main)
     assert seen == [True]
     table.drain_pool()
+
+
+def test_an_unread_results_weakref_callback_cannot_swallow_ctrl_c_under_trio() -> None:
+    """The object store forgets a dropped unread result in a callback trio does not interrupt with
+    KeyboardInterrupt (one raised there would be swallowed by the garbage collector)."""
+    import trio
+
+    from actorbox._codec import Codec
+    from actorbox._objects import ObjectStore
+
+    seen: list[bool] = []
+
+    class Spy(dict):  # type: ignore[type-arg]
+        def pop(self, *args: object) -> object:
+            seen.append(trio.lowlevel.currently_ki_protected())
+            return super().pop(*args)
+
+    class Result:
+        """Stands for a Future whose result holds shared memory."""
+
+    store = ObjectStore(Codec(allow_pickle=True, make_handle=lambda *a: None), retention=30.0,  # type: ignore[arg-type]
+                        capacity=1 << 20)
+    store._unread = Spy()
+
+    async def main() -> None:
+        fut = Result()
+        store.hold_result(fut)
+        del fut
+
+    trio.run(main)
+    assert seen == [True]
