@@ -68,8 +68,8 @@ class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
     task waits for the reply, and cancelling it cancels the remote call.
     """
 
-    __slots__ = ("__weakref__", "_caller", "_driver", "_event", "_reply", "_tevent", "_value", "_waiters", "actor",
-                 "actor_id", "call_id", "method")
+    __slots__ = ("__weakref__", "_caller", "_driver", "_driver_task", "_event", "_reply", "_tevent", "_value",
+                 "_waiters", "actor", "actor_id", "call_id", "method")
 
     def __init__(self, caller: Resolver, call_id: int, actor: str, method: str, actor_id: int = -1) -> None:
         self._caller = caller
@@ -83,6 +83,7 @@ class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
         self._waiters: list[asyncio.Future[None]] | None = None  # asyncio: one per awaiting task
         self._tevent: threading.Event | None = None
         self._driver: Generator[Any, None, T] | None = None  # the wait a task drives through send/throw
+        self._driver_task: object = None  # that task: a second one driving the same wait would break it
 
     def __repr__(self) -> str:
         state = "done" if self._reply is not None else "pending"
@@ -131,8 +132,15 @@ class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
 
     def send(self, value: Any) -> Any:
         driver = self._driver
+        task = _current_task()
         if driver is None:
             driver = self._driver = self._wait().__await__()
+            self._driver_task = task
+        elif task is not self._driver_task:
+            # (As a coroutine can be run by one task only; 'await' makes a wait of its own each time.)
+            raise _errors.UsageError(
+                f"{self.actor}.{self.method}() [call {self.call_id}] is already run as a task by another task; "
+                "run each call as one task, and 'await' the Future (or that task) wherever else you need it")
         return driver.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: TracebackType | None = None) -> Any:
@@ -143,6 +151,7 @@ class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
             # coroutine that never started does.
             self.cancel()
             driver = self._driver = self._wait().__await__()
+            self._driver_task = _current_task()
         if val is None and tb is None:
             return driver.throw(typ)
         return driver.throw(typ, val, tb)  # the (deprecated) three-argument form, as tasks may use it
@@ -274,6 +283,21 @@ class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
             close_fds(reply.fds)
             self._value = Raised(_errors.ObjectNotFoundError(message, object_id=None))
             return True
+
+
+def _current_task() -> object:
+    """The task running here (asyncio's or trio's), or None outside one."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    if library == "asyncio":
+        return asyncio.current_task()
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.current_task()
+    return None
 
 
 class Raised:

@@ -252,3 +252,19 @@ async def test_cancelling_a_created_task_before_it_runs_cancels_the_call() -> No
             while rt.pending_calls():
                 await anyio.sleep(0.01)
         assert await h.nap(0) == "woke"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_second_task_running_the_same_future_is_refused() -> None:
+    """Two asyncio tasks running one Future: the second fails with UsageError, the first gets the result.
+
+    (trio runs a Future through a wrapper that awaits it, a wait of its own per task, so both work there.)
+    """
+    async with actorbox.Runtime() as rt:
+        h = await rt.start(Clash)
+        fut = h.nap(0.2)
+        first, second = asyncio.create_task(fut), asyncio.create_task(fut)
+        with pytest.raises(actorbox.UsageError, match="another task"):
+            await second
+        assert await first == "woke" and await fut == "woke"  # an await is a wait of its own
+        assert rt.pending_calls() == []
