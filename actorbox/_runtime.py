@@ -32,6 +32,7 @@ from ._actors import ActorTable, StartRequest
 from ._codec import Codec
 from ._context import process_caller
 from ._control import ControlServer
+from ._ctrl_c import protect_connections
 from ._decode_limits import DEFAULT_MAX_DECODED_ITEMS, DEFAULT_MAX_MAP_KEYS, DecodeLimits
 from ._directory import Directory
 from ._errors import ActorboxError, UsageError
@@ -161,6 +162,7 @@ class Runtime:
                                     "Runtime() for each 'async with'")
             raise ActorboxError("this Runtime is already running; create a new Runtime() for each 'async with'")
         self._entered = True
+        protect_connections()  # (trio only)
         if self.trace_file is not None:
             self._start_recording(self.trace_file)
         raise_nofile_limit(self.log)  # many actors need many descriptors in the host

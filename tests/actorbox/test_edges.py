@@ -251,3 +251,29 @@ def test_an_unread_results_weakref_callback_cannot_swallow_ctrl_c_under_trio() -
 
     trio.run(main)
     assert seen == [True]
+
+
+def test_the_connection_reader_is_ctrl_c_protected_under_trio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under trio, a reply is read and delivered where trio raises no KeyboardInterrupt: Ctrl-C goes to the
+    main task (a plain KeyboardInterrupt), not into actorbox's reader task (an exception group, rc 1)."""
+    import anyio
+    import trio
+
+    from actorbox import _host
+
+    seen: list[bool] = []
+    deliver = _host.HostEndpoint.deliver_reply
+
+    def spy(self: _host.HostEndpoint, reply: object) -> None:
+        seen.append(trio.lowlevel.currently_ki_protected())
+        deliver(self, reply)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_host.HostEndpoint, "deliver_reply", spy)
+
+    async def main() -> None:
+        async with actorbox.Runtime() as rt:
+            echo = await rt.start(Echo)
+            assert await echo.kind(1) == "int"
+
+    anyio.run(main, backend="trio")
+    assert seen and all(seen), seen
