@@ -156,11 +156,9 @@ class Runtime:
     # -- lifetime ------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
-        if self._entered:
-            if self.closing:  # set by __aexit__: this one ran and is over
-                raise ActorboxError("this Runtime has already exited (a Runtime runs once); create a new "
-                                    "Runtime() for each 'async with'")
-            raise ActorboxError("this Runtime is already running; create a new Runtime() for each 'async with'")
+        if self._entered:  # (closing: set by __aexit__, so this one ran and is over)
+            raise ActorboxError(f"this Runtime {'has already exited' if self.closing else 'is already running'}; "
+                                "create a new Runtime() for each 'async with'")
         self._entered = True
         protect_connections()  # (trio only)
         if self.trace_file is not None:
