@@ -62,7 +62,7 @@ def _sync_cases(rt: actorbox.Runtime, h: actorbox.ActorHandle) -> list[tuple[str
         ("Runtime(object_retention=-1)", lambda: actorbox.Runtime(object_retention=-1), actorbox.UsageError),
         ("Runtime(max_decoded_items=0)", lambda: actorbox.Runtime(max_decoded_items=0), actorbox.UsageError),
         ("@actor(max_concurrency=0)", lambda: actorbox.actor(max_concurrency=0), actorbox.UsageError),
-        ("@actor on an int", lambda: actorbox.actor(3), actorbox.UsageError),
+        ("@actor on an int", lambda: actorbox.actor(3), actorbox.UsageError),  # type: ignore[call-overload]
         ("SandboxPolicy(memory_limit=5)", lambda: actorbox.SandboxPolicy(memory_limit=5), actorbox.PolicyError),
         ("rt.register(methods='ok')", lambda: rt.register("n", Plain(), methods="ok"), actorbox.UsageError),
         ("rt.register(methods=['nope'])", lambda: rt.register("n", Plain(), methods=["nope"]),

@@ -220,7 +220,7 @@ async def test_create_task_and_gather_run_calls() -> None:
         h = await rt.start(Clash)
         task = asyncio.create_task(h.add("task"))
         assert await task == "task"
-        assert await asyncio.gather(h.add(1), h.add(2)) == [1, 2]
+        assert list(await asyncio.gather(h.add(1), h.add(2))) == [1, 2]
         assert rt.pending_calls() == []
 
 
