@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ActorboxError
+from ._errors import ActorboxError, UsageError
 from ._process import ProcessCaller
 from ._process import process_caller as process_caller
 from ._tensors import shared_empty as _shared_empty
@@ -44,6 +44,11 @@ def shared_empty(*shape: int, dtype: Any = None) -> Any:
 
 def share(tensor: Any) -> Any:
     """A copy of ``tensor`` in shared memory (see ``shared_empty``)."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise UsageError(f"share() takes a torch tensor, got {type(tensor).__module__}.{type(tensor).__qualname__}; "
+                         "send numpy arrays as they are (they travel as shared memory)")
     out = shared_empty(*tensor.shape, dtype=tensor.dtype)
     out.copy_(tensor)
     return out

@@ -75,6 +75,7 @@ def _sync_cases(rt: actorbox.Runtime, h: actorbox.ActorHandle) -> list[tuple[str
         ("h._secret", lambda: h._secret, actorbox.PrivateMethodError),
         ("h.ok(lock)", lambda: h.ok(threading.Lock()), actorbox.SerializationError),
         ("future.result() on the loop", lambda: h.nap(0).result(), actorbox.UsageError),
+        ("share('x')", lambda: actorbox.share("x"), actorbox.UsageError),
         ("shared_empty(dtype='float')", lambda: actorbox.shared_empty((2,), dtype="float"),  # type: ignore[arg-type]
          actorbox.UsageError),
     ]
