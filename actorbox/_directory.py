@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from scheduler import Scheduler, envelope
 
-from ._errors import ActorNotFoundError, NameTakenError, SerializationError
+from ._errors import ActorNotFoundError, NameTakenError, SerializationError, UsageError
 from ._handle import ActorHandle
 from ._residents import Resident, exposed_methods
 
@@ -45,6 +45,19 @@ class Directory:
                 name=name)
         a = self.scheduler.actors[aid]
         return ActorHandle(self.caller, aid, name, a.label, a.token)
+
+    async def stop(self, handle: ActorHandle) -> None:
+        """``rt.stop(handle)``: stop the actor process ``handle`` reaches (a no-op while the Runtime exits:
+        it stops them all); UsageError for anything else (not a handle, another Runtime's, a resident's)."""
+        if not isinstance(handle, ActorHandle):
+            raise UsageError(f"rt.stop() takes an actor handle, got {type(handle).__name__}")
+        if handle._caller is not self.caller:
+            raise UsageError(f"rt.stop(): {handle!r} belongs to another Runtime; stop it with that one")
+        if handle._actor_id in self.residents:
+            raise UsageError(f"rt.stop(): {handle._label!r} is a host-resident actor, not a process; "
+                             f"remove it with rt.unregister({handle._label!r})")
+        if not self.actors.services.closing():
+            await self.actors.stop(handle._actor_id)
 
     def verified_handle(self, actor_id: int, name: str | None, label: str, token: bytes) -> ActorHandle:
         """A handle decoded from what an actor sent, if the scheduler issued its token."""

@@ -276,8 +276,7 @@ class Runtime:
         """
         self._require_running()
         if not isinstance(cls, type):
-            raise UsageError(f"rt.start() takes a class, got {type(cls).__name__}; pass the class itself "
-                             "and its constructor's arguments after it: rt.start(Cls, *args, **kwargs)")
+            raise UsageError(f"rt.start(Cls, *args, **kwargs) takes a class, got {type(cls).__name__}")
         opts: ActorOptions = options_of(cls)
         # Checked when the class was decorated; here only torch's exclusion is reported.
         requirements = _requirements(opts.dependencies, cls.__qualname__, self) if opts.dependencies else None
@@ -366,25 +365,8 @@ class Runtime:
         return self._require_running().directory.get_actor(name)
 
     async def stop(self, handle: ActorHandle, /) -> None:
-        """Stop the actor ``handle`` reaches (idempotent): gracefully first, killed after the
-        grace period; its pending calls fail with ActorStoppedError and its name is freed.
-
-        Here, not on the handle, whose attributes are all the actor's methods (an actor may
-        well have a ``stop`` of its own: ``await handle.stop()`` calls it).
-        """
-        if not isinstance(handle, ActorHandle):
-            raise UsageError(f"rt.stop() takes an actor handle, got {type(handle).__name__}")
-        live = self._live
-        if live is None:
-            raise ActorboxError("the Runtime is not running; use it inside 'async with actorbox.Runtime() as rt:'")
-        if handle._caller is not live.caller:
-            raise UsageError(f"rt.stop(): {handle!r} belongs to another Runtime; stop it with that one")
-        if self.closing:
-            return  # the Runtime is stopping every actor already
-        if handle._actor_id in live.residents.residents:
-            raise UsageError(f"rt.stop(): {handle._label!r} is a host-resident actor, not a process; "
-                             f"remove it with rt.unregister({handle._label!r})")
-        await live.actors.stop(handle._actor_id)
+        """Stop the actor ``handle`` reaches (idempotent); ``handle.stop()`` is the actor's own method."""
+        await (self._live if self.closing and self._live else self._require_running()).directory.stop(handle)
 
     # -- inspection ------------------------------------------------------------------
 

@@ -154,7 +154,8 @@ async def test_private_method_of_a_real_actor_is_refused_at_the_handle() -> None
 
 
 async def test_rt_stop_takes_only_its_own_actor_processes() -> None:
-    """rt.stop() refuses a non-handle and a host-resident actor's handle (saying to unregister) with UsageError."""
+    """rt.stop() refuses a non-handle, a host-resident actor's handle (saying to unregister) and another Runtime's
+    handle with UsageError; after the Runtime exited it is a no-op."""
     async with actorbox.Runtime() as rt:
         resident = rt.register("models", Clash())
         with pytest.raises(actorbox.UsageError, match="takes an actor handle"):
@@ -162,6 +163,12 @@ async def test_rt_stop_takes_only_its_own_actor_processes() -> None:
         with pytest.raises(actorbox.UsageError, match=r"rt.unregister\('models'\)"):
             await rt.stop(resident)
         assert await resident.stop() == "Clash.stop"  # the resident's own stop(), still served
+        h = await rt.start(Clash)
+        async with actorbox.Runtime() as other:
+            with pytest.raises(actorbox.UsageError, match="another Runtime"):
+                await other.stop(h)
+        assert await h.add(1) == 1
+    await rt.stop(h)  # after the Runtime exited: nothing left to stop, and no error
 
 
 # -- a Future is a coroutine: tasks run it ---------------------------------------------------
