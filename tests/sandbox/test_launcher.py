@@ -34,5 +34,5 @@ async def test_actor_outlives_the_thread_that_launched_it(anyio_backend, monkeyp
         with anyio.fail_after(20):
             h = await rt.start(Sleeper)
             await anyio.sleep(1.5)  # idle workers have exited by now
-            assert {a.label: a.state for a in rt.actors()}[h.label] == "alive"
+            assert {a.label: a.state for a in rt.actors()}[actorbox.info(h).label] == "alive"
             assert await h.ping() == "pong"
