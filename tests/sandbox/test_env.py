@@ -210,8 +210,10 @@ async def test_building_never_runs_a_wheels_pth_file_on_the_host(tmp_path: Path)
 
 @pytest.mark.anyio
 @pytest.mark.slow
-async def test_failed_build_reports_uv_output_and_leaves_nothing_valid(tmp_path: Path) -> None:
+async def test_failed_build_reports_uv_output_and_leaves_nothing_valid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A requirement uv can't satisfy fails with uv's own words, and no environment is left behind."""
+    monkeypatch.setenv("UV_OFFLINE", "1")  # the failure needs no package index: nothing leaves this machine
     mgr = manager(tmp_path)
     with pytest.raises(EnvBuildError) as info:
         await mgr.ensure(("actorbox-no-such-package-zzz==0.0.1",), label="broken")
