@@ -135,8 +135,8 @@ async def test_snapshot_holds_actors_calls_names_and_store_and_formats_as_tables
     assert snap["object_store"]["objects"] == 1
     text = format_snapshot(snap)
     header = next(line for line in text.splitlines() if "RSS MiB" in line).split()
-    assert header == ["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS", "MiB", "CPU", "%", "THREADS", "QUEUED",
-                      "RUNNING"]
+    assert header == ["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS", "MiB", "CPU", "%", "THREADS", "FDS",
+                      "QUEUED", "RUNNING"]
     assert any(line.split()[:3] == [str(snap["calls"][0]["call_id"]), "worker", "hold"] for line in text.splitlines())
 
 
