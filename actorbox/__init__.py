@@ -14,6 +14,7 @@ from ._errors import CallCancelledError as CallCancelledError
 from ._errors import CallError as CallError
 from ._errors import CallRefusedError as CallRefusedError
 from ._errors import CallTimeoutError as CallTimeoutError
+from ._errors import DeadlockError as DeadlockError
 from ._errors import DependencyFailedError as DependencyFailedError
 from ._errors import EnvironmentBuildError as EnvironmentBuildError
 from ._errors import ExtensionError as ExtensionError
@@ -23,6 +24,7 @@ from ._errors import MethodNotFoundError as MethodNotFoundError
 from ._errors import NameTakenError as NameTakenError
 from ._errors import ObjectNotFoundError as ObjectNotFoundError
 from ._errors import ObjectStoreFullError as ObjectStoreFullError
+from ._errors import PendingCallsLimitError as PendingCallsLimitError
 from ._errors import PolicyError as PolicyError
 from ._errors import PrivateMethodError as PrivateMethodError
 from ._errors import ProtocolError as ProtocolError
@@ -57,6 +59,7 @@ __all__ = [
     "CallInfo",
     "CallRefusedError",
     "CallTimeoutError",
+    "DeadlockError",
     "DependencyFailedError",
     "EnvironmentBuildError",
     "ExtensionError",
@@ -71,6 +74,7 @@ __all__ = [
     "ObjectNotFoundError",
     "ObjectRef",
     "ObjectStoreFullError",
+    "PendingCallsLimitError",
     "PolicyError",
     "PrivateMethodError",
     "ProtocolError",

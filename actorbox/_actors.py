@@ -78,7 +78,8 @@ class ActorTable:
         if req.name is not None:
             check_name(req.name, "actor name")
         try:
-            entry = sched.add_actor(req.name, req.name or f"{req.short}#?", req.options.max_concurrency)
+            entry = sched.add_actor(req.name, req.name or f"{req.short}#?", req.options.max_concurrency,
+                                    req.options.max_pending_calls)
         except KeyError:
             raise NameTakenError(
                 f"an actor named {req.name!r} already exists; stop it first (await "

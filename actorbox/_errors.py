@@ -298,3 +298,21 @@ class ObjectNotFoundError(ActorboxError, LookupError):
     def __init__(self, message: str = "", *, object_id: str | None = None) -> None:
         super().__init__(message)
         self.object_id = object_id
+
+
+class PendingCallsLimitError(CallRefusedError):
+    """Refused at once: the actor already has ``limit`` unfinished calls (``@actor(max_pending_calls=)``).
+
+    Nothing was sent; await some of the calls in flight (or raise the limit) and call again."""
+
+    fields = (*CallError.fields, "limit")
+
+    def __init__(self, message: str = "", *, actor: str | None = None, method: str | None = None,
+                 call_id: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message, actor=actor, method=method, call_id=call_id)
+        self.limit = limit
+
+
+class DeadlockError(CallError):
+    """The call would have closed a cycle of calls waiting on each other, none able to go on;
+    the message names every actor, method and call id in the cycle. Only this call fails."""

@@ -11,6 +11,7 @@
     name = "legacy"                 # optional: the actor's name (default: the project's)
     max_concurrency = 2             # optional, as @actor
     max_restarts = 1                # optional, as @actor
+    max_pending_calls = 100         # optional, as @actor
     preload = ["skimage"]           # optional, as @actor: imported before the class is constructed
     sandbox = { max_processes = 64 } # optional: limits tighter than the host's policy
 
@@ -44,7 +45,7 @@ from ._options import ActorOptions, check_name
 log = structlog.get_logger("actorbox")
 
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-_TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "preload", "sandbox"}
+_TABLE_KEYS = {"entry", "name", "max_concurrency", "max_restarts", "max_pending_calls", "preload", "sandbox"}
 # The most of an extension's pyproject.toml that is read: metadata fits in a few KiB.
 MAX_PYPROJECT_BYTES = 1 << 20
 _POLICY_KEYS = {"network", "allow_gpu", "memory_limit", "max_processes", "max_open_files", "tmpfs_size"}
@@ -125,7 +126,8 @@ def read_extension(path: str) -> Extension:
         request = _sandbox_request(table.get("sandbox"))
         # The requirements travel beside the options: they were checked against this folder.
         options = ActorOptions(name=name, max_concurrency=table.get("max_concurrency", 1),
-                               max_restarts=table.get("max_restarts", 0), preload=table.get("preload", ()))
+                               max_restarts=table.get("max_restarts", 0), preload=table.get("preload", ()),
+                               max_pending_calls=table.get("max_pending_calls"))
     except sandbox.RequirementError as exc:
         raise InvalidRequirementError(f"{where}: {exc}", actor=name) from None
     except InvalidPreloadError as exc:

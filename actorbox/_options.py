@@ -60,6 +60,9 @@ class ActorOptions:
     max_concurrency: int = 1
     max_restarts: int = 0
     preload: tuple[str, ...] = ()  # modules the actor process imports before constructing the instance
+    # Backpressure: a call made while this many calls to the actor are unfinished fails at once
+    # with PendingCallsLimitError (None: no limit).
+    max_pending_calls: int | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -81,6 +84,10 @@ class ActorOptions:
         if type(self.max_restarts) is not int or self.max_restarts < 0:
             raise UsageError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
         object.__setattr__(self, "preload", check_preload(self.preload, self.name))
+        if self.max_pending_calls is not None and (type(self.max_pending_calls) is not int
+                                                   or self.max_pending_calls < 1):
+            raise UsageError(f"max_pending_calls must be an int >= 1 (or None for no limit), "
+                             f"got {self.max_pending_calls!r}")
 
 
 OPTIONS_ATTR = "__actorbox_options__"
@@ -97,6 +104,7 @@ def actor(
     max_concurrency: int = 1,
     max_restarts: int = 0,
     preload: tuple[str, ...] | list[str] = (),
+    max_pending_calls: int | None = None,
 ) -> Any: ...
 def actor(cls: Any = None, /, **options: Any) -> Any:
     """Mark a class as an actor class: ``@actor`` or ``@actor(max_concurrency=4, ...)``.

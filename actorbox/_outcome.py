@@ -94,6 +94,14 @@ def error_for(status_name: str, detail: dict[str, Any] | None, actor: str, metho
     if status_name == "CANCELLED":
         return _errors.CallCancelledError(
             f"call {actor}.{method}() [call {call_id}] was cancelled", actor=actor, method=method, call_id=call_id)
+    # A refusal's reason is the scheduler's (an actor may not reply REFUSED, nor with a detail).
+    reason = d.get("reason")
+    if reason == "deadlock":
+        return _errors.DeadlockError(s("message") or "", actor=actor, method=method, call_id=call_id)
+    if reason == "max_pending_calls":
+        return _errors.PendingCallsLimitError(
+            f"call {actor}.{method}() was refused: {s('message') or status_name.lower()}",
+            actor=actor, method=method, call_id=call_id, limit=s("limit"))
     return _errors.CallRefusedError(
         f"call {actor}.{method}() was refused: {s('message') or status_name.lower()}",
         actor=actor, method=method, call_id=call_id)

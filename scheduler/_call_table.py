@@ -53,6 +53,9 @@ class CallEntry:
     deps: list[int] | None = None
     results: dict[int, DepResult] | None = None
     dependents: list[int] | None = None
+    # The calls this one made that are in the table (scheduler._deadlock: what it waits for).
+    children: set[int] | None = None
+    counted: bool = False  # counts towards its actor's max_pending (ActorEntry.unfinished)
 
 
 @dataclass(slots=True, eq=False)
@@ -81,6 +84,10 @@ class ActorEntry:
     pumping: bool = False  # Scheduler._pump is running for this actor (a call refused on delivery re-enters it)
     # Why calls to this actor cannot be served right now (None while serving or starting).
     closed: tuple[envelope.Status, dict[str, Any]] | None = None
+    # Backpressure: calls to it in the table at most (None: no limit), and how many are now
+    # (counted only when limited; each such call is counted once and uncounted in _finish).
+    max_pending: int | None = None
+    unfinished: int = 0
 
 
 def unservable(call_id: int, actor_id: int, actor: ActorEntry | None) -> envelope.Reply:

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from . import _deadlock
 from . import _envelope as envelope
 from ._admission import slot_passes_on, starts_at_once
 from ._call_table import (
@@ -74,6 +75,7 @@ class Scheduler:
         self.actors: dict[int, ActorEntry] = {}
         self.names: dict[str, int] = {}
         self._futures = FutureArgs(self.calls, self.actors, self._finish, self._admit_released)
+        self._deadlocks = _deadlock.DeadlockDetector(self.calls, self.actors)
         self.log_calls = log_calls
         # Where call events go: this module's structlog logger, unless the owner
         # (the Runtime, while recording a trace) puts something in its place.
@@ -81,10 +83,12 @@ class Scheduler:
 
     # -- actors ------------------------------------------------------------------
 
-    def add_actor(self, name: str | None, label: str, max_concurrency: int) -> ActorEntry:
+    def add_actor(self, name: str | None, label: str, max_concurrency: int,
+                  max_pending: int | None = None) -> ActorEntry:
         if name is not None and name in self.names:
             raise KeyError(name)
-        entry = ActorEntry(next(self._actor_ids), name, label, max_concurrency, secrets.token_bytes(TOKEN_BYTES))
+        entry = ActorEntry(next(self._actor_ids), name, label, max_concurrency, secrets.token_bytes(TOKEN_BYTES),
+                           max_pending=max_pending)
         self.actors[entry.actor_id] = entry
         if name is not None:
             self.names[name] = entry.actor_id
@@ -175,6 +179,25 @@ class Scheduler:
             self._finish(entry, unservable(gid, call.target, a))
             close_fds(call.fds)
             return gid
+        if a.max_pending is not None:
+            # Backpressure, counted here so that every caller (host or actor) meets the same limit.
+            if a.unfinished >= a.max_pending:
+                self.calls[gid] = entry
+                close_fds(call.fds)
+                self._finish(entry, envelope.Reply(gid, envelope.Status.REFUSED, b"", {
+                    "reason": "max_pending_calls", "limit": a.max_pending,
+                    "message": f"actor {a.label} has {a.unfinished} unfinished calls, its limit "
+                               f"(max_pending_calls={a.max_pending}); await some of them before calling again, "
+                               "or raise max_pending_calls"}))
+                return gid
+            a.unfinished += 1
+            entry.counted = True
+        if parent is not None:
+            p = self.calls[parent]
+            if p.children is None:
+                p.children = {gid}
+            else:
+                p.children.add(gid)
         entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted,
                                    fds=call.fds)
         self.calls[gid] = entry
@@ -192,6 +215,19 @@ class Scheduler:
         # FIFO would otherwise hold it behind the very call that waits for it.
         reentrant = (a.endpoint is not None and entry.parent_call_id is not None
                      and self._reentrant(a, entry))
+        if (not reentrant and entry.parent_call_id is not None and a.endpoint is not None
+                and not starts_at_once(a.active, a.max_concurrency, False)):
+            # A nested call that must wait for a slot is the only kind that can close a cycle.
+            cycle = self._deadlocks.cycle(entry, a)
+            if cycle is not None:
+                self.log.warning("deadlock.detected", call_id=entry.call_id, actor=a.label, method=entry.method,
+                                 cycle=[e.call_id for e, _ in cycle])
+                self._finish(entry, envelope.Reply(entry.call_id, envelope.Status.REFUSED, b"",
+                                                   _deadlock.detail(cycle)))
+                return
+            if self._deadlocks.skipped:
+                self.log.warning("deadlock.check_skipped", call_id=entry.call_id, skipped=self._deadlocks.skipped)
+                self._deadlocks.skipped = 0
         if a.endpoint is not None and (reentrant or len(a.running) < a.window):
             self._start(a, entry, reentrant)
         else:
@@ -286,8 +322,15 @@ class Scheduler:
         not its callee's trust): out of the table, and the reply on to its caller."""
         del self.calls[entry.call_id]
         a = self.actors.get(entry.actor_id)
-        if a is not None and a.running.pop(entry.call_id, None) is not None:
-            self._release_slot(a, entry)
+        if a is not None:
+            if a.running.pop(entry.call_id, None) is not None:
+                self._release_slot(a, entry)
+            if entry.counted:
+                a.unfinished -= 1
+        if entry.parent_call_id is not None:
+            p = self.calls.get(entry.parent_call_id)
+            if p is not None and p.children is not None:
+                p.children.discard(entry.call_id)
         # Descriptors of a call never delivered, or of results it never received, die with it.
         if entry.call is not None:
             close_fds(entry.call.fds)
