@@ -18,6 +18,7 @@ import msgpack
 import sandbox
 
 from ._errors import ActorStartError, EnvironmentBuildError, SandboxUnavailableError
+from ._zygotes import ForkedProcess
 
 if TYPE_CHECKING:
     from ._options import ActorOptions
@@ -34,7 +35,7 @@ INIT_ENVELOPE = 64 << 10
 class Launched:
     """A launched actor process, not yet told what to construct."""
 
-    proc: sandbox.ActorProcess
+    proc: sandbox.ActorProcess | ForkedProcess  # forked by its environment's zygote, or launched alone
     sock: socket.socket  # the host's end of the actor's socket
     sandboxed: bool
     policy: sandbox.SandboxPolicy
@@ -89,7 +90,9 @@ async def launch(services: ActorServices, options: ActorOptions, label: str, cls
                                  reason="sandbox='disabled' was chosen explicitly: this actor runs with the "
                                         "host's privileges and can read and change everything the host can")
         try:
-            proc = await sandbox.launch(spec, services.spawner)
+            # From the zygote of its environment, sandbox and preload when one can fork it.
+            proc = await services.zygotes.launch(spec, options.preload, child) or \
+                await sandbox.launch(spec, services.spawner)
         except sandbox.SandboxUnavailable as exc:
             parent.close()
             raise SandboxUnavailableError(

@@ -146,6 +146,7 @@ class ActorTable:
             async with anyio.create_task_group() as tg:
                 for sup in list(self.supervisors.values()):
                     tg.start_soon(sup.stop, self.services.grace_period)
+            self.services.zygotes.close()  # after their actors: none is forked any more
 
     def broadcast_names(self) -> None:
         """Send every actor the current name table (after a name came or went)."""

@@ -48,6 +48,7 @@ from ._options import ActorOptions, check_name, options_of
 from ._residents import ResidentServer
 from ._services import ActorServices, HostServices
 from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
+from ._zygotes import Zygotes
 
 log = structlog.get_logger("actorbox")
 actor_log = structlog.get_logger("actorbox.actor")  # events logged inside actors, forwarded
@@ -173,7 +174,7 @@ class Runtime:
         actors = ActorTable(ActorServices(
             self.scheduler, self.codec, self.log, self.actor_log, self.max_frame_size, self.debug_rpc,
             self.grace_period, spawner, supervision, self._sandbox_for, lambda: self.environments,
-            lambda: self.closing))
+            lambda: self.closing, Zygotes(self.log, spawner, supervision)))
         loop = HostLoop()
         residents = ResidentServer(self.codec, loop, self.grace_period)
         endpoint = HostEndpoint(self.scheduler, tg, residents)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._codec import Codec
     from ._objects import ObjectStore
     from ._options import ActorOptions
+    from ._zygotes import Zygotes
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class ActorServices:
     environments: Callable[[], EnvironmentManager]
     # True once the Runtime exits: an actor that dies then is not restarted.
     closing: Callable[[], bool]
+    zygotes: Zygotes  # prepared processes that fork actors (issue 17)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,14 @@ from scheduler import Connection, ConnectionClosed, ConnectionEndpoint, envelope
 
 from ._actor_launch import environment, launch
 from ._errors import ActorStartError, ActorStoppedError, ProtocolError, describe_exit
+from ._zygotes import ForkedProcess
 
 if TYPE_CHECKING:
     from ._options import ActorOptions
     from ._services import ActorServices
 
+# An actor's process: launched alone, or forked by its environment's zygote.
+_Proc = sandbox.ActorProcess | ForkedProcess
 # Events go through the Runtime's loggers (services.log, services.actor_log), which
 # record them too while ACTORBOX_TRACE_FILE is set.
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
@@ -61,7 +64,7 @@ class ActorSupervisor:
         self.policy = sandbox.SandboxPolicy()
         self.restarts = 0
         self.endpoint: ConnectionEndpoint | None = None
-        self.proc: sandbox.ActorProcess | None = None
+        self.proc: _Proc | None = None
         self._tails: tuple[sandbox.OutputTail, ...] = ()
         self.stopping = False
         self.finished = anyio.Event()  # set when the actor is stopped or dead for good
@@ -112,7 +115,7 @@ class ActorSupervisor:
         self._exited = anyio.Event()
         self.services.supervision.start_soon(self._supervise, proc, endpoint)
         if self.stopping:
-            sandbox.kill_group(proc.pid)  # stop() came while we launched; _supervise reports it
+            _kill_unless_reaped(proc)  # stop() came while we launched; _supervise reports it
         else:
             names = self.services.scheduler.name_table()
             endpoint.send(envelope.Init(self.actor_id, self.name, self.init_payload, names))
@@ -132,7 +135,7 @@ class ActorSupervisor:
         self.state = "alive"
         if self.sandboxed:
             # The launcher (prlimit -> bwrap) is what we started; report the Python inside.
-            self.pid = sandbox.find_actor_pid(proc.pid) or proc.pid
+            self.pid = _actor_pid(proc)
             for tail in self._tails:
                 tail.prefix = f"({self.label} pid={self.pid})"  # the pid events and errors show
         self.services.scheduler.attach(self.actor_id, endpoint)
@@ -153,7 +156,7 @@ class ActorSupervisor:
 
     # -- supervision -----------------------------------------------------------------
 
-    async def _supervise(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint) -> None:
+    async def _supervise(self, proc: _Proc, endpoint: ConnectionEndpoint) -> None:
         out = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stdout)
         err = sandbox.OutputTail(f"({self.label} pid={proc.pid})", sys.stderr)
         self._tails = (out, err)  # their prefix names the Python pid once it is known
@@ -179,7 +182,7 @@ class ActorSupervisor:
             self._exited.set()
         await self._after_exit(proc, endpoint, err, reason)
 
-    async def _watch(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint) -> BaseException | None:
+    async def _watch(self, proc: _Proc, endpoint: ConnectionEndpoint) -> BaseException | None:
         """Serve the connection until it ends or the process exits; returns why it was cut, if it was."""
         reason: BaseException | None = None
         async with anyio.create_task_group() as watch:
@@ -202,7 +205,7 @@ class ActorSupervisor:
             reason = ProtocolError(endpoint.conn.hangup_reason, actor=self.label)
         return reason
 
-    async def _end_process(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint,
+    async def _end_process(self, proc: _Proc, endpoint: ConnectionEndpoint,
                            reason: BaseException | None, tails: tuple[sandbox.OutputTail, ...]) -> None:
         """Kill what is left of the process and reap it; bounded (run shielded)."""
         endpoint.conn.close()
@@ -210,7 +213,7 @@ class ActorSupervisor:
             # EOF but still running: give it a moment to finish dying.
             with anyio.move_on_after(0.3):
                 await proc.wait()
-        sandbox.kill_group(proc.pid)  # also sweeps any grandchildren
+        _kill(proc)  # also sweeps any grandchildren
         with anyio.move_on_after(_REAP_S):  # a killed process is reaped at once, unless the kernel holds it
             await proc.wait()
         if proc.returncode is None:
@@ -220,7 +223,7 @@ class ActorSupervisor:
             for tail in tails:
                 await tail.closed.wait()
 
-    async def _after_exit(self, proc: sandbox.ActorProcess, endpoint: ConnectionEndpoint,
+    async def _after_exit(self, proc: _Proc, endpoint: ConnectionEndpoint,
                           err: sandbox.OutputTail, reason: BaseException | None) -> None:
         exit_code, sig = sandbox.decode_exit(proc.returncode, self.sandboxed)
         if reason is not None and sig == 9:
@@ -339,10 +342,25 @@ class ActorSupervisor:
                 pass
 
 
-def _kill_unless_reaped(proc: sandbox.ActorProcess) -> None:
+def _kill_unless_reaped(proc: _Proc) -> None:
     # Once reaped, the pid may belong to an unrelated process: never signal it then.
     if proc.returncode is None:
+        _kill(proc)
+
+
+def _kill(proc: _Proc) -> None:
+    """SIGKILL the actor and everything it started (a forked one through its pidfd)."""
+    if isinstance(proc, ForkedProcess):
+        proc.kill()
+    else:
         sandbox.kill_group(proc.pid)
+
+
+def _actor_pid(proc: _Proc) -> int:
+    """Host pid of the actor's Python process: inside the sandbox we launched, or forked by a zygote."""
+    if isinstance(proc, ForkedProcess):
+        return proc.actor_pid()
+    return sandbox.find_actor_pid(proc.pid) or proc.pid
 
 
 _LIMIT_ERRORS = ("MemoryError", "Cannot allocate memory", "Too many open files",

@@ -31,6 +31,8 @@ from ._policy import PolicyError as PolicyError
 from ._policy import SandboxPolicy as SandboxPolicy
 from ._policy import validate_path as validate_path
 from ._text import escape_controls as escape_controls
+from ._uids import UidLease as UidLease
+from ._uids import lease_uid as lease_uid
 
 __all__ = [
     "ENV_ALLOWLIST",
@@ -47,6 +49,7 @@ __all__ = [
     "RestrictionModel",
     "SandboxPolicy",
     "SandboxUnavailable",
+    "UidLease",
     "build_bwrap_command",
     "build_command",
     "child_environment",
@@ -56,6 +59,7 @@ __all__ = [
     "find_actor_pid",
     "kill_group",
     "launch",
+    "lease_uid",
     "read_kernel_setting",
     "validate_path",
     "validate_requirements",

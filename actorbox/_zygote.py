@@ -1,0 +1,196 @@
+"""The zygote process: ``python -m actorbox._zygote FD MODE --forks=actorbox._child [MODULE...]`` (issue 17).
+
+Started by the host exactly as an actor of its environment and sandbox policy would be
+(same bubblewrap command, binds, uid and limits), it imports what every actor of that
+environment would import (actorbox's actor side, torch when the host uses it, the
+``preload`` modules of its key: never an extension's own module), freezes its heap
+(``gc.freeze``: forked children then share those pages) and forks actors on request.
+``MODE`` is ``nested`` (each child builds its own sandbox inside this one, see
+``sandbox._nest``) or ``plain`` (unsandboxed actors: a child only forks).
+
+Fork safety: no thread is started and no torch op runs here (torch's thread pools do not
+survive a fork), the socket is served with blocking ``poll``, and each child reseeds
+every generator it inherited.
+
+Protocol (SOCK_SEQPACKET, one msgpack list per message, each at most ``MAX_MESSAGE``):
+host -> zygote ``["fork", id, uid, tmpfs_size, network, max_processes, max_frame]`` with
+the actor's socket end and its stdout and stderr write ends (SCM_RIGHTS); zygote -> host
+``["ready", nested_ok, reason]`` once, ``["forked", id]`` with the child's pidfd,
+``["failed", id, reason]``, and ``["exit", id, status]`` once the child is reaped
+(status as ``Popen.returncode``: negative for a signal). The zygote never receives
+anything an actor sends; the host treats all it sends as untrusted.
+"""
+
+from __future__ import annotations
+
+import array
+import faulthandler
+import gc
+import importlib
+import os
+import random
+import select
+import socket
+import sys
+import traceback
+from typing import Any
+
+import msgpack
+
+from ._zygotes import CHILD_MARKER, MAX_MESSAGE
+
+
+def _send(sock: socket.socket, msg: list[Any], fd: int | None = None) -> None:
+    data = msgpack.packb(msg, use_bin_type=True)
+    if fd is None:
+        sock.send(data)
+    else:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+
+
+def _recv(sock: socket.socket) -> tuple[list[Any], list[int]] | None:
+    """One request from the host (trusted, checked all the same); None when the host is gone."""
+    data, anc, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(3 * 4))
+    fds: list[int] = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return msgpack.unpackb(data, raw=False), fds
+
+
+def _import(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            continue
+
+
+def _become_actor(sock_fd: int, out: int, err: int, req: list[Any], nested: bool) -> None:
+    """In the forked child: own descriptors only, own sandbox, fresh seeds, then actorbox._child."""
+    os.setsid()
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    keep = sorted({0, 1, 2, sock_fd})
+    for lo, hi in zip(keep, [*keep[1:], 1 << 20], strict=True):
+        os.closerange(lo + 1, hi)
+    _, _, uid, tmpfs_size, network, max_processes, max_frame = req
+    if nested:
+        from sandbox._nest import NestSpec, enter_nested, reap, seal
+
+        pid = enter_nested(NestSpec(uid if uid >= 0 else os.getuid(), tmpfs_size, network, max_processes))
+        if pid:
+            os._exit(reap(pid))
+        seal()
+    _reseed()
+    sys.argv = ["actorbox._child", str(sock_fd), str(max_frame)]
+    from actorbox._child import main
+
+    main()
+
+
+def _reseed() -> None:
+    """No two actors draw the same numbers: every generator inherited from the zygote reseeds from the OS."""
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
+
+
+def _probe(nested: bool) -> tuple[bool, str]:
+    """Whether a child can build its own sandbox here: tried once, in a child that only does that."""
+    if not nested:
+        return True, ""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            from sandbox._nest import NestSpec, enter_nested, reap, seal
+
+            child = enter_nested(NestSpec(os.getuid(), 1 << 20, False, 64))
+            if child:
+                os._exit(reap(child))
+            seal()
+            os._exit(0)
+        except BaseException as exc:
+            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:1000])
+            os._exit(1)
+    os.close(w)
+    reason = os.read(r, 1000).decode("utf-8", "replace")
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code == 0, reason or ("" if code == 0 else f"the probe child exited with {code}")
+
+
+def serve(sock: socket.socket, nested: bool) -> None:
+    """Fork actors on request until the host hangs up; report each child's pidfd and exit status."""
+    children: dict[int, tuple[int, int]] = {}  # pidfd -> (request id, pid)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd in children:
+                rid, pid = children.pop(fd)
+                poller.unregister(fd)
+                _, status = os.waitpid(pid, 0)
+                os.close(fd)
+                _send(sock, ["exit", rid, os.waitstatus_to_exitcode(status)])
+                continue
+            got = _recv(sock)
+            if got is None:
+                return
+            req, fds = got
+            if not (isinstance(req, list) and len(req) == 7 and req[0] == "fork" and len(fds) == 3):
+                for x in fds:
+                    os.close(x)
+                continue
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _become_actor(fds[0], fds[1], fds[2], req, nested)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(70)
+            for x in fds:
+                os.close(x)
+            pidfd = os.pidfd_open(pid)
+            children[pidfd] = (req[1], pid)
+            poller.register(pidfd, select.POLLIN)
+            _send(sock, ["forked", req[1]], pidfd)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if len(args) < 3 or not args[0].isdigit() or args[1] not in ("nested", "plain") or args[2] != CHILD_MARKER:
+        print(f"usage: python -m actorbox._zygote FD nested|plain {CHILD_MARKER} [MODULE...]  (started by "
+              "actorbox.Runtime, not by hand)", file=sys.stderr)
+        sys.exit(2)
+    faulthandler.enable()
+    sock = socket.socket(fileno=int(args[0]))
+    os.set_inheritable(sock.fileno(), False)
+    nested = args[1] == "nested"
+    if not nested:  # no sandbox to die with the host: SIGKILL when the host's spawner thread is gone
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    # What every actor imports before its class: forked children then start with it.
+    _import(["asyncio", "actorbox._child", "actorbox._actor_server", "actorbox._construction", *args[3:]])
+    ok, reason = _probe(nested)
+    gc.collect()
+    gc.freeze()  # the heap so far stays shared with every child (no refcount or GC writes to it)
+    _send(sock, ["ready", ok, reason])
+    if ok:
+        serve(sock, nested)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+"""The host's side of zygotes (issue 17): one prepared process per (environment, sandbox, preload) key.
+
+A zygote (``_zygote.py``) is launched exactly as an actor of its key would be, then
+forks actors on request: an actor start then costs a fork and its own sandbox's setup
+instead of an interpreter start and every import. ``Zygotes`` starts one at the first
+actor of its key (or at ``rt.prepare``), replaces it when it died, and kills them all
+when the Runtime exits. ``ForkedProcess`` is what a supervisor drives for a forked actor
+(the interface of ``sandbox.ActorProcess``).
+
+Everything a zygote sends is untrusted (it imported third-party packages): messages are
+bounded, msgpack only, type-checked, a descriptor must be a pidfd of one of its own
+children; anything else kills that zygote (``zygote.misbehaved``) and actors start
+without it. Whenever a zygote cannot fork an actor, the actor starts as before
+(``launch`` returns None and the caller launches it plainly).
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import itertools
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgpack
+import psutil
+
+import sandbox
+
+# The zygote's protocol (see _zygote.py): the largest message either side sends, and the
+# argument that names what a zygote forks, so its command line says so: an actor forked from
+# it keeps the zygote's command line. Not the bare module name, which is what the pytest
+# plugin's leak check looks for to find actor processes.
+MAX_MESSAGE = 4096
+CHILD_MARKER = "--forks=actorbox._child"
+
+# Seconds a zygote may take to import what it preloads (torch: ~1-2 s; more on a busy
+# machine) and to answer a fork (milliseconds); over either, it is killed and the actor
+# starts without it.
+READY_TIMEOUT_S = 120.0
+FORK_TIMEOUT_S = 15.0
+# A zygote's process limit counts all its actors' processes and threads (one uid); each
+# actor's own limit is set in its own user namespace (sandbox._nest).
+_NPROC_FACTOR = 64
+
+
+class ZygoteError(Exception):
+    """A zygote broke its protocol or could not fork; the actor starts without it."""
+
+
+class ForkedProcess:
+    """An actor forked by a zygote, awaitable on any anyio backend (exit seen through its pidfd)."""
+
+    def __init__(self, zygote: Zygote, rid: int, pidfd: int, pid: int, out: int, err: int,
+                 lease: Any) -> None:
+        self._zygote = zygote
+        self.rid = rid
+        self._pidfd = pidfd
+        self.pid = pid  # host pid of what the zygote forked (sandboxed: the reaper of the actor)
+        self._out, self._err = out, err
+        self._lease = lease  # the uid the actor sees (root host), held until it is reaped
+        self._status: int | None = None
+        self._reported = anyio.Event()
+        self._wait_lock = anyio.Lock()
+        self.stdout = _chunks(out)
+        self.stderr = _chunks(err)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._status
+
+    def report(self, status: int) -> None:
+        """The zygote reaped it (or died, taking it along: ``-SIGKILL``)."""
+        if self._status is None:
+            self._status = status
+        self._reported.set()
+
+    def actor_pid(self) -> int:
+        """Host pid of the actor's Python process (the reaper's only child when it nests)."""
+        if not self._zygote.nested:
+            return self.pid
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.Error:
+            return self.pid
+        return kids[0].pid if len(kids) == 1 else self.pid
+
+    def kill(self) -> None:
+        """SIGKILL through the pidfd (never a reused pid); the reaper's death kills the actor's namespace."""
+        if self._pidfd < 0 or self._status is not None:
+            return
+        try:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
+            pass
+        if not self._zygote.nested:  # no pid namespace: its session's processes go too
+            sandbox.kill_group(self.pid)
+
+    async def wait(self) -> int:
+        async with self._wait_lock:
+            if self._status is None:
+                await anyio.wait_readable(self._pidfd)  # readable once it exited
+                # Its status comes from the zygote, which reaps it at once; a zygote that
+                # cannot say (gone, or stuck) leaves it as killed.
+                with anyio.move_on_after(2.0):
+                    await self._reported.wait()
+                self.report(-signal.SIGKILL)
+            assert self._status is not None
+            return self._status
+
+    async def aclose(self) -> None:
+        """Close the pipes and the pidfd (the process must have exited, or be killed first)."""
+        for fd in (self._out, self._err, self._pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self._out = self._err = self._pidfd = -1
+        if self._lease is not None and self._status is not None:
+            self._lease.release()
+            self._lease = None
+
+
+async def _chunks(fd: int) -> AsyncIterator[bytes]:
+    """What a pipe delivers, chunk by chunk, until EOF (or until it is closed)."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            try:
+                await anyio.wait_readable(fd)
+            except (OSError, ValueError):
+                return
+            continue
+        except (OSError, ValueError):
+            return
+        if not data:
+            return
+        yield data
+
+
+class Zygote:
+    """One zygote process: its socket, its pending forks and the actors it forked."""
+
+    def __init__(self, owner: Zygotes, key: tuple[Any, ...], spec: sandbox.LaunchSpec,
+                 preload: tuple[str, ...]) -> None:
+        self.services = owner
+        self.log = owner.log
+        self.key = key
+        self.spec = spec  # the launch spec of an actor of this key
+        self.preload = preload
+        self.nested = spec.sandboxed
+        self.state = "starting"  # starting | ready | unavailable | dead
+        self.reason = ""
+        self.ready = anyio.Event()
+        self.proc: sandbox.ActorProcess | None = None
+        self.pid: int | None = None  # host pid of the zygote's Python process
+        self.started = time.monotonic()
+        self.forks = 0
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        self._children: dict[int, ForkedProcess] = {}
+        self._tail = sandbox.OutputTail(f"(zygote {spec.label})", sys.stderr)
+
+    async def start(self) -> None:
+        """Launch the zygote as an actor of its key would be launched; its reader runs under supervision."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        policy = self.spec.policy
+        zspec = dataclasses.replace(
+            self.spec, module="actorbox._zygote", pass_fds=(child.fileno(),),
+            args=(str(child.fileno()), "nested" if self.nested else "plain", CHILD_MARKER, *self.preload),
+            policy=dataclasses.replace(policy, max_processes=policy.max_processes * _NPROC_FACTOR),
+            label=f"zygote:{self.spec.label}")
+        try:
+            self.proc = await sandbox.launch(zspec, self.services.spawner)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        parent.setblocking(False)
+        self._sock = parent
+        self.pid = self.proc.pid  # the launcher until it is ready (then the Python inside)
+        self.services.supervision.start_soon(self._run)
+
+    async def _run(self) -> None:
+        """Read the zygote's messages until it goes; then kill and reap it, and settle its actors."""
+        proc, sock = self.proc, self._sock
+        assert proc is not None and sock is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._tail.pump, proc.stderr)
+                tg.start_soon(_drain, proc.stdout)
+                try:
+                    await self._read(sock)
+                except ZygoteError as exc:
+                    self.log.error("zygote.misbehaved", zygote=self.spec.label, pid=self.pid,
+                                            reason=str(exc), consequence="it is killed; actors start without it")
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._end(proc, sock)
+
+    async def _read(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(4))
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
+                continue
+            except OSError:
+                return
+            fds = _fds(anc)
+            try:
+                if not data:
+                    return
+                if len(data) > MAX_MESSAGE or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise ZygoteError(f"a message over {MAX_MESSAGE} bytes, or with too many descriptors")
+                self._on_message(_decode(data), fds)
+                fds = []
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def _on_message(self, msg: list[Any], fds: list[int]) -> None:
+        match msg:
+            case ["ready", bool(ok), str(reason)] if self.state == "starting" and not fds:
+                self.state, self.reason = ("ready", "") if ok else ("unavailable", reason[:1000])
+                if self.nested and self.proc is not None:
+                    self.pid = sandbox.find_actor_pid(self.proc.pid, "actorbox._zygote") or self.proc.pid
+                self.ready.set()
+            case ["forked", int(rid)] if rid in self._pending and len(fds) == 1:
+                self._check_pidfd(fds[0])
+                event, slot = self._pending.pop(rid)
+                slot.append(fds[0])
+                event.set()
+            case ["failed", int(rid), str(reason)] if rid in self._pending and not fds:
+                event, slot = self._pending.pop(rid)
+                slot.append(reason[:1000])
+                event.set()
+            case ["exit", int(rid), int(status)] if rid in self._children and not fds:
+                self._children.pop(rid).report(status)
+            case _:
+                raise ZygoteError(f"an unexpected message {str(msg)[:200]!r} with {len(fds)} descriptor(s)")
+
+    def _check_pidfd(self, fd: int) -> None:
+        """The descriptor must be a pidfd of a child of this zygote's process."""
+        pid = pidfd_pid(fd)
+        try:  # (not reaped yet: the zygote reports an exit only after this)
+            ok = pid is not None and psutil.Process(pid).ppid() == self.pid
+        except psutil.Error:
+            ok = False
+        if not ok:
+            raise ZygoteError("a descriptor that is no pidfd of one of its own children")
+
+    async def _end(self, proc: sandbox.ActorProcess, sock: socket.socket) -> None:
+        """Kill and reap the zygote; its pending forks fail, its actors are reported killed (bounded)."""
+        if self.state in ("starting", "ready"):
+            self.state = "dead"
+        self.ready.set()
+        sock.close()
+        for event, slot in self._pending.values():
+            slot.append("the zygote exited")
+            event.set()
+        self._pending.clear()
+        sandbox.kill_group(proc.pid)
+        with anyio.move_on_after(0.5):
+            await proc.wait()
+        await proc.aclose()
+        for child in self._children.values():
+            child.report(-signal.SIGKILL)  # its pid namespace died with it
+        self._children.clear()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            sandbox.kill_group(self.proc.pid)
+
+    async def fork(self, sock: socket.socket, nest: list[Any], lease: Any) -> ForkedProcess:
+        """Have the zygote fork an actor on ``sock`` (the actor's end); raises ZygoteError."""
+        zsock = self._sock
+        if self.state != "ready" or zsock is None:
+            raise ZygoteError(f"the zygote is {self.state}")
+        rid = next(self._ids)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        event, slot = anyio.Event(), list[Any]()
+        self._pending[rid] = (event, slot)
+        try:
+            try:
+                data = msgpack.packb(["fork", rid, *nest], use_bin_type=True)
+                zsock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        array.array("i", [sock.fileno(), out_w, err_w]).tobytes())])
+            except OSError as exc:
+                raise ZygoteError(f"could not ask it to fork: {exc}") from exc
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+            with anyio.move_on_after(FORK_TIMEOUT_S):
+                await event.wait()
+        except BaseException:
+            self._pending.pop(rid, None)
+            for fd in (out_r, err_r, *[x for x in slot if isinstance(x, int)]):
+                os.close(fd)
+            if not event.is_set() or (slot and isinstance(slot[0], int)):
+                self.kill()  # cancelled or timed out mid-fork: what it forked must not live on
+            raise
+        if not slot or not isinstance(slot[0], int):
+            os.close(out_r)
+            os.close(err_r)
+            if not slot:
+                self.kill()
+            raise ZygoteError(str(slot[0]) if slot else f"no answer within {FORK_TIMEOUT_S} s")
+        pidfd = slot[0]
+        pid = pidfd_pid(pidfd)
+        assert pid is not None  # checked when it arrived
+        forked = ForkedProcess(self, rid, pidfd, pid, out_r, err_r, lease)
+        self._children[rid] = forked
+        self.forks += 1
+        return forked
+
+
+def pidfd_pid(fd: int) -> int | None:
+    """The host pid a pidfd refers to (its fdinfo's ``Pid:``), or None if ``fd`` is no live pidfd."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+    return fds
+
+
+def _decode(data: bytes) -> list[Any]:
+    try:
+        msg = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=MAX_MESSAGE, max_bin_len=0,
+                              max_array_len=8, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # any decoding failure is the zygote's protocol error
+        raise ZygoteError(f"an undecodable message ({type(exc).__name__})") from None
+    if not isinstance(msg, list):
+        raise ZygoteError("a message that is no list")
+    return msg
+
+
+async def _drain(stream: AsyncIterator[bytes] | None) -> None:
+    if stream is not None:
+        async for _ in stream:
+            pass
+
+
+class Zygotes:
+    """A Runtime's zygotes by key; ``launch`` forks an actor from the one of its key, or returns None."""
+
+    def __init__(self, log: Any, spawner: Executor, supervision: anyio.abc.TaskGroup,
+                 enabled: bool | None = None) -> None:
+        self.log = log
+        self.spawner = spawner  # forks the zygotes, as every actor process (see sandbox.launch)
+        self.supervision = supervision  # where their readers run (shielded)
+        # ACTORBOX_ZYGOTES=0 turns them off: every actor then starts its own interpreter.
+        self.enabled = enabled if enabled is not None else \
+            os.environ.get("ACTORBOX_ZYGOTES", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.by_key: dict[tuple[Any, ...], Zygote] = {}
+        self._starting: dict[tuple[Any, ...], anyio.Event] = {}
+        self._closed = False
+
+    def key_of(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> tuple[Any, ...]:
+        """What an actor's zygote must share with it: interpreter, environment, binds, variables, sandbox."""
+        env = tuple(sorted(sandbox.child_environment(spec).items()))
+        return (spec.python, spec.venv_path, spec.import_paths, spec.code_paths, spec.module_paths, env,
+                spec.sandboxed, spec.policy if spec.sandboxed else None, preload)
+
+    async def zygote_for(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> Zygote | None:
+        """The ready zygote of this key, started (or replaced) as needed; None where none can serve."""
+        if not self.enabled or self._closed:
+            return None
+        key = self.key_of(spec, preload)
+        while True:
+            z = self.by_key.get(key)
+            if z is not None and z.state == "starting":
+                with anyio.move_on_after(READY_TIMEOUT_S):
+                    await z.ready.wait()
+                if z.state == "starting":
+                    self._give_up(z, f"not ready within {READY_TIMEOUT_S} s")
+                    return None
+            if z is not None and z.state == "ready":
+                return z
+            if z is not None and z.state == "unavailable":
+                return None
+            starting = self._starting.get(key)
+            if starting is not None:  # another start is launching it
+                await starting.wait()
+                continue
+            return await self._start(key, spec, preload)
+
+    async def _start(self, key: tuple[Any, ...], spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> Zygote | None:
+        done = self._starting[key] = anyio.Event()
+        replaced = self.by_key.pop(key, None)
+        z = Zygote(self, key, spec, _zygote_preload(preload))
+        try:
+            await z.start()
+        except (OSError, sandbox.SandboxUnavailable) as exc:
+            self.log.warning("zygote.unavailable", zygote=spec.label, reason=f"could not launch: {exc}")
+            return None
+        finally:
+            del self._starting[key]
+            done.set()
+        self.by_key[key] = z
+        self.log.info("zygote.launched", zygote=spec.label, pid=z.pid, preload=list(z.preload),
+                               replaces=replaced.pid if replaced is not None else None)
+        with anyio.move_on_after(READY_TIMEOUT_S):
+            await z.ready.wait()
+        if z.state == "starting":
+            self._give_up(z, f"not ready within {READY_TIMEOUT_S} s")
+            return None
+        if z.state == "unavailable":
+            self.log.warning("zygote.unavailable", zygote=spec.label, reason=z.reason,
+                                      consequence="actors of this environment start without a zygote")
+            z.kill()
+            return None
+        if z.state != "ready":
+            return None
+        self.log.info("zygote.ready", zygote=spec.label, pid=z.pid,
+                               duration_ms=round((time.monotonic() - z.started) * 1000, 1))
+        return z
+
+    def _give_up(self, z: Zygote, reason: str) -> None:
+        self.log.warning("zygote.unavailable", zygote=z.spec.label, pid=z.pid, reason=reason)
+        z.state = "dead"
+        z.kill()
+
+    async def launch(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...],
+                     sock: socket.socket) -> ForkedProcess | None:
+        """Fork the actor of ``spec`` on ``sock`` from its zygote; None: start it plainly instead."""
+        z = await self.zygote_for(spec, preload)
+        if z is None:
+            return None
+        lease = None
+        if spec.sandboxed and os.geteuid() == 0:
+            try:
+                lease = sandbox.lease_uid()
+            except OSError:
+                return None  # the plain launch reports it
+        uid = lease.uid if lease is not None else (spec.uid if spec.uid is not None else -1)
+        nest = [uid, spec.policy.tmpfs_size, spec.policy.network, spec.policy.max_processes,
+                int(spec.args[1]) if len(spec.args) > 1 else 0]
+        try:
+            return await z.fork(sock, nest, lease)
+        except ZygoteError as exc:
+            if lease is not None:
+                lease.release()
+            self.log.warning("zygote.fork_failed", zygote=spec.label, pid=z.pid, reason=str(exc),
+                                      consequence="this actor starts without the zygote")
+            return None
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+
+    def close(self) -> None:
+        """Kill every zygote (their readers reap them); no zygote starts after this."""
+        self._closed = True
+        for z in self.by_key.values():
+            z.kill()
+
+
+def _zygote_preload(preload: tuple[str, ...]) -> tuple[str, ...]:
+    """What a zygote imports besides actorbox: torch when the host uses it, then the key's preload."""
+    mods = ("torch",) if "torch" in sys.modules else ()
+    return tuple(dict.fromkeys((*mods, *preload)))
