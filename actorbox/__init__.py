@@ -44,6 +44,9 @@ from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
 from ._policy import SandboxPolicy as SandboxPolicy
 from ._runtime import Runtime as Runtime
+from ._waiting import as_completed as as_completed
+from ._waiting import gather as gather
+from ._waiting import wait as wait
 
 __all__ = [
     "ActorDiedError",
@@ -85,8 +88,11 @@ __all__ = [
     "SerializationError",
     "UsageError",
     "actor",
+    "as_completed",
+    "gather",
     "get_actor",
     "info",
     "share",
     "shared_empty",
+    "wait",
 ]

@@ -50,6 +50,16 @@ class Resolver(Protocol):
 
     def result_read(self, fut: Future[Any]) -> None: ...
 
+class Waiter(Protocol):
+    """What ``_wake`` sets when the reply is in: an awaiting asyncio task's loop future, or
+    the waiter of ``actorbox.wait`` / ``gather`` / ``as_completed`` (actorbox._waiting), which
+    watches a Future without awaiting it (so giving up the watch never cancels the call)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
+
+
 _PENDING = object()
 _TEVENT_LOCK = threading.Lock()
 _DECODE_LOCK = threading.RLock()
@@ -80,7 +90,7 @@ class Future(collections.abc.Coroutine[Any, Any, T], Generic[T]):
         self._reply: envelope.Reply | None = None
         self._value: Any = _PENDING
         self._event: anyio.Event | None = None  # awaited on backends other than asyncio
-        self._waiters: list[asyncio.Future[None]] | None = None  # asyncio: one per awaiting task
+        self._waiters: list[Waiter] | None = None  # asyncio: one per awaiting task; watchers (any backend)
         self._tevent: threading.Event | None = None
         self._driver: Generator[Any, None, T] | None = None  # the wait a task drives through send/throw
         self._driver_task: object = None  # that task: a second one driving the same wait would break it

@@ -61,6 +61,16 @@ def test_contract_names_are_exported() -> None:
         assert name in actorbox.__all__, name
 
 
+def test_issue_18_waiting_and_scheduling_names_are_exported() -> None:
+    """wait, gather, as_completed, DeadlockError and PendingCallsLimitError are part of the public API."""
+    import actorbox
+
+    for name in ["wait", "gather", "as_completed", "DeadlockError", "PendingCallsLimitError"]:
+        assert name in actorbox.__all__, name
+    assert issubclass(actorbox.PendingCallsLimitError, actorbox.CallRefusedError)
+    assert issubclass(actorbox.DeadlockError, actorbox.CallError)
+
+
 def test_errors_form_one_tree() -> None:
     """Every exception class actorbox exports derives from ActorboxError."""
     import actorbox
