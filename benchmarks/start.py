@@ -1,6 +1,7 @@
 """Start benchmark: what starting and keeping torch-importing actors costs (issue 17).
 
-Run from the repository root: ``python benchmarks/start.py [--later 10] [--concurrent 10,20] [--backend asyncio|trio]``
+Run from the repository root: ``python benchmarks/start.py [--later 10] [--concurrent 10,20] [--backend asyncio|trio]
+[--ray-python /work/ray-venv/bin/python]``
 
 In one run, for an actor whose constructor imports torch (as almost every ML
 extension's module does), sandboxed (bubblewrap), each timed from ``rt.start`` until
@@ -14,7 +15,9 @@ its first call returned:
   psutil's ``memory_full_info().pss`` of the pids ``rt.actors()`` lists (shared pages
   are split between the processes that map them, so the figures add up).
 
-The same for Ray in its own column when ``ray`` is importable (skipped otherwise).
+The same for Ray in its own column (``_ray_start.py``, run by ``--ray-python`` or
+``$RAY_PYTHON``: a venv with Ray, torch and psutil; else this Python when it has Ray;
+skipped otherwise): a local cluster of 2 CPUs, no dashboard, on 127.0.0.1 only.
 Targets of issue 17 on the 2-core development machine: later starts within 0.15x the
 bare import, 20 concurrent starts within 1x, idle PSS at most 50 MB.
 Numbers are informational: nothing here is a test.
@@ -23,6 +26,8 @@ Numbers are informational: nothing here is a test.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
 import os
 import platform
@@ -30,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -119,56 +123,24 @@ async def measure_actorbox(later: int, concurrent: list[int], settle_s: float) -
     return col
 
 
-def measure_ray(later: int, concurrent: list[int], settle_s: float) -> Column | None:
-    try:
-        import ray  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    col = Column()
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=max(concurrent))
+def measure_ray(python: str, later: int, concurrent: list[int], settle_s: float) -> tuple[Column | None, str]:
+    """Ray's column, measured by ``_ray_start.py`` under ``python`` (a venv with Ray), and a note on it.
 
-    @ray.remote(num_cpus=0)
-    class RayTorchNode:
-        def __init__(self) -> None:
-            import torch
-
-            self.version = torch.__version__
-
-        def ping(self) -> str:
-            return self.version
-
-        def pid(self) -> int:
-            return os.getpid()
-
-    def start_many(n: int) -> tuple[float, list[Callable[[], None]], list[int]]:
-        t0 = time.perf_counter()
-        actors = [RayTorchNode.remote() for _ in range(n)]  # type: ignore[attr-defined]
-        ray.get([a.ping.remote() for a in actors])
-        took = time.perf_counter() - t0
-        pids = ray.get([a.pid.remote() for a in actors])
-        return took, [lambda a=a: ray.kill(a) for a in actors], pids
-
-    try:
-        took, kills, _ = start_many(1)
-        col.first_s = took
-        for k in kills:
-            k()
-        for _ in range(later):
-            took, kills, _ = start_many(1)
-            col.later_s.append(took)
-            for k in kills:
-                k()
-        for n in concurrent:
-            took, kills, pids = start_many(n)
-            col.concurrent_s[n] = took
-            if n == max(concurrent):
-                time.sleep(settle_s)
-                col.pss = pss_of(pids)
-            for k in kills:
-                k()
-    finally:
-        ray.shutdown()
-    return col
+    A failed Ray run gives no column and a note with its stderr: actorbox's table still prints.
+    """
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_start.py")
+    argv = [python, helper, "--later", str(later), "--concurrent", ",".join(map(str, concurrent)),
+            "--settle", str(settle_s)]
+    # Ray's usage statistics would be sent off the machine: off, whatever the caller's environment says.
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("RAY_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        return None, f"Ray: the run with {python} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    got = json.loads(line.removeprefix("RAY_RESULT "))
+    col = Column(first_s=got["first_s"], later_s=got["later_s"],
+                 concurrent_s={int(k): v for k, v in got["concurrent_s"].items()}, pss=got["pss"])
+    return col, (f"Ray {got['ray']} ({python}): a local cluster, num_cpus=2, no dashboard, on 127.0.0.1; "
+                 f"ray.init() took {got['init_s']:.2f} s before the first start")
 
 
 def report(bare: list[float], cols: dict[str, Column], concurrent: list[int], backend: str) -> None:
@@ -211,6 +183,9 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=2.0, help="idle seconds before reading PSS (default 2)")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     p.add_argument("--no-ray", action="store_true", help="skip Ray even when it is installed")
+    p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON"),
+                   help="a Python with Ray (and torch, psutil) installed, e.g. /work/ray-venv/bin/python; "
+                        "default $RAY_PYTHON, else this one if it has Ray")
     args = p.parse_args()
     try:
         concurrent = sorted({int(x) for x in args.concurrent.split(",") if x.strip()})
@@ -223,12 +198,17 @@ def main() -> int:
     bare = bare_import_s(args.bare)
     cols = {"actorbox (bwrap)": anyio.run(measure_actorbox, args.later, concurrent, args.settle,
                                           backend=args.backend)}
-    ray_col = None if args.no_ray else measure_ray(args.later, concurrent, args.settle)
-    if ray_col is not None:
-        cols["Ray"] = ray_col
+    ray_python = args.ray_python or (sys.executable if importlib.util.find_spec("ray") else None)
+    ray_note = None
+    if ray_python and not args.no_ray:
+        ray_col, ray_note = measure_ray(ray_python, args.later, concurrent, args.settle)
+        if ray_col is not None:
+            cols["Ray"] = ray_col
     report(bare, cols, concurrent, args.backend)
-    if ray_col is None and not args.no_ray:
-        print("\nRay: not installed here (column skipped)")
+    if ray_note:
+        print(f"\n{ray_note}")
+    elif not args.no_ray:
+        print("\nRay: not installed here (column skipped; --ray-python or RAY_PYTHON names a Python that has it)")
     return 0
 
 
