@@ -72,7 +72,7 @@ anyio.run(main, backend={backend!r})
 
 
 @pytest.mark.parametrize(("block", "backend"), [(0, "asyncio"), (0, "trio"), (1, "asyncio"), (2, "asyncio"),
-                                                (2, "trio")])
+                                                (2, "trio"), (3, "asyncio"), (3, "trio")])
 def test_the_concurrency_snippets_work(tmp_path: Path, block: int, backend: str) -> None:
     """Each snippet of "Running calls concurrently" runs (the anyio one on asyncio and trio) and gets every result."""
     snippet = _python_blocks(_section("### Running calls concurrently"))[block]
