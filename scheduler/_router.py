@@ -149,8 +149,9 @@ class Scheduler:
 
     # -- calls -------------------------------------------------------------------
 
-    def route(self, caller: Endpoint, call: envelope.Call) -> int:
-        """Accept a call from ``caller`` and route it to its actor; returns its global call id."""
+    def route(self, caller: Endpoint, call: envelope.Call, *, trust: bool | None = None) -> int:
+        """Accept a call from ``caller`` and route it to its actor; returns its global call id.
+        ``trust``: ``call`` forwards one delivered to ``caller`` (the task pool) with its trust and ``resolved``."""
         gid = next(self._ids)
         now = time.monotonic()
         parent = call.parent_call_id
@@ -198,8 +199,8 @@ class Scheduler:
                 p.children = {gid}
             else:
                 p.children.add(gid)
-        entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted,
-                                   fds=call.fds)
+        entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, fds=call.fds,
+                                   **({"trusted": caller.trusted} if trust is None else _forwarded(call, trust)))
         self.calls[gid] = entry
         if self.log_calls:
             self.log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
@@ -225,9 +226,9 @@ class Scheduler:
                 self._finish(entry, envelope.Reply(entry.call_id, envelope.Status.REFUSED, b"",
                                                    _deadlock.detail(cycle)))
                 return
-            if self._deadlocks.skipped:
-                self.log.warning("deadlock.check_skipped", call_id=entry.call_id, skipped=self._deadlocks.skipped)
-                self._deadlocks.skipped = 0
+            skipped = self._deadlocks.skipped_report()
+            if skipped:
+                self.log.warning("deadlock.check_skipped", call_id=entry.call_id, skipped=skipped)
         if a.endpoint is not None and (reentrant or len(a.running) < a.window):
             self._start(a, entry, reentrant)
         else:
@@ -309,13 +310,13 @@ class Scheduler:
         finally:
             a.pumping = False
 
-    def reply(self, callee: Endpoint, reply: envelope.Reply) -> None:
-        """A result from ``callee``; ignored unless it answers a call delivered to it."""
+    def reply(self, callee: Endpoint, reply: envelope.Reply, *, trusted: bool | None = None) -> None:
+        """A result from ``callee``; ignored unless it answers a call delivered to it (``trusted``: see _finish)."""
         entry = self.calls.get(reply.call_id)
         if entry is None or entry.callee is not callee:
             close_fds(reply.fds)
             return
-        self._finish(entry, reply)
+        self._finish(entry, reply, trusted)
 
     def _finish(self, entry: CallEntry, reply: envelope.Reply, trusted: bool | None = None) -> None:
         """``entry`` ended with ``reply`` (``trusted``: whether its payload is host-encoded, when
@@ -387,3 +388,10 @@ class Scheduler:
     def pending_calls(self) -> list[CallInfo]:
         """A snapshot of every call in flight."""
         return snapshot(self.calls, self.actors)
+
+
+def _forwarded(call: envelope.Call, trust: bool) -> dict[str, Any]:
+    """What a call forwarded by an in-process endpoint (the host's task pool) keeps of the call
+    delivered to it: its trust, and the results of its Future arguments. Only host code passes
+    ``trust`` to ``Scheduler.route``; an actor's calls never reach this."""
+    return {"trusted": trust, "resolved": call.resolved}

@@ -193,3 +193,22 @@ def test_max_pending_is_given_back_by_cancels_and_deaths(host: Recorder) -> None
     assert sched.actors[a].unfinished == 1
     sched.detach(a, envelope.Status.DIED, {"message": "gone"}, keep_queue=True)
     assert sched.actors[a].unfinished == 0
+
+
+def test_checks_past_the_time_budget_are_skipped_and_reported_once_a_second(
+        host: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the bucket of visits is spent, further checks are given up at once (the calls wait as without
+    detection); a flood of them makes one deadlock.check_skipped event, not one per call."""
+    monkeypatch.setattr(_deadlock, "BUDGET_BURST", 3)
+    monkeypatch.setattr(_deadlock, "BUDGET_PER_S", 0)
+    sched = Scheduler(prefetch=2)
+    a, ea = actor(sched, "A")
+    b, _ = actor(sched, "B")
+    host.call(sched, a, "f")
+    host.call(sched, b, "g")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(5):
+            nested(sched, ea, ea.calls[0], b, f"x{i}")  # each check would visit 2 calls
+    events = [e for e in logs if e["event"] == "deadlock.check_skipped"]
+    assert refusals(ea) == [] and len(events) == 1
+    assert events[0]["skipped"] + sched._deadlocks.skipped == 4  # the first check ran; the rest wait for a report
