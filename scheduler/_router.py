@@ -17,6 +17,12 @@ is then waiting, directly or indirectly, on this very call, so queueing it would
 deadlock (host -> A -> M -> A). Sibling calls of one root are not re-entrant and
 queue like any other call.
 
+Deadlocks: a nested call that must wait for a slot is checked against the wait-for graph
+of the table first (scheduler._deadlock); if it would close a cycle that can never end, it
+alone fails (REFUSED, reason "deadlock"), so the others go on. Backpressure: an actor with
+``max_pending`` refuses a call while that many calls to it are in the table (REFUSED,
+reason "max_pending_calls"), counted here for every caller.
+
 The records it keeps are in scheduler._call_table; calls given Futures as arguments wait
 in scheduler._future_args.
 """
