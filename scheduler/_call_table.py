@@ -99,6 +99,20 @@ def unservable(call_id: int, actor_id: int, actor: ActorEntry | None) -> envelop
     return envelope.Reply(call_id, status, b"", detail)
 
 
+def over_pending_limit(actor: ActorEntry, entry: CallEntry) -> dict[str, Any] | None:
+    """Count ``entry`` towards ``actor``'s ``max_pending``; or, when that many calls are unfinished
+    already, the detail of its refusal (actorbox raises PendingCallsLimitError from it)."""
+    limit = actor.max_pending
+    if limit is not None and actor.unfinished >= limit:
+        return {"reason": "max_pending_calls", "limit": limit,
+                "message": f"actor {actor.label} has {actor.unfinished} unfinished calls, its limit "
+                           f"(max_pending_calls={limit}); await some of them before calling again, "
+                           "or raise max_pending_calls"}
+    actor.unfinished += 1
+    entry.counted = True
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class CallInfo:
     """A snapshot of one call in flight (``Runtime.pending_calls()``)."""

@@ -1,4 +1,8 @@
-"""Deadlock detection: would admitting this call close a cycle of calls that can never end?
+"""Deadlocks: would admitting this call close a cycle of calls that can never end?
+
+Two answers live here. A call one of whose ancestors runs on its target is re-entrant
+(``reentrant``): the target waits on it, so the router admits it past ``max_concurrency``
+instead of queueing it. Any other call that must wait for a slot is checked for a cycle.
 
 The scheduler sees every call, so it can keep the wait-for graph of the calls in its table:
 
@@ -49,6 +53,24 @@ BUDGET_PER_S = 20_000
 BUDGET_BURST = 10_000
 # Seconds between two deadlock.check_skipped events (each says how many were skipped).
 REPORT_EVERY_S = 1.0
+# Longest parent chain followed when deciding re-entrancy (bounds the walk).
+_MAX_ANCESTRY = 1000
+
+
+def reentrant(calls: dict[int, CallEntry], a: ActorEntry, entry: CallEntry) -> bool:
+    """True when an ancestor of ``entry`` is running on ``a`` (so ``a`` waits on it, and queueing
+    ``entry`` would deadlock: the router admits it past the limit instead)."""
+    pid = entry.parent_call_id
+    for _ in range(_MAX_ANCESTRY):
+        if pid is None:
+            return False
+        p = calls.get(pid)
+        if p is None:
+            return False
+        if p.actor_id == a.actor_id and p.state != QUEUED:
+            return True
+        pid = p.parent_call_id
+    return False
 
 
 class DeadlockDetector:
@@ -72,6 +94,32 @@ class DeadlockDetector:
             return 0
         n, self.skipped, self._reported = self.skipped, 0, now
         return n
+
+    def link(self, parent: CallEntry, child: int) -> None:
+        """``parent`` made call ``child``: it waits for it (until ``unlink``)."""
+        if parent.children is None:
+            parent.children = {child}
+        else:
+            parent.children.add(child)
+
+    def unlink(self, entry: CallEntry) -> None:
+        """``entry`` left the table: its parent no longer waits for it."""
+        p = self._calls.get(entry.parent_call_id) if entry.parent_call_id is not None else None
+        if p is not None and p.children is not None:
+            p.children.discard(entry.call_id)
+
+    def refusal(self, new: CallEntry, actor: ActorEntry, log: Any) -> dict[str, Any] | None:
+        """The refusal detail of ``new``, a nested call that must wait for a slot of ``actor``,
+        if it would close a cycle (logged as deadlock.detected); None to let it wait."""
+        found = self.cycle(new, actor)
+        if found is not None:
+            log.warning("deadlock.detected", call_id=new.call_id, actor=actor.label, method=new.method,
+                        cycle=[e.call_id for e, _ in found])
+            return detail(found)
+        skipped = self.skipped_report()
+        if skipped:
+            log.warning("deadlock.check_skipped", call_id=new.call_id, skipped=skipped)
+        return None
 
     def _spend(self) -> int:
         """Visits this check may make now (0: none left)."""

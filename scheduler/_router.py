@@ -50,6 +50,7 @@ from ._call_table import (
     CallEntry,
     CallInfo,
     log_finished,
+    over_pending_limit,
     snapshot,
     unservable,
 )
@@ -58,9 +59,6 @@ from ._fds import close_fds
 from ._future_args import FutureArgs
 
 log = structlog.get_logger("actorbox")
-
-# Longest parent chain followed when deciding re-entrancy (bounds the walk).
-_MAX_ANCESTRY = 1000
 
 # Bytes of an actor's reference token: random, so an actor holds a working reference
 # only if one reached it (guessing 128 bits is out of reach).
@@ -186,25 +184,14 @@ class Scheduler:
             self._finish(entry, unservable(gid, call.target, a))
             close_fds(call.fds)
             return gid
-        if a.max_pending is not None:
-            # Backpressure, counted here so that every caller (host or actor) meets the same limit.
-            if a.unfinished >= a.max_pending:
-                self.calls[gid] = entry
-                close_fds(call.fds)
-                self._finish(entry, envelope.Reply(gid, envelope.Status.REFUSED, b"", {
-                    "reason": "max_pending_calls", "limit": a.max_pending,
-                    "message": f"actor {a.label} has {a.unfinished} unfinished calls, its limit "
-                               f"(max_pending_calls={a.max_pending}); await some of them before calling again, "
-                               "or raise max_pending_calls"}))
-                return gid
-            a.unfinished += 1
-            entry.counted = True
+        # Backpressure, counted here so that every caller (host or actor) meets the same limit.
+        if a.max_pending is not None and (refusal := over_pending_limit(a, entry)) is not None:
+            self.calls[gid] = entry
+            close_fds(call.fds)
+            self._finish(entry, envelope.Reply(gid, envelope.Status.REFUSED, b"", refusal))
+            return gid
         if parent is not None:
-            p = self.calls[parent]
-            if p.children is None:
-                p.children = {gid}
-            else:
-                p.children.add(gid)
+            self._deadlocks.link(self.calls[parent], gid)
         entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, fds=call.fds,
                                    **({"trusted": caller.trusted} if trust is None else _forwarded(call, trust)))
         self.calls[gid] = entry
@@ -221,20 +208,14 @@ class Scheduler:
         # A re-entrant call must be flagged even within the window: the actor's own
         # FIFO would otherwise hold it behind the very call that waits for it.
         reentrant = (a.endpoint is not None and entry.parent_call_id is not None
-                     and self._reentrant(a, entry))
+                     and _deadlock.reentrant(self.calls, a, entry))
         if (not reentrant and entry.parent_call_id is not None and a.endpoint is not None
                 and not starts_at_once(a.active, a.max_concurrency, False)):
             # A nested call that must wait for a slot is the only kind that can close a cycle.
-            cycle = self._deadlocks.cycle(entry, a)
-            if cycle is not None:
-                self.log.warning("deadlock.detected", call_id=entry.call_id, actor=a.label, method=entry.method,
-                                 cycle=[e.call_id for e, _ in cycle])
-                self._finish(entry, envelope.Reply(entry.call_id, envelope.Status.REFUSED, b"",
-                                                   _deadlock.detail(cycle)))
+            refusal = self._deadlocks.refusal(entry, a, self.log)
+            if refusal is not None:
+                self._finish(entry, envelope.Reply(entry.call_id, envelope.Status.REFUSED, b"", refusal))
                 return
-            skipped = self._deadlocks.skipped_report()
-            if skipped:
-                self.log.warning("deadlock.check_skipped", call_id=entry.call_id, skipped=skipped)
         if a.endpoint is not None and (reentrant or len(a.running) < a.window):
             self._start(a, entry, reentrant)
         else:
@@ -247,20 +228,6 @@ class Scheduler:
             self._finish(entry, unservable(entry.call_id, entry.actor_id, a))
             return
         self._admit(a, entry)
-
-    def _reentrant(self, a: ActorEntry, entry: CallEntry) -> bool:
-        """True when an ancestor of ``entry`` is running on ``a`` (so ``a`` waits on it)."""
-        pid = entry.parent_call_id
-        for _ in range(_MAX_ANCESTRY):
-            if pid is None:
-                return False
-            p = self.calls.get(pid)
-            if p is None:
-                return False
-            if p.actor_id == a.actor_id and p.state != QUEUED:
-                return True
-            pid = p.parent_call_id
-        return False
 
     def _start(self, a: ActorEntry, entry: CallEntry, reentrant: bool) -> None:
         assert a.endpoint is not None and entry.call is not None
@@ -335,9 +302,7 @@ class Scheduler:
             if entry.counted:
                 a.unfinished -= 1
         if entry.parent_call_id is not None:
-            p = self.calls.get(entry.parent_call_id)
-            if p is not None and p.children is not None:
-                p.children.discard(entry.call_id)
+            self._deadlocks.unlink(entry)
         # Descriptors of a call never delivered, or of results it never received, die with it.
         if entry.call is not None:
             close_fds(entry.call.fds)
