@@ -40,9 +40,14 @@ from dataclasses import dataclass, field
 import anyio
 import psutil
 import structlog
+import torch
 from _common import print_table
 
 import actorbox
+
+# The host uses torch, as a plugin host passing tensors does: so its zygotes preload it
+# (they do only when the host has imported it) and a forked actor starts with it imported.
+assert torch.__version__
 
 
 # Module level so it travels by value (cloudpickle) to the actor process.
@@ -123,14 +128,15 @@ async def measure_actorbox(later: int, concurrent: list[int], settle_s: float) -
     return col
 
 
-def measure_ray(python: str, later: int, concurrent: list[int], settle_s: float) -> tuple[Column | None, str]:
+def measure_ray(python: str, later: int, concurrent: list[int], settle_s: float,
+                num_cpus: int) -> tuple[Column | None, str]:
     """Ray's column, measured by ``_ray_start.py`` under ``python`` (a venv with Ray), and a note on it.
 
     A failed Ray run gives no column and a note with its stderr: actorbox's table still prints.
     """
     helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_start.py")
     argv = [python, helper, "--later", str(later), "--concurrent", ",".join(map(str, concurrent)),
-            "--settle", str(settle_s)]
+            "--settle", str(settle_s), "--num-cpus", str(num_cpus)]
     # Ray's usage statistics would be sent off the machine: off, whatever the caller's environment says.
     proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("RAY_RESULT ")), None)
@@ -139,7 +145,7 @@ def measure_ray(python: str, later: int, concurrent: list[int], settle_s: float)
     got = json.loads(line.removeprefix("RAY_RESULT "))
     col = Column(first_s=got["first_s"], later_s=got["later_s"],
                  concurrent_s={int(k): v for k, v in got["concurrent_s"].items()}, pss=got["pss"])
-    return col, (f"Ray {got['ray']} ({python}): a local cluster, num_cpus=2, no dashboard, on 127.0.0.1; "
+    return col, (f"Ray {got['ray']} ({python}): a local cluster, num_cpus={num_cpus}, no dashboard, on 127.0.0.1; "
                  f"ray.init() took {got['init_s']:.2f} s before the first start")
 
 
@@ -165,8 +171,6 @@ def report(bare: list[float], cols: dict[str, Column], concurrent: list[int], ba
                  *(mib(statistics.median(cols[n].pss) if cols[n].pss else None) for n in names)))
     rows.append((f"idle PSS per actor, max of {big}", *(mib(max(cols[n].pss) if cols[n].pss else None)
                                                          for n in names)))
-    import torch
-
     print(f"start benchmark: torch {torch.__version__}, host backend {backend}, Python "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB, euid {os.geteuid()}")
@@ -186,6 +190,8 @@ def main() -> int:
     p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON"),
                    help="a Python with Ray (and torch, psutil) installed, e.g. /work/ray-venv/bin/python; "
                         "default $RAY_PYTHON, else this one if it has Ray")
+    p.add_argument("--ray-num-cpus", type=int, default=2,
+                   help="CPUs of the local Ray cluster (default 2, this box's; Ray starts that many workers at once)")
     args = p.parse_args()
     try:
         concurrent = sorted({int(x) for x in args.concurrent.split(",") if x.strip()})
@@ -201,7 +207,7 @@ def main() -> int:
     ray_python = args.ray_python or (sys.executable if importlib.util.find_spec("ray") else None)
     ray_note = None
     if ray_python and not args.no_ray:
-        ray_col, ray_note = measure_ray(ray_python, args.later, concurrent, args.settle)
+        ray_col, ray_note = measure_ray(ray_python, args.later, concurrent, args.settle, args.ray_num_cpus)
         if ray_col is not None:
             cols["Ray"] = ray_col
     report(bare, cols, concurrent, args.backend)
