@@ -18,6 +18,7 @@ from ._errors import DeadlockError as DeadlockError
 from ._errors import DependencyFailedError as DependencyFailedError
 from ._errors import EnvironmentBuildError as EnvironmentBuildError
 from ._errors import ExtensionError as ExtensionError
+from ._errors import InfeasibleResourcesError as InfeasibleResourcesError
 from ._errors import InvalidPreloadError as InvalidPreloadError
 from ._errors import InvalidRequirementError as InvalidRequirementError
 from ._errors import MethodNotFoundError as MethodNotFoundError
@@ -31,6 +32,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import SandboxUnavailableError as SandboxUnavailableError
 from ._errors import SerializationError as SerializationError
+from ._errors import TaskFailedError as TaskFailedError
 from ._errors import UsageError as UsageError
 from ._extensions import LoadedExtension as LoadedExtension
 from ._future import Future as Future
@@ -43,7 +45,11 @@ from ._objects import ObjectRef as ObjectRef
 from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
 from ._policy import SandboxPolicy as SandboxPolicy
+from ._resources import ResourceInfo as ResourceInfo
 from ._runtime import Runtime as Runtime
+from ._submit import submit as submit
+from ._task_options import TaskOptions as TaskOptions
+from ._task_options import task as task
 from ._waiting import as_completed as as_completed
 from ._waiting import gather as gather
 from ._waiting import wait as wait
@@ -68,6 +74,7 @@ __all__ = [
     "ExtensionError",
     "Future",
     "HandleInfo",
+    "InfeasibleResourcesError",
     "InvalidPreloadError",
     "InvalidRequirementError",
     "LeakCheck",
@@ -82,10 +89,13 @@ __all__ = [
     "PrivateMethodError",
     "ProtocolError",
     "RemoteError",
+    "ResourceInfo",
     "Runtime",
     "SandboxPolicy",
     "SandboxUnavailableError",
     "SerializationError",
+    "TaskFailedError",
+    "TaskOptions",
     "UsageError",
     "actor",
     "as_completed",
@@ -94,5 +104,7 @@ __all__ = [
     "info",
     "share",
     "shared_empty",
+    "submit",
+    "task",
     "wait",
 ]

@@ -316,3 +316,36 @@ class PendingCallsLimitError(CallRefusedError):
 class DeadlockError(CallError):
     """The call would have closed a cycle of calls waiting on each other, none able to go on;
     the message names every actor, method and call id in the cycle. Only this call fails."""
+
+
+class InfeasibleResourcesError(ActorboxError, ValueError):
+    """A task or actor asks for more of a resource than the Runtime has in all (it could never
+    start): ``resource`` (``"CPU"``, ``"GPU"`` or a custom name), ``requested``, ``available``."""
+
+    fields = ("resource", "requested", "available")
+
+    def __init__(self, message: str = "", *, resource: str | None = None, requested: float | None = None,
+                 available: float | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.requested = requested
+        self.available = available
+
+
+class TaskFailedError(ActorDiedError):
+    """A task's worker died on every attempt (``max_retries`` + 1 of them): ``causes`` holds
+    each attempt's ActorDiedError message, oldest first; the other fields are the last one's."""
+
+    fields = (*ActorDiedError.fields, "causes")
+
+    def __init__(self, message: str = "", *, actor: str | None = None, method: str | None = None,
+                 call_id: int | None = None, pid: int | None = None, exit_code: int | None = None,
+                 signal: int | None = None, stderr: str | None = None,
+                 causes: list[str] | tuple[str, ...] | None = None) -> None:
+        super().__init__(message, actor=actor, method=method, call_id=call_id, pid=pid, exit_code=exit_code,
+                         signal=signal, stderr=stderr)
+        self.causes = list(causes or ())
+
+    def __str__(self) -> str:
+        tries = "\n".join(f"  attempt {i}: {c}" for i, c in enumerate(self.causes, 1))
+        return f"task {self.method}() failed: {self.message}" + (f"\n{tries}" if tries else "")

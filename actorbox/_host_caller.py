@@ -26,6 +26,8 @@ class HostCaller(Caller):
     """Originates the host's calls, as ``endpoint`` (the host's endpoint in the scheduler)."""
 
     futures_as_args = True
+    # actorbox.submit() in the host: the running Runtime's rt.submit (set by the Runtime).
+    submit_task: Callable[..., Any] | None = None
 
     def __init__(self, services: HostServices, loop: HostLoop, endpoint: Endpoint) -> None:
         Caller.__init__(self)

@@ -10,9 +10,9 @@ objects (``_services``), never the Runtime, so none of them imports this module.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -37,16 +37,20 @@ from ._decode_limits import DEFAULT_MAX_DECODED_ITEMS, DEFAULT_MAX_MAP_KEYS, Dec
 from ._directory import Directory
 from ._errors import ActorboxError, UsageError
 from ._extensions import LoadedExtension, extension_folders, load_all, read_extension, sandbox_for
+from ._future import Future
 from ._handle import ActorHandle
 from ._host import HostEndpoint
 from ._host_caller import HostCaller
 from ._host_loop import HostLoop
+from ._import_paths import import_paths
 from ._inspect import ActorInfo, ProcessSampler, actor_infos
 from ._nofile import raise_nofile_limit
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore, check_retention
 from ._options import ActorOptions, check_name, options_of
 from ._residents import ResidentServer
+from ._resources import ResourceInfo, Resources
 from ._services import ActorServices, HostServices
+from ._tasks import DEFAULT_IDLE_S, TaskPool, check_task_settings
 from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
 from ._zygotes import Zygotes
 
@@ -67,6 +71,7 @@ class _Live:
     caller: HostCaller  # the host's caller: handles made here call through it
     directory: Directory  # handles by name and by reference; host-resident names
     ctx_token: Any  # process_caller's, reset on exit
+    tasks: TaskPool  # rt.submit's tasks and their worker actors
 
 
 def _env_flag(name: str) -> bool:
@@ -120,7 +125,9 @@ class Runtime:
                  max_frame_size: int = DEFAULT_MAX_FRAME, object_retention: float | str | None = "default",
                  object_store_capacity: int | None = None, env_root: str | os.PathLike[str] | None = None,
                  allow_source_builds: bool = False, max_decoded_items: int = DEFAULT_MAX_DECODED_ITEMS,
-                 max_map_keys: int = DEFAULT_MAX_MAP_KEYS) -> None:
+                 max_map_keys: int = DEFAULT_MAX_MAP_KEYS, num_cpus: float | None = None,
+                 num_gpus: int | None = None, resources: dict[str, float] | None = None,
+                 max_pending_tasks: int | None = None, task_worker_idle_s: float = DEFAULT_IDLE_S) -> None:
         if sandbox not in ("required", "disabled"):
             raise UsageError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
@@ -153,6 +160,8 @@ class Runtime:
         self._environments: EnvironmentManager | None = None
         self.allow_source_builds = allow_source_builds
         self.codec.limits = DecodeLimits(max_decoded_items, max_map_keys)  # its actors get them in INIT
+        self._resources = Resources(num_cpus, num_gpus, resources)
+        self._task_settings = check_task_settings(max_pending_tasks, task_worker_idle_s)
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -182,8 +191,12 @@ class Runtime:
                                          actors.cuda_ipc_reaches), loop, endpoint)
         endpoint.on_reply = caller.on_reply
         directory = Directory(self.scheduler, caller, residents, actors, self._recorder)
+        tasks = TaskPool(self.scheduler, self.codec, actors, tg, self._resources, self.log, *self._task_settings,
+                         closing=lambda: self.closing)
         self._live = _Live(tg, tg_cm, spawner, supervision, actors, loop, residents, caller, directory,
-                           process_caller.set(caller))
+                           process_caller.set(caller), tasks)
+        tg.start_soon(tasks.run)
+        caller.submit_task = functools.partial(tasks.submit, caller)
         tg.start_soon(_expire_objects, self.object_store, self.codec)
         if self._recorder is not None:
             tg.start_soon(_flush_trace, self._recorder)
@@ -214,6 +227,7 @@ class Runtime:
             suppress: bool | None = None
             try:
                 await live.actors.stop_all()  # shielded and bounded: the grace period plus 1 s
+                live.tasks.close()
                 live.tg.cancel_scope.cancel()
             finally:
                 # Supervisors still running now belong to starts that failed or to stops that
@@ -230,28 +244,7 @@ class Runtime:
                     suppress = await live.tg_cm.__aexit__(et, e, tb)
             return suppress
         finally:
-            await self._release(live)
-
-    async def _release(self, live: _Live) -> None:
-        """What outlives the actors until the very end: sockets, files, memory, threads (shielded)."""
-        if self._control is not None:
-            self._control.close()  # also when its task never ran: no socket file is left
-        if self._recorder is not None:
-            self._recorder.close()
-        self.object_store.close()
-        self.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
-        self.codec.segments.drain_pool()
-        # Waited for without blocking the loop: a fork finishing now wakes its (cancelled)
-        # launch through the loop, and blocking it here would deadlock.
-        live.spawner.shutdown(wait=False)
-        with anyio.CancelScope(shield=True):
-            while any(t.is_alive() for t in getattr(live.spawner, "_threads", ())):
-                await anyio.sleep(0.005)
-        live.residents.close(self.grace_period)
-        try:
-            process_caller.reset(live.ctx_token)
-        except ValueError:
-            process_caller.set(None)  # exited from another context
+            await _release(self, live)
 
     # -- actors ----------------------------------------------------------------------
 
@@ -386,35 +379,40 @@ class Runtime:
         """Calls in flight: id, actor, method, caller, parent call, state and age."""
         return self.scheduler.pending_calls()
 
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` as a task on a sandboxed worker (see ``@actorbox.task``); its Future."""
+        return (live := self._require_running()).tasks.submit(live.caller, fn, args, kwargs)
+
+    def resources(self) -> ResourceInfo:
+        """Each resource's total and what is free now (CPU, GPU, custom)."""
+        return self._resources.info()
+
 
 def _import_paths(cls: type) -> tuple[list[str], list[str]]:
-    """Where ``cls``'s module is imported from in the actor, and the files to expose for it.
+    """Where ``cls``'s module is imported from in the actor, and the files to expose for it."""
+    return import_paths(cls.__module__)
 
-    Returns (sys.path roots, paths to bind read-only): the module's own package
-    directory (or the module file itself when it is top-level) plus the
-    ``__init__.py`` of each enclosing package, and nothing else of the project.
-    """
-    module = sys.modules.get(cls.__module__)
-    f = getattr(module, "__file__", None)
-    if module is None or not f or cls.__module__ == "__main__":
-        return [], []
-    path = os.path.abspath(f)
-    is_pkg = os.path.basename(path) == "__init__.py"
-    depth = cls.__module__.count(".") + (1 if is_pkg else 0)
-    root = os.path.dirname(path)
-    for _ in range(depth):
-        root = os.path.dirname(root)
-    if depth == 0:
-        return [root], [path]
-    own = os.path.dirname(path)
-    binds = [own]
-    d = os.path.dirname(own)
-    while len(d) > len(root):
-        init = os.path.join(d, "__init__.py")
-        if os.path.exists(init):
-            binds.append(init)
-        d = os.path.dirname(d)
-    return [root], binds
+
+async def _release(rt: Runtime, live: _Live) -> None:
+    """What outlives a Runtime's actors until the very end: sockets, files, memory, threads (shielded)."""
+    if rt._control is not None:
+        rt._control.close()  # also when its task never ran: no socket file is left
+    if rt._recorder is not None:
+        rt._recorder.close()
+    rt.object_store.close()
+    rt.codec.cuda_keepalive.clear()  # the actors are gone: nobody can open these any more
+    rt.codec.segments.drain_pool()
+    # Waited for without blocking the loop: a fork finishing now wakes its (cancelled)
+    # launch through the loop, and blocking it here would deadlock.
+    live.spawner.shutdown(wait=False)
+    with anyio.CancelScope(shield=True):
+        while any(t.is_alive() for t in getattr(live.spawner, "_threads", ())):
+            await anyio.sleep(0.005)
+    live.residents.close(rt.grace_period)
+    try:
+        process_caller.reset(live.ctx_token)
+    except ValueError:
+        process_caller.set(None)  # exited from another context
 
 
 async def _supervise_actors(*, task_status: anyio.abc.TaskStatus[anyio.abc.TaskGroup]) -> None:
