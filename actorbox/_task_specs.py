@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 import sandbox
 
 from ._import_paths import import_paths
 from ._resources import Demand, Resources
+from ._submit import parse_actor_task
 from ._task_options import TaskOptions, check_task_function, task_options
+
+if TYPE_CHECKING:
+    from ._supervisor import ActorSupervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +57,21 @@ def host_spec(fn: Callable[..., Any], n: int, resources: Resources) -> TaskSpec:
                     requirements)
 
 
-def actor_spec(actor_id: int, ref: str, opts: TaskOptions, n: int, resources: Resources, paths: list[str],
-               module_paths: tuple[str, ...], requirements: tuple[str, ...] | None, sandbox_choice: Any) -> TaskSpec:
-    """The spec of a task actor ``actor_id`` submits (``ref``: "module:qualname"): it runs in that
-    actor's environment, sandbox and import roots, on workers no one else's tasks use.
+def actor_spec(sup: ActorSupervisor, method: str, n: int, resources: Resources) -> TaskSpec:
+    """The spec of a task the actor ``sup`` supervises submitted (``method``: its import path and
+    options, see ``_submit``): it runs in that actor's environment, sandbox and import roots, on
+    workers no one else's tasks use.
 
-    Raises InfeasibleResourcesError for a task that asks for more than the Runtime has.
+    Raises UsageError for a malformed method and InfeasibleResourcesError for a task that
+    asks for more than the Runtime has.
     """
+    ref, opts = parse_actor_task(method)
     name = ref.partition(":")[2]
     resources.check_feasible(opts.demand(), f"task {name}()")
-    kind = (actor_id, requirements, sandbox_choice, tuple(paths), module_paths)
+    paths = tuple(msgpack.unpackb(sup.init_payload)[0])  # the host made it: where the actor imports from
+    sandbox_choice = sup.options.sandbox
+    kind = (sup.actor_id, sup.requirements, sandbox_choice, paths, sup.module_paths)
     worker_opts = TaskOptions(opts.num_cpus, opts.num_gpus, opts.resources, opts.max_retries,
                               opts.retry_exceptions, (), sandbox_choice)
-    return TaskSpec(f"{name}#{n}", name, worker_opts, opts.demand(), kind, ref, tuple(paths), module_paths,
-                    requirements)
+    return TaskSpec(f"{name}#{n}", name, worker_opts, opts.demand(), kind, ref, paths, sup.module_paths,
+                    sup.requirements)

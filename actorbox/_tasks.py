@@ -32,14 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import msgpack
 
 from scheduler import Endpoint, Scheduler, close_fds, envelope
 
 from ._errors import ActorboxError, PendingCallsLimitError, TaskFailedError, UsageError
 from ._outcome import error_for
 from ._resources import Demand, Grant, Resources
-from ._submit import TASK_LABEL, TASKS_NAME, parse_actor_task
+from ._submit import TASK_LABEL, TASKS_NAME
 from ._task_specs import TaskSpec, actor_spec, host_spec
 from ._task_workers import Worker, WorkerSet
 
@@ -163,10 +162,7 @@ class TaskPool(Endpoint):
             if len(known) >= _MAX_ACTOR_TASKS:
                 raise UsageError(f"actor {sup.label!r} submitted {len(known)} different task functions, the most "
                                  "one actor may; submit fewer distinct functions (or options)")
-            ref, opts = parse_actor_task(call.method)
-            paths = msgpack.unpackb(sup.init_payload)[0]  # the host made it: where the actor imports from
-            spec = known[call.method] = actor_spec(actor_id, ref, opts, next(self._keys), self.resources, paths,
-                                                   sup.module_paths, sup.requirements, sup.options.sandbox)
+            spec = known[call.method] = actor_spec(sup, call.method, next(self._keys), self.resources)
         return spec
 
     def deliver_reply(self, reply: envelope.Reply) -> None:
