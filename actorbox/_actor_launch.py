@@ -80,6 +80,8 @@ async def launch(services: ActorServices, options: ActorOptions, label: str, cls
             python, venv, import_paths, binds = (
                 launch_env.python, launch_env.path, (launch_env.code_dir,), launch_env.bind_paths)
             extra = {sandbox.HOST_PACKAGES_VAR: launch_env.packages_dir}
+        if options.gpu_ids is not None:  # the GPUs the Runtime gave it (num_gpus=): only those are visible
+            extra = {**extra, "CUDA_VISIBLE_DEVICES": ",".join(map(str, options.gpu_ids))}
         spec = sandbox.LaunchSpec(
             python=python, module="actorbox._child", args=(str(child.fileno()), str(services.max_frame_size)),
             env=os.environ, pass_fds=(child.fileno(),), import_paths=import_paths,

@@ -344,8 +344,8 @@ class TaskFailedError(ActorDiedError):
                  causes: list[str] | tuple[str, ...] | None = None) -> None:
         super().__init__(message, actor=actor, method=method, call_id=call_id, pid=pid, exit_code=exit_code,
                          signal=signal, stderr=stderr)
-        self.causes = list(causes or ())
+        self.causes = causes  # as given: each attempt's cause, oldest first
 
     def __str__(self) -> str:
-        tries = "\n".join(f"  attempt {i}: {c}" for i, c in enumerate(self.causes, 1))
+        tries = "\n".join(f"  attempt {i}: {c}" for i, c in enumerate(self.causes or (), 1))
         return f"task {self.method}() failed: {self.message}" + (f"\n{tries}" if tries else "")

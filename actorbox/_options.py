@@ -9,6 +9,7 @@ from typing import Any, TypeVar, overload
 from sandbox import RequirementError, SandboxPolicy, validate_requirements
 
 from ._errors import InvalidPreloadError, InvalidRequirementError, NameTakenError, UsageError
+from ._resources import Demand, check_amount, check_custom
 
 T = TypeVar("T", bound=type)
 
@@ -63,6 +64,12 @@ class ActorOptions:
     # Backpressure: a call made while this many calls to the actor are unfinished fails at once
     # with PendingCallsLimitError (None: no limit).
     max_pending_calls: int | None = None
+    # Resources held for the actor's life (Runtime(num_cpus=, num_gpus=, resources=)): none by default.
+    num_cpus: float = 0.0
+    num_gpus: int = 0
+    resources: tuple[tuple[str, float], ...] = ()
+    # Set by the Runtime, not by @actor: the GPUs it holds (its CUDA_VISIBLE_DEVICES).
+    gpu_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -88,6 +95,14 @@ class ActorOptions:
                                                    or self.max_pending_calls < 1):
             raise UsageError(f"max_pending_calls must be an int >= 1 (or None for no limit), "
                              f"got {self.max_pending_calls!r}")
+        object.__setattr__(self, "num_cpus", check_amount(self.num_cpus, "num_cpus"))
+        object.__setattr__(self, "num_gpus", int(check_amount(self.num_gpus, "num_gpus", integral=True)))
+        object.__setattr__(self, "resources", check_custom(
+            dict(self.resources) if isinstance(self.resources, tuple) else self.resources, "resources"))
+
+    def demand(self) -> Demand:
+        """The resources the actor holds for its life."""
+        return Demand(self.num_cpus, self.num_gpus, self.resources)
 
 
 OPTIONS_ATTR = "__actorbox_options__"
@@ -105,6 +120,9 @@ def actor(
     max_restarts: int = 0,
     preload: tuple[str, ...] | list[str] = (),
     max_pending_calls: int | None = None,
+    num_cpus: float = 0,
+    num_gpus: int = 0,
+    resources: dict[str, float] | None = None,
 ) -> Any: ...
 def actor(cls: Any = None, /, **options: Any) -> Any:
     """Mark a class as an actor class: ``@actor`` or ``@actor(max_concurrency=4, ...)``.
@@ -112,6 +130,10 @@ def actor(cls: Any = None, /, **options: Any) -> Any:
     The class is returned unchanged apart from its options, so it stays usable
     (and testable) as a plain class; ``Runtime.start`` runs it as an actor.
     """
+    if "gpu_ids" in options:
+        raise UsageError("gpu_ids is not an @actor option: ask for num_gpus=, the Runtime picks the devices")
+    if options.get("resources", ()) is None:
+        options["resources"] = ()
     opts = ActorOptions(**options)
 
     def wrap(c: T) -> T:

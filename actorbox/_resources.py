@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,7 @@ class Resources:
         self.free = dict(self.total)
         self._free_gpus = list(range(gpus))
         self._changed = anyio.Event()  # set (and replaced) whenever something is given back
+        self.listeners: list[Callable[[], None]] = []  # called whenever something is given back
 
     def check_feasible(self, demand: Demand, who: str) -> None:
         """Raise InfeasibleResourcesError if ``demand`` is more than this Runtime has at all."""
@@ -140,9 +141,9 @@ class Resources:
         del self._free_gpus[:demand.gpus]
         return Grant(demand, gpu_ids)
 
-    def release(self, grant: Grant) -> None:
-        """Give back what ``grant`` holds (idempotent); wakes what waits for resources."""
-        if grant.released:
+    def release(self, grant: Grant | None) -> None:
+        """Give back what ``grant`` holds (idempotent; None: nothing); wakes what waits for resources."""
+        if grant is None or grant.released:
             return
         grant.released = True
         for name, amount in grant.demand.items():
@@ -150,6 +151,12 @@ class Resources:
         self._free_gpus = sorted({*self._free_gpus, *grant.gpu_ids})
         self._changed.set()
         self._changed = anyio.Event()
+        for listener in self.listeners:
+            listener()
+
+    def peek_gpus(self, n: int) -> tuple[int, ...]:
+        """The GPU ids ``acquire`` would give a demand of ``n`` GPUs now."""
+        return tuple(self._free_gpus[:n])
 
     async def acquire_waiting(self, demand: Demand) -> Grant:
         """Wait until ``demand`` fits, then take it (for actors: their start waits for resources)."""

@@ -28,6 +28,7 @@ from sandbox import EnvironmentManager, SandboxPolicy, validate_requirements
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
 
 from ._actor_launch import CODE_PATHS
+from ._actor_resources import start_holding
 from ._actors import ActorTable, StartRequest
 from ._codec import Codec
 from ._context import process_caller
@@ -323,7 +324,7 @@ class Runtime:
 
     async def _start_actor(self, req: StartRequest) -> ActorHandle:
         live = self._require_running()
-        entry = await live.actors.start(req)
+        entry = await start_holding(self._resources, live.actors, req)  # once its resources are free
         return ActorHandle(live.caller, entry.actor_id, req.name, entry.label, entry.token)
 
     async def put(self, obj: Any, *, retention: float | str | None = "default") -> ObjectRef:

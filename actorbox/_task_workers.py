@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Hashable
@@ -70,36 +71,39 @@ class WorkerSet:
             self.drop(w)  # died while idle
         return None
 
-    def maybe_start(self, spec: TaskSpec, waiting: int) -> None:
-        """Start one more worker of ``spec``'s kind if ``waiting`` tasks of it outnumber those starting."""
-        starting = self.starting.get(spec.kind, 0)
+    def maybe_start(self, spec: TaskSpec, kind: Hashable, gpu_ids: tuple[int, ...], waiting: int) -> None:
+        """Start one more worker of ``kind`` (``spec``'s, with ``gpu_ids`` visible) if ``waiting`` tasks of it
+        outnumber those starting."""
+        starting = self.starting.get(kind, 0)
         if self.closing() or starting >= waiting:
             return
         if len(self.workers) + sum(self.starting.values()) >= self.max_workers:
             # Full: an idle worker of another kind makes room (it would be retired anyway).
-            other = next((w for kind, ws in self.idle.items() if kind != spec.kind for w in ws), None)
+            other = next((w for k, ws in self.idle.items() if k != kind for w in ws), None)
             if other is None:
                 return
             self.idle[other.kind].remove(other)
             self.retire(other)
-        self.starting[spec.kind] = starting + 1
-        self.tg.start_soon(self._start, spec)
+        self.starting[kind] = starting + 1
+        self.tg.start_soon(self._start, spec, kind, gpu_ids)
 
-    async def _start(self, spec: TaskSpec) -> None:
-        req = StartRequest({"cls": TaskWorker}, "TaskWorker", "task-worker", (), {}, None,
-                           spec.options.worker_options(), list(spec.paths), list(spec.module_paths),
-                           spec.requirements)
+    async def _start(self, spec: TaskSpec, kind: Hashable, gpu_ids: tuple[int, ...]) -> None:
+        opts = spec.options.worker_options()
+        if gpu_ids:
+            opts = dataclasses.replace(opts, gpu_ids=gpu_ids)
+        req = StartRequest({"cls": TaskWorker}, "TaskWorker", "task-worker", (), {}, None, opts,
+                           list(spec.paths), list(spec.module_paths), spec.requirements)
         try:
             entry = await self.actors.start(req)
         except Exception as exc:
-            self.starting[spec.kind] -= 1
+            self.starting[kind] -= 1
             self.on_start_failed(spec.kind, exc)
             return
         except BaseException:
-            self.starting[spec.kind] -= 1
+            self.starting[kind] -= 1
             raise
-        self.starting[spec.kind] -= 1
-        worker = Worker(entry.actor_id, entry.label, entry.token, spec.kind)
+        self.starting[kind] -= 1
+        worker = Worker(entry.actor_id, entry.label, entry.token, kind)
         self.workers[worker.actor_id] = worker
         self.to_idle(worker)
         self.on_ready()

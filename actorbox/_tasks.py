@@ -98,6 +98,7 @@ class TaskPool(Endpoint):
         self.workers = WorkerSet(scheduler, actors, tg, resources, log, idle_s, closing)
         self.workers.on_ready = self._pump
         self.workers.on_start_failed = self._fail_kind
+        resources.listeners.append(self._pump)  # an actor that ends gives resources back
         self._pumping = False
         self._pump_again = False
         entry = scheduler.add_actor(TASKS_NAME, TASKS_NAME, 1 << 30)  # the pool admits; the scheduler never queues
@@ -180,7 +181,7 @@ class TaskPool(Endpoint):
             return
         worker, task.worker, task.local_id = task.worker, None, None
         assert worker is not None
-        self._free(task)
+        self.resources.release(task.grant)
         if reply.status in _ENDED:
             self.workers.drop(worker)
         else:
@@ -230,17 +231,17 @@ class TaskPool(Endpoint):
             while self._pump_again:
                 self._pump_again = False
                 for drained in self.workers.drained():
-                    self._free(drained)
+                    self.resources.release(drained.grant)
                 for key, q in sorted(self._queues.items(), key=lambda kq: kq[1][0].seq if kq[1] else -1):
                     while q:
                         task = q[0]
                         if not self.resources.fits(task.spec.demand):
                             break
-                        worker = self.workers.take_idle(task.spec.kind)
+                        kind, gpus = _worker_kind(task.spec, self.resources)
+                        worker = self.workers.take_idle(kind)
                         if worker is None:
-                            kind = task.spec.kind
-                            self.workers.maybe_start(task.spec, sum(len(q) for k, q in self._queues.items()
-                                                                    if k[0] == kind))
+                            self.workers.maybe_start(task.spec, kind, gpus, sum(
+                                len(q) for k, q in self._queues.items() if k[0] == task.spec.kind))
                             break
                         q.popleft()
                         self._dispatch(task, worker)
@@ -336,11 +337,6 @@ class TaskPool(Endpoint):
             for task in self._queues.pop(key):
                 self._finish(task, self._error_reply(task, exc), True)
 
-    def _free(self, task: _Task) -> None:
-        if task.grant is not None:
-            self.resources.release(task.grant)
-            task.grant = None
-
     async def run(self) -> None:
         """Retire workers idle for longer than the idle time; notice drained ones (until cancelled)."""
         while True:
@@ -352,7 +348,7 @@ class TaskPool(Endpoint):
     def close(self) -> None:
         """The Runtime exits: queued tasks fail as stopped (running ones fail with their workers)."""
         for task in list(self._tasks.values()):
-            self._free(task)
+            self.resources.release(task.grant)
             self._finish(task, envelope.Reply(task.gid, envelope.Status.STOPPED, detail={
                 "message": f"the Runtime exited before task {task.spec.name}() ran; keep the 'async with "
                            "Runtime()' block open until the tasks you wait for are done"}), True)
@@ -369,6 +365,12 @@ class TaskPool(Endpoint):
     def _event(self, event: str, task: _Task, **fields: Any) -> None:
         if self.scheduler.log_calls:
             self.log.debug(event, task=task.spec.name, call_id=task.gid, **fields)
+
+
+def _worker_kind(spec: TaskSpec, resources: Resources) -> tuple[Hashable, tuple[int, ...]]:
+    """The kind of worker ``spec`` runs on now: a GPU task's sees the GPUs it is about to be given."""
+    gpus = resources.peek_gpus(spec.demand.gpus) if spec.demand.gpus else ()
+    return ((spec.kind, gpus) if gpus else spec.kind), gpus
 
 
 def check_task_settings(max_pending_tasks: object, idle_s: object) -> tuple[int | None, float]:

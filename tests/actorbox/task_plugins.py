@@ -112,3 +112,23 @@ class FanOut:
 def hold_two(seconds: float) -> str:
     time.sleep(seconds)
     return "big"
+
+
+@actorbox.task(num_gpus=1)
+def visible_gpus(seconds: float) -> str:
+    time.sleep(seconds)
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+@actorbox.actor(num_cpus=2)
+class TwoCpus:
+    """Holds two CPUs for its life."""
+
+    def ping(self) -> str:
+        return "pong"
+
+
+@actorbox.actor(num_gpus=1)
+class OneGpu:
+    def visible(self) -> str:
+        return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
