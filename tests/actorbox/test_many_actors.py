@@ -2,8 +2,9 @@
 
 The issue's bar is 200 on the 2-core, 24 GB development machine; that takes actors forked
 from a zygote (a spawned actor keeps ~155 MB of its own torch import, so 200 would need
-~31 GB; forked, each keeps ~14 MB private and 200 start in ~13 s). The test runs asyncio only: it is about processes and memory,
-which the host's event loop backend does not change, and each run costs the whole box.
+~31 GB; forked, each keeps ~14 MB private and 200 start in ~13 s). The test runs asyncio
+only: it is about processes and memory, which the host's event loop backend does not
+change, and each run costs the whole box.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ def _uss(pids: list[int]) -> list[int]:
             out.append(psutil.Process(pid).memory_full_info().uss)
         except psutil.Error:
             pass
+    return out
+
+
+def _helpers(host: psutil.Process, actors: set[int]) -> dict[int, int]:
+    """Open descriptors of each process under the host that is not an actor."""
+    out = {}
+    for p in host.children(recursive=True):
+        if p.pid not in actors:
+            try:
+                out[p.pid] = p.num_fds()
+            except psutil.Error:  # gone meanwhile
+                pass
     return out
 
 
@@ -96,11 +109,16 @@ async def test_many_torch_importing_actors_live_at_once_and_leave_nothing(count:
         # The host holds a handful per actor (its socket, a pidfd, output pipes), not more.
         per_actor = (_host_fds() - fds_before) / count
         assert per_actor <= 8, f"the host holds {per_actor:.1f} descriptors per actor"
+        # Around the actors (bubblewrap, each sandbox's pid 1, zygotes, which hold a pidfd
+        # per live child): at most one process and a few descriptors per actor.
+        helpers = _helpers(me, pids)
+        assert len(helpers) <= count + 16, f"{len(helpers)} processes besides {count} actors"
+        assert sum(helpers.values()) <= 6 * count + 64, f"processes around the actors hold {helpers}"
         uss = _uss(sorted(pids))
         print(f"\n{count} actors: started in {started_s:.1f} s, {per_actor:.1f} host fds each, "
               f"private memory median {statistics.median(uss) / 1e6:.0f} MB, max {max(uss) / 1e6:.0f} MB, "
               f"threads median {statistics.median(a.threads or 0 for a in rows):.0f}, "
-              f"fds median {statistics.median(a.fds or 0 for a in rows):.0f}; "
+              f"fds median {statistics.median(a.fds or 0 for a in rows):.0f}; {len(helpers)} helper processes; "
               f"rt.actors() took {sample_s * 1e3:.0f} ms")
 
         async with anyio.create_task_group() as tg:
