@@ -134,3 +134,54 @@ async def test_a_policy_of_32_threads_refuses_the_actor_more_and_ps_shows_them()
         await h.let_threads_go()
         assert (await h.spawn_threads(4))["error"] is None
         await h.let_threads_go()
+
+
+async def _start_until_refused(rt: actorbox.Runtime, n: int, threads: int) -> list[actorbox.ActorHandle]:
+    """Start up to n Holders, each taking ``threads`` threads, until one cannot start a single thread."""
+    handles = []
+    for _ in range(n):
+        h = await rt.start(Holder)
+        handles.append(h)
+        if (await h.spawn_threads(threads))["started"] == 0:
+            break
+    return handles
+
+
+# Found measuring budgets (issue 17), in the zygote's code (actorbox/_zygote.py): it keeps a
+# pidfd per live child under the policy's RLIMIT_NOFILE and forks under the policy's
+# RLIMIT_NPROC times 64 shared by all its children; when a fork or pidfd_open fails it
+# raises out of its loop and exits, and its sandbox's pid namespace takes every actor it
+# forked down with it (SIGKILL). Strict: these fail here until that is fixed.
+_ZYGOTE_BUDGETS = pytest.mark.xfail(
+    strict=True, reason="a zygote that runs out of descriptors or processes exits and kills every actor it forked")
+# Processes and limits, not the host's event loop: one backend is enough for these two.
+_ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+@_ZYGOTE_BUDGETS
+@_ASYNCIO_ONLY
+@pytest.mark.slow
+async def test_starting_actors_past_a_zygotes_descriptor_limit_leaves_the_started_ones_alive() -> None:
+    """Under max_open_files=16, starting 16 actors of one policy one by one leaves all 16 alive and answering."""
+    policy = actorbox.SandboxPolicy(max_open_files=16)
+    async with actorbox.Runtime(sandbox_policy=policy) as rt:
+        handles = [await rt.start(Holder) for _ in range(16)]
+        assert [a.state for a in rt.actors() if a.state != "resident"] == ["alive"] * 16
+        for h in handles:
+            assert await h.open_pipes(1) == {"fds": 2, "error": None}
+
+
+@_ZYGOTE_BUDGETS
+@_ASYNCIO_ONLY
+@pytest.mark.slow
+async def test_each_forked_actor_keeps_its_own_thread_budget_and_its_siblings() -> None:
+    """Under max_processes=16, 80 actors each holding 12 threads leave every one of them its own budget,
+    and one more start kills none of them."""
+    policy = actorbox.SandboxPolicy(max_processes=16)
+    async with actorbox.Runtime(sandbox_policy=policy) as rt:
+        handles = await _start_until_refused(rt, 80, 12)
+        assert len(handles) == 80, f"actor {len(handles)} could not start one thread under its own limit of 16"
+        await rt.start(Holder)
+        assert {a.state for a in rt.actors() if a.state != "resident"} == {"alive"}
+        for h in handles:
+            await h.let_threads_go()
