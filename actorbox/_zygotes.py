@@ -110,8 +110,9 @@ class ForkedProcess:
                 await anyio.wait_readable(self._pidfd)  # readable once it exited
                 # Its status comes from the zygote, which reaps it at once; a zygote that
                 # cannot say (gone, or stuck) leaves it as killed.
-                with anyio.move_on_after(2.0):
-                    await self._reported.wait()
+                if self._zygote.state == "ready":
+                    with anyio.move_on_after(2.0):
+                        await self._reported.wait()
                 self.report(-signal.SIGKILL)
             assert self._status is not None
             return self._status
@@ -169,6 +170,7 @@ class Zygote:
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._tail = sandbox.OutputTail(f"(zygote {spec.label})", sys.stderr)
+        self._pidfd = -1  # of the zygote's Python process, inside its sandbox
 
     async def start(self) -> None:
         """Launch the zygote as an actor of its key would be launched; its reader runs under supervision."""
@@ -237,6 +239,10 @@ class Zygote:
                 self.state, self.reason = ("ready", "") if ok else ("unavailable", reason[:1000])
                 if self.nested and self.proc is not None:
                     self.pid = sandbox.find_actor_pid(self.proc.pid, "actorbox._zygote") or self.proc.pid
+                    try:  # killed through it at the end: bwrap's pid namespace dies a moment after bwrap
+                        self._pidfd = os.pidfd_open(self.pid)
+                    except OSError:
+                        pass
                 self.ready.set()
             case ["forked", int(rid)] if rid in self._pending and len(fds) == 1:
                 self._check_pidfd(fds[0])
@@ -275,6 +281,15 @@ class Zygote:
         sandbox.kill_group(proc.pid)
         with anyio.move_on_after(0.5):
             await proc.wait()
+            if self._pidfd >= 0:  # gone when this returns: no zygote outlives its Runtime
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                await anyio.wait_readable(self._pidfd)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         await proc.aclose()
         for child in self._children.values():
             child.report(-signal.SIGKILL)  # its pid namespace died with it
@@ -380,6 +395,7 @@ class Zygotes:
         self.by_key: dict[tuple[Any, ...], Zygote] = {}
         self._starting: dict[tuple[Any, ...], anyio.Event] = {}
         self._closed = False
+        self._said_off = False
 
     def key_of(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> tuple[Any, ...]:
         """What an actor's zygote must share with it: interpreter, environment, binds, variables, sandbox."""
@@ -389,6 +405,10 @@ class Zygotes:
 
     async def zygote_for(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> Zygote | None:
         """The ready zygote of this key, started (or replaced) as needed; None where none can serve."""
+        if not self.enabled and not self._said_off:
+            self._said_off = True
+            self.log.info("zygote.unavailable", reason="turned off (ACTORBOX_ZYGOTES=0)",
+                          consequence="every actor starts its own interpreter")
         if not self.enabled or self._closed:
             return None
         key = self.key_of(spec, preload)
