@@ -136,7 +136,8 @@ class Scheduler:
             # those finish (or never, if one never does): they fail now, as a queued one does.
             for entry in [e for e in self.calls.values() if e.actor_id == actor_id and e.state == WAITING]:
                 self._finish(entry, envelope.Reply(entry.call_id, status, b"", detail))
-        if old is not None:
+        # An endpoint that still serves other actors (the host's, serving every resident) lives on.
+        if old is not None and not any(x.endpoint is old for x in self.actors.values()):
             self.forget_caller(old)
 
     def forget_caller(self, endpoint: Endpoint) -> None:

@@ -41,9 +41,13 @@ class Ring:
     async def poke(self) -> str:
         return "poked"
 
-    async def busy(self, s: float) -> str:
-        await anyio.sleep(s)
+    async def busy(self, latch: str) -> str:
+        """Busy until the host opens ``latch``: its one call out waits for nothing that waits."""
+        await actorbox.get_actor(latch).wait()
         return "done"
+
+    async def poke_next(self, nxt: str) -> str:
+        return str(await actorbox.get_actor(nxt).poke())
 
     async def through_host(self, relay: str, me: str) -> str:
         """host -> this -> the host's relay -> this again: re-entrant, admitted past the limit."""
@@ -87,6 +91,16 @@ class Gate:
             event.set()
             self.arrived, self.event = 0, anyio.Event()
         await event.wait()
+
+
+class Latch:
+    """Host-resident: ``wait`` returns once the host calls ``open`` (directly, on the object)."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self.event.wait()
 
 
 class Relay:
@@ -168,14 +182,21 @@ async def test_a_three_actor_ring_names_every_actor_and_reaches_the_host_as_the_
 
 
 async def test_a_call_queued_behind_a_busy_actor_that_waits_for_nothing_succeeds(rt):
-    """A.run -> B.poke while B.busy sleeps (no calls of its own): the call waits for B's slot and succeeds."""
+    """A -> B.poke while B.busy waits on the host (which waits for nothing): A's call waits for B's slot, is
+    not refused, and succeeds once the host lets B.busy end."""
     a, b = rt.get_actor("ring-a"), rt.get_actor("ring-b")
-    busy = b.busy(0.5)
-    with anyio.fail_after(CALL_TIMEOUT):
-        while not any(c.method == "busy" and c.state == "running" for c in rt.pending_calls()):
-            await anyio.sleep(0.01)
-    gate_partner = rt.get_actor("gate2").arrive()  # the run's gate: let it through at once
-    assert await gather_all(a.run("gate2", "ring-b"), gate_partner, busy) == [["ok", "poked"], None, "done"]
+    latch = Latch()
+    rt.register("latch", latch, max_concurrency=4)
+    try:
+        busy = b.busy("latch")
+        calling = a.poke_next("ring-b")
+        with anyio.fail_after(CALL_TIMEOUT):
+            while not any(c.method == "poke" and c.state in ("queued", "delivered") for c in rt.pending_calls()):
+                await anyio.sleep(0.01)
+        latch.event.set()
+        assert await gather_all(calling, busy) == ["poked", "done"]
+    finally:
+        rt.unregister("latch")
 
 
 async def test_a_re_entrant_chain_through_the_host_is_no_deadlock(rt):

@@ -682,3 +682,21 @@ def test_global_ids_are_unique_across_callers(sched: Scheduler) -> None:
     finish(sched, ep_a, first, b"for c1")
     assert [r.payload for r in c1.replies] == [b"for c1"]
     assert [r.payload for r in c2.replies] == [b"for c2"]
+
+
+def test_detaching_one_of_the_actors_an_endpoint_serves_keeps_the_endpoint_alive(host: Recorder) -> None:
+    """The host's endpoint serves every host-resident actor: unregistering one must not mark it gone,
+    or the host's later calls would never get their replies (rt.unregister then hung every call)."""
+    sched = Scheduler()
+    shared = Recorder("host-residents", trusted=True)
+    r1, r2 = sched.add_actor("r1", "r1", 1), sched.add_actor("r2", "r2", 1)
+    sched.attach(r1.actor_id, shared)
+    sched.attach(r2.actor_id, shared)
+    aid, ep = start_actor(sched, "A")
+    shared.call(sched, aid, "m")
+    sched.detach(r1.actor_id, envelope.Status.STOPPED, {"message": "unregistered"}, keep_queue=False)
+    assert shared.alive and ep.cancels == []
+    finish(sched, ep, ep.calls[0])
+    assert [r.status for r in shared.replies] == [OK]
+    sched.detach(r2.actor_id, envelope.Status.STOPPED, {"message": "unregistered"}, keep_queue=False)
+    assert not shared.alive  # the last actor it served is gone: now it is
