@@ -222,3 +222,20 @@ async def test_draining_200_futures_one_at_a_time(rt):
             assert len(done) == 1
             got.append(await done[0])
     assert sorted(got) == [i * i for i in range(200)]
+
+
+async def test_wait_and_gather_take_task_futures_too(rt):
+    """Futures of @actorbox.task functions: wait(num_returns, timeout) returns the finished tasks and leaves a
+    long one pending (not cancelled: it is cancelled here by the test), gather returns task values in order."""
+    from tests.actorbox.task_plugins import double, sleep_async
+
+    with anyio.fail_after(CALL_TIMEOUT * 2):
+        quick = [rt.submit(double, i) for i in range(4)]
+        long = rt.submit(sleep_async, 60)
+        done, pending = await actorbox.wait([long, *quick], num_returns=4, timeout=CALL_TIMEOUT)
+        assert done == quick and pending == [long]
+        assert await actorbox.wait([long], timeout=0.1) == ([], [long]) and not long.done()
+        assert await actorbox.gather(*quick, rt.submit(double, 10)) == [0, 2, 4, 6, 20]
+        long.cancel()
+        with pytest.raises(actorbox.CallCancelledError):
+            await long
