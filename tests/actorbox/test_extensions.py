@@ -29,12 +29,14 @@ entry = "node:Node"
 name = "demo"
 max_concurrency = 3
 max_restarts = 2
+max_pending_calls = 50
 sandbox = { network = true, max_processes = 64 }
 """)
     ext = read_extension(str(d))
     assert (ext.name, ext.module, ext.cls) == ("demo", "node", "Node")
     assert ext.requirements == ("six==1.16.0",) and ext.ignored == ("torch>=2",)
     assert ext.options.max_concurrency == 3 and ext.options.max_restarts == 2
+    assert ext.options.max_pending_calls == 50
     assert ext.sandbox_request == {"network": True, "max_processes": 64}
     assert ext.options.sandbox is None  # the host decides (see sandbox_for)
 
@@ -54,6 +56,7 @@ def test_the_project_name_names_the_actor_by_default(tmp_path: Path) -> None:
     ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = { readable_paths = ["/"] }\n',
      "paths are granted by the host only"),
     ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nmax_concurrency = 0\n', "max_concurrency"),
+    ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nmax_pending_calls = 0\n', "max_pending_calls"),
     ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = "disabled"\n',
      "cannot turn its own sandbox off"),
     ('[project]\nname = "x"\n[tool.actorbox]\nentry = "node:Node"\nsandbox = { max_processes = 2 }\n',
