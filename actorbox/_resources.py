@@ -57,10 +57,15 @@ class Demand:
     cpus: float = 0.0
     gpus: int = 0
     custom: tuple[tuple[str, float], ...] = ()
+    # The non-zero amounts by resource name, computed once (admission reads them per task).
+    _items: tuple[tuple[str, float], ...] = field(default=(), init=False, repr=False, compare=False)
 
-    def items(self) -> list[tuple[str, float]]:
-        out = [(CPU, self.cpus), (GPU, float(self.gpus)), *self.custom]
-        return [(k, v) for k, v in out if v > 0]
+    def __post_init__(self) -> None:
+        amounts = [(CPU, float(self.cpus)), (GPU, float(self.gpus)), *self.custom]
+        object.__setattr__(self, "_items", tuple((k, v) for k, v in amounts if v > 0))
+
+    def items(self) -> tuple[tuple[str, float], ...]:
+        return self._items
 
 
 @dataclass(slots=True)
@@ -119,6 +124,7 @@ class Resources:
         self._free_gpus = list(range(gpus))
         self._changed = anyio.Event()  # set (and replaced) whenever something is given back
         self.listeners: list[Callable[[], None]] = []  # called whenever something is given back
+        self._waiting = 0  # starts waiting in acquire_waiting
 
     def check_feasible(self, demand: Demand, who: str) -> None:
         """Raise InfeasibleResourcesError if ``demand`` is more than this Runtime has at all."""
@@ -131,28 +137,38 @@ class Resources:
                     f"({_option_for(name)})", resource=name, requested=amount, available=there)
 
     def fits(self, demand: Demand) -> bool:
-        return all(amount <= self.free.get(name, 0.0) + _EPS for name, amount in demand.items())
+        free = self.free
+        for name, amount in demand._items:
+            if amount > free.get(name, 0.0) + _EPS:
+                return False
+        return True
 
     def acquire(self, demand: Demand) -> Grant:
         """Take ``demand`` (which fits: see ``fits``)."""
-        for name, amount in demand.items():
+        for name, amount in demand._items:
             self.free[name] -= amount
+        if not demand.gpus:
+            return Grant(demand)
         gpu_ids = tuple(self._free_gpus[:demand.gpus])
         del self._free_gpus[:demand.gpus]
         return Grant(demand, gpu_ids)
 
-    def release(self, grant: Grant | None) -> None:
-        """Give back what ``grant`` holds (idempotent; None: nothing); wakes what waits for resources."""
+    def release(self, grant: Grant | None, *, wake: bool = True) -> None:
+        """Give back what ``grant`` holds (idempotent; None: nothing); ``wake``: tell those who wait for
+        resources (the task pool need not be told of its own)."""
         if grant is None or grant.released:
             return
         grant.released = True
-        for name, amount in grant.demand.items():
+        for name, amount in grant.demand._items:
             self.free[name] = min(self.total[name], self.free[name] + amount)
-        self._free_gpus = sorted({*self._free_gpus, *grant.gpu_ids})
-        self._changed.set()
-        self._changed = anyio.Event()
-        for listener in self.listeners:
-            listener()
+        if grant.gpu_ids:
+            self._free_gpus = sorted({*self._free_gpus, *grant.gpu_ids})
+        if self._waiting:  # an actor's start
+            self._changed.set()
+            self._changed = anyio.Event()
+        if wake:
+            for listener in self.listeners:
+                listener()
 
     def peek_gpus(self, n: int) -> tuple[int, ...]:
         """The GPU ids ``acquire`` would give a demand of ``n`` GPUs now."""
@@ -161,7 +177,11 @@ class Resources:
     async def acquire_waiting(self, demand: Demand) -> Grant:
         """Wait until ``demand`` fits, then take it (for actors: their start waits for resources)."""
         while not self.fits(demand):
-            await self._changed.wait()
+            self._waiting += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._waiting -= 1
         return self.acquire(demand)
 
     def info(self) -> ResourceInfo:

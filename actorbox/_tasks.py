@@ -181,7 +181,7 @@ class TaskPool(Endpoint):
             return
         worker, task.worker, task.local_id = task.worker, None, None
         assert worker is not None
-        self.resources.release(task.grant)
+        self.resources.release(task.grant, wake=False)
         if reply.status in _ENDED:
             self.workers.drop(worker)
         else:
@@ -230,9 +230,13 @@ class TaskPool(Endpoint):
             self._pump_again = True
             while self._pump_again:
                 self._pump_again = False
-                for drained in self.workers.drained():
-                    self.resources.release(drained.grant)
-                for key, q in sorted(self._queues.items(), key=lambda kq: kq[1][0].seq if kq[1] else -1):
+                if self.workers.draining:
+                    for drained in self.workers.drained():
+                        self.resources.release(drained.grant, wake=False)
+                queues = list(self._queues.items())
+                if len(queues) > 1:
+                    queues.sort(key=lambda kq: kq[1][0].seq if kq[1] else -1)
+                for key, q in queues:
                     while q:
                         task = q[0]
                         if not self.resources.fits(task.spec.demand):
@@ -348,7 +352,7 @@ class TaskPool(Endpoint):
     def close(self) -> None:
         """The Runtime exits: queued tasks fail as stopped (running ones fail with their workers)."""
         for task in list(self._tasks.values()):
-            self.resources.release(task.grant)
+            self.resources.release(task.grant, wake=False)
             self._finish(task, envelope.Reply(task.gid, envelope.Status.STOPPED, detail={
                 "message": f"the Runtime exited before task {task.spec.name}() ran; keep the 'async with "
                            "Runtime()' block open until the tasks you wait for are done"}), True)

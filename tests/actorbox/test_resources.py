@@ -13,11 +13,16 @@ from .task_plugins import OneGpu, TwoCpus, double, visible_gpus
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.slow
 async def test_gpu_tasks_see_only_the_devices_they_hold() -> None:
-    """Two one-GPU tasks running at once each see one device of the Runtime's two, a different one each."""
+    """A one-GPU task started while another holds GPU 0 sees only GPU 1 of the Runtime's two."""
     async with actorbox.Runtime(num_cpus=2, num_gpus=2) as rt:
-        seen = [await f for f in [rt.submit(visible_gpus, 0.3), rt.submit(visible_gpus, 0.3)]]
-        assert sorted(seen) == ["0", "1"]
+        first = rt.submit(visible_gpus, 2.0)
+        with anyio.fail_after(20):
+            while rt.resources().free["GPU"] != 1.0:  # the first holds a GPU now
+                await anyio.sleep(0.02)
+            assert await rt.submit(visible_gpus, 0.0) == "1"
+            assert await first == "0"
         assert rt.resources().free["GPU"] == 2.0
 
 
