@@ -13,7 +13,7 @@ survive a fork), the socket is served with blocking ``poll``, and each child res
 every generator it inherited.
 
 Protocol (SOCK_SEQPACKET, one msgpack list per message, each at most ``MAX_MESSAGE``):
-host -> zygote ``["fork", id, uid, tmpfs_size, network, max_processes, max_frame]`` with
+host -> zygote ``["fork", id, uid, tmpfs_size, network, max_processes, max_open_files, max_frame]`` with
 the actor's socket end and its stdout and stderr write ends (SCM_RIGHTS); zygote -> host
 ``["ready", nested_ok, reason]`` once, ``["forked", id]`` with the child's pidfd,
 ``["failed", id, reason]``, and ``["exit", id, status]`` once the child is reaped
@@ -78,11 +78,12 @@ def _become_actor(sock_fd: int, out: int, err: int, req: list[Any], nested: bool
     keep = sorted({0, 1, 2, sock_fd})
     for lo, hi in zip(keep, [*keep[1:], 1 << 20], strict=True):
         os.closerange(lo + 1, hi)
-    _, _, uid, tmpfs_size, network, max_processes, max_frame = req
+    _, _, uid, tmpfs_size, network, max_processes, max_open_files, max_frame = req
     if nested:
         from sandbox._nest import NestSpec, enter_nested, reap, seal
 
-        pid = enter_nested(NestSpec(uid if uid >= 0 else os.getuid(), tmpfs_size, network, max_processes))
+        pid = enter_nested(NestSpec(uid if uid >= 0 else os.getuid(), tmpfs_size, network, max_processes,
+                                    max_open_files))
         if pid:
             os._exit(reap(pid))
         seal()
@@ -113,7 +114,7 @@ def _probe(nested: bool) -> tuple[bool, str]:
             os.close(r)
             from sandbox._nest import NestSpec, enter_nested, reap, seal
 
-            child = enter_nested(NestSpec(os.getuid(), 1 << 20, False, 64))
+            child = enter_nested(NestSpec(os.getuid(), 1 << 20, False, 64, 64))
             if child:
                 os._exit(reap(child))
             seal()
@@ -147,24 +148,39 @@ def serve(sock: socket.socket, nested: bool) -> None:
             if got is None:
                 return
             req, fds = got
-            if not (isinstance(req, list) and len(req) == 7 and req[0] == "fork" and len(fds) == 3):
+            if not (isinstance(req, list) and len(req) == 8 and req[0] == "fork" and len(fds) == 3):
                 for x in fds:
                     os.close(x)
                 continue
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _become_actor(fds[0], fds[1], fds[2], req, nested)
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    os._exit(70)
-            for x in fds:
-                os.close(x)
-            pidfd = os.pidfd_open(pid)
+            try:
+                pid, pidfd = _fork(fds, req, nested)
+            except OSError as exc:  # out of processes or descriptors: this actor starts without us
+                _send(sock, ["failed", req[1], f"fork: {exc}"])
+                continue
+            finally:
+                for x in fds:
+                    os.close(x)
             children[pidfd] = (req[1], pid)
             poller.register(pidfd, select.POLLIN)
             _send(sock, ["forked", req[1]], pidfd)
+
+
+def _fork(fds: list[int], req: list[Any], nested: bool) -> tuple[int, int]:
+    """Fork the actor; (its pid, a pidfd of it). Raises OSError (nothing is left forked then)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _become_actor(fds[0], fds[1], fds[2], req, nested)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(70)
+    try:
+        return pid, os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import array
 import dataclasses
 import itertools
 import os
+import resource
 import signal
 import socket
 import sys
@@ -47,9 +48,11 @@ CHILD_MARKER = "--forks=actorbox._child"
 # starts without it.
 READY_TIMEOUT_S = 120.0
 FORK_TIMEOUT_S = 15.0
-# A zygote's process limit counts all its actors' processes and threads (one uid); each
-# actor's own limit is set in its own user namespace (sandbox._nest).
-_NPROC_FACTOR = 64
+# A zygote's limits count for all its actors together: its process limit counts all their
+# processes and threads (one uid), and it holds a pidfd per live actor. Each actor's own
+# limits, the policy's, are set in its own user namespace (sandbox._nest). A zygote out
+# of either fails that fork and the actor starts without it.
+_ZYGOTE_LIMIT_FACTOR = 1024
 
 
 class ZygoteError(Exception):
@@ -179,7 +182,8 @@ class Zygote:
         zspec = dataclasses.replace(
             self.spec, module="actorbox._zygote", pass_fds=(child.fileno(),),
             args=(str(child.fileno()), "nested" if self.nested else "plain", CHILD_MARKER, *self.preload),
-            policy=dataclasses.replace(policy, max_processes=policy.max_processes * _NPROC_FACTOR),
+            policy=dataclasses.replace(policy, max_processes=_zygote_nproc(policy.max_processes),
+                                       max_open_files=policy.max_open_files * _ZYGOTE_LIMIT_FACTOR),
             label=f"zygote:{self.spec.label}")
         try:
             self.proc = await sandbox.launch(zspec, self.services.spawner)
@@ -480,7 +484,7 @@ class Zygotes:
                 return None  # the plain launch reports it
         uid = lease.uid if lease is not None else (spec.uid if spec.uid is not None else -1)
         nest = [uid, spec.policy.tmpfs_size, spec.policy.network, spec.policy.max_processes,
-                int(spec.args[1]) if len(spec.args) > 1 else 0]
+                spec.policy.max_open_files, int(spec.args[1]) if len(spec.args) > 1 else 0]
         try:
             return await z.fork(sock, nest, lease)
         except ZygoteError as exc:
@@ -499,6 +503,16 @@ class Zygotes:
         self._closed = True
         for z in self.by_key.values():
             z.kill()
+
+
+def _zygote_nproc(max_processes: int) -> int:
+    """The zygote's process limit: within the host's own hard limit (prlimit could not raise it past
+    that without CAP_SYS_RESOURCE), with room for the host's own processes (counted in a user namespace)."""
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    want = max_processes * _ZYGOTE_LIMIT_FACTOR
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard // 2)
+    return max(max_processes, want)
 
 
 def _zygote_preload(preload: tuple[str, ...]) -> tuple[str, ...]:

@@ -57,6 +57,7 @@ class NestSpec:
     tmpfs_size: int
     network: bool
     max_processes: int  # its own RLIMIT_NPROC: counted in its own user namespace
+    max_open_files: int  # its own RLIMIT_NOFILE (the zygote's is larger: it holds a pidfd per actor)
 
 
 def _libc() -> ctypes.CDLL:
@@ -87,6 +88,8 @@ def enter_nested(spec: NestSpec) -> int:
     # alone gets the policy's, counted in its own namespace (one actor at its limit
     # keeps no sibling from starting).
     resource.setrlimit(resource.RLIMIT_NPROC, (spec.max_processes, spec.max_processes))
+    nofile = min(spec.max_open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
     # A non-dumpable process's /proc files belong to root: its own maps could not be written.
     dumpable = libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
     if dumpable == 0:
