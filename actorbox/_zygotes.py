@@ -172,6 +172,9 @@ class Zygote:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._children: dict[int, ForkedProcess] = {}
+        # Forks whose start was cancelled in flight: what the zygote forks for one is killed on
+        # arrival (killing the zygote instead would kill every sibling it forked).
+        self._abandoned: set[int] = set()
         self._tail = sandbox.OutputTail(f"(zygote {spec.label})", sys.stderr)
         self._pidfd = -1  # of the zygote's Python process, inside its sandbox
 
@@ -253,6 +256,13 @@ class Zygote:
                 event, slot = self._pending.pop(rid)
                 slot.append(fds[0])
                 event.set()
+            case ["forked", int(rid)] if rid in self._abandoned and len(fds) == 1:
+                self._check_pidfd(fds[0])
+                _pidfd_kill(fds[0])  # its exit message ends the entry
+            case ["failed", int(rid), str()] if rid in self._abandoned and not fds:
+                self._abandoned.discard(rid)
+            case ["exit", int(rid), int()] if rid in self._abandoned and not fds:
+                self._abandoned.discard(rid)
             case ["failed", int(rid), str(reason)] if rid in self._pending and not fds:
                 event, slot = self._pending.pop(rid)
                 slot.append(reason[:1000])
@@ -319,6 +329,7 @@ class Zygote:
                 zsock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         array.array("i", [sock.fileno(), out_w, err_w]).tobytes())])
             except OSError as exc:
+                self._pending.pop(rid, None)  # never asked: nothing to abandon
                 raise ZygoteError(f"could not ask it to fork: {exc}") from exc
             finally:
                 os.close(out_w)
@@ -326,11 +337,14 @@ class Zygote:
             with anyio.move_on_after(FORK_TIMEOUT_S):
                 await event.wait()
         except BaseException:
-            self._pending.pop(rid, None)
+            # Cancelled mid-fork: what it forked must not live on, but its siblings must.
+            if self._pending.pop(rid, None) is not None:
+                self._abandoned.add(rid)  # killed when the zygote's answer comes (_on_message)
+            elif slot and isinstance(slot[0], int):  # answered already: killed now, its exit still due
+                _pidfd_kill(slot[0])
+                self._abandoned.add(rid)
             for fd in (out_r, err_r, *[x for x in slot if isinstance(x, int)]):
                 os.close(fd)
-            if not event.is_set() or (slot and isinstance(slot[0], int)):
-                self.kill()  # cancelled or timed out mid-fork: what it forked must not live on
             raise
         if not slot or not isinstance(slot[0], int):
             os.close(out_r)
@@ -345,6 +359,13 @@ class Zygote:
         self._children[rid] = forked
         self.forks += 1
         return forked
+
+
+def _pidfd_kill(fd: int) -> None:
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:  # reaped already
+        pass
 
 
 def pidfd_pid(fd: int) -> int | None:

@@ -1,0 +1,76 @@
+"""Attacks on zygotes (issue 17) by a careless host and by a zygote a hostile package took over.
+
+Real actors are forked from a real zygote in a real sandbox. Where the zygote itself is the
+attacker, the host's reader is handed the message a compromised zygote would send (the
+zygote imported third-party packages, so everything it says is untrusted): the host must
+never skip killing an actor, kill or wait on a process that is not the actor's, or let one
+actor's start take its siblings down.
+"""
+
+from __future__ import annotations
+
+import anyio
+import psutil
+import pytest
+
+import actorbox
+from actorbox._zygotes import Zygote
+
+from ._support import CALL_TIMEOUT
+from .plugins.healthy import Healthy
+
+pytestmark = pytest.mark.anyio
+
+
+def _zygote(rt: actorbox.Runtime) -> Zygote:
+    """The Runtime's one ready zygote (the tests start actors of one environment)."""
+    live = rt._live
+    assert live is not None
+    zs = [z for z in live.actors.services.zygotes.by_key.values() if z.state == "ready"]
+    assert len(zs) == 1, zs
+    return zs[0]
+
+
+def _pid(rt: actorbox.Runtime, h: actorbox.ActorHandle) -> int:
+    pid = next(a.pid for a in rt.actors() if a.label == actorbox.info(h).label)
+    assert pid is not None
+    return pid
+
+
+async def _forked_children(z: Zygote) -> list[int]:
+    """The zygote's live children (its forks), once its answers for cancelled forks are settled."""
+    with anyio.fail_after(CALL_TIMEOUT):
+        while z._abandoned:
+            await anyio.sleep(0.02)
+    assert z.pid is not None
+    return [p.pid for p in psutil.Process(z.pid).children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_start_cancelled_mid_fork_kills_only_its_own_fork():
+    """Cancelling rt.start() while the zygote forks leaves the sibling actors alive and the half-forked one dead."""
+    async with actorbox.Runtime() as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            sibling = await rt.start(Healthy)
+        z = _zygote(rt)
+        sibling_pid = _pid(rt, sibling)
+        assert z.forks == 1
+
+        with anyio.fail_after(CALL_TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                async def start() -> None:
+                    await rt.start(Healthy)
+
+                tg.start_soon(start)
+                while not z._pending:  # the fork request is with the zygote: cancel now
+                    await anyio.sleep(0)
+                tg.cancel_scope.cancel()
+
+        assert z.state == "ready"
+        assert psutil.pid_exists(sibling_pid)
+        with anyio.fail_after(CALL_TIMEOUT):
+            assert await sibling.add(2, 3) == 5
+        assert len(await _forked_children(z)) == 1  # the sibling's; the cancelled fork was killed
+        with anyio.fail_after(CALL_TIMEOUT):
+            later = await rt.start(Healthy)  # the same zygote forks the next one
+            assert await later.add(1, 1) == 2
+        assert z.forks == 2 and _zygote(rt) is z
