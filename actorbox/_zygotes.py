@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -79,6 +80,14 @@ class ForkedProcess:
     @property
     def returncode(self) -> int | None:
         return self._status
+
+    def exited(self) -> bool:
+        """Whether the process has exited (its pidfd is readable), as the kernel, not the zygote, says."""
+        if self._pidfd < 0:
+            return True
+        poller = select.poll()  # (not select.select: the host's descriptors go past 1024)
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def report(self, status: int) -> None:
         """The zygote reaped it (or died, taking it along: ``-SIGKILL``)."""
@@ -268,6 +277,8 @@ class Zygote:
                 slot.append(reason[:1000])
                 event.set()
             case ["exit", int(rid), int(status)] if rid in self._children and not fds:
+                if not self._children[rid].exited():  # else the host would skip killing it, and reuse its uid
+                    raise ZygoteError("an exit status for an actor that is still running")
                 self._children.pop(rid).report(status)
             case _:
                 raise ZygoteError(f"an unexpected message {str(msg)[:200]!r} with {len(fds)} descriptor(s)")

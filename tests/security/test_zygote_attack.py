@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import actorbox
-from actorbox._zygotes import Zygote
+from actorbox._zygotes import Zygote, ZygoteError
 
 from ._support import CALL_TIMEOUT
 from .plugins.healthy import Healthy
@@ -74,3 +74,19 @@ async def test_a_start_cancelled_mid_fork_kills_only_its_own_fork():
             later = await rt.start(Healthy)  # the same zygote forks the next one
             assert await later.add(1, 1) == 2
         assert z.forks == 2 and _zygote(rt) is z
+
+
+async def test_a_zygote_that_reports_a_live_actor_exited_is_refused():
+    """A zygote's 'exit' for an actor still running is refused (else rt.stop would not kill it): stop still kills it."""
+    async with actorbox.Runtime() as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            h = await rt.start(Healthy)
+        z = _zygote(rt)
+        pid = _pid(rt, h)
+        (rid, child), = z._children.items()
+        with pytest.raises(ZygoteError, match="still running"):
+            z._on_message(["exit", rid, 0], [])  # what the reader is handed from a lying zygote
+        assert child.returncode is None
+        with anyio.fail_after(CALL_TIMEOUT):
+            await rt.stop(h)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
