@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._objects import ObjectStore
     from ._residents import Resident
+    from ._resources import ResourceInfo
     from ._supervisor import ActorSupervisor
 
 # Samples closer together than this reuse the last CPU figure (a shorter delta is noise).
@@ -73,6 +74,7 @@ class Inspectable(Protocol):
     def actors(self) -> list[ActorInfo]: ...
     def pending_calls(self) -> list[CallInfo]: ...
     def named_actors(self) -> dict[str, int]: ...
+    def resources(self) -> ResourceInfo: ...
 
 
 class ProcessSampler:
@@ -191,6 +193,7 @@ def snapshot(rt: Inspectable) -> dict[str, Any]:
         "calls": [dataclasses.asdict(c) for c in rt.pending_calls()],
         "names": rt.named_actors(),
         "object_store": rt.object_store.stats(),
+        "resources": dataclasses.asdict(rt.resources()),
     }
 
 
@@ -214,6 +217,10 @@ def _text(v: Any) -> str:
     return escape_controls(str(v))
 
 
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else _text(v)
+
+
 def format_snapshot(snap: dict[str, Any]) -> str:
     """A Runtime's snapshot as text: a header line, the actors table and the calls table."""
     rt = snap.get("runtime", {})
@@ -223,6 +230,15 @@ def format_snapshot(snap: dict[str, Any]) -> str:
     head += f"\n  object store: {_text(store.get('objects', 0))} object(s), {mib:.1f} MiB"
     if rt.get("trace_file"):
         head += f"; recording events to {_text(rt['trace_file'])}"
+    res = snap.get("resources") or {}
+    if res.get("total"):
+        free = res.get("free") or {}
+        head += "\n  resources (free/total): " + ", ".join(
+            f"{_text(k)} {_num(free.get(k, 0))}/{_num(v)}" for k, v in sorted(res["total"].items()))
+    tasks = [c for c in snap.get("calls") or [] if c.get("actor") == "actorbox.tasks"]
+    workers = [a for a in snap.get("actors") or [] if str(a.get("label", "")).startswith("task-worker#")]
+    if tasks or workers:
+        head += f"\n  tasks: {len(tasks)} unfinished, {len(workers)} worker(s)"
     names = snap.get("names") or {}
     if names:
         head += "\n  named actors: " + ", ".join(sorted(_text(n) for n in names))

@@ -211,5 +211,5 @@ class LeakCheck:
 
 
 def _describe_calls(rt: Runtime) -> list[str]:
-    return [f"{c.actor}.{c.method}() call_id={c.call_id} ({c.state}, {c.age_s:.1f} s old, called by {c.caller})"
-            for c in rt.pending_calls()]
+    return [f"{f'task {c.method}' if c.actor == 'actorbox.tasks' else f'{c.actor}.{c.method}'}() "
+            f"call_id={c.call_id} ({c.state}, {c.age_s:.1f} s old, called by {c.caller})" for c in rt.pending_calls()]

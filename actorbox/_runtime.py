@@ -51,6 +51,7 @@ from ._options import ActorOptions, check_name, options_of
 from ._residents import ResidentServer
 from ._resources import ResourceInfo, Resources
 from ._services import ActorServices, HostServices
+from ._submit import TASKS_NAME
 from ._tasks import DEFAULT_IDLE_S, TaskPool, check_task_settings
 from ._trace import FLUSH_INTERVAL_S, EventTee, TraceRecorder
 from ._zygotes import Zygotes
@@ -374,7 +375,7 @@ class Runtime:
 
     def named_actors(self) -> dict[str, int]:
         """Registered names (actors started with a name, host-resident actors) and their actor ids."""
-        return dict(sorted(self.scheduler.names.items()))
+        return dict(sorted((n, a) for n, a in self.scheduler.names.items() if n != TASKS_NAME))  # not the pool
 
     def pending_calls(self) -> list[CallInfo]:
         """Calls in flight: id, actor, method, caller, parent call, state and age."""

@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 import actorbox
+from actorbox._inspect import format_snapshot, snapshot
 
 from . import task_plugins
 from .task_env_plugins import six_version
@@ -254,3 +255,23 @@ async def test_a_task_with_dependencies_runs_in_that_environment(tmp_path: Path,
     async with actorbox.Runtime(env_root=tmp_path) as rt:
         version, prefix = await rt.submit(six_version)
         assert version == "1.16.0" and prefix.startswith(str(tmp_path))
+
+
+async def test_ps_and_the_leak_check_show_tasks() -> None:
+    """ps shows the resources and the unfinished tasks and workers; the leak check names a task left running."""
+    check = actorbox.LeakCheck()
+    async with check.watch(actorbox.Runtime(num_cpus=2, resources={"db": 1})) as rt:
+        fut = rt.submit(hold, 0.5)
+        await _until(lambda: rt.resources().free["CPU"] == 1.0)
+        text = format_snapshot(snapshot(rt))
+        assert "resources (free/total): CPU 1/2, GPU 0/0, db 1/1" in text.replace(f"GPU {_gpus(rt)}", "GPU 0/0")
+        assert "tasks: 1 unfinished, 1 worker(s)" in text
+        check.note_pending(rt)
+        await fut
+    (pending,) = [line for line in check.leaks() if "pending call" in line]
+    assert "task hold#" in pending and "called by host" in pending
+
+
+def _gpus(rt: actorbox.Runtime) -> str:
+    info = rt.resources()
+    return f"{info.free['GPU']:g}/{info.total['GPU']:g}"
