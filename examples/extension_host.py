@@ -6,7 +6,8 @@
 first run and cached afterwards, and runs sandboxed in its own process; both use
 the host's torch. The host hands each the same image tensor without copying (both
 edit it in place through NumPy), and each calls back into a host-resident named
-actor, ``registry``.
+actor, ``registry``. A stateless step then fans out as tasks (``@actorbox.task``) over
+bands of the same image, on pooled sandboxed workers.
 
 Run: ``python examples/extension_host.py`` (``bash scripts/setup.sh demo`` does it).
 """
@@ -26,6 +27,12 @@ import torch
 import actorbox
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@actorbox.task
+def tile_range(tile: torch.Tensor) -> tuple[float, float]:
+    """One step as a task: a tile's range, on a sandboxed worker (the tile travels as shared memory)."""
+    return float(tile.min()), float(tile.max())
 
 
 class Registry:
@@ -81,12 +88,19 @@ async def main() -> int:
         g = await modern.gamma(image, 2.0)
         print(f"modern-stats applied gamma 2 in place over {g['rows']} rows: mean {g['mean']:.4f}, "
               f"host sees {float(image.mean()):.4f}")
+        # A stateless step fans out as tasks: 16 row bands of the same pages, on pooled workers.
+        bands = [image[i * 128:(i + 1) * 128] for i in range(16)]
+        ranges = await actorbox.gather(*(rt.submit(tile_range, band) for band in bands))
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        print(f"16 tile_range tasks on {sum(a.label.startswith('task-worker#') for a in rt.actors())} worker(s): "
+              f"range [{lo:.4f}, {hi:.4f}], host sees [{float(image.min()):.4f}, {float(image.max()):.4f}]")
+        tasks_ok = (lo, hi) == (float(image.min()), float(image.max()))
 
         print("\nsummary")
         print(f"  {'extension':<14} {'numpy':<8} {'torch':<12} {'pid':>7} {'uid':>7}  {'sees host numpy':<16} "
               "callbacks")
         for info in rt.actors():
-            if info.pid is None:
+            if info.pid is None or info.label not in versions:  # a host-resident actor, a task worker
                 continue
             v = versions[info.label]
             calls = sum(1 for r in registry.reports if r[0] == info.label)
@@ -95,12 +109,13 @@ async def main() -> int:
         same_torch = all(v["torch"] == torch.__version__ for v in versions.values())
         distinct = len({v["numpy"] for v in versions.values()}) == 2
         isolated = not any(v["sees_host_numpy"] for v in versions.values())
+        print(f"  tasks saw the image the host sees: {'yes' if tasks_ok else 'NO'}")
         print(f"  two numpy versions side by side: {'yes' if distinct else 'NO'}; "
               f"every actor on the host's torch: {'yes' if same_torch else 'NO'}; "
               f"host's numpy hidden: {'yes' if isolated else 'NO'}")
     left = psutil.Process().children(recursive=True)
     print(f"done in {time.monotonic() - t0:.2f} s; child processes left: {len(left)}")
-    return 0 if distinct and same_torch and isolated and not left else 1
+    return 0 if distinct and same_torch and isolated and tasks_ok and not left else 1
 
 
 if __name__ == "__main__":

@@ -43,4 +43,5 @@ def test_extension_host_demo_runs_two_numpy_versions_side_by_side(backend: str, 
     assert "legacy-stats: numpy 1." in out and "modern-stats: numpy 2." in out
     assert "two numpy versions side by side: yes; every actor on the host's torch: yes; host's numpy hidden: yes" in out
     assert "the host now sees [0.0, 1.0]" in out
+    assert "16 tile_range tasks on" in out and "tasks saw the image the host sees: yes" in out
     assert "child processes left: 0" in out
