@@ -80,12 +80,13 @@ def _become_actor(sock_fd: int, out: int, err: int, req: list[Any], nested: bool
         os.closerange(lo + 1, hi)
     _, _, uid, tmpfs_size, network, max_processes, max_open_files, max_frame = req
     if nested:
-        from sandbox._nest import NestSpec, enter_nested, reap, seal
+        from sandbox._nest import NestSpec, become_init, enter_nested, reap, seal
 
         pid = enter_nested(NestSpec(uid if uid >= 0 else os.getuid(), tmpfs_size, network, max_processes,
                                     max_open_files))
         if pid:
             os._exit(reap(pid))
+        become_init()
         seal()
     _reseed()
     sys.argv = ["actorbox._child", str(sock_fd), str(max_frame)]
@@ -112,11 +113,12 @@ def _probe(nested: bool) -> tuple[bool, str]:
     if pid == 0:
         try:
             os.close(r)
-            from sandbox._nest import NestSpec, enter_nested, reap, seal
+            from sandbox._nest import NestSpec, become_init, enter_nested, reap, seal
 
             child = enter_nested(NestSpec(os.getuid(), 1 << 20, False, 64, 64))
             if child:
                 os._exit(reap(child))
+            become_init()
             seal()
             os._exit(0)
         except BaseException as exc:

@@ -96,11 +96,12 @@ class ForkedProcess:
         self._reported.set()
 
     def actor_pid(self) -> int:
-        """Host pid of the actor's Python process (the reaper's only child when it nests)."""
+        """Host pid of the actor's Python process (when it nests: reaper -> its pid namespace's init -> actor)."""
         if not self._zygote.nested:
             return self.pid
         try:
             kids = psutil.Process(self.pid).children()
+            kids = kids[0].children() if len(kids) == 1 else []
         except psutil.Error:
             return self.pid
         return kids[0].pid if len(kids) == 1 else self.pid

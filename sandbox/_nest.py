@@ -4,9 +4,9 @@ A zygote runs inside the bubblewrap sandbox an actor of its environment and poli
 would get, and forks actors. Each forked child calls ``enter_nested`` before it runs
 anything of the actor: it unshares user, mount, IPC, pid (and, unless its policy
 allows the network, network) namespaces, maps its uid, makes ``/`` private, mounts its
-own tmpfs ``/tmp`` and ``/dev/shm``, and forks once more so the actor is pid 1 of its
-own pid namespace (the caller of ``enter_nested`` stays behind only to reap it and pass
-its exit status on). The actor then calls ``seal``: ``/proc`` is covered by a tmpfs
+own tmpfs ``/tmp`` and ``/dev/shm``, and forks the init of its own pid namespace
+(``become_init``), which forks the actor (the caller of ``enter_nested`` stays behind
+only to reap it and pass its exit status on). The actor then calls ``seal``: ``/proc`` is covered by a tmpfs
 holding only its own ``/proc/self`` (and the system-wide files programs read), and every
 capability is dropped. ``no_new_privs`` and the resource limits are inherited from the
 zygote's sandbox.
@@ -134,14 +134,45 @@ def reap(pid: int) -> int:
         return os.waitstatus_to_exitcode(status) & 0xFF
 
 
-def seal() -> None:
-    """In the actor (pid 1 of its namespace): die with its reaper, hide /proc, drop every capability.
+def become_init() -> None:
+    """In the first process of the new pid namespace: fork the actor, then only reap until it exits.
 
-    The reaper is what the host kills to kill the actor: with it gone, the actor gets
-    SIGKILL, and with pid 1 gone the kernel kills everything else in its namespace.
+    The actor must not be pid 1: the kernel drops every signal a namespace's init has no
+    handler for when it comes from inside, so an actor that was pid 1 could not SIGKILL
+    itself, nor die of its own raise(SIGSEGV). This init drops its capabilities and is not
+    dumpable, so the actor (same uid, no capability) can neither ptrace nor signal it; it
+    dies with the reaper outside, and when it exits the kernel kills the whole namespace.
+    Returns only in the actor.
     """
     libc = _libc()
     _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "die with the reaper")
+    actor = os.fork()
+    if actor == 0:
+        return
+    try:
+        _drop_caps(libc)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        while True:
+            try:
+                pid, status = os.wait()
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                os._exit(0)
+            if pid == actor:
+                os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status))
+    finally:
+        os._exit(70)
+
+
+def seal() -> None:
+    """In the actor (pid 2 of its namespace): die with its init, hide /proc, drop every capability.
+
+    The reaper outside is what the host kills to kill the actor: with it gone, the init
+    inside gets SIGKILL, and with pid 1 gone the kernel kills everything in the namespace.
+    """
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "die with its init")
     _hide_proc(libc)
     _drop_caps(libc)
     _refuse_identity_changes(libc)
@@ -159,7 +190,7 @@ def _hide_proc(libc: ctypes.CDLL) -> None:
     os.mkdir(stage, 0o755)
     _check(libc.mount(b"tmpfs", stage.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"size=64k,mode=0555"),
            "tmpfs for /proc")
-    for name in ("self", "1"):  # "1": its pid here, for code that opens /proc/<getpid()>
+    for name in ("self", str(os.getpid())):  # for code that opens /proc/<getpid()> (psutil)
         os.mkdir(f"{stage}/{name}")
         _check(libc.mount(f"/proc/{me}".encode(), f"{stage}/{name}".encode(), None, _MS_BIND | _MS_REC, None),
                f"bind /proc/self to {name}")
