@@ -12,12 +12,17 @@ from __future__ import annotations
 import anyio
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 import actorbox
+import actorbox._zygotes
 from actorbox._zygotes import Zygote, ZygoteError
 
 from ._support import CALL_TIMEOUT
 from .plugins.healthy import Healthy
+from .plugins.zygote_dies import DiesMidFork
+from .plugins.zygote_escaper import Escaper
+from .plugins.zygote_stalls import StalledFork
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +95,65 @@ async def test_a_zygote_that_reports_a_live_actor_exited_is_refused():
         with anyio.fail_after(CALL_TIMEOUT):
             await rt.stop(h)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _zygote_procs() -> set[int]:
+    """This host's zygote processes (their Python, inside their sandboxes)."""
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "actorbox._zygote" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+async def test_a_zygote_that_never_answers_a_fork_is_killed_and_the_actor_starts_without_it(monkeypatch):
+    """A preloaded package that makes its zygote swallow fork requests costs one fork timeout, then the actor
+    starts plainly, the zygote is killed (zygote.fork_failed says so), and the next start does not wait again."""
+    monkeypatch.setattr(actorbox._zygotes, "FORK_TIMEOUT_S", 1.0)
+    with capture_logs() as logs:
+        async with actorbox.Runtime() as rt:
+            with anyio.fail_after(CALL_TIMEOUT):
+                h = await rt.start(StalledFork)
+                assert await h.add(2, 3) == 5
+            failed = [e for e in logs if e["event"] == "zygote.fork_failed"]
+            assert len(failed) == 1 and "no answer" in failed[0]["reason"], failed
+            with anyio.fail_after(CALL_TIMEOUT):
+                while _zygote_procs():  # killed, and reaped by its reader
+                    await anyio.sleep(0.05)
+            assert _pid(rt, h) not in _zygote_procs()
+
+
+async def test_a_zygote_that_dies_mid_fork_fails_that_fork_at_once(monkeypatch):
+    """A zygote that exits on a fork request fails the fork when it goes (not at the timeout); the actor starts."""
+    monkeypatch.setattr(actorbox._zygotes, "FORK_TIMEOUT_S", 300.0)
+    with capture_logs() as logs:
+        async with actorbox.Runtime() as rt:
+            with anyio.fail_after(CALL_TIMEOUT):
+                h = await rt.start(DiesMidFork)
+                assert await h.add(2, 3) == 5
+            failed = [e for e in logs if e["event"] == "zygote.fork_failed"]
+            assert len(failed) == 1 and "exited" in failed[0]["reason"], failed
+
+
+async def test_a_forked_actor_cannot_leave_its_nested_sandbox_or_reach_a_sibling():
+    """Forked actors (one host uid, the zygote's) stay apart: a new user namespace cannot uncover the zygote's /proc
+    or the shared /tmp, setuid and uid_map are refused, and neither abstract sockets nor /tmp or /dev/shm are shared."""
+    async with actorbox.Runtime() as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            a, b = await rt.start(Escaper), await rt.start(Escaper)
+        z = _zygote(rt)
+        assert {p.pid for p in psutil.Process(z.pid).children()} == {c.pid for c in z._children.values()}
+        with anyio.fail_after(CALL_TIMEOUT):
+            renest = await a.renest()
+            assert "unshare" not in renest, renest  # it got the namespaces (and capabilities in them) ...
+            assert ": ok" not in renest and renest.endswith("proc: 2"), renest  # ... but no mount came off
+            assert await a.setuid_root() == "EPERM"
+            assert await a.rewrite_uid_map() == "EPERM"
+            assert await a.listen_abstract("actorbox-zygote-attack")
+            assert await a.connect_abstract("actorbox-zygote-attack") == "ok"
+            assert await b.connect_abstract("actorbox-zygote-attack") == "ECONNREFUSED"  # its own network namespace
+            assert await a.leave("from-a") == []
+            assert await b.leave("from-b") == []  # nothing of a's in b's /tmp or /dev/shm

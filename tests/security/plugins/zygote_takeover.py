@@ -1,0 +1,44 @@
+"""A preloaded package that takes its zygote over (issue 17): it replaces the zygote's serve loop.
+
+Imported in a zygote (``python -m actorbox._zygote``), it swaps ``serve`` for a loop that
+misbehaves as the actor class preloading it asks (by the module it preloads: see
+``zygote_stalls`` and ``zygote_dies``); imported in an actor started plainly it does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+
+Serve = Callable[[socket.socket, bool], None]
+
+
+def take_over(serve: Serve) -> None:
+    """Replace the zygote's serve loop, when this is a zygote."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "actorbox._zygote":
+        vars(main)["serve"] = serve  # main() looks it up when it calls it
+
+
+def requests(sock: socket.socket) -> Iterator[bytes]:
+    """The host's fork requests (their descriptors kept open, as a hostile zygote may), until it hangs up."""
+    while True:
+        data, _, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(3 * 4))
+        if not data:
+            return
+        yield data
+
+
+def stall(sock: socket.socket, nested: bool) -> None:
+    """Takes every fork request and never answers one."""
+    for _ in requests(sock):
+        pass
+
+
+def die(sock: socket.socket, nested: bool) -> None:
+    """Exits at the first fork request, without a word."""
+    for _ in requests(sock):
+        os._exit(3)
