@@ -331,8 +331,7 @@ class Zygote:
         if self.state != "ready" or zsock is None:
             raise ZygoteError(f"the zygote is {self.state}")
         rid = next(self._ids)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        out_r, out_w, err_r, err_w = _output_pipes()
         event, slot = anyio.Event(), list[Any]()
         self._pending[rid] = (event, slot)
         try:
@@ -371,6 +370,21 @@ class Zygote:
         self._children[rid] = forked
         self.forks += 1
         return forked
+
+
+def _output_pipes() -> tuple[int, int, int, int]:
+    """The actor's stdout and stderr pipes (read, write, read, write); ZygoteError, with none left open,
+    when the host is out of descriptors (the plain launch then reports it, if it fails too)."""
+    fds: list[int] = []
+    try:
+        for _ in range(2):
+            fds.extend(os.pipe())
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise ZygoteError(f"no descriptors for the actor's output pipes: {exc}") from exc
+    out_r, out_w, err_r, err_w = fds
+    return out_r, out_w, err_r, err_w
 
 
 def _pidfd_kill(fd: int) -> None:

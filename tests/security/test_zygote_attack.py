@@ -9,6 +9,10 @@ actor's start take its siblings down.
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
+
 import anyio
 import psutil
 import pytest
@@ -157,3 +161,45 @@ async def test_a_forked_actor_cannot_leave_its_nested_sandbox_or_reach_a_sibling
             assert await b.connect_abstract("actorbox-zygote-attack") == "ECONNREFUSED"  # its own network namespace
             assert await a.leave("from-a") == []
             assert await b.leave("from-b") == []  # nothing of a's in b's /tmp or /dev/shm
+
+
+async def test_a_host_out_of_descriptors_mid_fork_leaks_none_and_starts_the_actor_plainly(monkeypatch):
+    """EMFILE while the host makes a forked actor's output pipes closes the one pipe it made and falls back to a
+    plain start (it raised a misleading 'check that python runs' and kept the first pipe open before)."""
+    made: list[str] = []
+    real_pipe = os.pipe
+
+    def pipe() -> tuple[int, int]:
+        if sys._getframe(1).f_globals.get("__name__") == "actorbox._zygotes" and not made[2:]:
+            if made:  # the second pipe of the first fork: the host is out of descriptors
+                made.append("failed")
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            r, w = real_pipe()
+            made.append(f"pipe:[{os.fstat(r).st_ino}]")
+            return r, w
+        return real_pipe()
+
+    with capture_logs() as logs:
+        async with actorbox.Runtime() as rt:
+            with anyio.fail_after(CALL_TIMEOUT):
+                a = await rt.start(Healthy)
+            monkeypatch.setattr(os, "pipe", pipe)
+            with anyio.fail_after(CALL_TIMEOUT):
+                b = await rt.start(Healthy)
+                monkeypatch.undo()
+                assert await b.add(1, 2) == 3 and await a.add(2, 2) == 4
+            assert made[1:] == ["failed"]
+            assert made[0] not in _open_links()  # the first pipe is closed
+    failed = [e for e in logs if e["event"] == "zygote.fork_failed"]
+    assert len(failed) == 1 and "descriptors" in failed[0]["reason"], failed
+
+
+def _open_links() -> set[str]:
+    """What this process's descriptors refer to ("pipe:[inode]", paths, ...)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
