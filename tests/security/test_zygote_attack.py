@@ -203,3 +203,33 @@ def _open_links() -> set[str]:
         except OSError:
             pass
     return out
+
+
+@pytest.mark.parametrize("end", ["stop", "runtime exit"])
+async def test_a_daemon_left_by_a_forked_actor_dies_with_it(end):
+    """A double-forked, session-leading daemon that ignores SIGTERM does not outlive its forked actor's stop."""
+    async with actorbox.Runtime() as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            h = await rt.start(Escaper)
+            await h.orphan()
+        z = _zygote(rt)
+        (child,) = z._children.values()
+        tree = psutil.Process(child.pid).children(recursive=True)
+        assert len(tree) >= 3, tree  # its init, the actor, the daemon
+        if end == "stop":
+            with anyio.fail_after(CALL_TIMEOUT):
+                await rt.stop(h)
+                await _all_gone(tree)  # while the Runtime (and the zygote) still run
+    with anyio.fail_after(CALL_TIMEOUT):
+        await _all_gone(tree)
+
+
+async def _all_gone(procs: list[psutil.Process]) -> None:
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    while any(alive(p) for p in procs):
+        await anyio.sleep(0.05)
