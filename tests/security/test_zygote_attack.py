@@ -10,7 +10,9 @@ actor's start take its siblings down.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
 import sys
 
 import anyio
@@ -233,3 +235,43 @@ async def _all_gone(procs: list[psutil.Process]) -> None:
 
     while any(alive(p) for p in procs):
         await anyio.sleep(0.05)
+
+
+_HOST = """
+import json, sys, anyio, psutil, actorbox
+from tests.security.plugins.healthy import Healthy
+
+async def main():
+    async with actorbox.Runtime() as rt:
+        hs = [await rt.start(Healthy), await rt.start(Healthy)]
+        pids = [a.pid for a in rt.actors()]
+        zygotes = [p.pid for p in psutil.Process().children(recursive=True) if "actorbox._zygote" in p.cmdline()]
+        tree = [p.pid for p in psutil.Process().children(recursive=True)]
+        print("PIDS", json.dumps({"actors": pids, "zygotes": zygotes, "tree": tree}), flush=True)
+        await anyio.sleep(600)
+
+anyio.run(main)
+"""
+
+
+async def test_a_sigkilled_host_leaves_no_zygote_and_no_forked_actor():
+    """SIGKILL of the host (no cleanup runs) takes its zygote and every actor forked from it down."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", _HOST], cwd=repo, env={**os.environ, "PYTHONPATH": repo},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        with anyio.fail_after(45):
+            assert proc.stdout is not None
+            line = ""
+            while not line.startswith("PIDS "):  # (its log goes to stdout too)
+                line = await anyio.to_thread.run_sync(proc.stdout.readline)
+                assert line, "the host exited"
+        seen = json.loads(line[5:])
+        assert seen["zygotes"] and len(seen["actors"]) == 2, seen
+        tree = [psutil.Process(pid) for pid in seen["tree"] if psutil.pid_exists(pid)]
+        assert all(pid in seen["tree"] for pid in seen["actors"])  # the actors are below the host
+    finally:
+        with proc:  # (closes its stdout)
+            proc.kill()
+    with anyio.fail_after(CALL_TIMEOUT):
+        await _all_gone(tree)
