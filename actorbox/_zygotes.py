@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgpack
 import psutil
 
@@ -183,8 +184,9 @@ class Zygote:
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._children: dict[int, ForkedProcess] = {}
         # Forks whose start was cancelled in flight: what the zygote forks for one is killed on
-        # arrival (killing the zygote instead would kill every sibling it forked).
-        self._abandoned: set[int] = set()
+        # arrival (killing the zygote instead would kill every sibling it forked). True once it
+        # came: each id then takes its exit message only (no message is valid twice).
+        self._abandoned: dict[int, bool] = {}
         self._tail = sandbox.OutputTail(f"(zygote {spec.label})", sys.stderr)
         self._pidfd = -1  # of the zygote's Python process, inside its sandbox
 
@@ -249,6 +251,7 @@ class Zygote:
             finally:
                 for fd in fds:
                     os.close(fd)
+            await anyio.lowlevel.checkpoint()  # a zygote that floods the socket never holds the loop
 
     def _on_message(self, msg: list[Any], fds: list[int]) -> None:
         match msg:
@@ -266,13 +269,14 @@ class Zygote:
                 event, slot = self._pending.pop(rid)
                 slot.append(fds[0])
                 event.set()
-            case ["forked", int(rid)] if rid in self._abandoned and len(fds) == 1:
+            case ["forked", int(rid)] if self._abandoned.get(rid) is False and len(fds) == 1:
                 self._check_pidfd(fds[0])
-                _pidfd_kill(fds[0])  # its exit message ends the entry
-            case ["failed", int(rid), str()] if rid in self._abandoned and not fds:
-                self._abandoned.discard(rid)
-            case ["exit", int(rid), int()] if rid in self._abandoned and not fds:
-                self._abandoned.discard(rid)
+                _pidfd_kill(fds[0])
+                self._abandoned[rid] = True  # its exit message ends the entry
+            case ["failed", int(rid), str()] if self._abandoned.get(rid) is False and not fds:
+                del self._abandoned[rid]
+            case ["exit", int(rid), int()] if self._abandoned.get(rid) is True and not fds:
+                del self._abandoned[rid]
             case ["failed", int(rid), str(reason)] if rid in self._pending and not fds:
                 event, slot = self._pending.pop(rid)
                 slot.append(reason[:1000])
@@ -350,10 +354,10 @@ class Zygote:
         except BaseException:
             # Cancelled mid-fork: what it forked must not live on, but its siblings must.
             if self._pending.pop(rid, None) is not None:
-                self._abandoned.add(rid)  # killed when the zygote's answer comes (_on_message)
+                self._abandoned[rid] = False  # killed when the zygote's answer comes (_on_message)
             elif slot and isinstance(slot[0], int):  # answered already: killed now, its exit still due
                 _pidfd_kill(slot[0])
-                self._abandoned.add(rid)
+                self._abandoned[rid] = True
             for fd in (out_r, err_r, *[x for x in slot if isinstance(x, int)]):
                 os.close(fd)
             raise

@@ -275,3 +275,27 @@ async def test_a_sigkilled_host_leaves_no_zygote_and_no_forked_actor():
             proc.kill()
     with anyio.fail_after(CALL_TIMEOUT):
         await _all_gone(tree)
+
+
+async def test_an_answer_for_an_abandoned_fork_is_taken_once():
+    """The zygote's answer for a cancelled start kills what it forked once; the same answer again is refused
+    (else a hostile zygote could send it forever, each one handled by the host)."""
+    async with actorbox.Runtime() as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            await rt.start(Healthy)
+        z = _zygote(rt)
+        (child,) = z._children.values()
+        z._abandoned[999] = False  # as after a start cancelled mid-fork
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            z._on_message(["forked", 999], [pidfd])  # the answer: what it forked is killed
+            with anyio.fail_after(CALL_TIMEOUT):
+                await anyio.wait_readable(pidfd)
+            with pytest.raises(ZygoteError, match="unexpected"):
+                z._on_message(["forked", 999], [pidfd])
+            with pytest.raises(ZygoteError, match="unexpected"):
+                z._on_message(["failed", 999, "x"], [])
+        finally:
+            os.close(pidfd)
+        z._on_message(["exit", 999, -9], [])
+        assert 999 not in z._abandoned
