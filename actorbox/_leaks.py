@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # sandbox's inner processes still being torn down by the kernel.
 _PROCESS_GRACE_S = 1.0
 _ACTOR_MODULE = "actorbox._child"
+_ZYGOTE_MODULE = "actorbox._zygote"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +89,16 @@ def _shm_names() -> set[str]:
 
 
 def _is_actor(p: psutil.Process) -> bool:
-    """Whether ``p``'s command line runs an actor (a sandbox's launchers name it too)."""
+    """Whether ``p``'s command line runs an actor (a sandbox's launchers name it too), or ``p`` was
+    forked by a zygote: an actor or its reaper, with the command line of the process that forked
+    it (the zygote itself, started by its sandbox's launcher, is no actor)."""
     try:
-        return _ACTOR_MODULE in p.cmdline()
+        cmd = p.cmdline()
+        if _ACTOR_MODULE in cmd:
+            return True
+        parent = p.parent()
+        return (_ZYGOTE_MODULE in cmd and parent is not None and parent.cmdline() == cmd
+                and "bwrap" not in p.name())  # (bubblewrap's own two processes share a command line too)
     except psutil.Error:
         return False
 

@@ -107,9 +107,33 @@ def enter_nested(spec: NestSpec) -> int:
     if not spec.network:
         _loopback_up()
     opts = f"size={spec.tmpfs_size},mode=1777".encode()
-    for where in (b"/tmp", b"/dev/shm"):
-        _check(libc.mount(b"tmpfs", where, b"tmpfs", _MS_NOSUID | _MS_NODEV, opts), f"tmpfs on {where.decode()}")
+    _check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV, opts), "tmpfs on /dev/shm")
+    _own_tmp(libc, opts)
     return os.fork()
+
+
+def _own_tmp(libc: ctypes.CDLL, opts: bytes) -> None:
+    """A fresh tmpfs on /tmp that keeps what the sandbox bound below /tmp (an actor's module may live there).
+
+    Built in the new (still empty) /dev/shm: the binds found under /tmp are bound again
+    into it, then it is moved over /tmp in one step. A bind is a copy of the same mount,
+    read-only where the sandbox's was.
+    """
+    stage = "/dev/shm/.actorbox-tmp"
+    os.mkdir(stage, 0o700)
+    _check(libc.mount(b"tmpfs", stage.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts), "tmpfs on /tmp")
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted({p for p in points if p.startswith("/tmp/")}, key=lambda p: p.count("/")):
+        target = stage + point[len("/tmp"):]
+        if os.path.isdir(point):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        _check(libc.mount(point.encode(), target.encode(), None, _MS_BIND | _MS_REC, None), f"bind {point}")
+    _check(libc.mount(stage.encode(), b"/tmp", None, _MS_MOVE, None), "move the tmpfs over /tmp")
+    os.rmdir(stage)
 
 
 def _loopback_up() -> None:
