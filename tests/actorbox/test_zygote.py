@@ -146,3 +146,28 @@ async def test_a_cancelled_runtime_leaves_no_zygote():
     left = [p for p in psutil.Process().children(recursive=True)
             if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [p.cmdline() for p in left]
+
+
+@pytest.mark.slow
+async def test_actors_of_two_environments_come_from_their_own_zygotes():
+    """The demo's numpy<2 and numpy>=2 extensions are forked by two zygotes, each running its environment's
+    interpreter, and each actor sees its own numpy."""
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "examples", "extensions")
+    async with actorbox.Runtime() as rt:  # the default env root: built once, then cached
+        rt.register("registry", _Registry())
+        with anyio.fail_after(300):  # a first build on a fresh machine
+            loaded = await rt.load_extensions(examples)
+        assert [x.error for x in loaded] == [None, None]
+        legacy, modern = rt.get_actor("legacy-stats"), rt.get_actor("modern-stats")
+        with anyio.fail_after(TIMEOUT):
+            v1, v2 = await legacy.versions(""), await modern.versions("")
+        assert v1["numpy"].startswith("1.") and v2["numpy"].startswith("2.")
+        z1, z2 = zygote_of(pid_of(rt, legacy)), zygote_of(pid_of(rt, modern))
+        assert z1 is not None and z2 is not None and z1.pid != z2.pid
+        assert z1.cmdline()[0] != z2.cmdline()[0]  # each its environment's interpreter
+
+
+class _Registry:
+    def report(self, ext: str, version: str, n: int) -> None:
+        pass
