@@ -272,6 +272,7 @@ class Zygote:
             case ["forked", int(rid)] if self._abandoned.get(rid) is False and len(fds) == 1:
                 self._check_pidfd(fds[0])
                 _pidfd_kill(fds[0])
+                os.close(fds.pop())  # (taken: the reader closes only what is left in fds)
                 self._abandoned[rid] = True  # its exit message ends the entry
             case ["failed", int(rid), str()] if self._abandoned.get(rid) is False and not fds:
                 del self._abandoned[rid]

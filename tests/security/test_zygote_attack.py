@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import anyio
 import psutil
@@ -57,7 +58,7 @@ async def _forked_children(z: Zygote) -> list[int]:
     return [p.pid for p in psutil.Process(z.pid).children() if p.status() != psutil.STATUS_ZOMBIE]
 
 
-async def test_a_start_cancelled_mid_fork_kills_only_its_own_fork():
+async def test_a_start_cancelled_mid_fork_kills_only_its_own_fork(monkeypatch):
     """Cancelling rt.start() while the zygote forks leaves the sibling actors alive and the half-forked one dead."""
     async with actorbox.Runtime() as rt:
         with anyio.fail_after(CALL_TIMEOUT):
@@ -66,15 +67,24 @@ async def test_a_start_cancelled_mid_fork_kills_only_its_own_fork():
         sibling_pid = _pid(rt, sibling)
         assert z.forks == 1
 
+        held: list[tuple[list[Any], list[int]]] = []
+        deliver = z._on_message
+
+        def hold_the_answer(msg: list[Any], fds: list[int]) -> None:
+            if msg[0] == "forked" and not held:  # the fork happened: cancel its start before the host hears of it
+                held.append((msg, [*fds]))
+                fds.clear()
+                tg.cancel_scope.cancel()
+            else:
+                deliver(msg, fds)
+
+        monkeypatch.setattr(z, "_on_message", hold_the_answer)
         with anyio.fail_after(CALL_TIMEOUT):
             async with anyio.create_task_group() as tg:
-                async def start() -> None:
-                    await rt.start(Healthy)
-
-                tg.start_soon(start)
-                while not z._pending:  # the fork request is with the zygote: cancel now
-                    await anyio.sleep(0)
-                tg.cancel_scope.cancel()
+                tg.start_soon(rt.start, Healthy)
+        (msg, fds), = held
+        deliver(msg, fds)  # the answer arrives after the cancel: what it forked is killed
+        assert not fds  # and its pidfd closed
 
         assert z.state == "ready"
         assert psutil.pid_exists(sibling_pid)
@@ -288,7 +298,10 @@ async def test_an_answer_for_an_abandoned_fork_is_taken_once():
         z._abandoned[999] = False  # as after a start cancelled mid-fork
         pidfd = os.pidfd_open(child.pid)
         try:
-            z._on_message(["forked", 999], [pidfd])  # the answer: what it forked is killed
+            given = os.dup(pidfd)
+            z._on_message(["forked", 999], [given])  # the answer: what it forked is killed
+            with pytest.raises(OSError):
+                os.fstat(given)  # and the host holds no descriptor of it
             with anyio.fail_after(CALL_TIMEOUT):
                 await anyio.wait_readable(pidfd)
             with pytest.raises(ZygoteError, match="unexpected"):
