@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from scheduler import Endpoint, Scheduler, close_fds, envelope
+from scheduler import ActorEntry, Endpoint, Scheduler, close_fds, envelope
 
 from ._errors import ActorboxError, PendingCallsLimitError, TaskFailedError, UsageError
 from ._outcome import error_for
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from ._host_caller import HostCaller
 
 DEFAULT_IDLE_S = 30.0
+_POOL_ID = 0
 # Distinct task functions (with options) one actor may submit: each is remembered in the host.
 _MAX_ACTOR_TASKS = 1000
 _ENDED = (envelope.Status.DIED, envelope.Status.STOPPED, envelope.Status.NO_ACTOR)
@@ -101,9 +103,7 @@ class TaskPool(Endpoint):
         resources.listeners.append(self._pump)  # an actor that ends gives resources back
         self._pumping = False
         self._pump_again = False
-        entry = scheduler.add_actor(TASKS_NAME, TASKS_NAME, 1 << 30)  # the pool admits; the scheduler never queues
-        self.actor_id = entry.actor_id
-        scheduler.attach(entry.actor_id, self)
+        self.actor_id = _register(scheduler, self)
 
     # -- submitting (host) -----------------------------------------------------------
 
@@ -369,6 +369,16 @@ class TaskPool(Endpoint):
     def _event(self, event: str, task: _Task, **fields: Any) -> None:
         if self.scheduler.log_calls:
             self.log.debug(event, task=task.spec.name, call_id=task.gid, **fields)
+
+
+def _register(scheduler: Scheduler, pool: TaskPool) -> int:
+    """Make ``pool`` the actor ``actorbox.tasks``; its id is 0, outside the scheduler's numbering,
+    so the user's first actor is still #1. The pool admits tasks itself: the scheduler never
+    queues them (a max_concurrency of no practical limit)."""
+    scheduler.actors[_POOL_ID] = ActorEntry(_POOL_ID, TASKS_NAME, TASKS_NAME, 1 << 30, secrets.token_bytes(16))
+    scheduler.names[TASKS_NAME] = _POOL_ID
+    scheduler.attach(_POOL_ID, pool)
+    return _POOL_ID
 
 
 def _worker_kind(spec: TaskSpec, resources: Resources) -> tuple[Hashable, tuple[int, ...]]:
