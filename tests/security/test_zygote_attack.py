@@ -9,21 +9,24 @@ actor's start take its siblings down.
 
 from __future__ import annotations
 
+import array
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
 
 import anyio
+import msgpack
 import psutil
 import pytest
 from structlog.testing import capture_logs
 
 import actorbox
 import actorbox._zygotes
-from actorbox._zygotes import Zygote, ZygoteError
+from actorbox._zygotes import MAX_MESSAGE, Zygote, ZygoteError
 
 from ._support import CALL_TIMEOUT
 from .plugins.healthy import Healthy
@@ -312,3 +315,48 @@ async def test_an_answer_for_an_abandoned_fork_is_taken_once():
             os.close(pidfd)
         z._on_message(["exit", 999, -9], [])
         assert 999 not in z._abandoned
+
+
+def _reader() -> Zygote:
+    """A Zygote object whose reader the test feeds (no process: what a compromised zygote writes, byte for byte)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from typing import cast
+
+    import structlog
+
+    import sandbox
+
+    owner = actorbox._zygotes.Zygotes(structlog.get_logger(), ThreadPoolExecutor(1), cast(Any, None), enabled=True)
+    spec = sandbox.LaunchSpec(python="python", module="actorbox._child", args=("3", "0"), env={})
+    z = Zygote(owner, (), spec, ())
+    z.state, z.pid = "ready", os.getpid()
+    return z
+
+
+@pytest.mark.parametrize("attack", ["many descriptors", "deep nesting", "oversized"])
+async def test_what_a_compromised_zygote_writes_is_refused_and_leaves_no_descriptor(attack):
+    """Extra descriptors, msgpack nested thousands deep, or a message over the bound: the reader refuses it and
+    closes every descriptor that came with it (the pipes' read end sees EOF)."""
+    z = _reader()
+    z._pending[1] = (anyio.Event(), [])
+    host, zygote = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        host.setblocking(False)
+        data = {"many descriptors": msgpack.packb(["forked", 1]),
+                "deep nesting": b"\x91" * 3000 + b"\xc0",
+                "oversized": msgpack.packb(["forked", 1]) + b"\0" * MAX_MESSAGE}[attack]
+        sent = [w, w, w] if attack == "many descriptors" else [w]
+        zygote.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", sent).tobytes())])
+        os.close(w)
+        w = -1
+        with anyio.fail_after(CALL_TIMEOUT), pytest.raises(ZygoteError):
+            await z._read(host)
+        os.set_blocking(r, False)  # (BlockingIOError, not a hang, if a copy were left)
+        assert os.read(r, 1) == b""  # no copy of the write end is left open in the host
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+        host.close()
+        zygote.close()
