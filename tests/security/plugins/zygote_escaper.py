@@ -118,6 +118,21 @@ class Escaper:
     def identity(self) -> list[int]:
         return [os.getuid(), os.getpid()]
 
+    def child_threads_in_proc_self(self) -> int:
+        """How many threads a single-threaded child of this actor finds in its /proc/self/task."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, str(len(os.listdir("/proc/self/task"))).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        found = int(os.read(r, 32))
+        os.close(r)
+        os.waitpid(pid, 0)
+        return found
+
     def orphan(self) -> int:
         """Leaves a daemon behind (double fork, own session, SIGTERM and SIGHUP ignored); its pid here."""
         r, w = os.pipe()
