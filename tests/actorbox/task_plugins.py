@@ -100,6 +100,15 @@ class FanOut:
     async def workers(self) -> list[str]:
         return [await actorbox.submit(whoami) for _ in range(2)]
 
+    async def forge(self, method: str) -> str:
+        """Call the task pool directly with a method name of its choosing."""
+        pool = actorbox.get_actor("actorbox.tasks")
+        try:
+            await getattr(pool, method)()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "ran"
+
     async def infeasible(self) -> str:
         try:
             await actorbox.submit(huge)

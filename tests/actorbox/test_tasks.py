@@ -275,3 +275,14 @@ async def test_ps_and_the_leak_check_show_tasks() -> None:
 def _gpus(rt: actorbox.Runtime) -> str:
     info = rt.resources()
     return f"{info.free['GPU']:g}/{info.total['GPU']:g}"
+
+
+async def test_an_actor_cannot_run_the_hosts_tasks_or_forge_options() -> None:
+    """An actor naming a host task's key, a malformed task or an option it may not set is refused; nothing runs."""
+    async with actorbox.Runtime() as rt:
+        assert await rt.submit(double, 1) == 2  # the host's key "double#1" exists now
+        h = await rt.start(FanOut)
+        assert (await h.forge("double#1")).startswith("UsageError: 'double#1' is no task call")
+        forged = await h.forge('tests.actorbox.task_plugins:double?{"dependencies":["evil"]}')
+        assert forged.startswith("UsageError: task tests.actorbox.task_plugins:double(): its options are malformed")
+        assert [c for c in _task_calls(rt)] == []
