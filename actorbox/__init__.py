@@ -10,6 +10,7 @@ from ._errors import ActorDiedError as ActorDiedError
 from ._errors import ActorNotFoundError as ActorNotFoundError
 from ._errors import ActorStartError as ActorStartError
 from ._errors import ActorStoppedError as ActorStoppedError
+from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import CallCancelledError as CallCancelledError
 from ._errors import CallError as CallError
 from ._errors import CallRefusedError as CallRefusedError
@@ -63,6 +64,7 @@ __all__ = [
     "ActorStartError",
     "ActorStoppedError",
     "ActorboxError",
+    "BackendUnavailableError",
     "CallCancelledError",
     "CallError",
     "CallInfo",

@@ -349,3 +349,8 @@ class TaskFailedError(ActorDiedError):
     def __str__(self) -> str:
         tries = "\n".join(f"  attempt {i}: {c}" for i, c in enumerate(self.causes or (), 1))
         return f"task {self.method}() failed: {self.message}" + (f"\n{tries}" if tries else "")
+
+
+class BackendUnavailableError(UsageError, ImportError):
+    """``Runtime(backend=...)`` names a backend whose package is not installed (the message says
+    which, and the ``pip install`` that adds it)."""

@@ -30,6 +30,7 @@ from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
 from ._actor_launch import CODE_PATHS
 from ._actor_resources import start_holding
 from ._actors import ActorTable, StartRequest
+from ._backends import other_backend
 from ._codec import Codec
 from ._context import process_caller
 from ._control import ControlServer
@@ -122,8 +123,12 @@ class Runtime:
     Big data travels as numpy arrays or torch tensors, one value however large.
     """
 
-    def __init__(self, *, sandbox: str = "required", sandbox_policy: SandboxPolicy | None = None,
-                 grace_period: float = 5.0, log_calls: bool | None = None,
+    def __new__(cls, *, backend: str = "local", **options: Any) -> Any:
+        """``backend="ray"`` (``address=``, ``namespace=``) is a ``_ray.RayRuntime``; see README "Ray backend"."""
+        return object.__new__(cls) if backend == "local" else other_backend(backend, options)
+
+    def __init__(self, *, backend: str = "local", sandbox: str = "required",
+                 sandbox_policy: SandboxPolicy | None = None, grace_period: float = 5.0, log_calls: bool | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME, object_retention: float | str | None = "default",
                  object_store_capacity: int | None = None, env_root: str | os.PathLike[str] | None = None,
                  allow_source_builds: bool = False, max_decoded_items: int = DEFAULT_MAX_DECODED_ITEMS,

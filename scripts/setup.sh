@@ -110,7 +110,7 @@ installed() {
     # -P: don't let the checkout itself (the current directory) satisfy the check.
     "$VPY" -P - <<'PY' >/dev/null 2>&1
 import importlib.metadata, importlib.util, sys
-mods = ("actorbox", "scheduler", "sandbox", "torch", "pytest", "trio", "hypothesis", "numpy")
+mods = ("actorbox", "scheduler", "sandbox", "torch", "pytest", "trio", "hypothesis", "numpy", "ray")
 ok = all(importlib.util.find_spec(m) for m in mods)
 sys.exit(0 if ok and importlib.metadata.version("torch").split("+")[0] == "2.13.0" else 1)
 PY

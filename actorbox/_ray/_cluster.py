@@ -1,0 +1,104 @@
+"""The Ray cluster a RayRuntime uses: starting or joining it, what it has, environments.
+
+A local Ray (``address=None``) binds to 127.0.0.1 only, without a dashboard, with usage
+statistics off and worker logs kept off the driver's terminal. Ray's state is per process
+(``ray.init``), so a Runtime that finds Ray already initialised in this process (a test
+session's Ray, an application's own) uses it and leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from sandbox import validate_requirements
+
+from .._errors import InfeasibleResourcesError, UsageError
+
+LOOPBACK = "127.0.0.1"
+_ray: Any = ray  # (Ray's functions are untyped)
+# Keys of ray.cluster_resources() that are Ray's bookkeeping, not what tasks ask for.
+_INTERNAL = ("node:", "accelerator_type:")
+_INTERNAL_KEYS = frozenset({"memory", "object_store_memory"})
+
+
+def ray_env() -> None:
+    """What every Ray this process starts or joins gets: no usage statistics sent anywhere."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def connect(address: str | None, namespace: str, num_cpus: float | None, num_gpus: int | None,
+            resources: dict[str, float] | None) -> bool:
+    """Start (``address=None``) or join a Ray; True when this call started one (to shut down at exit)."""
+    ray_env()
+    if ray.is_initialized():
+        if address is not None or num_cpus is not None or num_gpus is not None or resources:
+            raise UsageError("Ray is already initialised in this process: Runtime(backend='ray') uses it as it is; "
+                             "give address=, num_cpus=, num_gpus= or resources= only when it starts Ray")
+        return False
+    opts: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                                configure_logging=False)
+    if address is None:
+        opts.update(_node_ip_address=LOOPBACK, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+    elif num_cpus is not None or num_gpus is not None or resources:
+        raise UsageError("num_cpus=, num_gpus= and resources= describe a Ray this Runtime starts; a cluster "
+                         f"joined at {address!r} has its own")
+    ray.init(address=address, namespace=namespace, **opts)
+    return True
+
+
+class Capacity:
+    """What each node of the cluster has (refreshed at most once a second): a request no
+    node could ever hold fails at once with InfeasibleResourcesError instead of waiting."""
+
+    def __init__(self) -> None:
+        self._nodes: list[dict[str, float]] = []
+        self._at = 0.0
+
+    def nodes(self) -> list[dict[str, float]]:
+        now = time.monotonic()
+        if not self._nodes or now - self._at > 1.0:
+            self._nodes = [dict(n.get("Resources", {})) for n in _ray.nodes() if n.get("Alive")]
+            self._at = now
+        return self._nodes
+
+    def check(self, demand: dict[str, float], who: str) -> None:
+        demand = {k: v for k, v in demand.items() if v}
+        if not demand or any(all(n.get(k, 0.0) >= v for k, v in demand.items()) for n in self.nodes()):
+            return
+        self._at = 0.0  # look again next time: a node may join
+        for key, want in demand.items():
+            best = max((n.get(key, 0.0) for n in self.nodes()), default=0.0)
+            if best < want:
+                raise InfeasibleResourcesError(
+                    f"{who} asks for {want:g} {key}, but no node of the Ray cluster has more than {best:g}; ask for "
+                    "less, or add a node that has it (ray start --resources)", resource=key, requested=want,
+                    available=best)
+        raise InfeasibleResourcesError(f"{who} asks for {demand}, which no single node of the Ray cluster has",
+                                       resource=next(iter(demand)), requested=None, available=None)
+
+
+def public(resources: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(resources.items())
+            if k not in _INTERNAL_KEYS and not k.startswith(_INTERNAL)}
+
+
+def runtime_env(dependencies: tuple[str, ...], working_dir: str | None = None) -> dict[str, Any] | None:
+    """Ray's runtime_env for an actor's or task's dependencies (and an extension's folder).
+
+    ``pip``: Ray builds a virtualenv on top of the driver's Python with its site-packages
+    visible, so torch (dropped from the requirements, as on the local backend) always comes
+    from the host's environment and is never reinstalled.
+    """
+    env: dict[str, Any] = {}
+    if dependencies:
+        reqs, _ignored = validate_requirements(dependencies)
+        if reqs:
+            env["pip"] = {"packages": list(reqs), "pip_check": False}
+    if working_dir is not None:
+        env["working_dir"] = working_dir
+    return env or None
