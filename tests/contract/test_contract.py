@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -27,9 +28,9 @@ from .plugins import (
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
-async def _until(check: object, seconds: float = 30.0) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
     with anyio.fail_after(seconds):
-        while not await check():  # type: ignore[operator]
+        while not await check():
             await anyio.sleep(0.05)
 
 
