@@ -7,6 +7,7 @@ process and a socket to it, with the errors a user can act on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -66,35 +67,50 @@ async def environment(services: ActorServices, requirements: tuple[str, ...] | N
             actor=label, cls=cls_name, output="") from exc
 
 
+def launch_spec(services: ActorServices, options: ActorOptions, label: str, module_paths: tuple[str, ...],
+                launch_env: sandbox.Environment | None, fd: int) -> sandbox.LaunchSpec:
+    """How the actor's process is launched (its interpreter, binds, variables, sandbox): on socket ``fd``."""
+    mode, policy = services.sandbox_for(options)
+    if launch_env is None:  # the host's environment
+        python, venv, import_paths, binds, extra = (
+            sys.executable, sys.prefix if sys.prefix != sys.base_prefix else None, (_ACTORBOX_ROOT,),
+            (*CODE_PATHS, sys.base_prefix), {})
+    else:
+        python, venv, import_paths, binds = (
+            launch_env.python, launch_env.path, (launch_env.code_dir,), launch_env.bind_paths)
+        extra = {sandbox.HOST_PACKAGES_VAR: launch_env.packages_dir}
+    if options.gpu_ids is not None:  # the GPUs the Runtime gave it (num_gpus=): only those are visible
+        extra = {**extra, "CUDA_VISIBLE_DEVICES": ",".join(map(str, options.gpu_ids))}
+    return sandbox.LaunchSpec(
+        python=python, module="actorbox._child", args=(str(fd), str(services.max_frame_size)),
+        env=os.environ, pass_fds=(fd,), import_paths=import_paths,
+        code_paths=binds, module_paths=module_paths, venv_path=venv, extra_env=extra,
+        label=label, sandboxed=mode == "required", policy=policy)  # a uid of its own: leased
+
+
 async def launch(services: ActorServices, options: ActorOptions, label: str, cls_name: str,
                  module_paths: tuple[str, ...], launch_env: sandbox.Environment | None) -> Launched:
     """Start the actor's process (sandboxed unless chosen otherwise); raises ActorStartError."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        mode, policy = services.sandbox_for(options)
-        if launch_env is None:  # the host's environment
-            python, venv, import_paths, binds, extra = (
-                sys.executable, sys.prefix if sys.prefix != sys.base_prefix else None, (_ACTORBOX_ROOT,),
-                (*CODE_PATHS, sys.base_prefix), {})
-        else:
-            python, venv, import_paths, binds = (
-                launch_env.python, launch_env.path, (launch_env.code_dir,), launch_env.bind_paths)
-            extra = {sandbox.HOST_PACKAGES_VAR: launch_env.packages_dir}
-        if options.gpu_ids is not None:  # the GPUs the Runtime gave it (num_gpus=): only those are visible
-            extra = {**extra, "CUDA_VISIBLE_DEVICES": ",".join(map(str, options.gpu_ids))}
-        spec = sandbox.LaunchSpec(
-            python=python, module="actorbox._child", args=(str(child.fileno()), str(services.max_frame_size)),
-            env=os.environ, pass_fds=(child.fileno(),), import_paths=import_paths,
-            code_paths=binds, module_paths=module_paths, venv_path=venv, extra_env=extra,
-            label=label, sandboxed=mode == "required", policy=policy)  # a uid of its own: leased
-        if mode == "disabled":
+        spec = launch_spec(services, options, label, module_paths, launch_env, child.fileno())
+        if not spec.sandboxed:
             services.log.warning("actor.unsandboxed", actor=label,
                                  reason="sandbox='disabled' was chosen explicitly: this actor runs with the "
                                         "host's privileges and can read and change everything the host can")
         try:
             # From the zygote of its environment, sandbox and preload when one can fork it.
-            proc = await services.zygotes.launch(spec, options.preload, child) or \
-                await sandbox.launch(spec, services.spawner)
+            proc: sandbox.ActorProcess | ForkedProcess | None = await services.zygotes.launch(
+                spec, options.preload, child)
+            if proc is None:
+                # A fresh socket: a zygote that failed to fork this actor was handed the other one's
+                # end (and may keep a copy: it imported third-party packages).
+                child.close()
+                parent.close()
+                parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                spec = dataclasses.replace(spec, args=(str(child.fileno()), *spec.args[1:]),
+                                           pass_fds=(child.fileno(),))
+                proc = await sandbox.launch(spec, services.spawner)
         except sandbox.SandboxUnavailable as exc:
             parent.close()
             raise SandboxUnavailableError(
@@ -105,10 +121,10 @@ async def launch(services: ActorServices, options: ActorOptions, label: str, cls
             parent.close()
             raise ActorStartError(
                 f"could not launch the process for actor {label!r}: {exc}; check that "
-                f"{python} runs", actor=label, cls=cls_name) from exc
+                f"{spec.python} runs", actor=label, cls=cls_name) from exc
         except BaseException:  # cancelled while launching: launch() kills what it forked
             parent.close()
             raise
     finally:
         child.close()
-    return Launched(proc, parent, mode == "required", policy)
+    return Launched(proc, parent, spec.sandboxed, spec.policy)

@@ -15,10 +15,14 @@ every generator it inherited.
 Protocol (SOCK_SEQPACKET, one msgpack list per message, each at most ``MAX_MESSAGE``):
 host -> zygote ``["fork", id, uid, tmpfs_size, network, max_processes, max_open_files, max_frame]`` with
 the actor's socket end and its stdout and stderr write ends (SCM_RIGHTS); zygote -> host
-``["ready", nested_ok, reason]`` once, ``["forked", id]`` with the child's pidfd,
-``["failed", id, reason]``, and ``["exit", id, status]`` once the child is reaped
-(status as ``Popen.returncode``: negative for a signal). The zygote never receives
-anything an actor sends; the host treats all it sends as untrusted.
+``["ready", nested_ok, reason]`` once, ``["forked", id]`` with the child's pidfd once the child
+says its own sandbox is built (before it runs anything of the actor), ``["failed", id, reason]``
+(the fork, or something before the sandbox, failed: out of processes or descriptors),
+``["unfit", id, reason]`` (the child could not build its sandbox, e.g. a bind of this zygote's
+sandbox points at a directory deleted since: the host retires this zygote) and
+``["exit", id, status]`` once a forked child is reaped (status as ``Popen.returncode``:
+negative for a signal). The zygote never receives anything an actor sends; the host treats
+all it sends as untrusted.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import importlib
 import os
 import random
 import select
+import signal
 import socket
 import sys
 import traceback
@@ -70,12 +75,45 @@ def _import(modules: list[str]) -> None:
             continue
 
 
-def _become_actor(sock_fd: int, out: int, err: int, req: list[Any], nested: bool) -> None:
+class _Report:
+    """A forked child's one word to its zygote, on a pipe: its sandbox is built (``ok``), or why not.
+
+    ``N`` + text: a step of the nested sandbox failed (``sandbox._nest.NestError``: this zygote
+    can serve no actor, it is retired); ``E`` + text: something else failed before (a fork out of
+    processes: that actor alone starts without the zygote). Nothing written (EOF): the child died first.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def ok(self) -> None:
+        self._say(b"ok")
+
+    def fail(self, exc: BaseException) -> None:
+        from sandbox._nest import NestError
+
+        self._say((b"N" if isinstance(exc, NestError) else b"E") + f"{type(exc).__name__}: {exc}".encode()[:900])
+
+    def _say(self, data: bytes) -> None:
+        if self.fd >= 0:
+            try:
+                os.write(self.fd, data)  # at most PIPE_BUF: one atomic write
+            except OSError:
+                pass
+            self.close()
+
+
+def _become_actor(sock_fd: int, out: int, err: int, req: list[Any], nested: bool, report: _Report) -> None:
     """In the forked child: own descriptors only, own sandbox, fresh seeds, then actorbox._child."""
     os.setsid()
     os.dup2(out, 1)
     os.dup2(err, 2)
-    keep = sorted({0, 1, 2, sock_fd})
+    keep = sorted({0, 1, 2, sock_fd, report.fd})
     for lo, hi in zip(keep, [*keep[1:], 1 << 20], strict=True):
         os.closerange(lo + 1, hi)
     _, _, uid, tmpfs_size, network, max_processes, max_open_files, max_frame = req
@@ -84,10 +122,12 @@ def _become_actor(sock_fd: int, out: int, err: int, req: list[Any], nested: bool
 
         pid = enter_nested(NestSpec(uid if uid >= 0 else os.getuid(), tmpfs_size, network, max_processes,
                                     max_open_files))
-        if pid:
+        if pid:  # the reaper: the actor reports, not this one
+            report.close()
             os._exit(reap(pid))
-        become_init()
+        become_init(close_fd=report.fd)  # (the init closes its copy)
         seal()
+    report.ok()  # its own sandbox is built: nothing of the actor ran yet
     _reseed()
     sys.argv = ["actorbox._child", str(sock_fd), str(max_frame)]
     from actorbox._child import main
@@ -135,6 +175,7 @@ def _probe(nested: bool) -> tuple[bool, str]:
 def serve(sock: socket.socket, nested: bool) -> None:
     """Fork actors on request until the host hangs up; report each child's pidfd and exit status."""
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (request id, pid)
+    building: dict[int, tuple[int, int, int]] = {}  # report pipe -> (request id, pid, pidfd): not yet sandboxed
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     while True:
@@ -142,9 +183,23 @@ def serve(sock: socket.socket, nested: bool) -> None:
             if fd in children:
                 rid, pid = children.pop(fd)
                 poller.unregister(fd)
+                if not nested:  # its session's other processes go with it (its pid is still its own: unreaped)
+                    _killpg(pid)
                 _, status = os.waitpid(pid, 0)
                 os.close(fd)
                 _send(sock, ["exit", rid, os.waitstatus_to_exitcode(status)])
+                continue
+            if fd in building:
+                rid, pid, pidfd = building.pop(fd)
+                poller.unregister(fd)
+                word = os.read(fd, 1024)
+                os.close(fd)
+                if word == b"ok":
+                    children[pidfd] = (rid, pid)
+                    poller.register(pidfd, select.POLLIN)
+                    _send(sock, ["forked", rid], pidfd)
+                else:
+                    _send(sock, _refusal(rid, word, _kill_and_reap(pid, pidfd)))
                 continue
             got = _recv(sock)
             if got is None:
@@ -155,31 +210,72 @@ def serve(sock: socket.socket, nested: bool) -> None:
                     os.close(x)
                 continue
             try:
-                pid, pidfd = _fork(fds, req, nested)
+                pid, pidfd, said = _fork(fds, req, nested)
             except OSError as exc:  # out of processes or descriptors: this actor starts without us
                 _send(sock, ["failed", req[1], f"fork: {exc}"])
                 continue
             finally:
                 for x in fds:
                     os.close(x)
-            children[pidfd] = (req[1], pid)
-            poller.register(pidfd, select.POLLIN)
-            _send(sock, ["forked", req[1]], pidfd)
+            building[said] = (req[1], pid, pidfd)  # "forked" once it says its sandbox is built
+            poller.register(said, select.POLLIN)
 
 
-def _fork(fds: list[int], req: list[Any], nested: bool) -> tuple[int, int]:
-    """Fork the actor; (its pid, a pidfd of it). Raises OSError (nothing is left forked then)."""
-    pid = os.fork()
+def _refusal(rid: int, word: bytes, status: int) -> list[Any]:
+    """The answer for a child that did not build its sandbox: "unfit" (a step of it failed) or "failed"."""
+    text = word[1:].decode("utf-8", "replace")
+    if word[:1] == b"N":
+        return ["unfit", rid, f"its forked child could not build its sandbox: {text}"]
+    return ["failed", rid, f"the forked child failed before it ran the actor: {text}" if text else
+            f"the forked child exited with {status} before its sandbox was built"]
+
+
+def _kill_and_reap(pid: int, pidfd: int) -> int:
+    """SIGKILL a child that will not be an actor (through its pidfd), reap it; its exit status."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _killpg(pid)  # (unreaped: the group is still its own)
+    _, status = os.waitpid(pid, 0)
+    os.close(pidfd)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _killpg(pid: int) -> None:
+    """SIGKILL the session a forked child leads (called only while it is unreaped: its pid cannot be reused)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _fork(fds: list[int], req: list[Any], nested: bool) -> tuple[int, int, int]:
+    """Fork the actor; (its pid, a pidfd of it, the read end of its report pipe).
+
+    Raises OSError (nothing is left forked then)."""
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     if pid == 0:
+        os.close(r)
+        report = _Report(w)
         try:
-            _become_actor(fds[0], fds[1], fds[2], req, nested)
-        except BaseException:
+            _become_actor(fds[0], fds[1], fds[2], req, nested, report)
+        except BaseException as exc:
+            report.fail(exc)  # (no-op once it said ok: then this is the actor's own end)
             traceback.print_exc()
         finally:
             os._exit(70)
+    os.close(w)
     try:
-        return pid, os.pidfd_open(pid)
+        return pid, os.pidfd_open(pid), r
     except OSError:
+        os.close(r)
         os.kill(pid, 9)
         os.waitpid(pid, 0)
         raise

@@ -50,6 +50,9 @@ CHILD_MARKER = "--forks=actorbox._child"
 # starts without it.
 READY_TIMEOUT_S = 120.0
 FORK_TIMEOUT_S = 15.0
+# Zygotes of one key retired because a child could not build its sandbox: past this, that key's
+# actors start without a zygote (each fresh zygote costs an import of torch, each to no avail).
+MAX_UNFIT = 3
 # A zygote's limits count for all its actors together: its process limit counts all their
 # processes and threads (one uid), and it holds a pidfd per live actor. Each actor's own
 # limits, the policy's, are set in its own user namespace (sandbox._nest). A zygote out
@@ -111,12 +114,15 @@ class ForkedProcess:
         """SIGKILL through the pidfd (never a reused pid); the reaper's death kills the actor's namespace."""
         if self._pidfd < 0 or self._status is not None:
             return
+        if not self._zygote.nested and not self.exited():
+            # No pid namespace: its session's processes go too. Only while the pidfd says it has not
+            # exited: its pid (the session's id) is then still its own, never a reused one. Once it
+            # exited, its zygote kills that session before it reaps it (_zygote.serve).
+            sandbox.kill_group(self.pid)
         try:
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         except (ProcessLookupError, OSError):
             pass
-        if not self._zygote.nested:  # no pid namespace: its session's processes go too
-            sandbox.kill_group(self.pid)
 
     async def wait(self) -> int:
         async with self._wait_lock:
@@ -124,7 +130,7 @@ class ForkedProcess:
                 await anyio.wait_readable(self._pidfd)  # readable once it exited
                 # Its status comes from the zygote, which reaps it at once; a zygote that
                 # cannot say (gone, or stuck) leaves it as killed.
-                if self._zygote.state == "ready":
+                if self._zygote.state in ("ready", "retired"):
                     with anyio.move_on_after(2.0):
                         await self._reported.wait()
                 self.report(-signal.SIGKILL)
@@ -172,8 +178,12 @@ class Zygote:
         self.spec = spec  # the launch spec of an actor of this key
         self.preload = preload
         self.nested = spec.sandboxed
-        self.state = "starting"  # starting | ready | unavailable | dead
+        self.state = "starting"  # starting | ready | unavailable | retired (forks no more) | dead
         self.reason = ""
+        # What each path its sandbox binds was at its launch: a path rebuilt since (an environment
+        # deleted and built again) is another directory, which its binds do not show (see fit()).
+        self.bound = bound_identity(spec)
+        self.unfit = ""  # why a child it forked could not build its sandbox ("unfit"): it is retired
         self.ready = anyio.Event()
         self.proc: sandbox.ActorProcess | None = None
         self.pid: int | None = None  # host pid of the zygote's Python process
@@ -276,9 +286,14 @@ class Zygote:
                 self._abandoned[rid] = True  # its exit message ends the entry
             case ["failed", int(rid), str()] if self._abandoned.get(rid) is False and not fds:
                 del self._abandoned[rid]
+            case ["unfit", int(rid), str(reason)] if self._abandoned.get(rid) is False and not fds:
+                del self._abandoned[rid]
+                self.unfit = reason[:1000]
             case ["exit", int(rid), int()] if self._abandoned.get(rid) is True and not fds:
                 del self._abandoned[rid]
-            case ["failed", int(rid), str(reason)] if rid in self._pending and not fds:
+            case ["failed" | "unfit" as kind, int(rid), str(reason)] if rid in self._pending and not fds:
+                if kind == "unfit":
+                    self.unfit = reason[:1000]
                 event, slot = self._pending.pop(rid)
                 slot.append(reason[:1000])
                 event.set()
@@ -286,6 +301,7 @@ class Zygote:
                 if not self._children[rid].exited():  # else the host would skip killing it, and reuse its uid
                     raise ZygoteError("an exit status for an actor that is still running")
                 self._children.pop(rid).report(status)
+                self.end_if_idle()
             case _:
                 raise ZygoteError(f"an unexpected message {str(msg)[:200]!r} with {len(fds)} descriptor(s)")
 
@@ -301,8 +317,9 @@ class Zygote:
 
     async def _end(self, proc: sandbox.ActorProcess, sock: socket.socket) -> None:
         """Kill and reap the zygote; its pending forks fail, its actors are reported killed (bounded)."""
-        if self.state in ("starting", "ready"):
+        if self.state in ("starting", "ready", "retired"):
             self.state = "dead"
+        self.services.retired.discard(self)
         self.ready.set()
         sock.close()
         for event, slot in self._pending.values():
@@ -329,6 +346,27 @@ class Zygote:
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             sandbox.kill_group(self.proc.pid)
+
+    def unfit_reason(self, spec: sandbox.LaunchSpec) -> str:
+        """Why this ready zygote must fork no more actors of ``spec`` (its key's), or "".
+
+        A path its sandbox binds that is another file or directory now (its environment
+        was deleted and built again, an extension folder replaced): the bind still shows
+        the old one, deleted, and a child would fail to build its sandbox (or see stale
+        code). A bind holds the old directory, so its inode number is not reused meanwhile.
+        """
+        if self.unfit:
+            return self.unfit
+        now = bound_identity(spec)
+        changed = [p[0] for p, q in zip(self.bound, now, strict=False) if p != q]
+        if changed or len(now) != len(self.bound):
+            return f"{(changed or ['a path it binds'])[0]} is not the one it was launched with (rebuilt or replaced)"
+        return ""
+
+    def end_if_idle(self) -> None:
+        """A retired zygote goes once the last actor it forked is gone (they die with it)."""
+        if self.state == "retired" and not self._children and not self._pending:
+            self.kill()
 
     async def fork(self, sock: socket.socket, nest: list[Any], lease: Any) -> ForkedProcess:
         """Have the zygote fork an actor on ``sock`` (the actor's end); raises ZygoteError."""
@@ -367,6 +405,7 @@ class Zygote:
             os.close(err_r)
             if not slot:
                 self.kill()
+            self.end_if_idle()
             raise ZygoteError(str(slot[0]) if slot else f"no answer within {FORK_TIMEOUT_S} s")
         pidfd = slot[0]
         pid = pidfd_pid(pidfd)
@@ -375,6 +414,19 @@ class Zygote:
         self._children[rid] = forked
         self.forks += 1
         return forked
+
+
+def bound_identity(spec: sandbox.LaunchSpec) -> tuple[tuple[str, int, int], ...]:
+    """(path, device, inode) of each path an actor's sandbox binds or imports from ((path, -1, -1): missing)."""
+    out = []
+    for path in (*((spec.venv_path,) if spec.venv_path else ()), *spec.code_paths, *spec.module_paths,
+                 *spec.import_paths):
+        try:
+            st = os.stat(path)
+            out.append((path, st.st_dev, st.st_ino))
+        except OSError:
+            out.append((path, -1, -1))
+    return tuple(out)
 
 
 def _output_pipes() -> tuple[int, int, int, int]:
@@ -445,10 +497,15 @@ class Zygotes:
         self.log = log
         self.spawner = spawner  # forks the zygotes, as every actor process (see sandbox.launch)
         self.supervision = supervision  # where their readers run (shielded)
-        # ACTORBOX_ZYGOTES=0 turns them off: every actor then starts its own interpreter.
+        # Runtime(zygotes=False), else ACTORBOX_ZYGOTES=0, turns them off: every actor then starts its own
+        # interpreter.
         self.enabled = enabled if enabled is not None else \
             os.environ.get("ACTORBOX_ZYGOTES", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.off_by = "Runtime(zygotes=False)" if enabled is not None else "ACTORBOX_ZYGOTES=0"
         self.by_key: dict[tuple[Any, ...], Zygote] = {}
+        # Zygotes that fork no more (their key has a fresh one) but still hold actors they forked.
+        self.retired: set[Zygote] = set()
+        self._unfit: dict[tuple[Any, ...], int] = {}  # zygotes of a key retired for children that could not nest
         self._starting: dict[tuple[Any, ...], anyio.Event] = {}
         self._closed = False
         self._said_off = False
@@ -459,32 +516,70 @@ class Zygotes:
         return (spec.python, spec.venv_path, spec.import_paths, spec.code_paths, spec.module_paths, env,
                 spec.sandboxed, spec.policy if spec.sandboxed else None, preload)
 
-    async def zygote_for(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> Zygote | None:
-        """The ready zygote of this key, started (or replaced) as needed; None where none can serve."""
-        if not self.enabled and not self._said_off:
-            self._said_off = True
-            self.log.info("zygote.unavailable", reason="turned off (ACTORBOX_ZYGOTES=0)",
-                          consequence="every actor starts its own interpreter")
-        if not self.enabled or self._closed:
-            return None
+    def live(self) -> list[Zygote]:
+        """Every zygote process of this Runtime: one per key, and retired ones that still hold actors."""
+        return [*self.by_key.values(), *self.retired]
+
+    async def zygote_for(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...], *,
+                         say: bool = False) -> Zygote | None:
+        """The ready zygote of this key, started (or replaced) as needed; None where none can serve.
+
+        Why there is none is said once (zygote.unavailable); with ``say`` (rt.prepare) every time.
+        """
+        z, why = await self._find(spec, preload)
+        if z is None and say and why:
+            self.log.info("zygote.unavailable", zygote=spec.label, reason=why,
+                          consequence="its actors start their own interpreter")
+        return z
+
+    async def _find(self, spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> tuple[Zygote | None, str]:
+        """(the zygote, "") or (None, why: "" when an event said so already)."""
+        if not self.enabled:
+            why = f"turned off ({self.off_by})"
+            if not self._said_off:
+                self._said_off = True
+                self.log.info("zygote.unavailable", reason=why, consequence="every actor starts its own interpreter")
+                return None, ""
+            return None, why
+        if self._closed:
+            return None, "the Runtime is exiting"
         key = self.key_of(spec, preload)
         while True:
+            if self._unfit.get(key, 0) >= MAX_UNFIT:
+                return None, f"{MAX_UNFIT} of its zygotes forked children that could not build their own sandbox"
             z = self.by_key.get(key)
             if z is not None and z.state == "starting":
                 with anyio.move_on_after(READY_TIMEOUT_S):
                     await z.ready.wait()
                 if z.state == "starting":
                     self._give_up(z, f"not ready within {READY_TIMEOUT_S} s")
-                    return None
+                    return None, ""
             if z is not None and z.state == "ready":
-                return z
+                if why := z.unfit_reason(spec):
+                    self._retire(z, why)
+                    continue
+                return z, ""
             if z is not None and z.state == "unavailable":
-                return None
+                return None, z.reason
             starting = self._starting.get(key)
             if starting is not None:  # another start is launching it
                 await starting.wait()
                 continue
-            return await self._start(key, spec, preload)
+            return await self._start(key, spec, preload), ""
+
+    def _retire(self, z: Zygote, reason: str) -> None:
+        """``z`` forks no more: a fresh zygote of its key forks the next actor; it exits after its last actor."""
+        if self.by_key.get(z.key) is z:
+            del self.by_key[z.key]
+        z.state = "retired"
+        self.retired.add(z)
+        if z.unfit:
+            self._unfit[z.key] = self._unfit.get(z.key, 0) + 1
+        (self.log.warning if z.unfit else self.log.info)(
+            "zygote.retired", zygote=z.spec.label, pid=z.pid, reason=reason, actors=len(z._children),
+            consequence="a fresh zygote forks the next actor of its kind; the actors it forked run on, and it "
+                        "exits after the last of them")
+        z.end_if_idle()
 
     async def _start(self, key: tuple[Any, ...], spec: sandbox.LaunchSpec, preload: tuple[str, ...]) -> Zygote | None:
         done = self._starting[key] = anyio.Event()
@@ -512,6 +607,8 @@ class Zygotes:
             z.kill()
             return None
         if z.state != "ready":
+            self.log.warning("zygote.unavailable", zygote=spec.label, reason="it exited before it was ready",
+                             consequence="this actor starts without a zygote")
             return None
         self.log.info("zygote.ready", zygote=spec.label, pid=z.pid,
                                duration_ms=round((time.monotonic() - z.started) * 1000, 1))
@@ -544,6 +641,8 @@ class Zygotes:
                 lease.release()
             self.log.warning("zygote.fork_failed", zygote=spec.label, pid=z.pid, reason=str(exc),
                                       consequence="this actor starts without the zygote")
+            if z.unfit and z.state == "ready":  # its children cannot build their sandbox: none would start
+                self._retire(z, z.unfit)
             return None
         except BaseException:
             if lease is not None:
@@ -553,7 +652,7 @@ class Zygotes:
     def close(self) -> None:
         """Kill every zygote (their readers reap them); no zygote starts after this."""
         self._closed = True
-        for z in self.by_key.values():
+        for z in self.live():
             z.kill()
 
 

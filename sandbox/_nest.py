@@ -158,7 +158,7 @@ def reap(pid: int) -> int:
         return os.waitstatus_to_exitcode(status) & 0xFF
 
 
-def become_init() -> None:
+def become_init(close_fd: int = -1) -> None:
     """In the first process of the new pid namespace: fork the actor, then only reap until it exits.
 
     The actor must not be pid 1: the kernel drops every signal a namespace's init has no
@@ -166,7 +166,7 @@ def become_init() -> None:
     itself, nor die of its own raise(SIGSEGV). This init drops its capabilities and is not
     dumpable, so the actor (same uid, no capability) can neither ptrace nor signal it; it
     dies with the reaper outside, and when it exits the kernel kills the whole namespace.
-    Returns only in the actor.
+    Returns only in the actor. ``close_fd``: a descriptor only the actor keeps (the init closes it).
     """
     libc = _libc()
     _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "die with the reaper")
@@ -174,6 +174,8 @@ def become_init() -> None:
     if actor == 0:
         return
     try:
+        if close_fd >= 0:
+            os.close(close_fd)
         _drop_caps(libc)
         libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
         while True:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import types
+from typing import Any, cast
 
 import anyio
 import psutil
@@ -12,8 +16,10 @@ import torch  # noqa: F401  (a host that uses torch: its zygotes preload it)
 from structlog.testing import capture_logs
 
 import actorbox
+import actorbox._zygotes
 
-from .zygote_plugins import Drawer, Looker, Restarting
+from .env_plugins.six_user import SixUser
+from .zygote_plugins import Drawer, Looker, Restarting, Spawner
 
 pytestmark = pytest.mark.anyio
 
@@ -171,3 +177,113 @@ async def test_actors_of_two_environments_come_from_their_own_zygotes():
 class _Registry:
     def report(self, ext: str, version: str, n: int) -> None:
         pass
+
+
+ENV_TIMEOUT = 240  # an environment built with uv (from its cache: UV_OFFLINE=1)
+
+
+async def test_an_environment_rebuilt_at_its_path_gets_a_fresh_zygote(tmp_path, monkeypatch):
+    """An environment deleted and built again at the same path while the Runtime runs: its zygote (whose sandbox
+    binds the deleted directory) is retired, a fresh one forks the next actor, and an actor of the old one runs
+    on until it stops, when the old zygote exits."""
+    monkeypatch.setenv("UV_OFFLINE", "1")  # six comes from uv's cache: nothing leaves this machine
+    with capture_logs() as logs:
+        async with actorbox.Runtime(env_root=tmp_path) as rt:
+            with anyio.fail_after(ENV_TIMEOUT):
+                keeper, first = await rt.start(SixUser), await rt.start(SixUser)
+                assert (await keeper.six())[0] == "1.16.0"  # (six imported before its files go)
+            old = zygote_of(pid_of(rt, first))
+            assert old is not None and zygote_of(pid_of(rt, keeper)).pid == old.pid
+            [built] = [e["path"] for e in logs if e["event"] == "env.built"]
+            with anyio.fail_after(TIMEOUT):
+                await rt.stop(first)
+            shutil.rmtree(built)  # as docs/debugging.md says is safe: the next start builds it again
+            with anyio.fail_after(ENV_TIMEOUT):
+                again = await rt.start(SixUser)
+                assert (await again.six())[0] == "1.16.0"
+            new = zygote_of(pid_of(rt, again))
+            assert new is not None and new.pid != old.pid
+            assert old.is_running() and old.status() != psutil.STATUS_ZOMBIE  # it still holds the keeper
+            with anyio.fail_after(TIMEOUT):
+                assert (await keeper.six())[0] == "1.16.0"
+                await rt.stop(keeper)
+                while old.is_running() and old.status() != psutil.STATUS_ZOMBIE:
+                    await anyio.sleep(0.05)  # its last actor gone, the retired zygote exits
+            assert new.is_running()
+    [retired] = [e for e in logs if e["event"] == "zygote.retired"]
+    assert built in retired["reason"] and retired["actors"] == 1, retired
+    assert not [e for e in logs if e["event"] in ("zygote.fork_failed", "actor.died")]
+
+
+async def test_a_child_that_cannot_build_its_sandbox_retires_its_zygote_and_the_actor_starts_plainly(
+        tmp_path, monkeypatch):
+    """Where a zygote's child fails to build its nested sandbox (NestError: here a bind of the deleted
+    environment, with the check for a rebuilt environment switched off), the start does not fail: the actor
+    starts its own interpreter, the zygote is retired with the reason, and the next start forks from a fresh one."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setattr(actorbox._zygotes, "bound_identity", lambda spec: ())  # (a) off: only (b) is left
+    with capture_logs() as logs:
+        async with actorbox.Runtime(env_root=tmp_path) as rt:
+            with anyio.fail_after(ENV_TIMEOUT):
+                first = await rt.start(SixUser)
+            old = zygote_of(pid_of(rt, first))
+            assert old is not None
+            [built] = [e["path"] for e in logs if e["event"] == "env.built"]
+            with anyio.fail_after(TIMEOUT):
+                await rt.stop(first)
+            shutil.rmtree(built)
+            with anyio.fail_after(ENV_TIMEOUT):
+                plain = await rt.start(SixUser)
+                assert (await plain.six())[0] == "1.16.0"
+            pid = pid_of(rt, plain)
+            assert zygote_of(pid) is None and "actorbox._child" in psutil.Process(pid).cmdline()
+            with anyio.fail_after(ENV_TIMEOUT):
+                forked = await rt.start(SixUser)
+                assert (await forked.six())[0] == "1.16.0"
+            fresh = zygote_of(pid_of(rt, forked))
+            assert fresh is not None and fresh.pid != old.pid
+    [failed] = [e for e in logs if e["event"] == "zygote.fork_failed"]
+    [retired] = [e for e in logs if e["event"] == "zygote.retired"]
+    for e in (failed, retired):
+        assert "could not build its sandbox" in e["reason"] and "NestError" in e["reason"], e
+    assert not [e for e in logs if e["event"] == "actor.died"]
+
+
+async def test_an_unsandboxed_forked_actor_that_exits_takes_its_session_along():
+    """An unsandboxed actor forked from its zygote that dies by itself leaves no process of its session behind
+    (its zygote kills the session before it reaps the actor: the host no longer signals a group by a pid that
+    may have been reused)."""
+    async with actorbox.Runtime(sandbox="disabled") as rt:
+        with anyio.fail_after(TIMEOUT):
+            h = await rt.start(Spawner)
+            actor = pid_of(rt, h)
+            assert zygote_of(actor) is not None
+            sleeper = psutil.Process(await h.spawn_sleeper())
+            assert os.getsid(sleeper.pid) == os.getsid(actor)
+            with pytest.raises(actorbox.ActorDiedError):
+                await h.die()
+            while sleeper.is_running() and sleeper.status() != psutil.STATUS_ZOMBIE:
+                await anyio.sleep(0.05)
+
+
+async def test_killing_a_forked_unsandboxed_actor_never_signals_a_reused_pid():
+    """ForkedProcess.kill of an unsandboxed actor that already exited (its pid free for reuse: here held by an
+    unrelated session leader) signals only through its pidfd, never that pid's process group."""
+    from actorbox._zygotes import ForkedProcess
+
+    gone = subprocess.Popen(["true"])
+    pidfd = os.pidfd_open(gone.pid)
+    gone.wait()  # exited and reaped: the pidfd is readable
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the pid's new owner, as it were
+    zygote = types.SimpleNamespace(nested=False, state="ready")
+    r, w = os.pipe()
+    os.close(w)
+    proc = ForkedProcess(cast(Any, zygote), 1, pidfd, bystander.pid, r, os.dup(r), None)
+    try:
+        proc.kill()
+        await anyio.sleep(0.2)
+        assert bystander.poll() is None, "the bystander's group was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
+        await proc.aclose()

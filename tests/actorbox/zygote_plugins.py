@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import subprocess
 
 import numpy
 import torch
@@ -62,3 +63,14 @@ class Looker:
     def reads_own_proc(self) -> bool:
         with open(f"/proc/{os.getpid()}/status") as f:
             return "Pid:" in f.read() and os.path.exists("/proc/self/fd")
+
+
+@actorbox.actor
+class Spawner:
+    """Starts a process in its own session, then dies."""
+
+    def spawn_sleeper(self) -> int:
+        return subprocess.Popen(["sleep", "300"]).pid
+
+    def die(self) -> None:
+        os._exit(3)

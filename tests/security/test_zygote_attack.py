@@ -32,6 +32,7 @@ from ._support import CALL_TIMEOUT
 from .plugins.healthy import Healthy
 from .plugins.zygote_dies import DiesMidFork
 from .plugins.zygote_escaper import Escaper
+from .plugins.zygote_keeps_socket import KeepsSocket
 from .plugins.zygote_stalls import StalledFork
 
 _ZYGOTES_ON = os.environ.get("ACTORBOX_ZYGOTES", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -144,6 +145,20 @@ async def test_a_zygote_that_never_answers_a_fork_is_killed_and_the_actor_starts
                 while _zygote_procs():  # killed, and reaped by its reader
                     await anyio.sleep(0.05)
             assert _pid(rt, h) not in _zygote_procs()
+
+
+async def test_a_failed_fork_starts_the_actor_on_a_fresh_socket():
+    """A zygote that keeps a copy of the actor's socket end it was handed, writes on it and answers "failed":
+    the plain start gets a socket of its own (the copy reaches a closed end), so the actor starts and serves."""
+    with capture_logs() as logs:
+        async with actorbox.Runtime() as rt:
+            with anyio.fail_after(CALL_TIMEOUT):
+                h = await rt.start(KeepsSocket)
+                assert await h.add(2, 3) == 5
+                assert await h.add(1, 1) == 2
+    failed = [e for e in logs if e["event"] == "zygote.fork_failed"]
+    assert len(failed) == 1 and "refused" in failed[0]["reason"], failed
+    assert not [e for e in logs if e["event"] in ("actor.died", "connection.protocol_error")]
 
 
 async def test_a_zygote_that_dies_mid_fork_fails_that_fork_at_once(monkeypatch):

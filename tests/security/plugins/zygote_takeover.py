@@ -42,3 +42,25 @@ def die(sock: socket.socket, nested: bool) -> None:
     """Exits at the first fork request, without a word."""
     for _ in requests(sock):
         os._exit(3)
+
+
+def keep_the_socket(sock: socket.socket, nested: bool) -> None:
+    """Keeps a copy of each actor socket it is handed, writes junk on it, then says the fork failed."""
+    import array
+
+    import msgpack
+
+    kept = []
+    while True:
+        data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(3 * 4))
+        if not data:
+            return
+        fds = [fd for level, kind, payload in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in array.array("i", payload[: len(payload) - len(payload) % 4])]
+        actor = socket.socket(fileno=fds[0])
+        kept.append(actor)
+        try:
+            actor.sendall(b"\xff" * 64)  # what the host would read as the actor's first frame
+        except OSError:
+            pass
+        sock.send(msgpack.packb(["failed", msgpack.unpackb(data)[1], "refused"]))
