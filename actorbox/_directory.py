@@ -15,6 +15,7 @@ from scheduler import Scheduler, envelope
 
 from ._errors import ActorNotFoundError, NameTakenError, SerializationError, UsageError
 from ._handle import ActorHandle
+from ._inspect import ActorInfo
 from ._residents import Resident, exposed_methods
 
 if TYPE_CHECKING:
@@ -49,6 +50,13 @@ class Directory:
     async def stop(self, handle: ActorHandle) -> None:
         """``rt.stop(handle)``: stop the actor process ``handle`` reaches (a no-op while the Runtime exits:
         it stops them all); UsageError for anything else (not a handle, another Runtime's, a resident's)."""
+        if isinstance(handle, ActorInfo) and handle.kind == "zygote":
+            raise UsageError(f"rt.stop(): {handle.label!r} is a zygote (a prepared process actors are forked "
+                             "from), not an actor: it has no handle and exits with the Runtime (to run without "
+                             "zygotes, set ACTORBOX_ZYGOTES=0)")
+        if isinstance(handle, ActorInfo):
+            raise UsageError(f"rt.stop() takes an actor handle, not the ActorInfo of {handle.label!r}: pass the "
+                             "handle rt.start returned, or rt.get_actor(name) for a named actor")
         if not isinstance(handle, ActorHandle):
             raise UsageError(f"rt.stop() takes an actor handle, got {type(handle).__name__}")
         if handle._caller is not self.caller:

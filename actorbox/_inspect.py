@@ -13,7 +13,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._residents import Resident
     from ._resources import ResourceInfo
     from ._supervisor import ActorSupervisor
+    from ._zygotes import Zygote
 
 # Samples closer together than this reuse the last CPU figure (a shorter delta is noise).
 _MIN_CPU_INTERVAL_S = 0.1
@@ -35,7 +36,7 @@ _MIN_CPU_INTERVAL_S = 0.1
 
 @dataclass(frozen=True, slots=True)
 class ActorInfo:
-    """A snapshot of one actor (``Runtime.actors()``)."""
+    """A snapshot of one actor, task worker or zygote (``Runtime.actors()``)."""
 
     actor_id: int
     name: str | None
@@ -60,6 +61,11 @@ class ActorInfo:
     fds: int | None = None
     max_fds: int | None = None
     max_threads: int | None = None
+    # What the row is: "actor" (one of yours, or a host-resident object), "task worker" (a
+    # process rt.submit's tasks run on) or "zygote" (a prepared process actors of one
+    # environment are forked from; actor_id negative, no handle: it exits with the Runtime).
+    kind: str = "actor"
+    forked: int | None = None  # a zygote's actors that are alive now; None for other kinds
 
 
 class Inspectable(Protocol):
@@ -155,9 +161,20 @@ def _hard_limits(pid: int) -> tuple[int | None, int | None]:
     return found.get("Max open files"), found.get("Max processes")
 
 
+# Task workers are started unnamed from this stem (``_task_workers``); an actor's label
+# stem is its class name, which cannot contain "-".
+_TASK_WORKER_PREFIX = "task-worker#"
+
+
+def _kind(sup: ActorSupervisor) -> str:
+    return "task worker" if sup.name is None and sup.label.startswith(_TASK_WORKER_PREFIX) else "actor"
+
+
 def actor_infos(scheduler: Scheduler, supervisors: Mapping[int, ActorSupervisor],
-                residents: Mapping[int, Resident], sampler: ProcessSampler) -> list[ActorInfo]:
-    """One row per actor the scheduler knows: processes (with RSS and CPU) and host-resident objects."""
+                residents: Mapping[int, Resident], sampler: ProcessSampler,
+                zygotes: Iterable[Zygote] = ()) -> list[ActorInfo]:
+    """One row per actor the scheduler knows: processes (with RSS and CPU) and host-resident objects,
+    then one per live zygote."""
     out = []
     alive: set[int] = set()
     for aid, a in scheduler.actors.items():
@@ -174,14 +191,35 @@ def actor_infos(scheduler: Scheduler, supervisors: Mapping[int, ActorSupervisor]
                                  len(a.running) - len(a.unstarted), rss=rss, cpu_percent=cpu,
                                  running_calls=tuple(c for c, e in a.running.items() if e.began),
                                  open_fds=None if sup.endpoint is None else sup.endpoint.held_fds(),
-                                 threads=threads, fds=fds, max_fds=max_fds, max_threads=max_threads))
+                                 threads=threads, fds=fds, max_fds=max_fds, max_threads=max_threads,
+                                 kind=_kind(sup)))
         elif aid in residents:
             obj = residents[aid].obj
             out.append(ActorInfo(aid, a.name, a.label, type(obj).__qualname__, None, "resident", 0,
                                  a.max_concurrency, len(a.queue), len(a.running),
                                  running_calls=tuple(a.running)))  # never delivered ahead
+    for z in zygotes:
+        if z.state not in ("starting", "ready"):
+            continue
+        pid = z.pid if z.state == "ready" else None  # the launcher's until then
+        rss, cpu, threads = sampler.sample(pid)
+        fds, max_fds, max_threads = sampler.budget(pid)
+        if pid is not None:
+            alive.add(pid)
+        out.append(ActorInfo(-z.number, None, zygote_label(z), "zygote", pid, z.state, z.restarts, 0, 0, 0,
+                             rss=rss, cpu_percent=cpu, threads=threads, fds=fds, max_fds=max_fds,
+                             max_threads=max_threads, kind="zygote", forked=z.forked_alive))
     sampler.forget_except(alive)
     return out
+
+
+def zygote_label(z: Zygote) -> str:
+    """``zygote (host env)``, ``zygote (env 04d8a3610f9b40968c9f)`` (an environment's fingerprint), plus
+    ``, unsandboxed`` and what it preloads beyond torch when that is so."""
+    env = "host env" if z.spec.python == sys.executable else f"env {os.path.basename(z.spec.venv_path or '?')}"
+    extra = [p for p in z.preload if p != "torch"]
+    return (f"zygote ({env}" + ("" if z.spec.sandboxed else ", unsandboxed")
+            + (f", preload {' '.join(extra)}" if extra else "") + ")")
 
 
 def snapshot(rt: Inspectable) -> dict[str, Any]:
@@ -236,9 +274,13 @@ def format_snapshot(snap: dict[str, Any]) -> str:
         head += "\n  resources (free/total): " + ", ".join(
             f"{_text(k)} {_num(free.get(k, 0))}/{_num(v)}" for k, v in sorted(res["total"].items()))
     tasks = [c for c in snap.get("calls") or [] if c.get("actor") == "actorbox.tasks"]
-    workers = [a for a in snap.get("actors") or [] if str(a.get("label", "")).startswith("task-worker#")]
+    workers = [a for a in snap.get("actors") or [] if a.get("kind") == "task worker"]
     if tasks or workers:
         head += f"\n  tasks: {len(tasks)} unfinished, {len(workers)} worker(s)"
+    zygotes = [a for a in snap.get("actors") or [] if a.get("kind") == "zygote"]
+    if zygotes:
+        head += (f"\n  zygotes: {len(zygotes)} (prepared processes actors fork from), "
+                 f"{sum(z.get('forked') or 0 for z in zygotes)} actor(s) forked from them alive")
     names = snap.get("names") or {}
     if names:
         head += "\n  named actors: " + ", ".join(sorted(_text(n) for n in names))
@@ -247,10 +289,12 @@ def format_snapshot(snap: dict[str, Any]) -> str:
     rows = []
     for a in actors:
         rss = a.get("rss")
+        zygote = a.get("kind") == "zygote"  # takes no calls (its NAME says "zygote (...)", its CLASS "zygote")
         rows.append([_text(a.get("actor_id")), _text(a.get("label")), _text(a.get("cls")), _dash(a.get("pid")),
                      _text(a.get("state")), _text(a.get("restarts")),
                      "-" if rss is None else f"{rss / (1 << 20):.1f}", _dash(a.get("cpu_percent")),
-                     _dash(a.get("threads")), _dash(a.get("fds")), _text(a.get("queued")), _text(a.get("running"))])
+                     _dash(a.get("threads")), _dash(a.get("fds")), "-" if zygote else _text(a.get("queued")),
+                     "-" if zygote else _text(a.get("running"))])
     out += ["  " + line for line in _table(["ID", "NAME", "CLASS", "PID", "STATE", "RESTARTS", "RSS MiB", "CPU %",
                                             "THREADS", "FDS", "QUEUED", "RUNNING"], rows,
                                            {0, 3, 5, 6, 7, 8, 9, 10, 11})]

@@ -372,11 +372,11 @@ class Runtime:
     # -- inspection ------------------------------------------------------------------
 
     def actors(self) -> list[ActorInfo]:
-        """Every actor this Runtime knows: processes and host-resident objects, with RSS and CPU."""
-        live = self._live
-        if live is None:
+        """Every actor this Runtime knows (processes, host-resident objects), then its zygotes, with RSS and CPU."""
+        if (live := self._live) is None:
             return []
-        return actor_infos(self.scheduler, live.actors.supervisors, live.residents.residents, self._sampler)
+        return actor_infos(self.scheduler, live.actors.supervisors, live.residents.residents, self._sampler,
+                           list(live.actors.services.zygotes.by_key.values()))
 
     def named_actors(self) -> dict[str, int]:
         """Registered names (actors started with a name, host-resident actors) and their actor ids."""

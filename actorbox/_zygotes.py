@@ -189,6 +189,8 @@ class Zygote:
         self.pid: int | None = None  # host pid of the zygote's Python process
         self.started = time.monotonic()
         self.forks = 0
+        self.number = next(owner.numbers)  # rt.actors() shows it as actor id -number
+        self.restarts = 0  # how many zygotes of its key it replaced
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
@@ -199,6 +201,11 @@ class Zygote:
         self._abandoned: dict[int, bool] = {}
         self._tail = sandbox.OutputTail(f"(zygote {spec.label})", sys.stderr)
         self._pidfd = -1  # of the zygote's Python process, inside its sandbox
+
+    @property
+    def forked_alive(self) -> int:
+        """How many actors it forked are alive now (not yet reported exited)."""
+        return len(self._children)
 
     async def start(self) -> None:
         """Launch the zygote as an actor of its key would be launched; its reader runs under supervision."""
@@ -507,6 +514,7 @@ class Zygotes:
         self.retired: set[Zygote] = set()
         self._unfit: dict[tuple[Any, ...], int] = {}  # zygotes of a key retired for children that could not nest
         self._starting: dict[tuple[Any, ...], anyio.Event] = {}
+        self.numbers = itertools.count(1)  # each zygote's, never reused in this Runtime
         self._closed = False
         self._said_off = False
 
@@ -585,6 +593,7 @@ class Zygotes:
         done = self._starting[key] = anyio.Event()
         replaced = self.by_key.pop(key, None)
         z = Zygote(self, key, spec, _zygote_preload(preload))
+        z.restarts = replaced.restarts + 1 if replaced is not None else 0
         try:
             await z.start()
         except (OSError, sandbox.SandboxUnavailable) as exc:

@@ -164,9 +164,9 @@ async def run_chaos(calls: int, rows: list[tuple[str, str]]) -> bool:
                     callers.start_soon(caller)
             stop.set()
         dt = time.monotonic() - t0
-        restarts = sum(a.restarts for a in rt.actors())
+        restarts = sum(a.restarts for a in rt.actors() if a.kind == "actor")
         with anyio.fail_after(30):
-            while any(a.state != "alive" for a in rt.actors()):
+            while any(a.state != "alive" for a in rt.actors() if a.kind == "actor"):
                 await anyio.sleep(0.05)
         pending = len(rt.pending_calls())
         fds1, rss1 = _fds(), _rss_mib()

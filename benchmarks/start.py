@@ -12,7 +12,7 @@ its first call returned:
 - later starts of that environment (p50, p99 of ``--later``, one at a time);
 - N concurrent starts (``--concurrent``): until all N first calls returned;
 - idle PSS per actor (median and max) of the largest concurrent batch, read with
-  psutil's ``memory_full_info().pss`` of the pids ``rt.actors()`` lists (shared pages
+  psutil's ``memory_full_info().pss`` of the actors' pids ``rt.actors()`` lists (shared pages
   are split between the processes that map them, so the figures add up).
 
 The same for Ray in its own column (``_ray_start.py``, run by ``--ray-python`` or
@@ -124,7 +124,7 @@ async def measure_actorbox(later: int, concurrent: list[int], settle_s: float) -
             col.concurrent_s[n] = time.perf_counter() - t0
             if n == max(concurrent):
                 await anyio.sleep(settle_s)  # idle: let start-up garbage go before measuring
-                col.pss = pss_of([a.pid for a in rt.actors() if a.pid is not None])
+                col.pss = pss_of([a.pid for a in rt.actors() if a.pid is not None and a.kind == "actor"])
     return col
 
 

@@ -92,7 +92,7 @@ async def main() -> int:
         bands = [image[i * 128:(i + 1) * 128] for i in range(16)]
         ranges = await actorbox.gather(*(rt.submit(tile_range, band) for band in bands))
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
-        print(f"16 tile_range tasks on {sum(a.label.startswith('task-worker#') for a in rt.actors())} worker(s): "
+        print(f"16 tile_range tasks on {sum(a.kind == 'task worker' for a in rt.actors())} worker(s): "
               f"range [{lo:.4f}, {hi:.4f}], host sees [{float(image.min()):.4f}, {float(image.max()):.4f}]")
         tasks_ok = (lo, hi) == (float(image.min()), float(image.max()))
 

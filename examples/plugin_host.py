@@ -134,7 +134,8 @@ async def main() -> int:
 
         print("\nactors:")
         for info in rt.actors():
-            print(f"  {info.label:<12} {info.cls:<10} pid={info.pid} state={info.state}")
+            # kind: "actor", or "zygote" for the prepared process its actors were forked from
+            print(f"  {info.kind:<6} {info.label:<18} {info.cls:<10} pid={info.pid} state={info.state}")
         print(f"registry lookups: {registry.lookups}")
         await rt.stop(resizer)
         await rt.stop(resizer)  # idempotent

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import psutil
 import pytest
 from structlog.testing import capture_logs
 
@@ -116,6 +117,33 @@ def test_ps_prints_tables_and_filters_by_pid(other_host: int) -> None:
     assert missing.returncode == 1 and "no running actorbox Runtime with pid 1" in missing.stderr
 
 
+@pytest.fixture
+def zygotes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zygotes on for the host script (it inherits this environment), whatever the test run chose."""
+    monkeypatch.setenv("ACTORBOX_ZYGOTES", "1")
+
+
+@pytest.mark.usefixtures("zygotes_on")
+def test_ps_shows_the_zygote_as_a_zygote(other_host: int) -> None:
+    """ps --json and ps list the zygote "sleeper" was forked from as a zygote, after the actors; it is gone
+    with its Runtime."""
+    out = _ps("--json")
+    assert out.returncode == 0, out.stderr
+    (snap,) = json.loads(out.stdout)["runtimes"]
+    assert [a["kind"] for a in snap["actors"]] == ["actor", "zygote"]
+    actor, zygote = snap["actors"]
+    assert (zygote["label"], zygote["cls"], zygote["state"], zygote["forked"]) == (
+        "zygote (host env)", "zygote", "ready", 1)
+    assert zygote["actor_id"] < 0 and zygote["pid"] > 0 and zygote["rss"] > 0 and zygote["name"] is None
+    assert zygote["pid"] in [p.pid for p in psutil.Process(actor["pid"]).parents()]
+    assert snap["names"] == {"sleeper": actor["actor_id"]}  # no name: nothing can look it up
+    text = _ps("--pid", str(other_host))
+    assert text.returncode == 0, text.stderr
+    assert "zygotes: 1 (prepared processes actors fork from), 1 actor(s) forked from them alive" in text.stdout
+    (row,) = [line.split() for line in text.stdout.splitlines() if "zygote (host env)" in line]
+    assert row[:7] == [str(zygote["actor_id"]), "zygote", "(host", "env)", "zygote", str(zygote["pid"]), "ready"]
+
+
 def test_ps_without_runtimes_says_so(runtime_dir: str) -> None:
     """With no Runtime running, ps exits 0 and says there is none; --json gives an empty list."""
     out = _ps()
@@ -150,8 +178,11 @@ async def test_two_runtimes_in_one_process_get_their_own_sockets(runtime_dir: st
             assert set(socks) == {f"{pid}.sock", f"{pid}-2.sock"}
             first = await anyio.to_thread.run_sync(_control.query, socks[f"{pid}.sock"])
             second = await anyio.to_thread.run_sync(_control.query, socks[f"{pid}-2.sock"])
-            assert [a["label"] for a in first["snapshot"]["actors"]] == ["first"]
-            assert [a["label"] for a in second["snapshot"]["actors"]] == ["second"]
+            assert [a["label"] for a in first["snapshot"]["actors"] if a["kind"] == "actor"] == ["first"]
+            assert [a["label"] for a in second["snapshot"]["actors"] if a["kind"] == "actor"] == ["second"]
+            # Each has its own zygote (when zygotes are on), none listed in the other's.
+            zygotes = [{a["pid"] for a in r["snapshot"]["actors"] if a["kind"] == "zygote"} for r in (first, second)]
+            assert zygotes[0].isdisjoint(zygotes[1])
         assert [os.path.basename(p) for _, p in _control.list_sockets()] == [f"{pid}.sock"]
     assert _control.list_sockets() == []
 

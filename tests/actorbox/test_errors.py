@@ -15,6 +15,8 @@ import pytest
 
 import actorbox
 
+from .processes import wait_for_no_leftovers
+
 pytestmark = pytest.mark.anyio
 
 
@@ -255,13 +257,15 @@ async def test_constructor_failure_raises_actor_start_error_and_leaves_no_proces
         assert "bad value 7" in str(err)
         assert isinstance(err.__cause__, ValueError)
         assert err.__cause__.args == ("bad value 7",)
-        assert await _children_gone() == []
+        # Nothing of the actor is left; its zygote (and the sandbox around it) lives with the Runtime.
+        assert await wait_for_no_leftovers(rt) == []
         assert [a for a in rt.actors() if a.name == "bad"] == []
         with pytest.raises(actorbox.ActorNotFoundError):
             rt.get_actor("bad")
         # The name was released, so it can be used again.
         h = await rt.start(Faulty, name="bad")
         assert await h.ok() == "ok"
+    assert await _children_gone() == []  # the zygote too, once the Runtime exited
 
 
 async def test_call_after_stop_raises_actor_stopped():

@@ -161,3 +161,40 @@ async def test_calls_delivered_ahead_show_as_delivered_not_running():
             (info,) = [i for i in rt.actors() if i.label == "serial"]
             assert (info.running, info.queued, len(info.running_calls)) == (1, 2, 1)
         assert rt.pending_calls() == []
+
+
+async def test_a_zygote_shows_in_actors_and_ps_as_a_zygote_until_the_runtime_exits(monkeypatch):
+    """After a start, rt.actors() lists the zygote the actor was forked from after the actors (kind "zygote",
+    negative id, its Python pid, its actors alive), ps shows it as one; rt.stop refuses it; it goes with the Runtime."""
+    monkeypatch.setenv("ACTORBOX_ZYGOTES", "1")
+    async with actorbox.Runtime() as rt:
+        w = await rt.start(Worker, name="worker")
+        await rt.start(Worker)
+        infos = rt.actors()
+        assert [i.kind for i in infos] == ["actor", "actor", "zygote"]
+        actors, (z,) = infos[:2], infos[2:]
+        assert z.actor_id < 0 and z.actor_id not in {i.actor_id for i in actors}
+        assert (z.name, z.label, z.cls, z.state, z.forked) == (None, "zygote (host env)", "zygote", "ready", 2)
+        assert all(i.forked is None for i in actors)
+        zproc = psutil.Process(z.pid)
+        assert "actorbox._zygote" in zproc.cmdline()
+        for i in actors:  # each actor descends from it (zygote -> the actor's reaper -> its init -> the actor)
+            assert z.pid in [p.pid for p in psutil.Process(i.pid).parents()]
+        assert z.rss is not None and z.rss > 0 and z.threads == 1 and z.fds is not None and z.fds > 0
+        snap = snapshot(rt)
+        (row,) = [a for a in snap["actors"] if a["kind"] == "zygote"]
+        assert (row["actor_id"], row["pid"], row["label"], row["forked"]) == (z.actor_id, z.pid, z.label, 2)
+        text = format_snapshot(snap)
+        assert "zygotes: 1 (prepared processes actors fork from), 2 actor(s) forked from them alive" in text
+        (line,) = [line for line in text.splitlines() if "zygote (host env)" in line]
+        cells = line.replace("zygote (host env)", "zygote-row").split()
+        assert cells[:5] == [str(z.actor_id), "zygote-row", "zygote", str(z.pid), "ready"]
+        assert cells[-2:] == ["-", "-"]  # it takes no calls
+        with pytest.raises(actorbox.UsageError, match="is a zygote"):
+            await rt.stop(z)
+        with pytest.raises(actorbox.UsageError, match="not the ActorInfo"):
+            await rt.stop(actors[0])
+        await rt.stop(w)
+        assert [i.forked for i in rt.actors() if i.kind == "zygote"] == [1]
+    assert [i for i in rt.actors() if i.kind != "actor"] == []
+    assert not zproc.is_running()

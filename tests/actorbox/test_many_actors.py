@@ -86,7 +86,7 @@ async def test_many_torch_importing_actors_live_at_once_and_leave_nothing(count:
         handles = await _start_all(rt, min(PROBE, count), limiter)
         # Project the memory all of them would take from the first few, and stop before
         # the machine runs out rather than have the kernel's OOM killer pick a victim.
-        private = statistics.median(_uss([a.pid for a in rt.actors() if a.pid is not None]))
+        private = statistics.median(_uss([a.pid for a in rt.actors() if a.pid is not None and a.kind == "actor"]))
         available = psutil.virtual_memory().available
         if private * (count - len(handles)) > 0.7 * available:
             pytest.fail(f"{count} actors would need ~{private * count / 1e9:.1f} GB of private memory "

@@ -273,7 +273,7 @@ from tests.security.plugins.healthy import Healthy
 async def main():
     async with actorbox.Runtime() as rt:
         hs = [await rt.start(Healthy), await rt.start(Healthy)]
-        pids = [a.pid for a in rt.actors()]
+        pids = [a.pid for a in rt.actors() if a.kind == "actor"]
         zygotes = [p.pid for p in psutil.Process().children(recursive=True) if "actorbox._zygote" in p.cmdline()]
         tree = [p.pid for p in psutil.Process().children(recursive=True)]
         print("PIDS", json.dumps({"actors": pids, "zygotes": zygotes, "tree": tree}), flush=True)
