@@ -5,7 +5,9 @@ plugin's ``--actorbox-log-file``): one JSON object per line with at least ``ts``
 (epoch seconds) and ``event``. ``call.*`` events become one span per call on its
 actor's track, linked to the call it was made from (``parent_call_id``); calls the
 host program made also get a span on a "host" track, from submission to result;
-``actor.*`` events become instants. Lines that are not JSON objects with a
+``actor.*`` events become instants; ``zygote.*`` events (the prepared processes
+actors are forked from) become instants on one "zygotes" track per Runtime, and a
+zygote's start (``zygote.ready`` and its ``duration_ms``) a start bar there. Lines that are not JSON objects with a
 numeric ``ts`` and a string ``event`` are counted and skipped, and so are events
 of other kinds.
 
@@ -29,6 +31,9 @@ from typing import Any
 CALL_EVENTS = frozenset({"call.submitted", "call.started", "call.finished", "call.failed", "call.cancelled"})
 ACTOR_EVENTS = frozenset({"actor.started", "actor.died", "actor.restarted", "actor.restart_failed",
                           "actor.stopped", "actor.killed", "actor.registered"})
+ZYGOTE_EVENTS = frozenset({"zygote.launched", "zygote.ready", "zygote.unavailable", "zygote.fork_failed",
+                           "zygote.misbehaved"})
+ZYGOTE_TRACK = "zygotes"
 _END_STATUS = {"call.finished": "ok", "call.failed": "failed", "call.cancelled": "cancelled"}
 # Loggers whose events are the Runtime's own; a record without "logger" (another tool's JSONL) is believed.
 _TRUSTED_LOGGERS = frozenset({"actorbox"})
@@ -50,7 +55,7 @@ class ReadStats:
 
 
 def read_events(lines: Iterable[str]) -> tuple[list[dict[str, Any]], ReadStats]:
-    """Parse JSONL; returns the call/actor events, sorted by time, and what was skipped."""
+    """Parse JSONL; returns the call, actor and zygote events, sorted by time, and what was skipped."""
     stats = ReadStats()
     out: list[dict[str, Any]] = []
     for line in lines:
@@ -69,7 +74,8 @@ def read_events(lines: Iterable[str]) -> tuple[list[dict[str, Any]], ReadStats]:
             stats.malformed += 1
             continue
         logger = rec.get("logger")
-        if rec["event"] not in CALL_EVENTS | ACTOR_EVENTS or (logger is not None and logger not in _TRUSTED_LOGGERS):
+        if (rec["event"] not in CALL_EVENTS | ACTOR_EVENTS | ZYGOTE_EVENTS
+                or (logger is not None and logger not in _TRUSTED_LOGGERS)):
             stats.skipped += 1
             continue
         if rec["event"] in CALL_EVENTS and not _is_id(rec.get("call_id")):
@@ -118,7 +124,7 @@ class Track:
 
     runtime: str
     name: str
-    kind: str  # host | actor | resident
+    kind: str  # host | actor | resident | zygote (all of a Runtime's zygotes)
     pid: int | None = None  # the latest process's
     pids: list[int] = field(default_factory=list)  # every process it had (restarts), in order
     lanes: int = 1
@@ -160,7 +166,7 @@ class Instant:
 
 @dataclass(slots=True, eq=False)
 class Startup:
-    """An actor process starting (from ``actor.started`` and its ``duration_ms``)."""
+    """An actor process starting (from ``actor.started`` and its ``duration_ms``), or a zygote (``zygote.ready``)."""
 
     track: Track
     start: float
@@ -223,17 +229,17 @@ def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Time
             runtimes[rt] = TracedRuntime(rt, hp if _is_id(hp) else None)
         last_ts[rt] = max(ts, last_ts.get(rt, ts))
         actor = _str(rec.get("actor"), "?")
-        if ev in ACTOR_EVENTS:
-            t = track(rt, actor)
+        if ev in ACTOR_EVENTS or ev in ZYGOTE_EVENTS:
+            t = track(rt, actor) if ev in ACTOR_EVENTS else track(rt, ZYGOTE_TRACK, "zygote")
             if ev == "actor.registered":
                 t.kind = "resident"
                 continue
-            if _is_id(rec.get("pid")):
+            if _is_id(rec.get("pid")) and ev != "zygote.launched":  # (a zygote's launcher's pid)
                 t.pid = rec["pid"]
                 if t.pid not in t.pids:
                     t.pids.append(t.pid)
             took = _num(rec.get("duration_ms"))
-            if ev == "actor.started" and took is not None and took > 0:
+            if ev in ("actor.started", "zygote.ready") and took is not None and took > 0:
                 startups.append(Startup(t, ts - took / 1000, ts, t.pid))
             instants.append((t, ts, ev, {k: v for k, v in rec.items() if k not in ("ts", "event")}))
             continue
@@ -292,8 +298,8 @@ def build(records: list[dict[str, Any]], stats: ReadStats | None = None) -> Time
             caller_bar = Bar(c, host, begin, max(bar.end, begin), caller_side=True)
             bars.append(caller_bar)
             flows.append(Flow(caller_bar, bar, begin))
-    for r in runtimes.values():  # the host's track first, then the actors as they appeared
-        r.tracks.sort(key=lambda t: t.kind != "host")
+    for r in runtimes.values():  # the host's track first, then the actors as they appeared, then the zygotes
+        r.tracks.sort(key=lambda t: (t.kind != "host", t.kind == "zygote"))
     _assign_lanes(bars)
     all_ts = [b.start for b in bars] + [b.end for b in bars] + [i[1] for i in instants] + [
         s.start for s in startups]
@@ -355,6 +361,8 @@ def track_title(t: Track) -> str:
         return "host"
     if t.kind == "resident":
         return f"{t.name} (host-resident)"
+    if t.kind == "zygote":
+        return t.name + (f" (pid {', '.join(map(str, t.pids))})" if t.pids else "")
     if len(t.pids) > 1:
         return f"{t.name} (pid {', then '.join(map(str, t.pids))})"
     return f"{t.name} (pid {t.pid})" if t.pid is not None else t.name
@@ -417,11 +425,13 @@ def to_chrome(tl: Timeline) -> dict[str, Any]:
         events.append({"name": "call", "cat": "call", "ph": "f", "bp": "e", "id": n, "ts": us(f.dst.start),
                        **where(f.dst)})
     for s in tl.startups:
-        events.append({"name": "start actor", "cat": "lifecycle", "ph": "X", "ts": us(s.start),
+        events.append({"name": "start zygote" if s.track.kind == "zygote" else "start actor", "cat": "lifecycle",
+                       "ph": "X", "ts": us(s.start),
                        "dur": round(us(s.end) - us(s.start), 3), "pid": pids[s.track.runtime],
                        "tid": tids[(id(s.track), 0)], "args": {"actor": s.track.name, "pid": s.pid}})
     for i in tl.instants:
-        events.append({"name": i.event, "cat": "actor", "ph": "i", "s": "t", "ts": us(i.ts),
+        events.append({"name": i.event, "cat": i.track.kind if i.track.kind == "zygote" else "actor", "ph": "i",
+                       "s": "t", "ts": us(i.ts),
                        "pid": pids[i.track.runtime], "tid": tids[(id(i.track), 0)],
                        "args": {k: v for k, v in i.fields.items() if k not in ("logger", "runtime")}})
     return {"traceEvents": events, "displayTimeUnit": "ms",

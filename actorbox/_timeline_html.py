@@ -42,7 +42,7 @@ def page_data(tl: Timeline, source: str) -> dict[str, Any]:
             for lane in range(t.lanes):
                 row_of[(id(t), lane)] = len(rows)
                 sub = {"host": "your program's awaits", "resident": "host-resident named actor",
-                       "actor": "actor process"}[t.kind]
+                       "actor": "actor process", "zygote": "prepared processes actors fork from"}[t.kind]
                 rows.append({"kind": "lane", "label": track_title(t) if lane == 0 else "", "sub": sub if lane == 0
                              else "", "levels": depth.get((id(t), lane), 0) + 1, "track": len(colors) - 1,
                              "hostTrack": t.kind == "host", "first": lane == 0})
@@ -61,7 +61,8 @@ def page_data(tl: Timeline, source: str) -> dict[str, Any]:
     return {
         "source": source,
         "span_ms": _ms(tl, tl.t1),
-        "summary": {"calls": len(calls), "actors": sum(1 for r in tl.runtimes for t in r.tracks if t.kind != "host"),
+        "summary": {"calls": len(calls), "actors": sum(1 for r in tl.runtimes for t in r.tracks
+                                                            if t.kind not in ("host", "zygote")),
                     **{s: sum(1 for b in calls if b.call.status == s) for s in ("failed", "cancelled", "unfinished")},
                     "skipped": tl.stats.malformed + tl.stats.skipped},
         "rows": rows,
@@ -70,7 +71,8 @@ def page_data(tl: Timeline, source: str) -> dict[str, Any]:
         "instants": [{"row": row_of[(id(i.track), 0)], "t": _ms(tl, i.ts), "name": i.event,
                       "args": {k: v for k, v in i.fields.items() if k not in ("logger", "runtime", "level")}}
                      for i in tl.instants],
-        "startups": [{"row": row_of[(id(s.track), 0)], "s": _ms(tl, s.start), "e": _ms(tl, s.end), "pid": s.pid}
+        "startups": [{"row": row_of[(id(s.track), 0)], "s": _ms(tl, s.start), "e": _ms(tl, s.end), "pid": s.pid,
+                      "what": "starting zygote" if s.track.kind == "zygote" else "starting actor process"}
                      for s in tl.startups],
     }
 
@@ -312,7 +314,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
       const x0 = xOf(s.s), x1 = xOf(s.e), w = Math.max(x1 - x0, 2), yy = rowY[s.row] + 4;
       const r = el("rect", {x: x0, y: yy, width: w, height: ROW_H - 4, rx: 3, fill: "url(#starting)",
                             stroke: "#c3c8d3"}, gPlot);
-      hover(r, () => [["starting actor process", ""], ["pid", s.pid], ["took", fmtDur(s.e - s.s)]]);
+      hover(r, () => [[s.what, ""], ["pid", s.pid], ["took", fmtDur(s.e - s.s)]]);
       const t = fit("start", w);
       if (t) el("text", {x: x0 + 5, y: yy + 14, class: "bartext dark"}, gPlot, t);
     }
@@ -362,9 +364,10 @@ _TEMPLATE = r"""<!DOCTYPE html>
 
     // lifecycle instants
     for (const it of D.instants) {
-      if (it.name === "actor.started") continue;  // drawn as the end of its start bar
+      if (it.name === "actor.started" || it.name === "zygote.ready") continue;  // the end of its start bar
       const x = xOf(it.t), yy = rowY[it.row] + ROW_H / 2 + 2;
-      const bad = it.name === "actor.died" || it.name === "actor.killed" || it.name === "actor.restart_failed";
+      const bad = ["actor.died", "actor.killed", "actor.restart_failed", "zygote.unavailable", "zygote.fork_failed",
+                   "zygote.misbehaved"].includes(it.name);
       const m = el("path", {d: `M${x},${yy - 7} L${x + 6},${yy} L${x},${yy + 7} L${x - 6},${yy} z`,
                             fill: bad ? "#c62828" : "#39404f", stroke: "#fff"}, gPlot);
       hover(m, () => [[it.name, ""]].concat(Object.entries(it.args).filter(e => e[0] !== "actor")

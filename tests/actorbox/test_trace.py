@@ -156,9 +156,11 @@ async def test_reentrant_chain_becomes_nested_spans_linked_by_flows(tmp_path, mo
 
 @pytest.mark.anyio
 async def test_trace_records_call_events_without_adding_them_to_the_logs(tmp_path, monkeypatch):
-    """Tracing records call.* events although log_calls is off, and structlog sees exactly what it saw before."""
+    """Tracing records call.* events although log_calls is off, and structlog sees exactly what it saw before.
+    The zygote the actor was forked from is recorded too (zygote.* events, before the actor starts)."""
     events = tmp_path / "events.jsonl"
     monkeypatch.setenv("ACTORBOX_TRACE_FILE", str(events))
+    monkeypatch.setenv("ACTORBOX_ZYGOTES", "1")
     monkeypatch.delenv("ACTORBOX_LOG_CALLS", raising=False)
     with capture_logs() as logs:
         async with actorbox.Runtime() as rt:
@@ -168,11 +170,18 @@ async def test_trace_records_call_events_without_adding_them_to_the_logs(tmp_pat
     assert [e for e in logs if e["event"].startswith("call.")] == []
     assert [e["event"] for e in logs if e["event"].startswith("actor.")] == ["actor.started", "actor.stopped"]
     recorded = [json.loads(line) for line in events.read_text().splitlines()]
-    names = [r["event"] for r in recorded]
+    # Outside call.* events, the file holds what structlog saw, in the same order.
+    assert [r["event"] for r in recorded if not r["event"].startswith("call.")] == [e["event"] for e in logs]
+    lifecycle = [r for r in recorded if r["event"].startswith(("actor.", "call."))]
+    names = [r["event"] for r in lifecycle]
     assert names == ["actor.started", "call.submitted", "call.started", "call.failed", "actor.stopped"]
     assert all(r["logger"] == "actorbox" and r["host_pid"] == os.getpid() for r in recorded)
     assert len({r["runtime"] for r in recorded}) == 1
-    assert recorded[3]["status"] == "error" and recorded[3]["duration_ms"] >= 0
+    assert lifecycle[3]["status"] == "error" and lifecycle[3]["duration_ms"] >= 0
+    zygote = [r for r in recorded if r["event"].startswith("zygote.")]
+    assert [r["event"] for r in zygote] == ["zygote.launched", "zygote.ready"]
+    assert zygote[1]["pid"] > 0 and zygote[1]["duration_ms"] > 0
+    assert recorded.index(zygote[1]) < recorded.index(lifecycle[0])  # ready before the actor forked from it
 
 
 @pytest.mark.anyio
@@ -336,3 +345,38 @@ def test_restarted_actor_and_second_runtime_get_their_own_names():
     assert (first, "w (pid 11, then 12)") in threads
     calls = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "call"]
     assert sorted(round(e["dur"]) for e in calls) == [100_000, 200_000]  # same call id, two Runtimes, two spans
+
+
+@pytest.mark.anyio
+async def test_zygote_events_go_on_a_zygotes_track_with_its_start(tmp_path, monkeypatch):
+    """zygote.* events of a real run become a "zygotes" track after the actors' (its Python pid in the title): a
+    start span ending at zygote.ready, instants for the others; the HTML timeline labels it and counts no actor."""
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("ACTORBOX_TRACE_FILE", str(events))
+    monkeypatch.setenv("ACTORBOX_ZYGOTES", "1")
+    async with actorbox.Runtime() as rt:
+        a = await rt.start(Chain, name="a")
+        with pytest.raises(ValueError):
+            await a.fail()
+        (z_pid,) = [i.pid for i in rt.actors() if i.kind == "zygote"]
+    first = json.loads(events.read_text().splitlines()[0])
+    with open(events, "a") as f:  # as a zygote that broke its protocol would leave it
+        f.write(_rec(1e10, "zygote.misbehaved", logger="actorbox", zygote="a", pid=z_pid, reason="r",
+                     runtime=first["runtime"], host_pid=first["host_pid"]) + "\n")
+    doc, tl = _convert(events)
+    validate_chrome_trace(doc)
+    kept = [r for r in map(json.loads, events.read_text().splitlines())
+            if r["event"].startswith(("actor.", "call.", "zygote."))]
+    assert tl.stats.events == len(kept)  # every zygote event read, none dropped
+    (runtime,) = tl.runtimes
+    assert [t.kind for t in runtime.tracks] == ["host", "actor", "zygote"]
+    threads = {e["tid"]: e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "thread_name"}
+    (start,) = [e for e in doc["traceEvents"] if e["name"] == "start zygote"]
+    assert threads[start["tid"]] == f"zygotes (pid {z_pid})" and start["dur"] > 0 and start["args"]["pid"] == z_pid
+    instants = [(e["name"], e["cat"]) for e in doc["traceEvents"] if e["ph"] == "i" and e["tid"] == start["tid"]]
+    assert instants == [("zygote.launched", "zygote"), ("zygote.ready", "zygote"), ("zygote.misbehaved", "zygote")]
+    (actor_start,) = [e for e in doc["traceEvents"] if e["name"] == "start actor"]
+    assert threads[actor_start["tid"]].startswith("a (pid ")
+    page = to_html(tl, str(events))
+    assert '"sub":"prepared processes actors fork from"' in page and '"what":"starting zygote"' in page
+    assert '"actors":1,' in page  # the actor "a"; the zygotes track is none
