@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import psutil
 import ray
 
 from sandbox import validate_requirements
@@ -42,13 +43,40 @@ def connect(address: str | None, namespace: str, num_cpus: float | None, num_gpu
         return False
     opts: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                                 configure_logging=False)
-    if address is None:
+    if address is None:  # "local": a new Ray, never one ray.init would find on this machine (ray start, RAY_ADDRESS)
+        address = "local"
         opts.update(_node_ip_address=LOOPBACK, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
     elif num_cpus is not None or num_gpus is not None or resources:
         raise UsageError("num_cpus=, num_gpus= and resources= describe a Ray this Runtime starts; a cluster "
                          f"joined at {address!r} has its own")
     ray.init(address=address, namespace=namespace, **opts)
     return True
+
+
+def shutdown() -> None:
+    """Stop the Ray this process started, and every process of it (its agents outlived it here)."""
+    procs: list[psutil.Process] = []
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    for infos in (getattr(node, "all_processes", None) or {}).values():
+        for info in infos:
+            try:
+                p = psutil.Process(info.process.pid)
+                procs += [p, *p.children(recursive=True)]
+            except (psutil.Error, AttributeError):
+                pass
+    ray.shutdown()
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=3)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 class Capacity:
@@ -99,6 +127,6 @@ def runtime_env(dependencies: tuple[str, ...], working_dir: str | None = None) -
         reqs, _ignored = validate_requirements(dependencies)
         if reqs:
             env["pip"] = {"packages": list(reqs), "pip_check": False}
-    if working_dir is not None:
-        env["working_dir"] = working_dir
+    if working_dir is not None:  # (Ray uploads a local working_dir only for a whole job: the folder goes on
+        env["env_vars"] = {"PYTHONPATH": working_dir}  # the path, so a node must see it: this machine, shared fs)
     return env or None

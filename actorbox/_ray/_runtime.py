@@ -46,7 +46,7 @@ from .._residents import exposed_methods
 from .._resources import ResourceInfo
 from .._task_options import task_options
 from ._caller import RayCaller, Target
-from ._cluster import Capacity, connect, public, runtime_env
+from ._cluster import Capacity, connect, public, runtime_env, shutdown
 from ._shell import META, ActorShell, run_task
 from ._wire import HandleRef, decode_outcome
 
@@ -126,7 +126,7 @@ class RayRuntime:
                 for fut in [c.fut for c in self._caller.pending.values()]:
                     self._caller.cancel(fut)
             if self._started_ray:
-                await anyio.to_thread.run_sync(ray.shutdown)
+                await anyio.to_thread.run_sync(shutdown)
         try:
             process_caller.reset(self._token)
         except ValueError:
@@ -243,14 +243,16 @@ class RayRuntime:
             raise NameTakenError(f"an actor named {name!r} already exists; choose another name", name=name)
         exposed = sorted(exposed_methods(obj, methods, name))
         actor_id = next(self._ids)
-        options = dict(name=name, namespace=self.namespace, max_concurrency=max_concurrency, num_cpus=0,
-                       concurrency_groups={META: 2})
+        options = dict(name=name, namespace=self.namespace, max_concurrency=max_concurrency, num_cpus=0)
         try:
             ray_handle = self._shell.options(**options).remote(
                 {"obj": obj, "methods": exposed}, (), {},
                 {"actor_id": actor_id, "label": name, "namespace": self.namespace, "max_concurrency": max_concurrency})
         except ValueError as exc:
-            raise NameTakenError(f"{name!r}: {exc}", name=name) from None
+            if "already taken" not in str(exc):
+                raise
+            raise NameTakenError(f"an actor named {name!r} already exists in Ray namespace {self.namespace!r}; "
+                                 "choose another name", name=name) from None
         self._names[name] = actor_id
         self._targets[actor_id] = Target(actor_id, name, name, ray_handle)
         self._meta[actor_id] = {"cls": type(obj).__qualname__, "pid": None, "max_concurrency": max_concurrency}

@@ -82,6 +82,16 @@ class Narrow:
         await anyio.sleep(seconds)
 
 
+class Models:
+    """Registered with rt.register (host-resident locally; a Ray named actor holding a copy on Ray)."""
+
+    def get(self, name: str) -> dict[str, Any]:
+        return {"name": name, "labels": ["no", "yes"]}
+
+    def hidden(self) -> str:
+        return "not exposed"
+
+
 class Broken:
     def __init__(self) -> None:
         raise ValueError("no config")

@@ -15,6 +15,7 @@ from .conftest import runtime
 from .plugins import (
     Broken,
     Counter,
+    Models,
     Narrow,
     Phoenix,
     always_die,
@@ -58,6 +59,22 @@ async def test_calls_and_named_actors(backend: str) -> None:
         t = await c.tensor(4)
         assert t.tolist() == [0.0, 1.0, 2.0, 3.0]
         assert await c.total(t) == 6.0
+
+
+async def test_registered_object_is_reached_by_name(backend: str) -> None:
+    async with runtime(backend) as rt:
+        # README "Ray backend", rt.register: on Ray a named actor serves a copy of the object.
+        models = rt.register("models", Models(), methods=["get"])
+        assert await models.get("default") == {"name": "default", "labels": ["no", "yes"]}
+        c = await rt.start(Counter)
+        assert "models" in rt.named_actors()
+        with pytest.raises(actorbox.MethodNotFoundError):
+            await models.hidden()
+        with pytest.raises(actorbox.NameTakenError):
+            rt.register("models", Models())
+        assert await c.incr() == 1
+        rt.unregister("models")
+        assert "models" not in rt.named_actors()
 
 
 async def test_raised_exception_keeps_type_and_remote_traceback(backend: str) -> None:
