@@ -46,6 +46,7 @@ from ._objects import ObjectRef as ObjectRef
 from ._options import ActorOptions as ActorOptions
 from ._options import actor as actor
 from ._policy import SandboxPolicy as SandboxPolicy
+from ._prepare import ZygoteInfo as ZygoteInfo
 from ._resources import ResourceInfo as ResourceInfo
 from ._runtime import Runtime as Runtime
 from ._submit import submit as submit
@@ -99,6 +100,7 @@ __all__ = [
     "TaskFailedError",
     "TaskOptions",
     "UsageError",
+    "ZygoteInfo",
     "actor",
     "as_completed",
     "gather",

@@ -49,6 +49,7 @@ from ._inspect import ActorInfo, ProcessSampler, actor_infos
 from ._nofile import raise_nofile_limit
 from ._objects import SERVICE_NAME, ObjectRef, ObjectService, ObjectStore, check_retention
 from ._options import ActorOptions, check_name, options_of
+from ._prepare import ZygoteInfo, prepare
 from ._residents import ResidentServer
 from ._resources import ResourceInfo, Resources
 from ._services import ActorServices, HostServices
@@ -121,6 +122,8 @@ class Runtime:
     Over either, that call fails with SerializationError naming the knob (the actor
     lives on): decoding stays well under a second and ~100 MB whatever an actor sends.
     Big data travels as numpy arrays or torch tensors, one value however large.
+    ``zygotes``: False starts every actor in an interpreter of its own instead of forking it from
+    a prepared process of its environment (default: on, unless ``ACTORBOX_ZYGOTES=0``).
     """
 
     def __new__(cls, *, backend: str = "local", **options: Any) -> Any:
@@ -134,7 +137,8 @@ class Runtime:
                  allow_source_builds: bool = False, max_decoded_items: int = DEFAULT_MAX_DECODED_ITEMS,
                  max_map_keys: int = DEFAULT_MAX_MAP_KEYS, num_cpus: float | None = None,
                  num_gpus: int | None = None, resources: dict[str, float] | None = None,
-                 max_pending_tasks: int | None = None, task_worker_idle_s: float = DEFAULT_IDLE_S) -> None:
+                 max_pending_tasks: int | None = None, task_worker_idle_s: float = DEFAULT_IDLE_S,
+                 zygotes: bool | None = None) -> None:
         if sandbox not in ("required", "disabled"):
             raise UsageError(f"sandbox must be 'required' or 'disabled', got {sandbox!r}")
         self.sandbox = sandbox
@@ -169,6 +173,7 @@ class Runtime:
         self.codec.limits = DecodeLimits(max_decoded_items, max_map_keys)  # its actors get them in INIT
         self._resources = Resources(num_cpus, num_gpus, resources)
         self._task_settings = check_task_settings(max_pending_tasks, task_worker_idle_s)
+        self.zygotes = zygotes  # None: ACTORBOX_ZYGOTES decides (on unless "0")
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -190,7 +195,7 @@ class Runtime:
         actors = ActorTable(ActorServices(
             self.scheduler, self.codec, self.log, self.actor_log, self.max_frame_size, self.debug_rpc,
             self.grace_period, spawner, supervision, self._sandbox_for, lambda: self.environments,
-            lambda: self.closing, Zygotes(self.log, spawner, supervision)))
+            lambda: self.closing, Zygotes(self.log, spawner, supervision, self.zygotes)))
         loop = HostLoop()
         residents = ResidentServer(self.codec, loop, self.grace_period)
         endpoint = HostEndpoint(self.scheduler, tg, residents)
@@ -276,15 +281,7 @@ class Runtime:
         start or the constructor raises (EnvironmentBuildError when uv fails).
         """
         self._require_running()
-        if not isinstance(cls, type):
-            raise UsageError(f"rt.start(Cls, *args, **kwargs) takes a class, got {type(cls).__name__}")
-        opts: ActorOptions = options_of(cls)
-        # Checked when the class was decorated; here only torch's exclusion is reported.
-        requirements = _requirements(opts.dependencies, cls.__qualname__, self) if opts.dependencies else None
-        paths, module_paths = _import_paths(cls)
-        return await self._start_actor(StartRequest({"cls": cls}, cls.__qualname__, cls.__name__, args, kwargs,
-                                                    name if name is not None else opts.name, opts, paths,
-                                                    module_paths, requirements))
+        return await self._start_actor(_class_request(self, cls, args, kwargs, name, "rt.start(Cls, *args, **kwargs)"))
 
     async def load_extension(self, path: str | os.PathLike[str], /, *args: Any, name: str | None = None,
                              sandbox: str | SandboxPolicy | None = None, **kwargs: Any) -> ActorHandle:
@@ -299,14 +296,16 @@ class Runtime:
         Raises ExtensionError, InvalidRequirementError or ActorStartError.
         """
         self._require_running()
-        # In a worker thread: parsing an extension's pyproject (up to 1 MiB) can take seconds.
-        ext = await anyio.to_thread.run_sync(read_extension, os.fspath(path))
-        _warn_ignored(ext.ignored, ext.name, self)
-        mode, policy = self._sandbox_for(ActorOptions(sandbox=sandbox))
-        opts = dataclasses.replace(ext.options, sandbox=sandbox_for(ext, policy) if mode == "required" else mode)
-        return await self._start_actor(StartRequest({"entry": (ext.module, ext.cls)}, f"{ext.module}:{ext.cls}",
-                                                    ext.cls, args, kwargs, name if name is not None else ext.name,
-                                                    opts, [ext.path], [ext.path], ext.requirements))
+        return await self._start_actor(await _extension_request(self, path, args, kwargs, name, sandbox))
+
+    async def prepare(self, target: type[Any] | str | os.PathLike[str], /, *,
+                      sandbox: str | SandboxPolicy | None = None) -> ZygoteInfo | None:
+        """Make the zygote actors of ``target`` (a class, or an extension folder and its ``sandbox`` as for
+        load_extension) fork from ready now; its ZygoteInfo, or None (an event says why). See README "Zygotes"."""
+        live = self._require_running()
+        req = await _extension_request(self, target, (), {}, None, sandbox) if isinstance(target, (str, os.PathLike)) \
+            else _class_request(self, target, (), {}, None, "rt.prepare(Cls)")
+        return await prepare(live.actors.services, req, sandbox)
 
     async def load_extensions(self, directory: str | os.PathLike[str], *,
                               sandbox: str | SandboxPolicy | None = None) -> list[LoadedExtension]:
@@ -393,6 +392,32 @@ class Runtime:
     def resources(self) -> ResourceInfo:
         """Each resource's total and what is free now (CPU, GPU, custom)."""
         return self._resources.info()
+
+
+def _class_request(rt: Runtime, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None,
+                   call: str) -> StartRequest:
+    """What rt.start(cls, ...) starts; UsageError for what is not a class."""
+    if not isinstance(cls, type):
+        raise UsageError(f"{call} takes a class, got {type(cls).__name__}")
+    opts: ActorOptions = options_of(cls)
+    # Checked when the class was decorated; here only torch's exclusion is reported.
+    requirements = _requirements(opts.dependencies, cls.__qualname__, rt) if opts.dependencies else None
+    paths, module_paths = _import_paths(cls)
+    return StartRequest({"cls": cls}, cls.__qualname__, cls.__name__, args, kwargs,
+                        name if name is not None else opts.name, opts, paths, module_paths, requirements)
+
+
+async def _extension_request(rt: Runtime, path: str | os.PathLike[str], args: tuple[Any, ...],
+                             kwargs: dict[str, Any], name: str | None,
+                             sandbox: str | SandboxPolicy | None) -> StartRequest:
+    """What rt.load_extension(path, ...) starts; ExtensionError or InvalidRequirementError for a bad folder."""
+    # In a worker thread: parsing an extension's pyproject (up to 1 MiB) can take seconds.
+    ext = await anyio.to_thread.run_sync(read_extension, os.fspath(path))
+    _warn_ignored(ext.ignored, ext.name, rt)
+    mode, policy = rt._sandbox_for(ActorOptions(sandbox=sandbox))
+    opts = dataclasses.replace(ext.options, sandbox=sandbox_for(ext, policy) if mode == "required" else mode)
+    return StartRequest({"entry": (ext.module, ext.cls)}, f"{ext.module}:{ext.cls}", ext.cls, args, kwargs,
+                        name if name is not None else ext.name, opts, [ext.path], [ext.path], ext.requirements)
 
 
 def _import_paths(cls: type) -> tuple[list[str], list[str]]:
