@@ -75,7 +75,8 @@ def main() -> int:
     concurrent = sorted({int(x) for x in args.concurrent.split(",") if x.strip()})
     out: dict[str, Any] = {"ray": ray.__version__, "later_s": [], "concurrent_s": {}, "pss": []}
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+    # address="local": a cluster of its own, never one another program started on this machine.
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1", configure_logging=False)
     out["init_s"] = time.perf_counter() - t0
     try:

@@ -10,7 +10,10 @@ its first call returned:
 - the reference: a bare ``python -c "import torch"`` in a fresh process;
 - the first start of the environment (the first actor of a new Runtime);
 - later starts of that environment (p50, p99 of ``--later``, one at a time);
-- N concurrent starts (``--concurrent``): until all N first calls returned;
+- N concurrent starts (``--concurrent``): until all N first calls returned, in a fresh
+  Runtime (so the batch includes starting its zygote: an import of torch) and in a fresh
+  Runtime after ``await rt.prepare(TorchNode)`` (the zygote ready before the clock starts;
+  the prepare itself is timed as its own row);
 - idle PSS per actor (median and max) of the largest concurrent batch, read with
   psutil's ``memory_full_info().pss`` of the actors' pids ``rt.actors()`` lists (shared pages
   are split between the processes that map them, so the figures add up).
@@ -69,6 +72,8 @@ class Column:
     first_s: float | None = None
     later_s: list[float] = field(default_factory=list)
     concurrent_s: dict[int, float] = field(default_factory=dict)
+    prepared_s: dict[int, float] = field(default_factory=dict)  # after rt.prepare (actorbox only)
+    prepare_s: list[float] = field(default_factory=list)  # rt.prepare in a fresh Runtime: the zygote's start
     pss: list[int] = field(default_factory=list)
 
 
@@ -125,6 +130,20 @@ async def measure_actorbox(later: int, concurrent: list[int], settle_s: float) -
             if n == max(concurrent):
                 await anyio.sleep(settle_s)  # idle: let start-up garbage go before measuring
                 col.pss = pss_of([a.pid for a in rt.actors() if a.pid is not None and a.kind == "actor"])
+        async with actorbox.Runtime(sandbox="required") as rt:
+            t0 = time.perf_counter()
+            info = await rt.prepare(TorchNode)  # the zygote, ready before the clock starts
+            col.prepare_s.append(time.perf_counter() - t0)
+            assert info is not None, "no zygote: see the zygote.unavailable event"
+
+            async def forked() -> None:
+                await (await rt.start(TorchNode)).ping()
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(forked)
+            col.prepared_s[n] = time.perf_counter() - t0
     return col
 
 
@@ -165,7 +184,12 @@ def report(bare: list[float], cols: dict[str, Column], concurrent: list[int], ba
     rows.append((f"later starts p50 (of {later})", *(secs(pct(cols[n].later_s, 0.5)) for n in names)))
     rows.append((f"later starts p99 (of {later})", *(secs(pct(cols[n].later_s, 0.99)) for n in names)))
     for k in concurrent:
-        rows.append((f"{k} concurrent starts, all ready", *(secs(cols[n].concurrent_s.get(k)) for n in names)))
+        rows.append((f"{k} concurrent starts, fresh Runtime, all ready",
+                     *(secs(cols[n].concurrent_s.get(k)) for n in names)))
+        rows.append((f"{k} concurrent starts after rt.prepare, all ready",
+                     *(secs(cols[n].prepared_s.get(k)) for n in names)))
+    rows.append((f"rt.prepare in a fresh Runtime (its zygote's start), median of {len(concurrent)}",
+                 *(secs(statistics.median(cols[n].prepare_s) if cols[n].prepare_s else None) for n in names)))
     big = max(concurrent)
     rows.append((f"idle PSS per actor, median of {big}",
                  *(mib(statistics.median(cols[n].pss) if cols[n].pss else None) for n in names)))
