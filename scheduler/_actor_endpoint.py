@@ -58,6 +58,9 @@ class ConnectionEndpoint(Endpoint):
         self.debug_rpc = debug_rpc
         self.held = HeldFds(label, max_held_fds)
         self.conn = conn_factory(self._on_frame)
+        # What a read of several frames sets off (replies passed on, the task pool's next tasks)
+        # goes out in one write per actor at the read's end (see scheduler._connection).
+        self.conn.batch_writes = True
 
     def held_fds(self) -> int:
         """Descriptors received from this actor that the host holds open now."""

@@ -9,6 +9,13 @@ only fall back to a buffer drained on writability when the socket is full.
 
 ``send`` may be called from any thread (an actor's worker threads reply directly,
 which saves a thread hop per call); everything else runs on the event loop.
+
+Write batching (``batch_writes``, the host's side of each actor connection): frames that
+the loop thread sends while it dispatches one read (a *turn*: the frames of one
+``recvmsg``) go out together when the turn ends, one ``sendmsg`` for what a batch of
+replies set off (the task pool passing the next tasks on, say) instead of one each. A
+frame with descriptors is not batched (they ride on the first byte of their own send):
+it goes after the frames batched before it.
 """
 
 from __future__ import annotations
@@ -43,57 +50,40 @@ _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 FrameHandler = Callable[[bytes, list[int]], None]
 
 
+class _Turn(threading.local):
+    """The connections with frames batched in the read turn this thread is dispatching (None: no turn)."""
+
+    dirty: list[_Writer] | None = None
+
+
+_turn = _Turn()
+
+
 class ConnectionClosed(Exception):
     """The connection is closed; nothing more can be sent on it."""
 
 
-class Connection:
-    """One end of a host<->actor socket. ``run()`` reads until EOF or a framing error.
+class _Writer:
+    """The sending half of a ``Connection``: frames written at once, or queued (with duplicates of
+    their descriptors) and drained when the socket is writable; batched per read turn."""
 
-    ``on_frame(body, fds)`` is called on the event loop for every complete frame;
-    the handler owns the fds. An exception raised by ``on_frame`` ends ``run()``
-    with that exception (the peer sent something we will not process).
-    """
-
-    def __init__(self, sock: socket.socket, on_frame: FrameHandler, *, max_frame: int = DEFAULT_MAX_FRAME,
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+    def __init__(self, sock: socket.socket, max_pending: int) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self._on_frame = on_frame
-        self._decoder = FrameDecoder(max_frame)
-        self._rbuf = bytearray(_RECV_SIZE)
         self._lock = threading.Lock()
-        # Held by whoever reads and dispatches frames: the loop's reader, or another
-        # thread that reads while the loop is busy (read_now).
-        self.read_lock = threading.Lock()
-        # Called on the loop thread after each read, with read_lock released (for work a
-        # frame handler deferred because it must not hold up other readers).
-        self.after_read: Callable[[], None] | None = None
-        self.loop_reading = False  # the loop thread is inside a read (its frame handlers run)
         # Invariant: _pending holds (data, fds) not yet fully written, in order;
         # when it is non-empty every new send appends to it instead of writing.
         self._pending: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self._pending_bytes = 0
         self.max_pending = max_pending
+        self.batch_writes = False  # see the module's docstring
+        self._batch: list[bytes] = []  # frames batched in this turn (under _lock)
         self.hangup_reason: str | None = None  # why we hung up on the peer, if we did
         self._closed = False
         self._loop: Any = None  # asyncio loop when on asyncio, else None
         self._loop_thread = 0
         self._writable: anyio.Event | None = None
-        self._done: Any = None
-        self.bytes_in = 0
         self.bytes_out = 0
-
-    # -- sending ---------------------------------------------------------------
-
-    @property
-    def max_frame(self) -> int:
-        """The largest frame body accepted from the peer (and, by agreement, sent to it)."""
-        return self._decoder.max_frame
-
-    @max_frame.setter
-    def max_frame(self, value: int) -> None:
-        self._decoder.max_frame = value
 
     def send(self, body: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
         """Queue one frame for sending (thread-safe, never blocks).
@@ -102,6 +92,33 @@ class Connection:
         a frame that can't go out now keeps duplicates of them until it does.
         """
         data = encode_header(len(body), len(fds)) + body
+        if self.batch_writes:
+            dirty = _turn.dirty
+            with self._lock:
+                if self._closed:
+                    raise ConnectionClosed("connection is closed")
+                if dirty is not None and not fds:
+                    if not self._batch:
+                        dirty.append(self)
+                    self._batch.append(data)
+                    return
+                batch, self._batch = self._batch, []
+            if batch:  # frames batched before this one go first (and not with its descriptors)
+                self._write(b"".join(batch), ())
+        self._write(data, fds)
+
+    def flush_batch(self) -> None:
+        """Write the frames batched in this turn (the turn's end does; any thread may)."""
+        with self._lock:
+            if not self._batch:
+                return
+            batch, self._batch = self._batch, []
+        try:
+            self._write(b"".join(batch), ())
+        except ConnectionClosed:
+            pass  # as a send to a closed connection: whoever watches it fails what was in flight
+
+    def _write(self, data: bytes, fds: tuple[int, ...] | list[int]) -> None:
         with self._lock:
             if self._closed:
                 raise ConnectionClosed("connection is closed")
@@ -191,6 +208,40 @@ class Connection:
             except (ValueError, OSError):
                 pass
 
+
+class Connection(_Writer):
+    """One end of a host<->actor socket. ``run()`` reads until EOF or a framing error.
+
+    ``on_frame(body, fds)`` is called on the event loop for every complete frame;
+    the handler owns the fds. An exception raised by ``on_frame`` ends ``run()``
+    with that exception (the peer sent something we will not process).
+    """
+
+    def __init__(self, sock: socket.socket, on_frame: FrameHandler, *, max_frame: int = DEFAULT_MAX_FRAME,
+                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        _Writer.__init__(self, sock, max_pending)
+        self._on_frame = on_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._rbuf = bytearray(_RECV_SIZE)
+        # Held by whoever reads and dispatches frames: the loop's reader, or another
+        # thread that reads while the loop is busy (read_now).
+        self.read_lock = threading.Lock()
+        # Called on the loop thread after each read, with read_lock released (for work a
+        # frame handler deferred because it must not hold up other readers).
+        self.after_read: Callable[[], None] | None = None
+        self.loop_reading = False  # the loop thread is inside a read (its frame handlers run)
+        self._done: Any = None
+        self.bytes_in = 0
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame body accepted from the peer (and, by agreement, sent to it)."""
+        return self._decoder.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._decoder.max_frame = value
+
     # -- reading ---------------------------------------------------------------
 
     def _read_available(self) -> bool:
@@ -231,6 +282,20 @@ class Connection:
             if nread < _RECV_SIZE or budget <= 0:
                 return True
 
+    def _read_turn(self) -> bool:
+        """``_read_available`` as one turn: frames the handlers send on connections with
+        ``batch_writes`` go out at its end."""
+        if _turn.dirty is not None:  # a turn is open on this thread already: it writes them
+            return self._read_available()
+        dirty: list[_Writer] = []
+        _turn.dirty = dirty
+        try:
+            return self._read_available()
+        finally:
+            _turn.dirty = None
+            for conn in dirty:
+                conn.flush_batch()
+
     def read_now(self, *, wait: bool = True) -> bool | None:
         """Read and dispatch what is available, from any thread (for when the loop thread
         is busy). False on EOF; None, without reading, when ``wait`` is false and another
@@ -266,7 +331,7 @@ class Connection:
                 return  # another thread is reading just now; the socket stays readable for us
             self.loop_reading = True
             try:
-                alive = self._read_available()
+                alive = self._read_turn()
             except BaseException as exc:  # reported through run(), never lost
                 if not done.done():
                     done.set_result(exc)
@@ -301,7 +366,7 @@ class Connection:
             try:
                 while True:
                     await anyio.wait_readable(self.sock)
-                    if not self._read_available():
+                    if not self._read_turn():
                         break
             except (anyio.ClosedResourceError, OSError) as exc:
                 if not self._closed:
@@ -328,6 +393,7 @@ class Connection:
                 return
             self._closed = True
             self._drop_pending()
+            self._batch.clear()
         self._decoder.close()
         fd = self.sock.fileno()
         if fd >= 0:

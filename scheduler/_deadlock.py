@@ -155,7 +155,7 @@ class DeadlockDetector:
         """The cycle ``new`` would close if it waited for a slot of ``actor``: the calls from
         ``new`` round to its parent, each with its actor (None: no deadlock, or not checked)."""
         parent = self._calls.get(new.parent_call_id) if new.parent_call_id is not None else None
-        if parent is None:
+        if parent is None or _unawaited(parent, actor, self._actors):
             return None
         budget = self._spend()
         if budget <= 0:
@@ -218,6 +218,18 @@ class DeadlockDetector:
             node = back[node.call_id]
         path.reverse()
         return [(e, actor if e is new else self._actors.get(e.actor_id)) for e in path]
+
+
+def _unawaited(parent: CallEntry, actor: ActorEntry, actors: dict[int, ActorEntry]) -> bool:
+    """Whether nothing in the table waits for ``parent`` now, so no cycle can lead back to it from
+    a new call to ``actor``: it is a root call (no call waits for its children), no call waits for
+    its result as an argument, and no call waits for a slot of its actor (nor will the new one).
+    The task pool's calls are such parents: tasks the host submits and the pool passes on to a
+    busy worker skip the walk (and its time budget) with this."""
+    if parent.parent_call_id is not None or parent.dependents or parent.actor_id == actor.actor_id:
+        return False
+    pa = actors.get(parent.actor_id)
+    return pa is not None and not pa.queue and not pa.unstarted
 
 
 def _holders(a: ActorEntry, known: dict[int, list[CallEntry]]) -> list[CallEntry]:

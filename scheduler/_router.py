@@ -156,7 +156,8 @@ class Scheduler:
 
     def route(self, caller: Endpoint, call: envelope.Call, *, trust: bool | None = None) -> int:
         """Accept a call from ``caller`` and route it to its actor; returns its global call id.
-        ``trust``: ``call`` forwards one delivered to ``caller`` (the task pool) with its trust and ``resolved``."""
+        ``trust``: ``call`` forwards one delivered to ``caller`` (the task pool) with its trust and ``resolved``
+        (only host code passes it; an actor's calls never do)."""
         gid = next(self._ids)
         now = time.monotonic()
         parent = call.parent_call_id
@@ -193,8 +194,12 @@ class Scheduler:
             return gid
         if parent is not None:
             self._deadlocks.link(self.calls[parent], gid)
-        entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, fds=call.fds,
-                                   **({"trusted": caller.trusted} if trust is None else _forwarded(call, trust)))
+        if trust is None:
+            entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, trusted=caller.trusted,
+                                       fds=call.fds)
+        else:  # forwarded by the task pool: its trust, and the results of its Future arguments
+            entry.call = envelope.Call(gid, call.target, call.method, call.payload, parent, trusted=trust,
+                                       resolved=call.resolved, fds=call.fds)
         self.calls[gid] = entry
         if self.log_calls:
             self.log.debug("call.submitted", actor=a.label, method=call.method, call_id=gid,
@@ -361,9 +366,3 @@ class Scheduler:
         """A snapshot of every call in flight."""
         return snapshot(self.calls, self.actors)
 
-
-def _forwarded(call: envelope.Call, trust: bool) -> dict[str, Any]:
-    """What a call forwarded by an in-process endpoint (the host's task pool) keeps of the call
-    delivered to it: its trust, and the results of its Future arguments. Only host code passes
-    ``trust`` to ``Scheduler.route``; an actor's calls never reach this."""
-    return {"trusted": trust, "resolved": call.resolved}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -419,3 +420,54 @@ async def test_fds_no_frame_claims_are_closed_before_the_connection_is() -> None
         a_sock.close()
         for _, w in pipes:
             os.close(w)
+
+
+async def test_frames_sent_while_a_read_is_dispatched_go_out_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a connection with batch_writes, the frames that one read's handlers send go out in one write at the
+    end of that read, in order; a frame with descriptors goes after those batched before it, with its
+    descriptors; a send outside a read writes at once."""
+    pipe_r, pipe_w = os.pipe()
+    x_sock, y_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    p_sock, r_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    y_in = Inbox()
+    x, y = Connection(x_sock, Inbox()), Connection(y_sock, y_in)
+    x.batch_writes = True
+    writes: list[int] = []
+    write = x._write
+
+    def counted(data: bytes, fds: Any) -> None:
+        writes.append(len(fds))
+        write(data, fds)
+
+    def relay(body: bytes, fds: list[int]) -> None:
+        x.send(body, tuple(fds))
+        for fd in fds:
+            os.close(fd)  # the sender keeps ownership of what it sends
+
+    monkeypatch.setattr(x, "_write", counted)
+    r = Connection(r_sock, relay)
+    frames = [encode_header(len(b), n) + b for b, n in ((b"one", 0), (b"two", 0), (b"pipe", 1), (b"four", 0))]
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for conn in (x, y, r):
+                    tg.start_soon(conn.run)
+                await anyio.sleep(0)
+                # One segment, so the relay reads all four frames at once (the descriptor with its first byte).
+                p_sock.sendmsg([b"".join(frames)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe_r]))])
+                got = await y_in.wait_for(4)
+                assert [(body, len(fds)) for body, fds in got] == [(b"one", 0), (b"two", 0), (b"pipe", 1),
+                                                                    (b"four", 0)]
+                assert writes == [0, 1, 0]  # one, two | pipe with its descriptor | four
+                os.write(pipe_w, b"through")
+                assert os.read(got[2][1][0], 10) == b"through"
+                x.send(b"outside a read")
+                assert writes == [0, 1, 0, 0]
+                assert (await y_in.wait_for(5))[4] == (b"outside a read", [])
+                for conn in (x, y, r):
+                    conn.close()
+    finally:
+        y_in.close_fds()
+        p_sock.close()
+        for fd in (pipe_r, pipe_w):
+            os.close(fd)

@@ -205,6 +205,7 @@ def test_checks_past_the_time_budget_are_skipped_and_reported_once_a_second(
     a, ea = actor(sched, "A")
     b, _ = actor(sched, "B")
     host.call(sched, a, "f")
+    host.call(sched, a, "queued")  # waits for A.f's slot: a cycle back to A.f is possible, so each call is walked
     host.call(sched, b, "g")
     with structlog.testing.capture_logs() as logs:
         for i in range(5):
@@ -212,3 +213,24 @@ def test_checks_past_the_time_budget_are_skipped_and_reported_once_a_second(
     events = [e for e in logs if e["event"] == "deadlock.check_skipped"]
     assert refusals(ea) == [] and len(events) == 1
     assert events[0]["skipped"] + sched._deadlocks.skipped == 4  # the first check ran; the rest wait for a report
+
+
+def test_a_nested_call_whose_parent_nothing_waits_for_is_not_walked(
+        host: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call made by a root call that no call waits for (no parent, no Future dependant, no call queued for its
+    actor's slot) cannot close a cycle: it spends none of the check's budget (the task pool's busy workers are
+    passed tasks so); once a call waits for the parent's actor, the same call is walked again."""
+    monkeypatch.setattr(_deadlock, "BUDGET_BURST", 100)
+    monkeypatch.setattr(_deadlock, "BUDGET_PER_S", 0)
+    sched = Scheduler(prefetch=2)
+    a, ea = actor(sched, "A", max_concurrency=2)
+    b, _ = actor(sched, "B")
+    host.call(sched, a, "f")
+    host.call(sched, b, "g")
+    for i in range(3):
+        nested(sched, ea, ea.calls[0], b, f"x{i}")
+    assert sched._deadlocks._tokens == 100 and refusals(ea) == []
+    host.call(sched, a, "second")  # takes A's other slot
+    host.call(sched, a, "third")  # waits for a slot of A: for A.f, among others
+    nested(sched, ea, ea.calls[0], b, "walked")
+    assert sched._deadlocks._tokens < 100 and refusals(ea) == []
