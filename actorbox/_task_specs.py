@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ import msgpack
 
 import sandbox
 
+from ._errors import UsageError
 from ._import_paths import import_paths
 from ._resources import Demand, Resources
 from ._submit import parse_actor_task
@@ -17,6 +19,9 @@ from ._task_options import TaskOptions, check_task_function, task_options
 
 if TYPE_CHECKING:
     from ._supervisor import ActorSupervisor
+
+# Distinct task functions (with options) one actor may submit: each is remembered in the host.
+MAX_ACTOR_TASKS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +80,43 @@ def actor_spec(sup: ActorSupervisor, method: str, n: int, resources: Resources) 
                               opts.retry_exceptions, (), sandbox_choice)
     return TaskSpec(f"{name}#{n}", name, worker_opts, opts.demand(), kind, ref, paths, sup.module_paths,
                     sup.requirements)
+
+
+class TaskSpecs:
+    """The task functions a pool knows: the host's by function (and key), each actor's by the
+    method its calls named (at most MAX_ACTOR_TASKS per actor)."""
+
+    def __init__(self, resources: Resources, supervisor: Callable[[int], ActorSupervisor | None]) -> None:
+        self.resources = resources
+        self.supervisor = supervisor
+        self._keys = itertools.count(1)
+        self._by_key: dict[str, TaskSpec] = {}
+        self._by_fn: dict[Callable[..., Any], TaskSpec] = {}
+        self._by_actor: dict[int, dict[str, TaskSpec]] = {}
+
+    def of_function(self, fn: Callable[..., Any]) -> TaskSpec:
+        """The spec of ``fn``, which the host submits (made the first time: see ``host_spec``)."""
+        spec = self._by_fn.get(fn)
+        if spec is None:
+            spec = self._by_fn[fn] = host_spec(fn, next(self._keys), self.resources)
+            self._by_key[spec.key] = spec
+        return spec
+
+    def of_call(self, method: str, trusted: bool, caller: object) -> TaskSpec | None:
+        """The spec of a call to the pool naming ``method``: the host's (``trusted``) by key, an
+        actor's (``caller``, its endpoint) parsed from it, checked and kept; None when unknown.
+        Raises UsageError (or InfeasibleResourcesError) for one an actor may not submit."""
+        if trusted:
+            return self._by_key.get(method)
+        actor_id = getattr(caller, "actor_id", None)
+        sup = self.supervisor(actor_id) if isinstance(actor_id, int) else None
+        if sup is None or not isinstance(actor_id, int):
+            return None
+        known = self._by_actor.setdefault(actor_id, {})
+        spec = known.get(method)
+        if spec is None:
+            if len(known) >= MAX_ACTOR_TASKS:
+                raise UsageError(f"actor {sup.label!r} submitted {len(known)} different task functions, the most "
+                                 "one actor may; submit fewer distinct functions (or options)")
+            spec = known[method] = actor_spec(sup, method, next(self._keys), self.resources)
+        return spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,13 @@ from ._task_worker import TaskWorker
 # Seconds a worker may go on running a cancelled task (a sync function, which can't be
 # interrupted) before it is killed and its resources given back.
 DRAIN_S = 1.0
+# Pipelining: a busy worker is passed up to PIPELINE_DEPTH tasks at once (one runs, the rest
+# wait in its own queue, so the next starts there with no round trip to the host), but only
+# tasks of a function whose runs took less than PIPELINE_MAX_S (a running mean measured in the
+# host, round trip included), behind one as short: a long task queued behind another could
+# wait while a worker elsewhere is idle. See docs/architecture.md, "Tasks (issue 18): design".
+PIPELINE_DEPTH = 8
+PIPELINE_MAX_S = 0.002
 
 if TYPE_CHECKING:
     from ._actors import ActorTable
@@ -28,15 +36,24 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True, eq=False)
 class Worker:
-    """One worker actor of the pool."""
+    """One worker actor of the pool.
+
+    It runs one task at a time, in the order they were passed on: ``tasks[0]`` runs (or is
+    about to), the others wait in the worker's own queue (pipelined). The resources of the
+    running task are held as the worker's ``grant`` until nothing is in flight there any more,
+    so a pipelined task takes them over from the one before it with no round trip."""
 
     actor_id: int
     label: str
     token: bytes
     kind: Hashable
     loaded: set[str] = field(default_factory=set)  # keys of the tasks it can run
-    task: Any = None  # the pool's task running (or draining) on it
-    idle_since: float = 0.0
+    tasks: deque[Any] = field(default_factory=deque)  # the pool's tasks passed on to it, oldest (running) first
+    grant: Any = None  # the resources its tasks run with (a Grant), while any is in flight
+    demand: Any = None  # what ``grant`` holds: only tasks asking for exactly this are pipelined to it
+    head_since: float = 0.0  # when tasks[0] began (passed on, or the reply before it arrived)
+    cancelled: list[int] = field(default_factory=list)  # scheduler ids of its cancelled calls not yet ended
+    idle_since: float = 0.0  # since when it is idle; while draining, since when it drains
 
 
 class WorkerSet:
@@ -46,6 +63,8 @@ class WorkerSet:
                  log: Any, idle_s: float, closing: Callable[[], bool]) -> None:
         self.scheduler = scheduler
         self.actors = actors
+        self.resources = resources
+        self.run_s: dict[str, float] = {}  # by task key: a running mean of its runs' time (see PIPELINE_MAX_S)
         self.tg = tg
         self.log = log
         self.idle_s = idle_s
@@ -54,7 +73,7 @@ class WorkerSet:
         self.max_workers = max(1, math.ceil(resources.total["CPU"])) + int(resources.total["GPU"])
         self.workers: dict[int, Worker] = {}  # every live worker, by actor id
         self.idle: dict[Hashable, list[Worker]] = {}
-        self.draining: list[Worker] = []  # its task was cancelled while running: busy until it ends there
+        self.draining: list[Worker] = []  # a call on it was cancelled: busy until that ends there
         self.starting: dict[Hashable, int] = {}
         # Set by the pool: a worker became ready; a worker of a kind could not start.
         self.on_ready: Callable[[], None] = lambda: None
@@ -109,37 +128,129 @@ class WorkerSet:
         self.on_ready()
 
     def to_idle(self, worker: Worker) -> None:
-        worker.task = None
+        if worker.actor_id not in self.workers:
+            return  # killed (or retired) meanwhile
         worker.idle_since = time.monotonic()
         self.idle.setdefault(worker.kind, []).append(worker)
 
-    def drain(self, worker: Worker, task: Any) -> None:
-        """``task`` was cancelled while running on ``worker``: busy until the call ends there."""
-        worker.task = task
-        worker.idle_since = time.monotonic()  # here: since when it drains
-        self.draining.append(worker)
+    # -- the tasks in flight on a worker (pipelining) ----------------------------------------
 
-    def drained(self) -> list[Any]:
-        """Workers whose cancelled task has ended there are free again (or gone); returns those tasks.
+    def short(self, key: str) -> bool:
+        """Whether task ``key``'s runs have taken less than PIPELINE_MAX_S (False until one has ended)."""
+        return self.run_s.get(key, PIPELINE_MAX_S) < PIPELINE_MAX_S
 
-        A sync function can't be interrupted: a worker still running a cancelled task after
-        ``DRAIN_S`` is killed, so the task's resources come back in bounded time."""
+    def pipeline_target(self, task: Any, loads: dict[int, Any]) -> Worker | None:
+        """A busy worker ``task`` (the pool's) may be queued on, the one with the fewest tasks; or None.
+
+        Only a short task the host's own code submitted (its call to the pool has no parent: no call
+        in the table waits for it, so queueing it cannot close a cycle of waits that a free worker
+        would have broken), not a GPU task (its worker depends on the GPUs free when it starts). The
+        worker has the function loaded, holds exactly the task's demand, is not draining, has
+        fewer than PIPELINE_DEPTH tasks, and runs a short task (no function's load, in ``loads``)
+        that began less than PIPELINE_MAX_S ago."""
+        spec = task.spec
+        if task.call.parent_call_id is not None or spec.demand.gpus or not self.short(spec.key):
+            return None
+        now = time.monotonic()
+        best: Worker | None = None
+        for w in self.workers.values():
+            n = len(w.tasks)
+            if (w.kind == spec.kind and 0 < n < PIPELINE_DEPTH and (best is None or n < len(best.tasks))
+                    and w.demand == spec.demand and spec.key in w.loaded and not w.cancelled
+                    and now - w.head_since < PIPELINE_MAX_S and self.short(w.tasks[0].spec.key)
+                    and w.tasks[0].local_id not in loads):
+                best = w
+        return best
+
+    def ended(self, worker: Worker, task: Any, ran: bool) -> Any:
+        """``task``'s call on ``worker`` ended (``ran``: with its result or exception); returns the
+        task that begins there now (queued behind it), if any."""
+        tasks = worker.tasks
+        if tasks and tasks[0] is task:
+            tasks.popleft()
+            now = time.monotonic()
+            if ran:
+                took, mean = now - worker.head_since, self.run_s.get(task.spec.key)
+                self.run_s[task.spec.key] = took if mean is None else mean + (took - mean) * 0.25
+            worker.head_since = now
+            return tasks[0] if tasks else None
+        try:  # refused before it ran (its frame too big for the worker, say)
+            tasks.remove(task)
+        except ValueError:
+            pass
+        return None
+
+    def withdraw(self, worker: Worker, task: Any, call_id: int | None) -> None:
+        """``task`` on ``worker`` was cancelled (its call ``call_id``, the scheduler's, told so): the
+        worker drains it if it may run there still, and the rest go on."""
+        tasks = worker.tasks
+        if tasks and tasks[0] is task:
+            tasks.popleft()
+            worker.head_since = time.monotonic()
+        else:
+            try:
+                tasks.remove(task)
+            except ValueError:
+                pass
+        if call_id is not None and call_id in self.scheduler.calls:
+            self.drain(worker, call_id)
+        self.release_if_free(worker)
+
+    def release_if_free(self, worker: Worker) -> None:
+        """If nothing runs on ``worker`` any more, its resources come back and it is idle (a draining
+        worker is made idle by ``drained``)."""
+        if not self.busy(worker):
+            self.resources.release(worker.grant, wake=False)
+            worker.grant = None
+            if worker not in self.draining:
+                self.to_idle(worker)
+
+    def lost(self, worker: Worker) -> tuple[list[Any], Any]:
+        """``worker`` died or stopped: its tasks, oldest first, and the one that ran there (None when
+        a cancelled call ran ahead of them all); its resources come back."""
+        tasks = list(worker.tasks)
+        worker.tasks.clear()
+        self.resources.release(worker.grant, wake=False)
+        worker.grant = None
+        self.drop(worker)
+        return tasks, (None if worker.cancelled or not tasks else tasks[0])
+
+    def busy(self, worker: Worker) -> bool:
+        """Whether anything still runs (or may) on ``worker``: a task, or a cancelled call not ended there."""
+        if worker.cancelled:
+            calls = self.scheduler.calls
+            worker.cancelled = [gid for gid in worker.cancelled if gid in calls]
+        return bool(worker.tasks or worker.cancelled)
+
+    def drain(self, worker: Worker, call_id: int) -> None:
+        """The call ``call_id`` (the scheduler's) on ``worker`` was cancelled: the worker stays busy
+        (its resources held) until the call ends there (see ``drained``)."""
+        worker.cancelled.append(call_id)
+        if worker not in self.draining:
+            worker.idle_since = time.monotonic()  # here: since when it drains
+            self.draining.append(worker)
+
+    def drained(self) -> list[Worker]:
+        """Draining workers whose cancelled calls have all ended there (or that are gone).
+
+        A sync function can't be interrupted: a worker still running a cancelled call after
+        ``DRAIN_S`` is killed (tasks queued behind it there are run again elsewhere), so its
+        resources come back in bounded time."""
         done = []
         now = time.monotonic()
         for w in list(self.draining):
             a = self.scheduler.actors.get(w.actor_id)
             gone = a is None or a.endpoint is None or a.closed is not None
-            if not gone and a is not None and a.running and now - w.idle_since > DRAIN_S and \
-                    w.actor_id in self.workers:
-                del self.workers[w.actor_id]
-                self.tg.start_soon(self._forget, w, 0.0)
-            if a is None or gone or not a.running:
-                self.draining.remove(w)
-                done.append(w.task)
-                if gone:
-                    self.drop(w)
-                else:
-                    self.to_idle(w)
+            if not gone and self.busy(w) and w.cancelled:
+                if now - w.idle_since > DRAIN_S and w.actor_id in self.workers:
+                    del self.workers[w.actor_id]
+                    self.tg.start_soon(self._forget, w, 0.0)
+                continue
+            self.draining.remove(w)
+            w.cancelled.clear()
+            done.append(w)
+            if gone:
+                self.drop(w)
         return done
 
     def drop(self, worker: Worker) -> None:

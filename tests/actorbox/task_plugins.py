@@ -89,6 +89,31 @@ def raises_retried(msg: str) -> None:
     raise ValueError(msg)
 
 
+@actorbox.task(max_retries=0)
+def once() -> str:
+    """Never retried: a run after its worker died can only be one that did not count as an attempt."""
+    return WORKER
+
+
+_RUNS = 0
+
+
+@actorbox.task
+def count() -> tuple[int, str]:
+    """How many times this function has run in this worker (this run included), and which worker."""
+    global _RUNS
+    _RUNS += 1
+    return _RUNS, WORKER
+
+
+@actorbox.task
+def stamp() -> tuple[float, float, str]:
+    """A short task: when it ran (monotonic, as ``hold``) and where."""
+    t0 = time.monotonic()
+    time.sleep(0.0002)
+    return t0, time.monotonic(), WORKER
+
+
 @actorbox.actor
 class FanOut:
     """Fans tasks out from inside an actor."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -11,12 +12,14 @@ import pytest
 import structlog
 
 import actorbox
+import actorbox._task_workers
 from actorbox._inspect import format_snapshot, snapshot
 
 from . import task_plugins
 from .task_env_plugins import six_version
 from .task_plugins import (
     FanOut,
+    count,
     die,
     double,
     half_cpu,
@@ -24,10 +27,12 @@ from .task_plugins import (
     hold_two,
     huge,
     make_tensor,
+    once,
     raises,
     raises_retried,
     sleep_async,
     slow,
+    stamp,
     tensor_sum,
     uses_db,
     whoami,
@@ -286,3 +291,101 @@ async def test_an_actor_cannot_run_the_hosts_tasks_or_forge_options() -> None:
         forged = await h.forge('tests.actorbox.task_plugins:double?{"dependencies":["evil"]}')
         assert forged.startswith("UsageError: task tests.actorbox.task_plugins:double(): its options are malformed")
         assert [c for c in _task_calls(rt)] == []
+
+
+# -- pipelining: a busy worker is passed the next short tasks ahead (actorbox._task_workers.PIPELINE_DEPTH) ---------
+
+
+def _delivered(rt: actorbox.Runtime, prefix: str) -> list[actorbox.CallInfo]:
+    """Calls of tasks ``prefix``* passed on to a worker and waiting in its own queue (pipelined)."""
+    return [c for c in rt.pending_calls()
+            if c.actor.startswith("task-worker#") and c.method.startswith(prefix) and c.state == "delivered"]
+
+
+@pytest.fixture
+def pipeline_any_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipeline tasks whatever their runs took (the pool's rule: under 2 ms), so a test can hold the running
+    one as long as it needs to."""
+    monkeypatch.setattr(actorbox._task_workers, "PIPELINE_MAX_S", 3600.0)
+
+
+async def test_a_task_queued_in_a_worker_is_cancelled_without_running(pipeline_any_task: None) -> None:
+    """A short task passed on to a busy worker ahead of its turn, then cancelled, is dropped there unrun: the
+    worker's next run of that function counts one run fewer, and its CPU was never taken twice."""
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        assert (await rt.submit(count))[0] == 1
+        _, _, first = await rt.submit(hold, 0.0)
+        head = rt.submit(hold, 1.0)
+        queued = rt.submit(count)
+        assert len(_delivered(rt, "count#")) == 1 and rt.resources().free["CPU"] == 0.0
+        with anyio.move_on_after(0.1):
+            await queued
+        assert queued.done() and _delivered(rt, "count#") == []
+        with pytest.raises(actorbox.CallCancelledError):
+            await queued
+        assert (await head)[2] == first
+        assert await rt.submit(count) == (2, first)  # the same worker: the cancelled run never happened
+        assert rt.resources().free["CPU"] == 1.0 and _task_calls(rt) == []
+
+
+@pytest.mark.slow
+async def test_a_worker_dying_with_tasks_queued_in_it_runs_them_all_elsewhere(pipeline_any_task: None) -> None:
+    """Tasks passed on to a worker ahead of their turn never ran when it dies: they run on the next worker
+    without using an attempt (max_retries=0 tasks succeed), and the one that was running is retried."""
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        await rt.submit(once)
+        await rt.submit(slow, 0.0)
+        head = rt.submit(slow, 30.0)
+        queued = [rt.submit(once) for _ in range(3)]
+        assert len(_delivered(rt, "once#")) == 3
+        await _until(lambda: any(w.running for w in _workers(rt)))
+        (victim,) = _workers(rt)
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        with anyio.fail_after(60):
+            results = [await f for f in queued]
+        assert len(set(results)) == 1 and results[0] != task_plugins.WORKER
+        head.cancel()
+        with pytest.raises(actorbox.CallCancelledError):
+            await head
+        await _until(lambda: rt.resources().free["CPU"] == 1.0)
+
+
+async def test_pipelined_tasks_still_run_within_num_cpus(pipeline_any_task: None) -> None:
+    """Short tasks submitted at once are passed on to busy workers ahead (up to PIPELINE_DEPTH each), yet never
+    more run at a time than num_cpus, one at a time per worker, and no CPU is taken twice; the CPUs come back."""
+    async with actorbox.Runtime(num_cpus=2) as rt:
+        for _ in range(3):
+            await actorbox.gather(*[rt.submit(stamp) for _ in range(10)])  # stamp measured
+        await _until(lambda: len(_workers(rt)) == 2)
+        futs = [rt.submit(stamp) for _ in range(300)]
+        ahead = len(_delivered(rt, "stamp#"))
+        assert rt.resources().free["CPU"] == 0.0
+        runs = await actorbox.gather(*futs)
+        events = sorted([(t0, 1) for t0, _, _ in runs] + [(t1, -1) for _, t1, _ in runs], key=lambda e: (e[0], e[1]))
+        peak = level = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        assert peak <= 2
+        for worker in {w for _, _, w in runs}:  # one at a time on each worker, in the order passed on
+            mine = sorted((t0, t1) for t0, t1, w in runs if w == worker)
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(mine))
+        assert 0 < ahead <= 2 * (actorbox._task_workers.PIPELINE_DEPTH - 1)
+        assert rt.resources().free["CPU"] == 2.0 and _task_calls(rt) == []
+
+
+async def test_a_short_task_is_not_queued_behind_a_long_one() -> None:
+    """A worker whose task has run for longer than a short task takes is passed nothing ahead: short tasks
+    submitted meanwhile run elsewhere, not after it."""
+    async with actorbox.Runtime(num_cpus=2) as rt:
+        for _ in range(3):
+            await actorbox.gather(*[rt.submit(sleep_async, 0) for _ in range(4)], *[rt.submit(double, i)
+                                                                                    for i in range(4)])
+        long = rt.submit(sleep_async, 60)
+        await _until(lambda: any(w.running for w in _workers(rt)))
+        await anyio.sleep(0.05)
+        with anyio.fail_after(30):
+            assert await actorbox.gather(*[rt.submit(double, i) for i in range(20)]) == [2 * i for i in range(20)]
+        assert not long.done()
+        long.cancel()
