@@ -8,10 +8,15 @@ session's Ray, an application's own) uses it and leaves it running.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 import psutil
 import ray
 
@@ -77,6 +82,41 @@ def shutdown() -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+class RayThread:
+    """The thread a Runtime starts and stops its local Ray on, alive as long as that Ray is.
+
+    Ray starts its raylet, monitor and log monitor with ``PR_SET_PDEATHSIG``, which fires
+    when the *thread* that started them ends, not the process. Started on a pool's worker
+    thread (``anyio.to_thread``), Ray's raylet was killed when the pool retired that thread
+    after 10 s idle, and the raylet's agents were left behind (orphans, after the Runtime).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="actorbox-ray-owner", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, fut = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as exc:
+                    fut.set_exception(exc)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on this thread, awaited (the awaiting side waits on a pool thread)."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((fn, args, fut))
+        return await anyio.to_thread.run_sync(fut.result)
+
+    def close(self) -> None:
+        """The thread ends after the jobs already given (call once its Ray is shut down, or was never started)."""
+        self._jobs.put(None)
 
 
 class Capacity:

@@ -46,7 +46,7 @@ from .._residents import exposed_methods
 from .._resources import ResourceInfo
 from .._task_options import task_options
 from ._caller import RayCaller, Target
-from ._cluster import Capacity, connect, public, runtime_env, shutdown
+from ._cluster import Capacity, RayThread, connect, public, runtime_env, shutdown
 from ._shell import META, ActorShell, run_task
 from ._wire import HandleRef, decode_outcome
 
@@ -95,6 +95,7 @@ class RayRuntime:
         self._meta: dict[int, dict[str, Any]] = {}
         self._capacity = Capacity()
         self._started_ray = False
+        self._owner: RayThread | None = None
         self._caller: RayCaller | None = None
         self._token: Any = None
         self.closing = False
@@ -106,8 +107,12 @@ class RayRuntime:
     async def __aenter__(self) -> RayRuntime:
         if self._caller is not None or self.closing:
             raise ActorboxError("this Runtime has already run; create a new Runtime() for each 'async with'")
-        self._started_ray = await anyio.to_thread.run_sync(connect, self.address, self.namespace,
-                                                           *self._cluster_opts)
+        owner = self._owner = RayThread()  # Ray's processes live as long as the thread that starts them
+        try:
+            self._started_ray = await owner.run(connect, self.address, self.namespace, *self._cluster_opts)
+        finally:
+            if not self._started_ray:
+                owner.close()
         codec = Codec(allow_pickle=False, make_handle=self._make_handle)
         self._caller = RayCaller(codec, HostLoop(), self._targets.get)
         self._caller.get_actor_fn = self.get_actor
@@ -125,8 +130,11 @@ class RayRuntime:
             if self._caller is not None:
                 for fut in [c.fut for c in self._caller.pending.values()]:
                     self._caller.cancel(fut)
-            if self._started_ray:
-                await anyio.to_thread.run_sync(shutdown)
+            if self._started_ray and self._owner is not None:
+                try:
+                    await self._owner.run(shutdown)
+                finally:
+                    self._owner.close()
         try:
             process_caller.reset(self._token)
         except ValueError:
