@@ -199,9 +199,9 @@ def actor_infos(scheduler: Scheduler, supervisors: Mapping[int, ActorSupervisor]
                                  a.max_concurrency, len(a.queue), len(a.running),
                                  running_calls=tuple(a.running)))  # never delivered ahead
     for z in zygotes:
-        if z.state not in ("starting", "ready"):
+        if z.state not in ("starting", "ready", "retired"):  # retired: forks no more, holds its actors
             continue
-        pid = z.pid if z.state == "ready" else None  # the launcher's until then
+        pid = z.pid if z.state != "starting" else None  # the launcher's until then
         rss, cpu, threads = sampler.sample(pid)
         fds, max_fds, max_threads = sampler.budget(pid)
         if pid is not None:

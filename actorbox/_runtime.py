@@ -375,7 +375,7 @@ class Runtime:
         if (live := self._live) is None:
             return []
         return actor_infos(self.scheduler, live.actors.supervisors, live.residents.residents, self._sampler,
-                           list(live.actors.services.zygotes.by_key.values()))
+                           live.actors.services.zygotes.live())  # (retired ones while they hold actors)
 
     def named_actors(self) -> dict[str, int]:
         """Registered names (actors started with a name, host-resident actors) and their actor ids."""

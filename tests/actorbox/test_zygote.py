@@ -204,6 +204,9 @@ async def test_an_environment_rebuilt_at_its_path_gets_a_fresh_zygote(tmp_path, 
             new = zygote_of(pid_of(rt, again))
             assert new is not None and new.pid != old.pid
             assert old.is_running() and old.status() != psutil.STATUS_ZOMBIE  # it still holds the keeper
+            rows = {a.pid: a for a in rt.actors() if a.kind == "zygote"}
+            assert rows[old.pid].state == "retired" and rows[old.pid].forked == 1
+            assert rows[new.pid].state == "ready" and rows[new.pid].forked == 1
             with anyio.fail_after(TIMEOUT):
                 assert (await keeper.six())[0] == "1.16.0"
                 await rt.stop(keeper)
