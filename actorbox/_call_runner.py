@@ -57,7 +57,7 @@ class CallRunner:
     def refuse(self, call: envelope.Call, status: envelope.Status, payload: bytes = b"") -> None:
         """Answer a call that won't run (its descriptors are closed)."""
         close_fds(call.fds)
-        self._outbox.send(envelope.Reply(call.call_id, status, payload))
+        self.answer(call, envelope.Reply(call.call_id, status, payload))
 
     def start_task(self, job: Job, task: asyncio.Task[None]) -> None:
         """Record an async call's task (loop thread)."""
@@ -78,19 +78,36 @@ class CallRunner:
             self.running.pop(call.call_id, None)
             self.refuse(call, envelope.Status.CANCELLED)
             return
+        reply: envelope.Reply | BaseException
+        returned = False
         try:
             args, kwargs = self._codec.decode_call(call.payload, call.trusted, call.fds, call.resolved,
                                                    ipc=call.trusted and _IPC_IN)
             result = job.func(*args, **kwargs)
+            returned = True
             payload, out = (b"", ()) if result is None else self._codec.dumps_fds(result, ipc=call.trusted)
             reply = envelope.Reply(call.call_id, envelope.Status.OK, payload, fds=out)
         except BaseException as exc:  # the caller's to handle: sent back, not raised here
-            reply = envelope.Reply(call.call_id, envelope.Status.ERROR, self._outbox.encode_exc(exc))
+            reply = exc
         self.running.pop(call.call_id, None)
         if token.cancelled:
-            close_fds(reply.fds)
+            if isinstance(reply, envelope.Reply):
+                close_fds(reply.fds)
             reply = envelope.Reply(call.call_id, envelope.Status.CANCELLED)  # result discarded
-        self._outbox.send(reply)
+        self.answer(call, reply, returned)
+
+    def answer(self, call: envelope.Call, reply: envelope.Reply | BaseException, returned: bool = False) -> None:
+        """Send ``call``'s one answer: ``reply``, or the exception it raised (``returned``: raised
+        encoding the value the method returned). When that cannot
+        be encoded or sent (out of memory, most likely), a short error says so instead; when
+        even that cannot be sent, the process ends (Outbox.send_failure): never no answer."""
+        outcome = reply if isinstance(reply, BaseException) else None
+        try:
+            if isinstance(reply, BaseException):
+                reply = envelope.Reply(call.call_id, envelope.Status.ERROR, self._outbox.encode_exc(reply))
+            self._outbox.send(reply)
+        except BaseException as exc:  # nothing of it was written (Outbox.send): answer briefly
+            self._outbox.send_failure(call.call_id, call.method, exc, outcome, returned)
 
     async def run_async(self, job: Job) -> None:
         call = job.call
@@ -102,17 +119,20 @@ class CallRunner:
             self.refuse(call, envelope.Status.CANCELLED)
             return
         self.begun.add(cid)
+        reply: envelope.Reply | BaseException
+        returned = False
         try:
             args, kwargs = self._codec.decode_call(call.payload, call.trusted, call.fds, call.resolved,
                                                    ipc=call.trusted and _IPC_IN)
             result = await job.func(*args, **kwargs)
+            returned = True
             payload, out = (b"", ()) if result is None else self._codec.dumps_fds(result, ipc=call.trusted)
             reply = envelope.Reply(cid, envelope.Status.OK, payload, fds=out)
         except asyncio.CancelledError:
             reply = envelope.Reply(cid, envelope.Status.CANCELLED)
         except BaseException as exc:  # the caller's to handle: sent back, not raised here
-            reply = envelope.Reply(cid, envelope.Status.ERROR, self._outbox.encode_exc(exc))
+            reply = exc
         finally:
             self.begun.discard(cid)
         self.running.pop(cid, None)
-        self._outbox.send(reply)
+        self.answer(call, reply, returned)

@@ -8,7 +8,6 @@ import asyncio
 import contextvars
 import importlib
 import inspect
-import os
 import pickle
 import sys
 import time
@@ -82,7 +81,7 @@ class Construction:
             preload(spec.get("preload", ()))
             cls = spec["cls"] if "cls" in spec else _load_entry(*spec["entry"])
         except BaseException as exc:  # the host's to report: sent back in READY
-            self._outbox.send(envelope.Ready(os.getpid(), self._outbox.encode_exc(exc)))
+            self._outbox.send_ready(exc)
             return
         if watched and calls.admission.max_concurrency == 1 and not _has_async_methods(cls):
             self._instantiate(cls, spec, True)
@@ -95,9 +94,9 @@ class Construction:
             self._calls.inline.ok = inline and not _has_async_methods(instance)
             self._calls.instance = instance
         except BaseException as exc:  # the host's to report: sent back in READY
-            self._outbox.send(envelope.Ready(os.getpid(), self._outbox.encode_exc(exc)))
+            self._outbox.send_ready(exc)
             return
-        self._outbox.send(envelope.Ready(os.getpid()))
+        self._outbox.send_ready()
 
 
 def _has_async_methods(target: Any) -> bool:

@@ -36,8 +36,11 @@ _WATCH_PARK_AFTER = 0.05
 
 def exit_now() -> NoReturn:
     """Leave at once, as the entry point does after serving (calls in other threads are abandoned)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # (out of memory, say): leaving is what matters
+        pass
     os._exit(0)
 
 
@@ -108,7 +111,10 @@ def read_for_loop(conn: Connection, *, wait: bool = True) -> bool | None:
     try:
         return conn.read_now(wait=wait)
     except Exception as exc:
-        print(f"actorbox: connection to the host failed: {exc!r}", file=sys.stderr)
+        try:
+            print(f"actorbox: connection to the host failed: {exc!r}", file=sys.stderr)
+        except BaseException:  # (no memory left to say so): the host sees the exit anyway
+            pass
         exit_now()
 
 
@@ -151,7 +157,10 @@ class Watchdog:
             try:
                 seen, idle_since = self._watch_once(seen, idle_since, fd, poller)
             except Exception:  # it must outlive any one failure: inline calls rely on it
-                traceback.print_exc()
+                try:
+                    traceback.print_exc()
+                except BaseException:  # (out of memory, say): reading on matters more
+                    pass
                 time.sleep(_WATCH_INTERVAL)
 
     def _watch_once(self, seen: object | None, idle_since: float, fd: int,
