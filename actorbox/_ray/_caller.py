@@ -2,20 +2,23 @@
 
 It is the ``_future.Resolver`` of the Futures it makes, so ``await``, ``.result()``,
 cancellation, ``actorbox.wait``/``gather``/``as_completed`` work on them as on the local
-backend's, on asyncio and trio alike. Each call's ObjectRef gets a done-callback
-(``ObjectRef.future()``: Ray's own thread watches it); the callback resolves the Future,
-which wakes its awaiters on the loop that made it. A Future passed as an argument goes to
+backend's, on asyncio and trio alike. Each call's ObjectRef gets a completion callback
+(``ObjectRef._on_completed``: Ray's own thread calls it with the result), which only queues
+the result; the first result queued schedules one drain on the loop that made the calls,
+which resolves every Future queued by then (a burst of replies costs one loop wake-up, and
+``gather`` one pass, not one per reply). A Future passed as an argument goes to
 Ray as its ObjectRef, which Ray resolves before the call runs (the worker decodes it).
 Cancelling the awaiting scope calls ``ray.cancel`` on the ref.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import ray
@@ -28,7 +31,10 @@ from .._codec import Codec
 from .._future import Future, Raised
 from .._handle import ActorHandle
 from .._remote_errors import attribute_error
-from ._wire import HandleRef, decode_outcome, swap
+from ._events import CallEvents
+from ._wire import ERR, HandleRef, decode_outcome, swap
+
+_ray: Any = ray  # (Ray's functions are untyped)
 
 
 class Loop(Protocol):
@@ -46,15 +52,22 @@ class Target:
     label: str
     ray_handle: Any
     stopped: bool = False  # stopped by its Runtime: later failures are ActorStoppedError
+    ray_actor_id: str | None = None  # (known once it started; bound to its call events)
+    node_id: str | None = None
 
 
-@dataclass(slots=True)
 class _Call:
-    fut: Future[Any]
-    ref: Any
-    target: Target | None  # None: a task
-    deps: list[Future[Any]] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
+    """A call in flight: its Future, its ObjectRef, its actor (None: a task), the Futures passed to it."""
+
+    __slots__ = ("deps", "fut", "ref", "started", "target")
+
+    def __init__(self, fut: Future[Any], ref: Any, target: Target | None, deps: list[Future[Any]] | None,
+                 started: float) -> None:
+        self.fut = fut
+        self.ref = ref
+        self.target = target
+        self.deps = deps
+        self.started = started
 
 
 class RayCaller:
@@ -67,9 +80,12 @@ class RayCaller:
         self.find = find  # the target of an actor id
         self.on_handle = on_handle
         self.get_actor_fn: Callable[[str], ActorHandle] | None = None
+        self.events: CallEvents | None = None  # the host's call.* events, when they are on
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.pending: dict[int, _Call] = {}
+        self._ready: collections.deque[tuple[int, Any]] = collections.deque()  # (call id, result) to resolve
+        self._drain_due = False  # a drain is scheduled on the loop and has not started yet
 
     # -- the Resolver protocol ------------------------------------------------------
 
@@ -89,8 +105,7 @@ class RayCaller:
         return None
 
     def cancel(self, fut: Future[Any]) -> None:
-        with self._lock:
-            call = self.pending.pop(fut.call_id, None)
+        call = self.pending.pop(fut.call_id, None)
         if call is None:
             return
         try:
@@ -98,6 +113,8 @@ class RayCaller:
         except Exception:
             pass
         fut._resolve(envelope.Reply(fut.call_id, envelope.Status.CANCELLED))
+        if self.events is not None:
+            self.events.ended(fut.call_id, call.target, fut.actor, fut.method, call.started, "cancelled")
 
     def get_actor(self, name: str) -> ActorHandle:
         if self.get_actor_fn is None:
@@ -114,31 +131,40 @@ class RayCaller:
                 f"no actor with id {actor_id} for {method}(); it was never started here or has been removed"))
         if method.startswith("_"):  # refused before anything is sent, as the local handle does
             raise _errors.PrivateMethodError(f"{method!r} is private", actor=label, method=method, call_id=None)
-        return self.remote(lambda deps, a, kw: target.ray_handle.call.remote(method, deps, *a, **kw),
-                           label, method, args, kwargs, target, actor_id)
+        return self.remote(target.ray_handle.call.remote, (method,), label, method, args, kwargs, target, actor_id)
 
-    def remote(self, send: Callable[[list[Any], tuple[Any, ...], dict[str, Any]], Any], label: str, method: str,
+    def remote(self, send: Callable[..., Any], head: tuple[Any, ...], label: str, method: str,
                args: tuple[Any, ...], kwargs: dict[str, Any], target: Target | None,
                actor_id: int = 0) -> Future[Any]:
-        """Send one call or task (``send(dep_positions, args, kwargs)`` returns its ObjectRef)."""
-        deps: list[Future[Any]] = []
+        """Send one call or task: ``send(*head, dep_positions, *args, **kwargs)`` returns its ObjectRef."""
+        deps: list[Future[Any]] | None = None
         positions: list[Any] = []
-        a = tuple(self._arg(v, i, deps, positions) for i, v in enumerate(args))
-        kw = {k: self._arg(v, k, deps, positions) for k, v in kwargs.items()}
+        if args:
+            a = tuple([self._arg(v, i, positions) for i, v in enumerate(args)])
+        else:
+            a = args
+        kw = {k: self._arg(v, k, positions) for k, v in kwargs.items()} if kwargs else kwargs
+        if positions:  # (Futures passed pending: their ObjectRefs go to Ray, they are kept for errors)
+            deps = [where[1] for where in positions]
+            positions = [where[0] for where in positions]
         try:
-            ref = send(positions, a, kw)
+            ref = send(*head, positions, *a, **kw)
         except ray.exceptions.PendingCallsLimitExceeded as exc:
             return self._failed(label, method, actor_id, _errors.PendingCallsLimitError(
                 f"call {label}.{method}() was refused: {exc}", actor=label, method=method, call_id=None))
         call_id = next(self._ids)
         fut: Future[Any] = Future(self, call_id, label, method, actor_id)
-        with self._lock:
-            self.pending[call_id] = _Call(fut, ref, target, deps)
-        ref.future().add_done_callback(lambda cf: self._done(call_id, cf))
+        self.pending[call_id] = _Call(fut, ref, target, deps, time.monotonic())  # (one dict store: atomic)
+        if self.events is not None:
+            self.events.submitted(call_id, target, label, method)
+        ref._on_completed(lambda result: self._completed(call_id, result))
         return fut
 
-    def _arg(self, value: Any, where: Any, deps: list[Future[Any]], positions: list[Any]) -> Any:
-        if type(value) is Future:
+    def _arg(self, value: Any, where: Any, positions: list[Any]) -> Any:
+        t = type(value)
+        if t is int or t is float or t is str or t is bytes or t is bool or value is None:
+            return value  # (the common case, as swap would return it)
+        if t is Future:
             if value._caller is not self:
                 raise _errors.SerializationError("a Future from another Runtime can't be an argument; await it first")
             if value.done():  # finished: its value (or the failure it ends this call with)
@@ -148,12 +174,10 @@ class RayCaller:
                     raise _errors.DependencyFailedError(
                         f"{value.actor}.{value.method}() [call {value.call_id}] failed with "
                         f"{type(exc).__name__}: {exc}", actor=value.actor, method=value.method) from exc
-            with self._lock:
-                call = self.pending.get(value.call_id)
+            call = self.pending.get(value.call_id)
             if call is None:
                 return value.result(0)
-            deps.append(value)
-            positions.append(where)
+            positions.append((where, value))
             return call.ref  # resolved by Ray before the call runs
         return swap(value, self._out)
 
@@ -183,17 +207,49 @@ class RayCaller:
 
     # -- results --------------------------------------------------------------------
 
-    def _done(self, call_id: int, cf: Any) -> None:
-        """Ray's thread: the call's ref is ready (or failed)."""
+    def _completed(self, call_id: int, result: Any) -> None:
+        """Ray's thread: the call's ref is ready (``result``: the value, or the RayError that failed it)."""
         with self._lock:
-            call = self.pending.pop(call_id, None)
-        if call is None:
-            return  # cancelled meanwhile
+            self._ready.append((call_id, result))
+            if self._drain_due:
+                return
+            self._drain_due = True
         try:
-            detail: dict[str, Any] = {"wire": cf.result(), "call": call}
-        except BaseException as exc:
-            detail = {"exc": exc, "call": call}
-        call.fut._resolve(envelope.Reply(call_id, envelope.Status.OK, detail=detail))
+            self.loop.soon(self._drain)
+        except RuntimeError:  # the loop is gone (the Runtime exited): resolve here
+            self._drain()
+
+    def _drain(self) -> None:
+        """On the loop: resolve every call whose result has been queued (one wake-up for a burst)."""
+        with self._lock:
+            self._drain_due = False
+            ready = list(self._ready)
+            self._ready.clear()
+        pending = self.pending
+        for call_id, result in ready:
+            call = pending.pop(call_id, None)
+            if call is None:
+                continue  # cancelled meanwhile
+            if isinstance(result, ray.exceptions.RayTaskError):
+                result = _ray.exceptions.RayTaskError.as_instanceof_cause(result)
+            detail = {"exc": result, "call": call} if isinstance(result, BaseException) else \
+                {"wire": result, "call": call}
+            call.fut._resolve(envelope.Reply(call_id, envelope.Status.OK, detail=detail))
+            if self.events is not None:
+                self._ended(call, result)
+
+    def _ended(self, call: _Call, result: Any) -> None:
+        fut = call.fut
+        if isinstance(result, ray.exceptions.TaskCancelledError):
+            outcome, status = "cancelled", ""
+        elif isinstance(result, BaseException):
+            outcome, status = "failed", f"ray.{type(result).__name__}"
+        elif type(result) in (list, tuple) and len(result) == 3 and result[0] == ERR:
+            outcome, status = "failed", "error"
+        else:
+            outcome, status = "finished", ""
+        assert self.events is not None
+        self.events.ended(fut.call_id, call.target, fut.actor, fut.method, call.started, outcome, status)
 
     def outcome(self, fut: Future[Any], reply: envelope.Reply) -> Any:
         if reply.status == envelope.Status.CANCELLED:
@@ -216,7 +272,7 @@ class RayCaller:
         return Raised(attribute_error(value, fut.actor, fut.method, fut.call_id))
 
     def _failed_dep(self, call: _Call) -> BaseException | None:
-        for dep in call.deps:
+        for dep in call.deps or ():
             if not dep.done():
                 continue
             try:
@@ -254,8 +310,7 @@ class RayCaller:
 
     def infos(self) -> list[CallInfo]:
         now = time.monotonic()
-        with self._lock:
-            calls = list(self.pending.items())
+        calls = list(self.pending.items())
         return [CallInfo(cid, c.fut.actor, c.fut.method, "host", None, "submitted", round(now - c.started, 6))
                 for cid, c in calls]
 

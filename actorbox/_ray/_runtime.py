@@ -47,7 +47,8 @@ from .._resources import ResourceInfo
 from .._task_options import task_options
 from ._caller import RayCaller, Target
 from ._cluster import Capacity, RayThread, connect, public, runtime_env, shutdown
-from ._shell import META, ActorShell, run_task
+from ._events import CallEvents, actor_rows, event_log
+from ._shell import META, ActorShell, ThreadedShell, has_async_methods, run_task
 from ._wire import HandleRef, decode_outcome
 
 log = structlog.get_logger("actorbox")
@@ -95,11 +96,14 @@ class RayRuntime:
         self._meta: dict[int, dict[str, Any]] = {}
         self._capacity = Capacity()
         self._started_ray = False
+        self.log: Any = log
+        self._recorder: Any = None
         self._owner: RayThread | None = None
         self._caller: RayCaller | None = None
         self._token: Any = None
         self.closing = False
         self._shell = _ray.remote(concurrency_groups={META: 2})(ActorShell)
+        self._threaded = _ray.remote(concurrency_groups={META: 2})(ThreadedShell)  # classes with sync methods only
         self._task = ray.remote(run_task)
 
     # -- lifetime ------------------------------------------------------------------
@@ -115,9 +119,11 @@ class RayRuntime:
                 owner.close()
         codec = Codec(allow_pickle=False, make_handle=self._make_handle)
         self._caller = RayCaller(codec, HostLoop(), self._targets.get)
+        self.log, self._recorder, calls_on = event_log(self._log_calls)
+        self._caller.events = CallEvents(self.log) if calls_on else None
         self._caller.get_actor_fn = self.get_actor
         self._token = process_caller.set(self._caller)
-        log.info("ray.connected", namespace=self.namespace, started=self._started_ray,
+        self.log.info("ray.connected", namespace=self.namespace, started=self._started_ray,
                  address=self.address or "local")
         return self
 
@@ -135,6 +141,8 @@ class RayRuntime:
                     await self._owner.run(shutdown)
                 finally:
                     self._owner.close()
+        if self._recorder is not None:
+            self._recorder.close()
         try:
             process_caller.reset(self._token)
         except ValueError:
@@ -198,10 +206,11 @@ class RayRuntime:
             max_restarts=opts.max_restarts, max_task_retries=0, num_cpus=opts.num_cpus, num_gpus=opts.num_gpus,
             resources=dict(opts.resources), max_pending_calls=opts.max_pending_calls or -1,
             runtime_env=env)
-        a, kw = (tuple(caller._arg(v, i, [], []) for i, v in enumerate(args)),
-                 {k: caller._arg(v, k, [], []) for k, v in kwargs.items()})
+        a, kw = (tuple(caller._arg(v, i, []) for i, v in enumerate(args)),
+                 {k: caller._arg(v, k, []) for k, v in kwargs.items()})
         try:
-            ray_handle = self._shell.options(**options).remote(spec, a, kw, info)
+            shell = self._threaded if "cls" in spec and not has_async_methods(spec["cls"]) else self._shell
+            ray_handle = shell.options(**options).remote(spec, a, kw, info)
         except ValueError as exc:
             if "already taken" in str(exc):
                 raise NameTakenError(f"an actor named {name!r} already exists in Ray namespace "
@@ -225,7 +234,8 @@ class RayRuntime:
                                   actor=label, cls=cls_name) from exc
         self._meta[actor_id] = {"cls": cls_name, "pid": pid, "node_id": node_id, "ray_actor_id": ray_id,
                                 "max_concurrency": opts.max_concurrency}
-        log.info("actor.started", actor=label, cls=cls_name, pid=pid, ray_actor_id=ray_id, node_id=node_id)
+        target.ray_actor_id, target.node_id = ray_id, node_id
+        self.log.info("actor.started", actor=label, cls=cls_name, pid=pid, ray_actor_id=ray_id, node_id=node_id)
         return ActorHandle(caller, actor_id, name, label)
 
     def _kill(self, target: Target) -> None:
@@ -253,7 +263,8 @@ class RayRuntime:
         actor_id = next(self._ids)
         options = dict(name=name, namespace=self.namespace, max_concurrency=max_concurrency, num_cpus=0)
         try:
-            ray_handle = self._shell.options(**options).remote(
+            shell = self._shell if has_async_methods(type(obj)) else self._threaded
+            ray_handle = shell.options(**options).remote(
                 {"obj": obj, "methods": exposed}, (), {},
                 {"actor_id": actor_id, "label": name, "namespace": self.namespace, "max_concurrency": max_concurrency})
         except ValueError as exc:
@@ -264,7 +275,7 @@ class RayRuntime:
         self._names[name] = actor_id
         self._targets[actor_id] = Target(actor_id, name, name, ray_handle)
         self._meta[actor_id] = {"cls": type(obj).__qualname__, "pid": None, "max_concurrency": max_concurrency}
-        log.info("actor.registered", actor=name, cls=type(obj).__qualname__)
+        self.log.info("actor.registered", actor=name, cls=type(obj).__qualname__)
         return ActorHandle(caller, actor_id, name, name)
 
     def unregister(self, name: str) -> None:
@@ -299,7 +310,7 @@ class RayRuntime:
         self._kill(target)
         if target.name is not None:
             self._names.pop(target.name, None)
-        log.info("actor.stopped", actor=target.label, ray_actor_id=self._meta.get(target.actor_id, {}).get(
+        self.log.info("actor.stopped", actor=target.label, ray_actor_id=self._meta.get(target.actor_id, {}).get(
             "ray_actor_id"), node_id=self._meta.get(target.actor_id, {}).get("node_id"))
 
     # -- tasks -----------------------------------------------------------------------
@@ -319,8 +330,8 @@ class RayRuntime:
                                     max_retries=opts.max_retries, retry_exceptions=False,
                                     runtime_env=runtime_env(opts.dependencies))
         tries = 1 + opts.max_retries if opts.retry_exceptions else 1
-        return caller.remote(lambda deps, a, kw: remote.remote(fn, self.namespace, tries, deps, *a, **kw),
-                             "actorbox.tasks", getattr(fn, "__qualname__", "task"), args, kwargs, None)
+        return caller.remote(remote.remote, (fn, self.namespace, tries), "actorbox.tasks",
+                             getattr(fn, "__qualname__", "task"), args, kwargs, None)
 
     async def put(self, obj: Any, *, retention: float | str | None = "default") -> Any:
         raise UsageError("rt.put() is not on the Ray backend: pass the value itself (Ray puts large arguments "
@@ -329,15 +340,8 @@ class RayRuntime:
     # -- inspection ------------------------------------------------------------------
 
     def actors(self) -> list[ActorInfo]:
-        """This Runtime's actors, as it tracks them (pid and node from the actor's start)."""
-        out = []
-        for aid, t in sorted(self._targets.items()):
-            m = self._meta.get(aid, {})
-            running = sum(1 for c in (self._caller.pending.values() if self._caller else ()) if c.target is t)
-            state = "stopped" if t.stopped else ("resident" if m.get("pid") is None else "alive")
-            out.append(ActorInfo(aid, t.name, t.label, m.get("cls", "?"), m.get("pid"), state, 0,
-                                 m.get("max_concurrency", 0), 0, running))
-        return out
+        """This Runtime's actors: state, restarts and pid from Ray's actor table (else as seen at their start)."""
+        return actor_rows(self._targets, self._meta, list(self._caller.pending.values()) if self._caller else [])
 
     def named_actors(self) -> dict[str, int]:
         return dict(sorted(self._names.items()))

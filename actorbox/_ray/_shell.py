@@ -2,8 +2,12 @@
 
 The shell constructs the user's instance (its class by reference or by value, an
 extension's entry, or a registered object) and serves ``call(method, ...)``: public
-methods only (``_dispatch``), async ones on the actor's event loop, sync ones on a pool of
-``max_concurrency`` threads. Every result, and every exception, goes back encoded by
+methods only (``_dispatch``). A class with async methods (and an extension, whose class
+the host does not import) gets ``ActorShell``, a Ray async actor: async methods on the
+actor's event loop, sync ones on a pool of ``max_concurrency`` threads. A class with sync
+methods only gets ``ThreadedShell``, a threaded Ray actor: Ray runs each call on one of its
+``max_concurrency`` threads directly, with no event loop and no hop between threads (the
+fast path). Every result, and every exception, goes back encoded by
 actorbox's codec (``_wire``). Inside, ``actorbox.get_actor(name)`` and handles that arrived
 as arguments call other actors through a ``RayCaller`` of the worker's own.
 """
@@ -130,15 +134,28 @@ def _construct(spec: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, An
     return spec["cls"](*args, **kwargs)
 
 
-class ActorShell:
-    """One actorbox actor on Ray (made a Ray actor class by the host, with the actor's options)."""
+def has_async_methods(cls: type[Any]) -> bool:
+    """Whether any public method of ``cls`` is async (then it needs ``ActorShell``'s event loop)."""
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attr = inspect.getattr_static(cls, name, None)
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
+            return True
+    return False
+
+
+class _Shell:
+    """What both shells share: the instance, its construction error, and resolving a call."""
 
     def __init__(self, spec: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: dict[str, Any]
                  ) -> None:
         self._info = info
         self._w = worker(info["namespace"])
-        self._pool = ThreadPoolExecutor(max_workers=info["max_concurrency"], thread_name_prefix="actorbox-call")
         self._methods: frozenset[str] | None = frozenset(spec["methods"]) if spec.get("methods") else None
+        self._bound: dict[str, tuple[Any, bool]] = {}  # method name -> (bound method, is async)
         self._error: list[Any] | None = None
         token = process_caller.set(self._w.caller)
         try:
@@ -150,10 +167,34 @@ class ActorShell:
         finally:
             process_caller.reset(token)
 
-    @ray.method(concurrency_group=META)
-    async def ready(self) -> list[Any]:
+    def _ready(self) -> list[Any]:
         ctx = ray.get_runtime_context()
         return [self._error, ctx.get_node_id(), os.getpid(), ctx.get_actor_id()]
+
+    def _method(self, method: str) -> tuple[Any, bool]:
+        """``(bound method, is async)`` of a method callers may call (looked up once per name)."""
+        found = self._bound.get(method)
+        if found is None:
+            if self._methods is not None and method not in self._methods:
+                raise MethodNotFoundError(f"{self._info['label']} has no method {method!r} callers may call; "
+                                          f"it answers: {', '.join(sorted(self._methods))}",
+                                          actor=self._info["label"], method=method, call_id=None)
+            found = self._bound[method] = resolve_method(self._obj, method, self._info["label"], None)
+        return found
+
+
+class ActorShell(_Shell):
+    """One actorbox actor on Ray as an async Ray actor (made a Ray actor class by the host, with the actor's
+    options): async methods run on its event loop, sync ones on a pool of ``max_concurrency`` threads."""
+
+    def __init__(self, spec: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: dict[str, Any]
+                 ) -> None:
+        super().__init__(spec, args, kwargs, info)
+        self._pool = ThreadPoolExecutor(max_workers=info["max_concurrency"], thread_name_prefix="actorbox-call")
+
+    @ray.method(concurrency_group=META)
+    async def ready(self) -> list[Any]:
+        return self._ready()
 
     @ray.method(concurrency_group=META)
     async def identity(self) -> list[Any]:
@@ -168,11 +209,7 @@ class ActorShell:
             forwarded, a, kw = w.arguments(deps, args, kwargs)
             if forwarded is not None:
                 return forwarded
-            if self._methods is not None and method not in self._methods:
-                raise MethodNotFoundError(f"{self._info['label']} has no method {method!r} callers may call; "
-                                          f"it answers: {', '.join(sorted(self._methods))}",
-                                          actor=self._info["label"], method=method, call_id=None)
-            bound, is_async = resolve_method(self._obj, method, self._info["label"], None)
+            bound, is_async = self._method(method)
             if is_async:
                 value = await bound(*a, **kw)
             else:
@@ -183,6 +220,37 @@ class ActorShell:
         except BaseException as exc:
             return encode_outcome(codec, exc, raised=True)
         return encode_outcome(codec, value)
+
+
+class ThreadedShell(_Shell):
+    """One actorbox actor whose class has sync methods only, as a threaded Ray actor: Ray runs each
+    call on one of its ``max_concurrency`` threads, which runs the method there and then."""
+
+    @ray.method(concurrency_group=META)
+    def ready(self) -> list[Any]:
+        return self._ready()
+
+    @ray.method(concurrency_group=META)
+    def identity(self) -> list[Any]:
+        return [self._info["actor_id"], self._info["label"]]
+
+    def call(self, method: str, deps: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        w = self._w
+        process_caller.set(w.caller)
+        try:
+            if deps or args or kwargs:
+                forwarded, a, kw = w.arguments(deps, args, kwargs)
+                if forwarded is not None:
+                    return forwarded
+            else:
+                a, kw = [], {}
+            bound, is_async = self._method(method)
+            value = bound(*a, **kw)
+            if is_async:  # (an instance may differ from its class: run it here, on a loop of its own)
+                value = asyncio.run(value)
+        except BaseException as exc:
+            return encode_outcome(w.codec, exc, raised=True)
+        return encode_outcome(w.codec, value)
 
 
 def run_task(fn: Any, namespace: str, tries: int, deps: list[Any], *args: Any, **kwargs: Any) -> list[Any]:

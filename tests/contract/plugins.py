@@ -150,3 +150,18 @@ class OnNode2:
         import ray
 
         return str(ray.get_runtime_context().get_node_id())
+
+
+@actorbox.actor(max_concurrency=2)
+class SyncOnly:
+    """Sync methods only: on Ray it runs in the threaded shell (no event loop in its worker)."""
+
+    def incr_other(self, name: str, k: int) -> int:
+        result: int = actorbox.get_actor(name).incr(k).result(timeout=60)
+        return result
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def die(self) -> None:
+        os._exit(7)
