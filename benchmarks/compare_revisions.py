@@ -56,6 +56,10 @@ def _run(tree: str, bench: str, args: list[str]) -> dict[str, float]:
     return rows
 
 
+def _num(v: float) -> str:
+    return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rev", required=True, help="the revision to compare against (e.g. the commit before a change)")
@@ -101,7 +105,7 @@ def main() -> int:
         if key not in runs["base"]:
             continue
         b, t = statistics.median(runs["base"][key]), statistics.median(runs["this"][key])
-        rows.append((key, f"{b:,.1f}", f"{t:,.1f}", f"{(t - b) / b * 100:+.1f}%"))
+        rows.append((key, _num(b), _num(t), f"{(t - b) / b * 100:+.1f}%"))
     print(f"{what}, backend {args.backend}; medians over runs")
     print()
     print_table(("row", f"base ({rev})", f"this ({this_rev})" if args.this_rev else "this tree", "change"), rows)

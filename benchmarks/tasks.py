@@ -6,7 +6,10 @@ Run: ``python benchmarks/tasks.py [--n 1000] [--rounds 3] [--ray-python PATH]``
 In one run it measures
 
 (a) throughput: 1,000 no-op tasks submitted at once, all awaited; tasks/s (best of rounds),
-    with the pool warm (its workers started by a first round);
+    with the pool warm (its workers started by a first round), and the host's CPU time per
+    task (this process's, median of rounds); beside it the floor: 1,000 no-op calls to one
+    actor at once (one trip through the scheduler each, where a task makes two), calls/s
+    and host CPU per call;
 (b) round trip: one no-op task submitted and awaited, repeated; p50 and p99, next to a
     no-op call to an actor (one sync method, sandboxed like the workers) measured in the
     same rounds, interleaved;
@@ -63,12 +66,10 @@ async def _actorbox(n: int, rounds: int, fan: int) -> dict[str, float]:
         # Warm: every worker started and each function loaded (a first round of each).
         await _gather([rt.submit(noop) for _ in range(n)])
         await _gather([rt.submit(tensor_sum, torch.ones(10)) for _ in range(50)])
-        best = 0.0
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            await _gather([rt.submit(noop) for _ in range(n)])
-            best = max(best, n / (time.perf_counter() - t0))
+        best, cpu = await _rate(lambda: rt.submit(noop), n, rounds)
         echo = await rt.start(Echo)
+        await _gather([echo.noop() for _ in range(n)])
+        calls_best, calls_cpu = await _rate(echo.noop, n, rounds)
         task_rt, call_rt = [], []
         for _ in range(rounds * 200):
             t0 = time.perf_counter()
@@ -83,9 +84,22 @@ async def _actorbox(n: int, rounds: int, fan: int) -> dict[str, float]:
         fan_s = time.perf_counter() - t0
         assert sums == [1000.0 * i for i in range(fan)]
         workers = sum(1 for a in rt.actors() if a.label.startswith("task-worker#"))
-    return {"tasks_per_s": best, "task_p50_us": _p(task_rt, 50), "task_p99_us": _p(task_rt, 99),
+    return {"tasks_per_s": best, "task_cpu_us": cpu, "calls_per_s": calls_best, "call_cpu_us": calls_cpu,
+            "task_p50_us": _p(task_rt, 50), "task_p99_us": _p(task_rt, 99),
             "call_p50_us": _p(call_rt, 50), "call_p99_us": _p(call_rt, 99), "fanout_s": fan_s,
             "workers": workers}
+
+
+async def _rate(submit: Any, n: int, rounds: int) -> tuple[float, float]:
+    """``n`` calls of ``submit()`` at once, all awaited, ``rounds`` times: the best rate (per second) and the
+    median host CPU time per call (us)."""
+    best, cpus = 0.0, []
+    for _ in range(rounds):
+        t0, c0 = time.perf_counter(), time.process_time()
+        await _gather([submit() for _ in range(n)])
+        best = max(best, n / (time.perf_counter() - t0))
+        cpus.append((time.process_time() - c0) / n * 1e6)
+    return best, sorted(cpus)[len(cpus) // 2]
 
 
 async def _gather(futs: list[Any]) -> list[Any]:
@@ -116,6 +130,11 @@ for _ in range(rounds):
     t0 = time.perf_counter(); ray.get([noop.remote() for _ in range(n)])
     best = max(best, n / (time.perf_counter() - t0))
 echo = Echo.remote(); ray.get(echo.noop.remote())
+ray.get([echo.noop.remote() for _ in range(n)])
+calls_best = 0.0
+for _ in range(rounds):
+    t0 = time.perf_counter(); ray.get([echo.noop.remote() for _ in range(n)])
+    calls_best = max(calls_best, n / (time.perf_counter() - t0))
 task_rt, call_rt = [], []
 for _ in range(rounds * 200):
     t0 = time.perf_counter(); ray.get(noop.remote()); task_rt.append(time.perf_counter() - t0)
@@ -123,8 +142,9 @@ for _ in range(rounds * 200):
 tensors = [torch.full((1000,), float(i)) for i in range(fan)]
 t0 = time.perf_counter(); ray.get([tensor_sum.remote(t) for t in tensors]); fan_s = time.perf_counter() - t0
 p = lambda s, q: sorted(s)[min(len(s) - 1, int(len(s) * q / 100))] * 1e6
-print(json.dumps({"tasks_per_s": best, "task_p50_us": p(task_rt, 50), "task_p99_us": p(task_rt, 99),
-                  "call_p50_us": p(call_rt, 50), "call_p99_us": p(call_rt, 99), "fanout_s": fan_s, "workers": -1}))
+print(json.dumps({"tasks_per_s": best, "calls_per_s": calls_best, "task_p50_us": p(task_rt, 50),
+                  "task_p99_us": p(task_rt, 99), "call_p50_us": p(call_rt, 50), "call_p99_us": p(call_rt, 99),
+                  "fanout_s": fan_s, "workers": -1}))
 """
 
 
@@ -154,12 +174,15 @@ def main() -> None:
     ray = _ray(args.ray_python, args.n, args.rounds, args.fan) if args.ray_python else None
     rows = []
     for key, label, fmt in [("tasks_per_s", f"no-op tasks/s, {args.n} at once (best of {args.rounds})", "{:,.0f}"),
+                            ("task_cpu_us", "host CPU per no-op task (us)", "{:,.1f}"),
+                            ("calls_per_s", f"no-op actor calls/s, {args.n} at once to one actor", "{:,.0f}"),
+                            ("call_cpu_us", "host CPU per actor call (us)", "{:,.1f}"),
                             ("task_p50_us", "task round trip p50 (us)", "{:,.0f}"),
                             ("task_p99_us", "task round trip p99 (us)", "{:,.0f}"),
                             ("call_p50_us", "actor call round trip p50 (us)", "{:,.0f}"),
                             ("call_p99_us", "actor call round trip p99 (us)", "{:,.0f}"),
                             ("fanout_s", f"fan-out of {args.fan} small tensor tasks (s)", "{:.3f}")]:
-        rows.append((label, fmt.format(ours[key]), fmt.format(ray[key]) if ray else "-"))
+        rows.append((label, fmt.format(ours[key]), fmt.format(ray[key]) if ray and key in ray else "-"))
     ratio = ours["task_p50_us"] / ours["call_p50_us"]
     rows.append(("task p50 / actor call p50", f"{ratio:.2f}x", f"{ray['task_p50_us'] / ray['call_p50_us']:.2f}x"
                  if ray else "-"))
