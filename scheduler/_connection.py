@@ -94,17 +94,16 @@ class _Writer:
         data = encode_header(len(body), len(fds)) + body
         if self.batch_writes:
             dirty = _turn.dirty
-            with self._lock:
-                if self._closed:
-                    raise ConnectionClosed("connection is closed")
-                if dirty is not None and not fds:
+            if dirty is not None and not fds:
+                with self._lock:
+                    if self._closed:
+                        raise ConnectionClosed("connection is closed")
                     if not self._batch:
                         dirty.append(self)
                     self._batch.append(data)
-                    return
-                batch, self._batch = self._batch, []
-            if batch:  # frames batched before this one go first (and not with its descriptors)
-                self._write(b"".join(batch), ())
+                return
+            if self._batch:  # frames batched before this one go first (and not with its descriptors)
+                self.flush_batch()
         self._write(data, fds)
 
     def flush_batch(self) -> None:
