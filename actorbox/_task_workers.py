@@ -20,12 +20,13 @@ from ._task_worker import TaskWorker
 # Seconds a worker may go on running a cancelled task (a sync function, which can't be
 # interrupted) before it is killed and its resources given back.
 DRAIN_S = 1.0
-# Pipelining: a busy worker is passed up to PIPELINE_DEPTH tasks at once (one runs, the rest
-# wait in its own queue, so the next starts there with no round trip to the host), but only
-# tasks of a function whose runs took less than PIPELINE_MAX_S (a running mean measured in the
-# host, round trip included), behind one as short: a long task queued behind another could
-# wait while a worker elsewhere is idle. See docs/architecture.md, "Tasks (issue 18): design".
-PIPELINE_DEPTH = 8
+# Pipelining: a busy worker is passed more tasks (one runs, the rest wait in its own queue, so
+# the next starts there with no round trip to the host), but only tasks of a function whose
+# runs took less than PIPELINE_MAX_S (a running mean measured in the host, round trip included),
+# behind one as short, and only as many as are expected to run in PIPELINE_MAX_S together (at
+# most PIPELINE_DEPTH in flight): a task queued behind others could wait while a worker
+# elsewhere is idle, for that long at most. See docs/architecture.md, "Tasks (issue 18): design".
+PIPELINE_DEPTH = 32
 PIPELINE_MAX_S = 0.002
 
 if TYPE_CHECKING:
@@ -146,16 +147,17 @@ class WorkerSet:
         in the table waits for it, so queueing it cannot close a cycle of waits that a free worker
         would have broken), not a GPU task (its worker depends on the GPUs free when it starts). The
         worker has the function loaded, holds exactly the task's demand, is not draining, has
-        fewer than PIPELINE_DEPTH tasks, and runs a short task (no function's load, in ``loads``)
-        that began less than PIPELINE_MAX_S ago."""
+        fewer tasks than run in PIPELINE_MAX_S (at most PIPELINE_DEPTH), and runs a short task (no
+        function's load, in ``loads``) that began less than PIPELINE_MAX_S ago."""
         spec = task.spec
         if task.call.parent_call_id is not None or spec.demand.gpus or not self.short(spec.key):
             return None
+        depth = min(PIPELINE_DEPTH, 1 + int(PIPELINE_MAX_S / max(self.run_s[spec.key], 1e-6)))
         now = time.monotonic()
         best: Worker | None = None
         for w in self.workers.values():
             n = len(w.tasks)
-            if (w.kind == spec.kind and 0 < n < PIPELINE_DEPTH and (best is None or n < len(best.tasks))
+            if (w.kind == spec.kind and 0 < n < depth and (best is None or n < len(best.tasks))
                     and w.demand == spec.demand and spec.key in w.loaded and not w.cancelled
                     and now - w.head_since < PIPELINE_MAX_S and self.short(w.tasks[0].spec.key)
                     and w.tasks[0].local_id not in loads):
