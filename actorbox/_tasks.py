@@ -6,9 +6,10 @@ call (so Futures as arguments are resolved by the scheduler, tensors travel as
 segments, and the call is in ``rt.pending_calls()``). The pool queues it until its
 resources are free and a worker of its kind is idle, then passes the call on, payload,
 descriptors and Future results untouched, to a ``TaskWorker`` actor
-(``_task_worker``), and passes the worker's reply back. It never decodes what a caller
-or a worker sent: a worker's result reaches the caller with the worker's (untrusted)
-stamp.
+(``_task_worker``), and passes the worker's reply back; a short task may be passed to a
+busy worker ahead of its turn (pipelining: ``_task_workers.WorkerSet.pipeline_target``).
+It never decodes what a caller or a worker sent: a worker's result reaches the caller
+with the worker's (untrusted) stamp.
 
 Workers are pooled by kind: who submitted (the host, or one actor: an actor's tasks
 never share a process with another's), the environment (dependencies), the sandbox
