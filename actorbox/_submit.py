@@ -67,7 +67,7 @@ def parse_actor_task(method: str) -> tuple[str, TaskOptions]:
         raise UsageError(f"{method[:200]!r} is no task call: submit tasks with actorbox.submit(fn, ...)")
     try:
         given = json.loads(options)
-    except ValueError:
+    except (ValueError, RecursionError):  # malformed, or nested past the parser's depth (the 2 KiB allow ~1,000)
         given = None
     if not isinstance(given, dict) or any(k not in _ACTOR_OPTIONS for k in given):
         raise UsageError(f"task {ref}(): its options are malformed; submit tasks with actorbox.submit(fn, ...)")

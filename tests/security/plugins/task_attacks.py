@@ -1,0 +1,84 @@
+"""Hostile and careless uses of the task pool, for the task attack tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import actorbox
+
+
+@actorbox.task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@actorbox.task(num_cpus=1)
+async def nested(x: int) -> int:
+    """A task that submits another and waits for it (as Ray's nested tasks)."""
+    return await actorbox.submit(double, x)
+
+
+@actorbox.task
+async def call_back(h: Any) -> str:
+    """A task that calls the actor that waits for it."""
+    return await h.ping()
+
+
+@actorbox.task
+def deep(n: int) -> Any:
+    out: Any = 0
+    for _ in range(n):
+        out = [out]
+    return out
+
+
+@actorbox.task
+def nap(s: float) -> str:
+    time.sleep(s)
+    return "napped"
+
+
+@actorbox.actor
+class Submitter:
+    """Submits tasks from inside an actor."""
+
+    def ping(self) -> str:
+        return "pong"
+
+    async def loop_back(self, me: Any) -> str:
+        return await actorbox.submit(call_back, me)
+
+    async def forge(self, method: str) -> str:
+        pool = actorbox.get_actor("actorbox.tasks")
+        try:
+            await getattr(pool, method)()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "ran"
+
+    async def flood(self, n: int, s: float) -> list[str]:
+        futs = []
+        refused = []
+        for _ in range(n):
+            try:
+                futs.append(actorbox.submit(nap, s))
+            except Exception as exc:
+                refused.append(type(exc).__name__)
+        outs = []
+        for f in futs:
+            try:
+                outs.append(await f)
+            except Exception as exc:
+                outs.append(type(exc).__name__)
+        return outs + refused
+
+    async def nested(self, x: int) -> int:
+        return await actorbox.submit(nested, x)
+
+    async def deep(self, n: int) -> str:
+        try:
+            await actorbox.submit(deep, n)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        return "decoded"
