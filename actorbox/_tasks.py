@@ -42,6 +42,7 @@ from ._errors import ActorboxError, PendingCallsLimitError, TaskFailedError, Usa
 from ._outcome import error_for
 from ._resources import Demand, Resources
 from ._submit import TASK_LABEL, TASKS_NAME
+from ._task_deadlock import stuck_tasks
 from ._task_specs import TaskSpec, TaskSpecs
 from ._task_workers import Worker, WorkerSet
 
@@ -273,9 +274,7 @@ class TaskPool(_Endings):
         if task is None:
             return
         if task.worker is None:  # queued: out of its queue, never run
-            q = self._queues.get((task.spec.kind, task.spec.demand))
-            if q is not None and task in q:
-                q.remove(task)
+            self._dequeue(task)
             self._finish(task, envelope.Reply(call_id, envelope.Status.CANCELLED), True)
             return
         # Passed on (running there, or queued in the worker: the worker drops it unrun): the
@@ -302,6 +301,11 @@ class TaskPool(_Endings):
             q.appendleft(task)
         else:
             q.append(task)
+
+    def _dequeue(self, task: _Task) -> None:
+        q = self._queues.get((task.spec.kind, task.spec.demand))
+        if q is not None and task in q:
+            q.remove(task)
 
     def _pump(self) -> None:
         """Run every queued task that fits now, oldest first; a task that does not fit does not
@@ -402,11 +406,17 @@ class TaskPool(_Endings):
                 self._finish(task, self._error_reply(task, exc), True)
 
     async def run(self) -> None:
-        """Retire workers idle for longer than the idle time; notice drained ones (until cancelled)."""
+        """Retire workers idle for longer than the idle time; notice drained ones; fail queued tasks that
+        tasks waiting for them leave no room for (``_task_deadlock``) (until cancelled)."""
         while True:
             await anyio.sleep(max(0.05, min(0.5, self.workers.idle_s / 4)))
             if self.workers.draining:
                 self._pump()
+            for task, why in stuck_tasks(self._queues, self.workers, self.scheduler.calls, self.resources.total):
+                self._dequeue(task)
+                self.log.warning("deadlock.detected", task=task.spec.name, call_id=task.gid)
+                self._finish(task, envelope.Reply(task.gid, envelope.Status.REFUSED, b"", {
+                    "reason": "deadlock", "message": why}), True)
             self.workers.retire_idle()
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 import actorbox
 
 from ._support import CALL_TIMEOUT
-from .plugins.task_attacks import Submitter, double
+from .plugins.task_attacks import Submitter, double, nap, nested
 
 pytestmark = pytest.mark.anyio
 
@@ -38,3 +38,37 @@ async def test_task_options_nested_past_the_parsers_depth_are_refused_not_fatal(
             assert await h.ping() == "pong"
             assert await rt.submit(double, 21) == 42
         assert [c for c in rt.pending_calls() if c.actor == "actorbox.tasks"] == []
+
+
+async def test_a_task_waiting_for_a_task_it_leaves_no_room_for_fails_with_deadlock_error() -> None:
+    """With one CPU, a task (from the host, or from an actor) that submits a task and waits for it holds the only
+    CPU and worker the inner task needs: the inner task fails with DeadlockError (within the pool's check interval)
+    instead of both waiting for good,
+    and everything is given back. With two CPUs the same task runs."""
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        h = await rt.start(Submitter)
+        with anyio.fail_after(CALL_TIMEOUT):
+            # The outer task gets the DeadlockError and raises it on, as its own (untrusted) exception.
+            with pytest.raises(actorbox.RemoteError, match=r"DeadlockError.*task double\(\) can never start: 1 "):
+                await rt.submit(nested, 3)
+            with pytest.raises(actorbox.RemoteError, match=r"DeadlockError.*submit them from the host"):
+                await h.nested(4)
+            while rt.resources().free["CPU"] != 1.0:
+                await anyio.sleep(0.02)
+            assert await rt.submit(double, 5) == 10  # the pool goes on
+            # Tasks merely queued behind busy workers (no task waits for them) are left alone.
+            assert await actorbox.gather(rt.submit(nap, 1.0), *[rt.submit(double, i) for i in range(5)]) == \
+                ["napped", 0, 2, 4, 6, 8]
+        assert [c for c in rt.pending_calls() if c.actor == "actorbox.tasks"] == []
+    async with actorbox.Runtime(num_cpus=2) as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            assert await rt.submit(nested, 3) == 6
+
+
+async def test_a_task_calling_back_into_the_actor_that_waits_for_it_is_served() -> None:
+    """An actor (max_concurrency=1) whose method waits for a task that calls that same actor: the call back is
+    re-entrant through the pool (its ancestor runs on the actor), so it is served, not queued behind its caller."""
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        h = await rt.start(Submitter)
+        with anyio.fail_after(CALL_TIMEOUT):
+            assert await h.loop_back(h) == "pong"
