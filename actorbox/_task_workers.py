@@ -27,6 +27,8 @@ DRAIN_S = 1.0
 # most PIPELINE_DEPTH in flight): a task queued behind others could wait while a worker
 # elsewhere is idle, for that long at most. See docs/architecture.md, "Tasks (issue 18): design".
 PIPELINE_DEPTH = 32
+# Seconds before another worker of a kind is started after one failed to while others of that kind live.
+START_RETRY_S = 1.0
 PIPELINE_MAX_S = 0.002
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ class WorkerSet:
         self.idle: dict[Hashable, list[Worker]] = {}
         self.draining: list[Worker] = []  # a call on it was cancelled: busy until that ends there
         self.starting: dict[Hashable, int] = {}
+        self.start_failed_at: dict[Hashable, float] = {}  # by kind: a start failed while others of it lived
         # Set by the pool: a worker became ready; a worker of a kind could not start.
         self.on_ready: Callable[[], None] = lambda: None
         self.on_start_failed: Callable[[Hashable, BaseException], None] = lambda kind, exc: None
@@ -95,7 +98,8 @@ class WorkerSet:
         """Start one more worker of ``kind`` (``spec``'s, with ``gpu_ids`` visible) if ``waiting`` tasks of it
         outnumber those starting."""
         starting = self.starting.get(kind, 0)
-        if self.closing() or starting >= waiting:
+        if self.closing() or starting >= waiting or (
+                kind in self.start_failed_at and time.monotonic() - self.start_failed_at[kind] < START_RETRY_S):
             return
         if len(self.workers) + sum(self.starting.values()) >= self.max_workers:
             # Full: an idle worker of another kind makes room (it would be retired anyway).
@@ -117,6 +121,13 @@ class WorkerSet:
             entry = await self.actors.start(req)
         except Exception as exc:
             self.starting[kind] -= 1
+            if any(w.kind == kind for w in self.workers.values()):
+                # Workers of its kind live (this one failed for want of descriptors or memory, say): the
+                # queued tasks wait for them rather than fail with it.
+                self.log.warning("task_worker.start_failed", error=str(exc), workers_of_its_kind=sum(
+                    w.kind == kind for w in self.workers.values()), next_try_s=START_RETRY_S)
+                self.start_failed_at[kind] = time.monotonic()
+                return
             self.on_start_failed(spec.kind, exc)
             return
         except BaseException:

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 import actorbox
+import actorbox._actors
 
 from ._support import CALL_TIMEOUT
 from .plugins.task_attacks import Submitter, double, nap, nested
@@ -72,3 +73,31 @@ async def test_a_task_calling_back_into_the_actor_that_waits_for_it_is_served() 
         h = await rt.start(Submitter)
         with anyio.fail_after(CALL_TIMEOUT):
             assert await h.loop_back(h) == "pong"
+
+
+async def test_a_worker_that_cannot_start_while_others_of_its_kind_run_fails_no_task(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A further worker failing to start (the host out of descriptors: EMFILE) while one of its kind runs leaves
+    the queued tasks to that one, instead of failing every one of them with the start's error; the next start is
+    tried a while later, not on every reply. With no worker of its kind alive the tasks still fail with why."""
+    starts: list[str] = []
+    failing = False
+    real_start = actorbox._actors.ActorTable.start
+
+    async def start(self: actorbox._actors.ActorTable, req: actorbox._actors.StartRequest) -> object:
+        if failing and req.cls_name == "TaskWorker":
+            starts.append("failed")
+            raise actorbox.ActorStartError("could not launch the process for actor 'task-worker': [Errno 24] "
+                                           "Too many open files")
+        return await real_start(self, req)
+
+    monkeypatch.setattr(actorbox._actors.ActorTable, "start", start)
+    async with actorbox.Runtime(num_cpus=2) as rt:
+        with anyio.fail_after(CALL_TIMEOUT):
+            assert await rt.submit(double, 1) == 2  # one worker of the host's kind runs
+            failing = True
+            assert await actorbox.gather(*[rt.submit(nap, 0.01) for _ in range(40)]) == ["napped"] * 40
+            assert 1 <= len(starts) <= 2  # ~0.4 s of tasks: a second try at most
+    async with actorbox.Runtime(num_cpus=2) as rt:
+        with anyio.fail_after(CALL_TIMEOUT), pytest.raises(actorbox.ActorStartError, match="Too many open files"):
+            await rt.submit(double, 1)
