@@ -98,9 +98,12 @@ class WorkerSet:
         """Start one more worker of ``kind`` (``spec``'s, with ``gpu_ids`` visible) if ``waiting`` tasks of it
         outnumber those starting."""
         starting = self.starting.get(kind, 0)
-        if self.closing() or starting >= waiting or (
-                kind in self.start_failed_at and time.monotonic() - self.start_failed_at[kind] < START_RETRY_S):
+        if self.closing() or starting >= waiting:
             return
+        if kind in self.start_failed_at:  # (the pool's run loop pumps while this holds, so it is tried again)
+            if time.monotonic() - self.start_failed_at[kind] < START_RETRY_S:
+                return
+            del self.start_failed_at[kind]
         if len(self.workers) + sum(self.starting.values()) >= self.max_workers:
             # Full: an idle worker of another kind makes room (it would be retired anyway).
             other = next((w for k, ws in self.idle.items() if k != kind for w in ws), None)

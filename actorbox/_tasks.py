@@ -410,7 +410,7 @@ class TaskPool(_Endings):
         tasks waiting for them leave no room for (``_task_deadlock``) (until cancelled)."""
         while True:
             await anyio.sleep(max(0.05, min(0.5, self.workers.idle_s / 4)))
-            if self.workers.draining:
+            if self.workers.draining or self.workers.start_failed_at:
                 self._pump()
             for task, why in stuck_tasks(self._queues, self.workers, self.scheduler.calls, self.resources.total):
                 self._dequeue(task)

@@ -7,6 +7,9 @@ well-behaved caller for what it named, and never leave a Future waiting for good
 
 from __future__ import annotations
 
+import os
+import signal
+
 import anyio
 import pytest
 
@@ -98,6 +101,18 @@ async def test_a_worker_that_cannot_start_while_others_of_its_kind_run_fails_no_
             failing = True
             assert await actorbox.gather(*[rt.submit(nap, 0.01) for _ in range(40)]) == ["napped"] * 40
             assert 1 <= len(starts) <= 2  # ~0.4 s of tasks: a second try at most
+            # The only worker of the kind dies while its start is held back: a worker is started once the
+            # wait is over, with no reply to set it off.
+            futs = [rt.submit(nap, 0.3) for _ in range(4)]
+            while not any(w.running for w in rt.actors() if w.kind == "task worker"):
+                await anyio.sleep(0.02)
+            await anyio.sleep(0.1)  # the further start failed meanwhile
+            failing = False
+            (victim,) = [w for w in rt.actors() if w.kind == "task worker" and w.state == "alive"]
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            assert await actorbox.gather(*futs) == ["napped"] * 4
+    failing = True
     async with actorbox.Runtime(num_cpus=2) as rt:
         with anyio.fail_after(CALL_TIMEOUT), pytest.raises(actorbox.ActorStartError, match="Too many open files"):
             await rt.submit(double, 1)
