@@ -35,7 +35,7 @@ from ._errors import ActorNotFoundError
 from ._handle import ActorHandle
 from ._inline import InlineCalls, exit_now
 from ._objects import ObjectRef
-from ._outbox import Outbox
+from ._outbox import Outbox, exit_out_of_memory_reading
 from ._workers import Workers
 
 
@@ -99,9 +99,12 @@ class ActorServer(Caller):
         reader = asyncio.ensure_future(self.conn.run())
         stop = asyncio.ensure_future(self.stopped.wait())
         await asyncio.wait([reader, stop], return_when=asyncio.FIRST_COMPLETED)
+        failure = reader.exception() if reader.done() and not reader.cancelled() else None
+        if isinstance(failure, MemoryError):  # a frame lost: its call would wait forever
+            exit_out_of_memory_reading()
         self.calls.runner.cancel_tasks()
-        if reader.done() and not reader.cancelled() and reader.exception() is not None:
-            print(f"actorbox: connection to the host failed: {reader.exception()!r}", file=sys.stderr)
+        if failure is not None:
+            print(f"actorbox: connection to the host failed: {failure!r}", file=sys.stderr)
 
     # -- Caller ----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import contextvars
 import threading
 from typing import Any
 
-from scheduler import Connection, envelope
+from scheduler import Connection, close_fds, envelope
 
 from ._admission import AdmissionQueue
 from ._call_runner import CallRunner
@@ -105,7 +105,29 @@ class Calls:
             if not self._conn.loop_reading:  # not launched from the loop's read after all
                 self._loop.call_soon(self.run_deferred)
         else:
-            self.workers.submit(self._run_on_worker, job, token)
+            try:
+                self.workers.submit(self._run_on_worker, job, token)
+            except Exception as exc:  # no thread for it: answered now, never left waiting
+                self._no_thread(job, token, exc)
+
+    def _no_thread(self, job: Job, token: SyncCall, cause: Exception) -> None:
+        """No worker thread could be started for ``job`` (``cause``): answer it with an error
+        that says so and pass its slot on. The next queued call tries again (on the loop, so
+        that a queue of them is not a recursion); calls that find a thread free run."""
+        call = job.call
+        self.runner.running.pop(call.call_id, None)
+        if token.cancelled:
+            self.runner.refuse(call, envelope.Status.CANCELLED)
+        else:
+            close_fds(call.fds)
+            try:
+                error = no_thread_error(call.method, cause)
+            except BaseException:  # (no memory for the message): the cause as it is
+                error = cause
+            self.runner.answer(call, error)
+        nxt = self.next_in_slot()
+        if nxt is not None:
+            self._loop.call_soon_threadsafe(self.launch, nxt)
 
     def run_deferred(self) -> None:
         """After the loop's read: run the sync call deferred by launch(), inline."""
@@ -160,3 +182,15 @@ class Calls:
         """A call finished: the next queued call to run in its slot, if any. It is among
         the running calls from here on, so a cancel finds it on its way to a thread."""
         return self.admission.release(self.runner.claim)
+
+
+def no_thread_error(method: str, cause: Exception, serving: bool = True) -> Exception:
+    """What a call (or, not ``serving`` yet, a start) answers when no thread could be started
+    to run it: ``cause``'s type (RuntimeError, or MemoryError), saying what happened and what to do."""
+    message = (f"the actor could not start a thread to run {method}() ({type(cause).__name__}: {cause}): none "
+               "of its threads was free and the process is at its limit of threads "
+               "(SandboxPolicy(max_processes=...)) or of memory (memory_limit=...); raise that limit")
+    if serving:
+        message += (", or run fewer calls at once (max_concurrency=...) or fewer threads in its methods. The "
+                    "actor serves on: a call made once a thread is free runs")
+    return MemoryError(message) if isinstance(cause, MemoryError) else RuntimeError(message)

@@ -19,7 +19,7 @@ import structlog
 from scheduler import Connection, envelope
 
 from ._actor_logging import configure_logging
-from ._calls import Calls
+from ._calls import Calls, no_thread_error
 from ._codec import Codec
 from ._decode_limits import DecodeLimits
 from ._outbox import Outbox
@@ -86,7 +86,10 @@ class Construction:
         if watched and calls.admission.max_concurrency == 1 and not _has_async_methods(cls):
             self._instantiate(cls, spec, True)
         else:
-            calls.workers.submit(contextvars.copy_context().run, self._instantiate, cls, spec, False)
+            try:
+                calls.workers.submit(contextvars.copy_context().run, self._instantiate, cls, spec, False)
+            except Exception as exc:  # no thread to construct it on: the start fails, saying why
+                self._outbox.send_ready(no_thread_error("__init__", exc, serving=False))
 
     def _instantiate(self, cls: type, spec: dict[str, Any], inline: bool) -> None:
         try:

@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 
 from scheduler import Connection
 
+from ._outbox import exit_out_of_memory_reading
+
 # The watchdog looks at the loop this often; inline calls still running (one, or
 # several back to back) after a whole interval get a reader and a writer beside
 # them. It parks after this long without inline calls.
@@ -110,6 +112,8 @@ def read_for_loop(conn: Connection, *, wait: bool = True) -> bool | None:
     have had the loop been reading."""
     try:
         return conn.read_now(wait=wait)
+    except MemoryError:  # as the loop's reader (ActorServer.serve): a frame lost, a call unanswered
+        exit_out_of_memory_reading()
     except Exception as exc:
         try:
             print(f"actorbox: connection to the host failed: {exc!r}", file=sys.stderr)

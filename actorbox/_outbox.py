@@ -7,7 +7,8 @@ cannot be encoded or sent, a short MemoryError (or RuntimeError) saying so, enco
 with a packer kept for the purpose (a new one allocates 1 MiB first); else, when even
 that fails, or when a write failed partway so that the connection's framing is no
 longer known, the process ends with ``UNANSWERED_EXIT``: the host then fails its calls
-with ActorDiedError (and restarts it per max_restarts).
+with ActorDiedError (and restarts it per max_restarts). A frame that cannot be read or
+dispatched for want of memory ends the process too, with ``UNREADABLE_EXIT``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,29 @@ def give_up(what: str) -> NoReturn:
     except BaseException:
         pass
     os._exit(UNANSWERED_EXIT)
+
+
+# The status an actor process ends with when it runs out of memory reading (or dispatching) a
+# frame from the host: the frame is lost, and with it perhaps a call the host waits for.
+UNREADABLE_EXIT = 87
+_UNREADABLE_WORDS = (f"actorbox: this actor ran out of memory reading a call (or another message) from the host; "
+                     f"it exits (status {UNREADABLE_EXIT}) so that the host fails its calls instead of waiting "
+                     "for them; raise its SandboxPolicy(memory_limit=...), or pass it smaller arguments\n").encode()
+
+
+def exit_out_of_memory_reading() -> NoReturn:
+    """End the process now: a MemoryError came up while a frame was read or dispatched (see
+    ``UNREADABLE_EXIT``). The line on stderr is made in advance: there may be no memory for it."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    try:
+        os.write(2, _UNREADABLE_WORDS)
+    except BaseException:
+        pass
+    os._exit(UNREADABLE_EXIT)
 
 
 class Outbox:

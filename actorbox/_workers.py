@@ -23,15 +23,30 @@ class Workers:
         self._name = name
 
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on an idle thread, else on a new one, else (``max_workers`` threads
+        busy) on the first to finish its job. When a new thread cannot start (``RuntimeError:
+        can't start new thread`` at the process's thread or memory limit, or a MemoryError) and
+        none has come free meanwhile, that is raised and nothing is queued: a job queued with
+        no thread to run it would never run, and its call never be answered."""
         with self._lock:
             spawn = self._idle == 0 and self._threads < self._max
             if spawn:
                 self._threads += 1
+                number = self._threads
             elif self._idle:
                 self._idle -= 1
-        self._jobs.put((fn, args))
         if spawn:
-            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+            try:
+                threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+            except Exception:
+                with self._lock:
+                    self._threads -= 1
+                    freed = self._idle > 0
+                    if freed:
+                        self._idle -= 1
+                if not freed:
+                    raise
+        self._jobs.put((fn, args))
 
     def _work(self) -> None:
         get = self._jobs.get
