@@ -124,7 +124,7 @@ class WorkerSet:
             entry = await self.actors.start(req)
         except Exception as exc:
             self.starting[kind] -= 1
-            if any(w.kind == kind for w in self.workers.values()):
+            if not self.closing() and any(w.kind == kind for w in self.workers.values()):
                 # Workers of its kind live (this one failed for want of descriptors or memory, say): the
                 # queued tasks wait for them rather than fail with it.
                 self.log.warning("task_worker.start_failed", error=str(exc), workers_of_its_kind=sum(

@@ -116,3 +116,23 @@ async def test_a_worker_that_cannot_start_while_others_of_its_kind_run_fails_no_
     async with actorbox.Runtime(num_cpus=2) as rt:
         with anyio.fail_after(CALL_TIMEOUT), pytest.raises(actorbox.ActorStartError, match="Too many open files"):
             await rt.submit(double, 1)
+
+
+async def test_a_lying_task_worker_answers_for_no_task_but_its_own() -> None:
+    """A task (an actor's) that writes replies, twice, for every call id within 300 of its own: only its own
+    call takes one (the worker may answer for its task as it likes); the host's tasks and another actor's,
+    in flight meanwhile and after, get their true results, and the CPUs come back."""
+    async with actorbox.Runtime(num_cpus=2) as rt:
+        a, b = await rt.start(Submitter), await rt.start(Submitter)
+        with anyio.fail_after(CALL_TIMEOUT * 2):
+            assert await a.doubles(2) == [0, 2] and await b.doubles(2) == [0, 2]  # their workers are up
+            host = [rt.submit(double, i) for i in range(60)]
+            lie = a.spray(300)
+            other = b.doubles(40)
+            assert await actorbox.gather(*host) == [2 * i for i in range(60)]
+            assert await other == [2 * i for i in range(40)]
+            assert await lie in ("forged", "real")
+            # (a's own later tasks may take its worker's lies: the tasks of one submitter share its processes)
+            assert await b.doubles(3) == [0, 2, 4] and await rt.submit(double, 7) == 14
+            while rt.resources().free["CPU"] != 2.0:
+                await anyio.sleep(0.02)

@@ -39,6 +39,21 @@ def nap(s: float) -> str:
     return "napped"
 
 
+@actorbox.task(max_retries=0)
+def spray(span: int) -> str:
+    """A lying worker: answer every call id near its own (its own early, its neighbours' never given to it),
+    twice, then return for real."""
+    from actorbox._caller import current_call
+    from tests.security.plugins.saboteur import OK, pack, reply_body, send_body
+
+    own = current_call.get()
+    for _ in range(2):
+        for cid in range(max(1, own - span), own + span + 1):
+            send_body(reply_body(cid, OK, pack("forged")))
+    time.sleep(0.2)
+    return "real"
+
+
 @actorbox.actor
 class Submitter:
     """Submits tasks from inside an actor."""
@@ -72,6 +87,12 @@ class Submitter:
             except Exception as exc:
                 outs.append(type(exc).__name__)
         return outs + refused
+
+    async def spray(self, span: int) -> str:
+        return await actorbox.submit(spray, span)
+
+    async def doubles(self, n: int) -> list[int]:
+        return list(await actorbox.gather(*[actorbox.submit(double, i) for i in range(n)]))
 
     async def nested(self, x: int) -> int:
         return await actorbox.submit(nested, x)
