@@ -136,3 +136,25 @@ async def test_a_lying_task_worker_answers_for_no_task_but_its_own() -> None:
             assert await b.doubles(3) == [0, 2, 4] and await rt.submit(double, 7) == 14
             while rt.resources().free["CPU"] != 2.0:
                 await anyio.sleep(0.02)
+
+
+async def test_an_actors_submit_flood_is_bounded_and_leaves_nothing_behind() -> None:
+    """3,000 tasks submitted at once by an actor, each with a tensor (a descriptor the pool holds while the task
+    waits), with one CPU: past the per-actor bound of held descriptors the rest are refused with a typed error,
+    the others run; with max_pending_tasks=50 the ones past it are refused likewise. No descriptor is left open
+    in the host and the CPU comes back."""
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        a = await rt.start(Submitter)
+        assert await a.tensor_flood(2) == {"ok": 2}
+        fds = len(os.listdir("/proc/self/fd"))
+        with anyio.fail_after(CALL_TIMEOUT * 4):
+            got = await a.tensor_flood(3000)
+        assert set(got) <= {"ok", "CallRefusedError"} and got.get("ok", 0) >= 1000 and sum(got.values()) == 3000
+        with anyio.fail_after(CALL_TIMEOUT):
+            while len(os.listdir("/proc/self/fd")) > fds or rt.resources().free["CPU"] != 1.0:
+                await anyio.sleep(0.05)
+    async with actorbox.Runtime(num_cpus=1, max_pending_tasks=50) as rt:
+        a = await rt.start(Submitter)
+        with anyio.fail_after(CALL_TIMEOUT * 2):
+            got = await a.tensor_flood(300)
+        assert got.get("PendingCallsLimitError", 0) >= 200 and got["ok"] + got["PendingCallsLimitError"] == 300

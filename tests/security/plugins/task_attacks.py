@@ -39,6 +39,11 @@ def nap(s: float) -> str:
     return "napped"
 
 
+@actorbox.task
+def total(t: Any) -> float:
+    return float(t.sum())
+
+
 @actorbox.task(max_retries=0)
 def spray(span: int) -> str:
     """A lying worker: answer every call id near its own (its own early, its neighbours' never given to it),
@@ -93,6 +98,24 @@ class Submitter:
 
     async def doubles(self, n: int) -> list[int]:
         return list(await actorbox.gather(*[actorbox.submit(double, i) for i in range(n)]))
+
+    async def tensor_flood(self, n: int) -> dict[str, int]:
+        """Submit ``n`` tasks at once, each with a tensor argument (a descriptor the host holds while it waits)."""
+        import torch
+
+        futs, out = [], {}
+        for i in range(n):
+            try:
+                futs.append(actorbox.submit(total, torch.full((4,), float(i))))
+            except Exception as exc:
+                out[type(exc).__name__] = out.get(type(exc).__name__, 0) + 1
+        for f in futs:
+            try:
+                await f
+                out["ok"] = out.get("ok", 0) + 1
+            except Exception as exc:
+                out[type(exc).__name__] = out.get(type(exc).__name__, 0) + 1
+        return out
 
     async def nested(self, x: int) -> int:
         return await actorbox.submit(nested, x)
