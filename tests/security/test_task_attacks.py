@@ -158,3 +158,25 @@ async def test_an_actors_submit_flood_is_bounded_and_leaves_nothing_behind() -> 
         with anyio.fail_after(CALL_TIMEOUT * 2):
             got = await a.tensor_flood(300)
         assert got.get("PendingCallsLimitError", 0) >= 200 and got["ok"] + got["PendingCallsLimitError"] == 300
+
+
+async def test_a_runtime_exited_with_tasks_queued_ends_every_future_and_leaves_no_process() -> None:
+    """A careless host leaves 'async with Runtime()' with tasks running, queued in the pool, pipelined in
+    workers and waited for by an actor's method: every Future ends at once (a result, or a typed error saying the
+    Runtime exited), and no process of the Runtime is left."""
+    from tests.actorbox.processes import wait_for_no_leftovers
+
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        a = await rt.start(Submitter)
+        assert await rt.submit(double, 1) == 2
+        futs = [rt.submit(nap, 0.3) for _ in range(10)] + [rt.submit(double, i) for i in range(50)]
+        inner = a.doubles(30)
+        await anyio.sleep(0.4)
+    with anyio.fail_after(CALL_TIMEOUT):
+        for f in [*futs, inner]:
+            try:
+                await f
+            except (actorbox.ActorStoppedError, actorbox.ActorDiedError) as exc:
+                assert "Runtime exited" in str(exc) or "stopped" in str(exc), exc
+    assert all(f.done() for f in [*futs, inner])
+    assert await wait_for_no_leftovers() == []
