@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import anyio
+import psutil
 import pytest
 
 import actorbox
@@ -180,3 +186,61 @@ async def test_a_runtime_exited_with_tasks_queued_ends_every_future_and_leaves_n
                 assert "Runtime exited" in str(exc) or "stopped" in str(exc), exc
     assert all(f.done() for f in [*futs, inner])
     assert await wait_for_no_leftovers() == []
+
+
+_FAN_OUT_HOST = textwrap.dedent("""
+    import sys
+    import anyio
+    import structlog
+    import actorbox
+    from tests.security.plugins.task_attacks import Submitter, double, nap
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout says "ready" only
+
+    async def main():
+        async with actorbox.Runtime(num_cpus=2, grace_period=0.5) as rt:
+            a = await rt.start(Submitter)
+            futs = [rt.submit(nap, 0.05) for _ in range(300)] + [rt.submit(double, i) for i in range(300)]
+            inner = a.doubles(200)
+            while not any(w.running for w in rt.actors() if w.kind == "task worker"):
+                await anyio.sleep(0.01)
+            print("ready", flush=True)
+            await actorbox.gather(inner, *futs)
+
+    anyio.run(main, backend=sys.argv[1])
+""")
+
+
+@pytest.mark.slow
+async def test_ctrl_c_during_a_task_fan_out_ends_the_host_and_every_worker(anyio_backend: str) -> None:
+    """SIGINT to a host gathering 800 tasks (its own and an actor's) while workers run them: the host exits
+    with KeyboardInterrupt within the grace period and a little more, and no worker, actor or zygote lives on."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", _FAN_OUT_HOST, anyio_backend], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert proc.stdout is not None
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
+        assert line == "ready\n", proc.communicate(timeout=10)
+        spawned = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(spawned) >= 3  # the actor, a worker, their zygote (and the sandboxes around them)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=30))
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert took < 5.0, f"took {took:.2f} s"
+    assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-3000:]
+    with anyio.fail_after(CALL_TIMEOUT):
+        while [pid for pid in spawned if _running(pid)]:
+            await anyio.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
