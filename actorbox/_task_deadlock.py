@@ -32,7 +32,7 @@ _MAX_ANCESTRY = 1000
 
 
 def stuck_tasks(queues: dict[tuple[Hashable, Demand], deque[Any]], workers: WorkerSet,
-                calls: dict[int, CallEntry], total: dict[str, float]) -> list[tuple[Any, str]]:
+                total: dict[str, float]) -> list[tuple[Any, str]]:
     """The queued tasks (the pool's) to fail as deadlocked, each with the reason; [] when any
     queued task could still start once whatever is not waiting for a queued task is given back."""
     shapes = [(demand, q) for (_, demand), q in queues.items() if q]
@@ -42,31 +42,46 @@ def stuck_tasks(queues: dict[tuple[Hashable, Demand], deque[Any]], workers: Work
     # Cheap first: if a task fits even with every busy worker holding on, nothing is stuck.
     if _any_fits(shapes, total, busy, workers.max_workers):
         return []
+    calls, actors = workers.scheduler.calls, workers.scheduler.actors
     blocked: dict[int, Worker] = {}  # workers running a task that waits for a queued one
-    waits_on_worker: dict[int, bool] = {}  # by call id: whether a call up its chain runs on a worker
-    nested = []
-    for _, q in shapes:
-        for task in q:
-            if task.call.parent_call_id is not None and _up(task.call.parent_call_id, calls, workers.workers,
-                                                            blocked, waits_on_worker):
-                nested.append(task)
-    if not nested or _any_fits(shapes, total, blocked.values(), workers.max_workers):
+    waits: dict[int, bool] = {}  # the calls that wait for a queued task (its ancestors...), walked once each
+    nested = [task for _, q in shapes for task in q if task.call.parent_call_id is not None]
+    for task in nested:
+        _up(task.call.parent_call_id, calls, workers.workers, blocked, waits)
+    # An actor whose every slot runs a call that waits serves none of the calls waiting for a slot
+    # (or in its own queue): they wait as well, and so does every call up their chains.
+    full: set[int] = set()
+    grew = bool(waits)
+    while grew:
+        grew = False
+        for aid in {calls[c].actor_id for c in waits if c in calls} - full:
+            a = actors.get(aid)
+            began = [e for e in a.running.values() if e.began] if a is not None else []
+            if a is None or len(began) < a.max_concurrency or any(e.call_id not in waits for e in began):
+                continue
+            full.add(aid)
+            grew = True
+            for e in [*a.running.values(), *a.queue]:
+                if not e.began and e.call_id not in waits:
+                    _up(e.call_id, calls, workers.workers, blocked, waits)
+    if not blocked or _any_fits(shapes, total, blocked.values(), workers.max_workers):
         return []
     held = _held(blocked.values())
     what = ", ".join(f"{v:g} {k}" for k, v in held.items() if v > 0) or "nothing"
     return [(task, f"task {task.spec.name}() can never start: {len(blocked)} running task(s) wait for it (or "
-                   f"for tasks queued with it) while holding {what} of the Runtime's "
-                   f"{total[CPU]:g} CPU/{total[GPU]:g} GPU and {len(blocked)} of its {workers.max_workers} "
-                   "task worker(s), leaving too little for any queued task; give the Runtime more (Runtime("
-                   "num_cpus=...)), ask less for the inner tasks, or submit them from the host instead of from "
-                   "inside a task")
+                   f"for tasks queued with it, perhaps through calls to actors) while holding {what} of the "
+                   f"Runtime's {total[CPU]:g} CPU/{total[GPU]:g} GPU and {len(blocked)} of its "
+                   f"{workers.max_workers} task worker(s), leaving too little for any queued task; give the Runtime "
+                   "more (Runtime(num_cpus=...)), ask less for the inner tasks, or submit them from the host "
+                   "instead of from inside a task")
             for task in nested]
 
 
 def _up(call_id: int, calls: dict[int, CallEntry], live: dict[int, Worker], blocked: dict[int, Worker],
         memo: dict[int, bool]) -> bool:
     """Whether a call up the chain from ``call_id`` runs on a pool worker (each such worker is put in
-    ``blocked``); ``memo`` keeps the answer for every call passed, so shared chains are walked once."""
+    ``blocked``); ``memo`` keeps the answer for every call passed (each waits, as the call it was walked
+    from does), so shared chains are walked once."""
     path: list[tuple[int, bool]] = []  # from call_id up: (call id, whether it runs on a worker)
     above = False  # whether a call above the path (memo) runs on a worker, or one above it
     cid: int | None = call_id

@@ -412,7 +412,7 @@ class TaskPool(_Endings):
             await anyio.sleep(max(0.05, min(0.5, self.workers.idle_s / 4)))
             if self.workers.draining or self.workers.start_failed_at:
                 self._pump()
-            for task, why in stuck_tasks(self._queues, self.workers, self.scheduler.calls, self.resources.total):
+            for task, why in stuck_tasks(self._queues, self.workers, self.resources.total):
                 self._dequeue(task)
                 self.log.warning("deadlock.detected", task=task.spec.name, call_id=task.gid)
                 self._finish(task, envelope.Reply(task.gid, envelope.Status.REFUSED, b"", {

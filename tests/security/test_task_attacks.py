@@ -23,7 +23,7 @@ import actorbox
 import actorbox._actors
 
 from ._support import CALL_TIMEOUT
-from .plugins.task_attacks import Submitter, double, nap, nested
+from .plugins.task_attacks import Submitter, call_back_later, double, nap, nested
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +244,19 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def test_a_cycle_through_a_tasks_cpu_and_an_actors_slot_fails_with_deadlock_error() -> None:
+    """One CPU: task T1 holds it and calls actor A (max_concurrency=1), whose running method waits for task T2,
+    queued for T1's CPU, so T1's call waits for A's slot: T2 fails with DeadlockError (the actor's method raises it
+    on), which frees A's slot, and T1 ends."""
+    async with actorbox.Runtime(num_cpus=1) as rt:
+        h = await rt.start(Submitter)
+        t1 = rt.submit(call_back_later, h, 0.5)
+        while not any(w.running for w in rt.actors() if w.kind == "task worker"):
+            await anyio.sleep(0.01)
+        m0 = h.nested_double(3)
+        with anyio.fail_after(CALL_TIMEOUT):
+            with pytest.raises(actorbox.RemoteError, match=r"DeadlockError.*task double\(\) can never start"):
+                await m0
+            assert await t1 == "pong"

@@ -26,6 +26,15 @@ async def call_back(h: Any) -> str:
 
 
 @actorbox.task
+async def call_back_later(h: Any, s: float) -> str:
+    """Wait, then call the actor ``h`` (not re-entrantly: nothing up this task's chain runs there)."""
+    import asyncio
+
+    await asyncio.sleep(s)
+    return await h.ping()
+
+
+@actorbox.task
 def deep(n: int) -> Any:
     out: Any = 0
     for _ in range(n):
@@ -116,6 +125,9 @@ class Submitter:
             except Exception as exc:
                 out[type(exc).__name__] = out.get(type(exc).__name__, 0) + 1
         return out
+
+    async def nested_double(self, x: int) -> int:
+        return await actorbox.submit(double, x)
 
     async def nested(self, x: int) -> int:
         return await actorbox.submit(nested, x)
