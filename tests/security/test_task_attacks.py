@@ -260,3 +260,23 @@ async def test_a_cycle_through_a_tasks_cpu_and_an_actors_slot_fails_with_deadloc
             with pytest.raises(actorbox.RemoteError, match=r"DeadlockError.*task double\(\) can never start"):
                 await m0
             assert await t1 == "pong"
+
+
+async def test_a_task_naming_host_functions_runs_in_the_actors_sandbox_and_asks_only_what_it_may(
+        host_marker: str) -> None:
+    """An actor's task call naming os:system, builtins:eval or a host class runs (or fails) in that actor's own
+    sandboxed worker, never in the host: a file it creates in /tmp is not the host's, and a host object can't
+    come back. Options it may not set (a negative CPU count, CPU as a custom resource, a float max_retries,
+    GPUs the Runtime lacks) are refused with typed errors."""
+    async with actorbox.Runtime(num_cpus=1, num_gpus=0) as rt:
+        a = await rt.start(Submitter)
+        with anyio.fail_after(CALL_TIMEOUT * 2):
+            assert await a.forge_call("os:system?{}", f"touch {host_marker}") == "0"
+            assert await a.forge_call("builtins:eval?{}", "6*7") == "42"
+            assert (await a.forge_call("actorbox._runtime:Runtime?{}")).startswith("SerializationError: cannot send")
+            for options, error in (('{"num_cpus":-1}', "UsageError: num_cpus must be a number >= 0"),
+                                   ('{"resources":{"CPU":1}}', "UsageError: resources: 'CPU' is not a custom"),
+                                   ('{"max_retries":1e9}', "UsageError: max_retries must be an int"),
+                                   ('{"num_gpus":1}', "InfeasibleResourcesError: task getpid() asks for 1 GPU")):
+                assert (await a.forge_call(f"os:getpid?{options}")).startswith(error)
+    assert not os.path.exists(host_marker)

@@ -86,6 +86,14 @@ class Submitter:
             return f"{type(exc).__name__}: {exc}"
         return "ran"
 
+    async def forge_call(self, method: str, *args: Any) -> str:
+        """Call the task pool with a method of its choosing and arguments; the result's repr or the error."""
+        pool = actorbox.get_actor("actorbox.tasks")
+        try:
+            return repr(await getattr(pool, method)(*args))
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
     async def flood(self, n: int, s: float) -> list[str]:
         futs = []
         refused = []
