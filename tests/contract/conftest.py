@@ -22,7 +22,9 @@ def _ray_or_skip() -> Any:
     return ray
 
 
-@pytest.fixture(scope="session")
+# Package scope: the cluster stops once tests/contract is done, so the process checks of the tests
+# after it (test_chaos, the leak checks) see no Ray process.
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[Any]:
     """Two Ray nodes on this machine (loopback only, no dashboard, usage statistics off); the driver joins."""
     ray = _ray_or_skip()
