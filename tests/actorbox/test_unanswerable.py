@@ -48,6 +48,15 @@ def _hoard(held: list[bytearray], smallest: int) -> None:
             size //= 2
 
 
+def _trim() -> None:
+    """Give the freed pieces back to the kernel: pieces the hoarding threads took live in their own malloc
+    arenas, which glibc keeps mapped after a free, so under memory_limit (RLIMIT_AS) the answer to release()
+    could still fail to get its packer's buffer."""
+    import ctypes
+
+    ctypes.CDLL(None).malloc_trim(0)
+
+
 @actorbox.actor(max_restarts=1)
 class Hoarder:
     """Sync methods only: its calls run inline on the actor's loop thread."""
@@ -109,6 +118,7 @@ class Hoarder:
             t.join()
         n = len(self.held)
         self.held.clear()
+        _trim()
         return n
 
     def pid(self):
@@ -145,6 +155,7 @@ class AsyncHoarder:
     def release(self):
         n = len(self.held)
         self.held.clear()
+        _trim()
         return n
 
     def pid(self):
