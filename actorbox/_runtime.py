@@ -25,6 +25,7 @@ import psutil
 import structlog
 
 from sandbox import EnvironmentManager, SandboxPolicy, validate_requirements
+from sandbox import late_reaps as sandbox_late_reaps
 from scheduler import DEFAULT_MAX_FRAME, CallInfo, Scheduler
 
 from ._actor_launch import CODE_PATHS
@@ -60,6 +61,8 @@ from ._zygotes import Zygotes
 
 log = structlog.get_logger("actorbox")
 actor_log = structlog.get_logger("actorbox.actor")  # events logged inside actors, forwarded
+# Seconds a Runtime's exit waits for killed processes the kernel is still tearing down.
+_LATE_REAP_S = 3.0
 
 @dataclass(frozen=True, slots=True)
 class _Live:
@@ -440,6 +443,15 @@ async def _release(rt: Runtime, live: _Live) -> None:
     with anyio.CancelScope(shield=True):
         while any(t.is_alive() for t in getattr(live.spawner, "_threads", ())):
             await anyio.sleep(0.005)
+        # Killed processes the kernel was still tearing down when their supervisors stopped
+        # waiting (sandbox.reap_later): a few more seconds, then they are left to its thread.
+        with anyio.move_on_after(_LATE_REAP_S):
+            while sandbox_late_reaps():
+                await anyio.sleep(0.02)
+    if left := sandbox_late_reaps():
+        log.error("runtime.unreaped", pids=left,
+                  reason=f"killed actor processes were not gone {_LATE_REAP_S:g} s after the Runtime stopped them "
+                         "(the kernel holds them); they are reaped, and their uids released, once gone")
     live.residents.close(rt.grace_period)
     try:
         process_caller.reset(live.ctx_token)

@@ -26,8 +26,9 @@ _Proc = sandbox.ActorProcess | ForkedProcess
 # record them too while ACTORBOX_TRACE_FILE is set.
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 _RESERVED = {"event", "actor", "pid", "level"}
-# Seconds to wait for a SIGKILLed process to be reaped. It takes milliseconds unless
-# the kernel holds the process (uninterruptible I/O); then it is given up on.
+# Seconds to wait for a SIGKILLed process to be reaped. It takes milliseconds unless the
+# kernel holds the process (uninterruptible I/O, many large processes dying at once); then
+# it is reaped in the background (sandbox.reap_later, when its process is closed).
 _REAP_S = 0.5
 # Seconds stop() waits, after the kill, for the supervision to finish: the reap, then
 # up to 0.3 s for the output pipes. Keeps a stop within its grace period plus 1 s.
@@ -217,8 +218,9 @@ class ActorSupervisor:
         with anyio.move_on_after(_REAP_S):  # a killed process is reaped at once, unless the kernel holds it
             await proc.wait()
         if proc.returncode is None:
-            self.services.log.error("actor.unreaped", actor=self.label, pid=proc.pid,
-                              reason=f"its process was not gone {_REAP_S} s after SIGKILL; it is left behind")
+            self.services.log.warning("actor.slow_exit", actor=self.label, pid=proc.pid,
+                                      reason=f"its process was not gone {_REAP_S} s after SIGKILL (the kernel is "
+                                             "still tearing it down); it is reaped, and its uid released, once gone")
         with anyio.move_on_after(0.3):  # a daemonised grandchild may hold the pipes open
             for tail in tails:
                 await tail.closed.wait()

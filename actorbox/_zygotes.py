@@ -139,13 +139,19 @@ class ForkedProcess:
 
     async def aclose(self) -> None:
         """Close the pipes and the pidfd (the process must have exited, or be killed first)."""
-        for fd in (self._out, self._err, self._pidfd):
+        gone = self._status is not None or self.exited()
+        for fd in (self._out, self._err, self._pidfd if gone else -1):
             if fd >= 0:
                 os.close(fd)
+        pidfd, lease = self._pidfd, self._lease
         self._out = self._err = self._pidfd = -1
-        if self._lease is not None and self._status is not None:
-            self._lease.release()
-            self._lease = None
+        self._lease = None
+        if not gone:
+            # Killed but not gone yet: its uid is released (and its pidfd closed) as soon as it is
+            # (its zygote reaps it).
+            sandbox.reap_later(pidfd, self.pid, lease.release if lease is not None else lambda: None)
+        elif lease is not None:
+            lease.release()
 
 
 async def _chunks(fd: int) -> AsyncIterator[bytes]:

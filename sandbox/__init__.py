@@ -16,6 +16,8 @@ from ._env import Environment as Environment
 from ._env import EnvironmentManager as EnvironmentManager
 from ._env import RequirementError as RequirementError
 from ._env import validate_requirements as validate_requirements
+from ._late_reap import pending as late_reaps
+from ._late_reap import reap_later as reap_later
 from ._launcher import ENV_ALLOWLIST as ENV_ALLOWLIST
 from ._launcher import ActorProcess as ActorProcess
 from ._launcher import LaunchSpec as LaunchSpec
@@ -58,9 +60,11 @@ __all__ = [
     "escape_controls",
     "find_actor_pid",
     "kill_group",
+    "late_reaps",
     "launch",
     "lease_uid",
     "read_kernel_setting",
+    "reap_later",
     "validate_path",
     "validate_requirements",
 ]

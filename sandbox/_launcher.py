@@ -29,6 +29,7 @@ import psutil
 
 from ._bwrap import build_bwrap_command
 from ._detect import RestrictionModel, detect_restriction_model
+from ._late_reap import reap_later
 from ._policy import SandboxPolicy
 from ._text import escape_controls
 from ._uids import UidLease, lease_uid
@@ -224,11 +225,22 @@ class ActorProcess:
         for f in (self._popen.stdout, self._popen.stderr):
             if f is not None:
                 f.close()
-        if self._pidfd >= 0:
-            os.close(self._pidfd)
-            self._pidfd = -1
-        if self._lease is not None and self._popen.poll() is not None:
-            self._lease.release()  # its processes are gone (the sandbox's die with the launcher)
+        pidfd, lease, popen = self._pidfd, self._lease, self._popen
+        self._pidfd, self._lease = -1, None
+        if popen.poll() is not None:
+            if pidfd >= 0:
+                os.close(pidfd)
+            if lease is not None:
+                lease.release()  # its processes are gone (the sandbox's die with the launcher)
+        elif pidfd >= 0:
+            # Killed but not gone yet (the kernel is still tearing it down): reaped, and its uid
+            # released, as soon as it is.
+            def when_gone() -> None:
+                popen.wait()
+                if lease is not None:
+                    lease.release()
+
+            reap_later(pidfd, popen.pid, when_gone)
 
 
 async def _chunks(pipe: Any) -> AsyncIterator[bytes]:
