@@ -47,6 +47,23 @@ def pending() -> list[int]:
         return [pid for pid, _ in _pending.values()]
 
 
+def _forget_in_child() -> None:
+    """A forked copy of the host holds copies of the pidfds but no reaper thread, and the processes
+    are not its children: it leaves them to the parent."""
+    global _running, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    for fd in _pending:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _pending.clear()
+    _running = False
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _run() -> None:
     global _running
     while True:

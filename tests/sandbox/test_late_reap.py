@@ -82,3 +82,23 @@ async def test_many_processes_closed_before_they_are_gone_are_all_reaped(tmp_pat
         await _until_reaped(popen.pid)
         assert popen.returncode == -signal.SIGKILL
     assert lease_uid(d).uid == UID_BASE + 1
+
+
+async def test_a_forked_copy_of_the_host_leaves_them_to_the_parent(tmp_path: Path) -> None:
+    """A host that forks (multiprocessing's fork, say) while processes wait to be reaped: the copy drops its
+    copies of their pidfds and never reaps them (they are not its children), and the parent still does."""
+    popen = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await sandbox.ActorProcess(popen, lease_uid(str(tmp_path / "uids"))).aclose()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(w, str(len(sandbox.late_reaps())).encode())
+        os._exit(0)
+    os.close(w)
+    assert os.read(r, 16) == b"0"
+    os.close(r)
+    os.waitpid(child, 0)
+    assert popen.pid in sandbox.late_reaps()
+    os.kill(popen.pid, signal.SIGKILL)
+    await _until_reaped(popen.pid)
+    assert popen.returncode == -signal.SIGKILL
