@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from scheduler import Connection
 
 from ._outbox import exit_out_of_memory_reading
+from ._threads import StartedThread, start_thread
 
 # The watchdog looks at the loop this often; inline calls still running (one, or
 # several back to back) after a whole interval get a reader and a writer beside
@@ -132,19 +133,17 @@ class Watchdog:
         self._has_pending = has_pending
         self._wake = threading.Event()
         self._parked = False
-        self.thread: threading.Thread | None = None
+        self.thread: StartedThread | None = None
 
     def start(self) -> bool:
         """Start the thread (at INIT); False when no thread can be had (a process limit):
         then nothing runs inline."""
         if self.thread is None:
             ctx = contextvars.copy_context()  # frames it dispatches need this process's context
-            thread = threading.Thread(target=ctx.run, args=(self._watch,), name="actorbox-inline-watch", daemon=True)
-            try:
-                thread.start()
+            try:  # (never waits on the new thread: see actorbox._threads)
+                self.thread = start_thread("actorbox-inline-watch", ctx.run, self._watch)
             except RuntimeError:
                 return False
-            self.thread = thread
         return True
 
     def wake_if_parked(self) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import SerializationError, UsageError
+from ._threads import StartedThread, start_thread
 
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
@@ -309,6 +310,7 @@ SPARE_MIN = 2 << 20
 _SPARE_IDLE = 30.0  # seconds a size goes unasked before its spares are freed
 _SPARE_SIZES = 32  # sizes tracked at most; the least recently asked is dropped
 _SPARE_STALE = 2.0  # seconds unasked after which a size's spares may make room for another's
+_SPARE_PAUSE = 0.1  # seconds the thread pauses after a MemoryError of its own
 # The background thread works in steps of this many bytes: one system call over a big
 # range can hold a CPU for milliseconds before the kernel lets a woken thread run.
 _STEP = 256 << 10
@@ -368,7 +370,7 @@ class Spares:
         self._asked: dict[int, float] = {}  # size -> when last asked for (monotonic), oldest first
         self._retired: list[tuple[int, int]] = []  # (base, size) of used spares' mappings
         self._ready_bytes = 0
-        self._thread: threading.Thread | None = None
+        self._thread: StartedThread | None = None
         self._gen = 0  # bumped by close(): a thread of an older generation stops and keeps nothing
         self.hits = 0
         self.misses = 0
@@ -399,14 +401,11 @@ class Spares:
             else:
                 self.misses += 1
             if self._thread is None:
-                thread = threading.Thread(target=self._run, args=(self._gen,), name="actorbox-shm-spares",
-                                          daemon=True)
-                try:
-                    thread.start()
+                try:  # (never waits on the new thread: see actorbox._threads)
+                    self._thread = start_thread("actorbox-shm-spares", self._serve, self._gen)
                 except RuntimeError:  # no thread to be had (a process limit): copy as before
                     self.limit = 0
                     return None
-                self._thread = thread
             self._cond.notify()
         return None if got is None else (got[0], got[1], size)
 
@@ -434,7 +433,7 @@ class Spares:
             self._gen += 1
             self._cond.notify_all()
             thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and not thread.is_current():
             thread.join(timeout=0.1)
         with self._cond:
             for size, group in self._ready.items():
@@ -485,6 +484,16 @@ class Spares:
             self._ready_bytes -= size * len(group)
             out.extend((fd, base, size) for fd, base in group)
         return out
+
+    def _serve(self, gen: int) -> None:
+        """The thread's main: it runs until close(), through a MemoryError (near the memory
+        limit), pausing briefly after one; a bug ends it, printed (senders then copy)."""
+        while True:
+            try:
+                self._run(gen)
+                return
+            except MemoryError:
+                time.sleep(_SPARE_PAUSE)
 
     def _run(self, gen: int) -> None:
         try:  # this thread only: run when a CPU would otherwise idle, never ahead of calls

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from ._threads import start_thread
+
+# How long a worker thread pauses after a failure of its own (not a job's: a MemoryError
+# near the memory limit, say) before it serves on.
+_PAUSE = 0.01
 
 
 class Workers:
     """Threads that run submitted jobs: ThreadPoolExecutor's job, minus its per-job
     Future and bookkeeping (this is every sync call's path). Grows to ``max_workers``
-    threads while none is idle; threads live as long as the process."""
+    threads while none is idle; threads live as long as the process. Starting one never
+    waits on it (see actorbox._threads), and one serves on through failures of its own."""
 
     def __init__(self, max_workers: int, name: str) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]]] = queue.SimpleQueue()
@@ -37,7 +45,7 @@ class Workers:
                 self._idle -= 1
         if spawn:
             try:
-                threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+                start_thread(f"{self._name}-{number}", self._work)
             except Exception:
                 with self._lock:
                     self._threads -= 1
@@ -49,12 +57,25 @@ class Workers:
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
-        get = self._jobs.get
+        """A worker thread's main, for the life of the process. A failure outside a job (a
+        MemoryError near the memory limit, getting a job or counting itself idle) pauses it
+        briefly, then it goes on: a job is taken off the queue only as it is about to run,
+        and a thread owes its idle count until it has paid it."""
+        owes_idle = False  # a job has run here since this thread last counted itself idle
         while True:
-            fn, args = get()
             try:
-                fn(*args)
-            except BaseException:  # jobs report their own failures; this is a bug in one
-                traceback.print_exc()
-            with self._lock:
-                self._idle += 1
+                if owes_idle:
+                    with self._lock:
+                        self._idle += 1
+                    owes_idle = False
+                fn, args = self._jobs.get()
+                owes_idle = True
+                try:
+                    fn(*args)
+                except BaseException:  # jobs report their own failures; this is a bug in one
+                    traceback.print_exc()
+            except BaseException:  # (the report's own MemoryError among them)
+                try:
+                    time.sleep(_PAUSE)
+                except BaseException:
+                    pass

@@ -19,6 +19,7 @@ hand-off. What must still hold, with real (sandboxed) actor processes:
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 import time
@@ -414,10 +415,10 @@ async def test_without_a_watchdog_thread_nothing_runs_inline(monkeypatch):
     try:
         proc = ActorServer(a)
 
-        def refuse(self):
+        def refuse(*args):
             raise RuntimeError("can't start new thread")
 
-        monkeypatch.setattr(threading.Thread, "start", refuse)
+        monkeypatch.setattr(_thread, "start_new_thread", refuse)
         assert proc.inline.watchdog.start() is False
         assert proc.inline.watchdog.thread is None
     finally:

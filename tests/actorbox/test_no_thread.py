@@ -16,9 +16,12 @@ stderr, so the call fails with an ``ActorDiedError`` that says what happened.
 
 from __future__ import annotations
 
+import _thread
 import os
+import queue
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -298,12 +301,12 @@ def test_workers_queue_no_job_for_a_thread_that_cannot_start(monkeypatch: pytest
     thread started later runs only what was submitted since."""
     from actorbox._workers import Workers
 
-    def cannot_start(self: threading.Thread) -> None:
+    def cannot_start(*args: object) -> int:
         raise RuntimeError("can't start new thread")
 
     workers = Workers(4, "test-workers")
     ran: list[str] = []
-    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    monkeypatch.setattr(_thread, "start_new_thread", cannot_start)
     with pytest.raises(RuntimeError, match="can't start new thread"):
         workers.submit(ran.append, "unstartable")
     monkeypatch.undo()
@@ -311,3 +314,133 @@ def test_workers_queue_no_job_for_a_thread_that_cannot_start(monkeypatch: pytest
     workers.submit(lambda: (ran.append("later"), done.set()))
     assert done.wait(CALL_TIMEOUT)
     assert ran == ["later"]
+
+
+@actorbox.actor(max_concurrency=2)
+class FailingStart(_Threads):
+    """Its next thread fails as it starts, as CPython's own bootstrap does near a memory limit."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    async def arm(self):
+        """The next thread to set its ident in ``threading`` (a Thread's bootstrap, before it
+        reports that it started; a dummy thread's making) gets a MemoryError, once. On the
+        loop: only the thread started next meets it."""
+        loop = threading.get_ident()
+        original = threading.Thread._set_ident
+
+        def no_memory(thread):
+            if threading.get_ident() == loop or not self.armed:
+                return original(thread)
+            self.armed = False
+            threading.Thread._set_ident = original
+            raise MemoryError
+
+        self.armed = True
+        threading.Thread._set_ident = no_memory
+
+    async def still_armed(self):
+        return self.armed
+
+
+async def test_a_worker_thread_that_fails_as_it_starts_does_not_stop_the_actor() -> None:
+    """block() holds the one worker thread, so work() needs a new one, and that thread fails
+    as it starts (a MemoryError in CPython's bootstrap, before it could report that it
+    started, as seen in CI near a memory_limit). threading.Thread.start() then waited for
+    ever, on the actor's loop: no call was answered again. Workers does not wait on the
+    thread it starts: work() runs on it, and the actor serves on."""
+    async with actorbox.Runtime() as rt:
+        actor = await rt.start(FailingStart)
+        assert await _workers_settle(actor, 0) == (1, 1)
+        blocker = actor.block()
+        assert await _workers_settle(actor, 1) == (1, 0)
+        with anyio.fail_after(CALL_TIMEOUT):
+            await actor.arm()
+            assert isinstance(await actor.work(), str)  # run on the thread that failed as it started
+            assert await actor.still_armed() is False  # (it did fail)
+            assert await actor.release() == 0
+            assert await blocker == "unblocked"
+            while (await actor.workers())[:2] != (2, 2):  # both threads idle, counted right
+                await anyio.sleep(0.01)
+            assert isinstance(await actor.work(), str)  # (on either: the new one runs unnamed)
+
+
+class _FailsOnce:
+    """A job queue whose first get() raises MemoryError (with the job left queued)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.failed = False
+
+    def put(self, item: object) -> None:
+        self.jobs.put(item)
+
+    def get(self) -> object:
+        if not self.failed:
+            self.failed = True
+            raise MemoryError
+        return self.jobs.get()
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = CALL_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_worker_thread_serves_on_through_a_memory_error_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError in a worker thread's own loop (outside any job) used to end the thread:
+    the job it was started for never ran, and Workers still counted the thread. It now
+    pauses and serves on: the job runs, and the thread then counts itself idle."""
+    from actorbox._workers import Workers
+
+    workers = Workers(4, "test-workers")
+    failing = _FailsOnce()
+    monkeypatch.setattr(workers, "_jobs", failing)
+    done = threading.Event()
+    workers.submit(done.set)
+    assert done.wait(CALL_TIMEOUT)
+    assert failing.failed
+    assert _wait_until(lambda: workers._idle == 1)
+    assert workers._threads == 1
+    again = threading.Event()
+    workers.submit(again.set)  # on the same thread
+    assert again.wait(CALL_TIMEOUT)
+    assert _wait_until(lambda: workers._idle == 1)
+    assert workers._threads == 1
+
+
+def test_a_thread_started_for_actorbox_is_named_runs_unnamed_when_it_cannot_be_and_is_forgotten(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_thread never waits on the new thread: a failure in the thread's own first step
+    (naming it, here) leaves it running its main, unnamed. A thread that ends leaves no
+    dummy behind in threading.enumerate()."""
+    from actorbox._threads import start_thread
+
+    names: list[str] = []
+    thread = start_thread("test-named", lambda: names.append(threading.current_thread().name))
+    assert thread.join(CALL_TIMEOUT)
+    assert names == ["test-named"]
+    assert not any(t.name == "test-named" for t in threading.enumerate())
+
+    test_thread = threading.get_ident()
+    original = threading.current_thread
+    failed: list[bool] = []
+
+    def no_memory() -> threading.Thread:
+        if threading.get_ident() != test_thread and not failed:
+            failed.append(True)
+            raise MemoryError
+        return original()
+
+    monkeypatch.setattr(threading, "current_thread", no_memory)
+    ran = threading.Event()
+    thread = start_thread("test-unnamed", ran.set)
+    assert ran.wait(CALL_TIMEOUT) and thread.join(CALL_TIMEOUT)
+    assert failed == [True]
+    assert not any(t.name == "test-unnamed" for t in threading.enumerate())
