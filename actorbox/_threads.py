@@ -8,11 +8,18 @@ the whole actor. :func:`start_thread` starts the OS thread with ``_thread.start_
 which raises at once when no thread can be had (``RuntimeError: can't start new thread``)
 and has no handshake to wait on. The thread's own setup (its name) is best effort, and
 what its main raises is printed.
+
+A process forked on such a thread (plugin code's ``multiprocessing`` child, say) has that
+thread's dummy for its main thread; CPython < 3.12 leaves it a dummy there, and
+threading's shutdown in the child then fails (``AssertionError``: a multiprocessing child
+exits with 1). :func:`_main_thread_after_fork` makes it a main thread, as 3.12 does.
 """
 
 from __future__ import annotations
 
 import _thread
+import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -87,3 +94,22 @@ def _forget(named: threading.Thread | None) -> None:
     with lock:
         if active.get(_thread.get_ident()) is named:
             del active[_thread.get_ident()]
+
+
+def _main_thread_after_fork() -> None:
+    """In a child forked on a thread of ours (CPython < 3.12): its dummy, now the child's main
+    thread for threading, becomes a real main thread (3.12's own fix: gh-102512)."""
+    try:
+        main: Any = threading.main_thread()
+        names: Any = threading  # (its private names, untyped)
+        if isinstance(main, names._DummyThread):
+            main.__class__ = names._MainThread
+            main._name = "MainThread"
+            main._daemonic = False
+            main._set_tstate_lock()
+    except BaseException:  # (no memory for it, say): the child runs on as CPython left it
+        pass
+
+
+if sys.version_info < (3, 12):
+    os.register_at_fork(after_in_child=_main_thread_after_fork)  # (after threading's own: registered first)

@@ -444,3 +444,37 @@ def test_a_thread_started_for_actorbox_is_named_runs_unnamed_when_it_cannot_be_a
     assert ran.wait(CALL_TIMEOUT) and thread.join(CALL_TIMEOUT)
     assert failed == [True]
     assert not any(t.name == "test-unnamed" for t in threading.enumerate())
+
+
+def _report_main_thread(conn) -> None:  # (a forked child's target: module level, picklable)
+    conn.send(threading.main_thread().name)
+
+
+class Forks:
+    """Its sync calls run on actorbox's worker threads; they fork as plugin code may."""
+
+    async def ping(self):
+        return "pong"
+
+    def fork_process(self):
+        """A multiprocessing child (fork, Linux's default on 3.11) that ends normally: its exit code,
+        and the name of the main thread it saw."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        here, there = ctx.Pipe()
+        child = ctx.Process(target=_report_main_thread, args=(there,))
+        child.start()
+        child.join(CALL_TIMEOUT)
+        return child.exitcode, here.recv() if here.poll(0) else None
+
+
+async def test_a_process_forked_on_a_worker_thread_ends_normally() -> None:
+    """actorbox's threads are started with _thread (a dummy thread for threading). A process forked
+    on one took that dummy for its main thread (CPython < 3.12), and threading's shutdown in it
+    failed (AssertionError): a multiprocessing child whose target returned exited with 1."""
+    async with actorbox.Runtime() as rt:
+        actor = await rt.start(Forks)
+        with anyio.fail_after(CALL_TIMEOUT):
+            assert await actor.ping() == "pong"
+            assert await actor.fork_process() == (0, "MainThread")
