@@ -254,9 +254,9 @@ class Runtime:
                 live.caller.fail_pending()  # nothing will answer them now
                 if e is not None and not isinstance(e, anyio.get_cancelled_exc_class()):
                     # The body's own exception propagates as itself, not in an ExceptionGroup.
-                    await live.tg_cm.__aexit__(None, None, None)
+                    await _exit_group(live, None, None, None)
                 else:
-                    suppress = await live.tg_cm.__aexit__(et, e, tb)
+                    suppress = await _exit_group(live, et, e, tb)
             return suppress
         finally:
             await _release(self, live)
@@ -426,6 +426,20 @@ async def _extension_request(rt: Runtime, path: str | os.PathLike[str], args: tu
 def _import_paths(cls: type) -> tuple[list[str], list[str]]:
     """Where ``cls``'s module is imported from in the actor, and the files to expose for it."""
     return import_paths(cls.__module__)
+
+
+async def _exit_group(live: _Live, et: type[BaseException] | None, e: BaseException | None,
+                      tb: TracebackType | None) -> bool | None:
+    """Exit the Runtime's task group. A Ctrl-C that trio delivered inside one of its tasks (an
+    actor or worker starting, say) surfaces as KeyboardInterrupt, as it would anywhere else,
+    not inside an exception group (where it would end the program with status 1)."""
+    try:
+        suppress: bool | None = await live.tg_cm.__aexit__(et, e, tb)
+        return suppress
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        raise KeyboardInterrupt from group
 
 
 async def _release(rt: Runtime, live: _Live) -> None:

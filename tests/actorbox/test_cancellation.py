@@ -330,3 +330,21 @@ async def test_ctrl_c_stops_a_host_with_a_call_in_flight(anyio_backend: str, run
     assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-3000:]
     assert [pid for pid in actors if _running(pid)] == []
     assert os.listdir(runtime_dir) == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio delivers Ctrl-C to the main task only
+async def test_ctrl_c_inside_one_of_the_runtimes_tasks_surfaces_as_keyboard_interrupt(anyio_backend: str) -> None:
+    """trio delivers Ctrl-C wherever code runs, so it can land in one of the Runtime's own tasks (a task
+    worker starting, say): leaving the Runtime then raises KeyboardInterrupt itself, as Ctrl-C anywhere else
+    does, not an exception group holding it (which ended a host program with status 1, not by SIGINT)."""
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with anyio.fail_after(30):
+            async with actorbox.Runtime() as rt:
+                rt._live.tg.start_soon(interrupted)
+                await anyio.sleep_forever()
+    assert caught.type is KeyboardInterrupt
+    assert isinstance(caught.value.__cause__, BaseExceptionGroup)  # what happened stays in the traceback
